@@ -1,0 +1,11 @@
+//! ramstick-common: the pure logic shared by `init`, `saver` and `xtask`.
+//!
+//! Everything here is free of side effects on the running system (it reads
+//! files only where a function says so), so it is unit- and golden-tested.
+
+pub mod blkid;
+pub mod bootinfo;
+pub mod cmdline;
+pub mod modules;
+pub mod plan;
+pub mod tree;

@@ -1,0 +1,458 @@
+//! Boot configuration → the concrete plan init executes.
+//!
+//! [`make_plan`] is pure: given the parsed [`Config`] and a few facts about the
+//! machine (RAM size, kernel version) it decides every path, mount option and
+//! fallback order. `init` executes exactly these values and
+//! `init --dry-run` prints them (golden-tested in `tests/golden/`).
+
+use crate::cmdline::{
+    BootType, Config, DeviceSpec, LogLevel, Luks, Problem, ShellPolicy, Size, UpperKind,
+};
+use serde::Serialize;
+use std::fmt;
+
+/// Facts about the running machine that the plan depends on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Facts {
+    pub kernel_version: String,
+    pub mem_total_bytes: u64,
+}
+
+/// One read-only squashfs lower to loop-mount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Lower {
+    /// Path on the persist filesystem, relative to its root, e.g. `rootfs.squashfs`.
+    pub image: String,
+    /// Mount point in the initramfs, e.g. `/sysroot/rootfs`.
+    pub target: String,
+    /// Whether boot must stop when the image is missing.
+    pub required: bool,
+}
+
+/// A mount to move before switch_root (`from` in the initramfs, `to` under the new root).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Move {
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    pub problems: Vec<Problem>,
+    /// Module names to load, in order (each after its dependencies is the loader's job).
+    pub modules: Vec<String>,
+    pub persist_device: DeviceSpec,
+    pub device_timeout_secs: u32,
+    /// `/sysroot/persist`
+    pub persist_mount: String,
+    pub upper_kind: UpperKind,
+    pub upper_size_bytes: u64,
+    pub zram_alg: Option<String>,
+    /// `/sysroot/upper`
+    pub upper_mount: String,
+    /// Boot type asked on the command line.
+    pub boot_asked: BootType,
+    /// Images to try for the upper, in order: e.g. `[upperfs.squashfs, upperfs-backup.squashfs]`
+    /// for default, `[upperfs-backup.squashfs]` for backup, `[]` for clean. When all fail: clean.
+    pub upper_images: Vec<(BootType, String)>,
+    pub lowers: Vec<Lower>,
+    /// `/sysroot/overlay_root`
+    pub overlay_root: String,
+    /// The overlay mount option string.
+    pub overlay_options: String,
+    /// In order. A move whose `from` is the target of an optional lower that
+    /// was not mounted is skipped.
+    pub moves: Vec<Move>,
+    pub swap_bytes: Option<u64>,
+    pub swappiness: u8,
+    pub user: String,
+    pub init: String,
+    /// LUKS unlocking, copied from the config (`device: None` = no LUKS).
+    pub luks: Luks,
+    /// When init may start a rescue shell.
+    pub shell: ShellPolicy,
+    pub log: LogLevel,
+    /// `console=` values from the command line (informational).
+    pub consoles: Vec<String>,
+}
+
+/// Where the persist partition is mounted in the initramfs.
+pub const PERSIST_MOUNT: &str = "/sysroot/persist";
+/// Where the upper filesystem (zram or tmpfs) is mounted in the initramfs.
+pub const UPPER_MOUNT: &str = "/sysroot/upper";
+/// Where the overlay (the new root) is mounted in the initramfs.
+pub const OVERLAY_ROOT: &str = "/sysroot/overlay_root";
+/// The saved upper of the last shutdown, on the persist partition.
+pub const UPPER_IMAGE: &str = "upperfs.squashfs";
+/// The upper saved before that, on the persist partition.
+pub const UPPER_BACKUP_IMAGE: &str = "upperfs-backup.squashfs";
+/// Upper sizes are rounded down to whole pages of this size.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// The overlay mount options for a lower at `lower` and an upper filesystem
+/// mounted at `upper_mount`.
+///
+/// Besides the three directories the options pin three features off, whatever
+/// the kernel's build defaults are, because the upper is saved to a squashfs at
+/// shutdown and reapplied at the next boot, possibly on top of a rebuilt
+/// `rootfs.squashfs`, so it must be self-contained:
+/// - `index=off`: an index records file handles of the lower; on a rebuilt
+///   lower they are stale and the mount or lookups fail.
+/// - `metacopy=off`: a metadata-only copy-up keeps its data in the lower, so a
+///   saved upper would lose the file's contents once the lower changes.
+/// - `redirect_dir=off`: a renamed lower directory becomes a redirect to the
+///   old lower path instead of a real copy.
+///
+/// `xino` stays at the kernel default (off on Debian): it only changes the
+/// inode numbers that `stat` reports.
+pub fn overlay_options(lower: &str, upper_mount: &str) -> String {
+    format!(
+        "lowerdir={lower},upperdir={upper_mount}/upper,workdir={upper_mount}/work,\
+         index=off,metacopy=off,redirect_dir=off"
+    )
+}
+
+/// Decides the boot plan from the parsed command line and machine facts.
+///
+/// `problems` are the ones [`crate::cmdline::parse`] returned; they are kept
+/// in the plan so that init (and `--dry-run`) can report them.
+pub fn make_plan(cfg: &Config, problems: Vec<Problem>, facts: &Facts) -> Plan {
+    let kver = &facts.kernel_version;
+
+    let mut modules: Vec<String> = ["loop", "squashfs", "overlay", "ext4"]
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
+    if cfg.upper == UpperKind::Zram {
+        modules.push("zram".to_string());
+    }
+    if cfg.luks.device.is_some() {
+        modules.push("dm_crypt".to_string());
+    }
+
+    let upper_images = match cfg.boot {
+        BootType::Default => vec![
+            (BootType::Default, UPPER_IMAGE.to_string()),
+            (BootType::Backup, UPPER_BACKUP_IMAGE.to_string()),
+        ],
+        BootType::Backup => vec![(BootType::Backup, UPPER_BACKUP_IMAGE.to_string())],
+        BootType::Clean => Vec::new(),
+    };
+
+    let rootfs = Lower {
+        image: "rootfs.squashfs".to_string(),
+        target: "/sysroot/rootfs".to_string(),
+        required: true,
+    };
+    let kernel_modules = Lower {
+        image: format!("modules-{kver}.squashfs"),
+        target: format!("/sysroot/modules-{kver}"),
+        required: true,
+    };
+    let firmware = Lower {
+        image: "firmware.squashfs".to_string(),
+        target: "/sysroot/firmware".to_string(),
+        required: false,
+    };
+
+    let moves = [
+        (PERSIST_MOUNT, "/persist".to_string()),
+        (UPPER_MOUNT, "/run/ramstick/upper".to_string()),
+        (rootfs.target.as_str(), "/run/ramstick/lower".to_string()),
+        (
+            kernel_modules.target.as_str(),
+            format!("/lib/modules/{kver}"),
+        ),
+        (firmware.target.as_str(), "/lib/firmware".to_string()),
+    ]
+    .into_iter()
+    .map(|(from, to)| Move {
+        from: from.to_string(),
+        to,
+    })
+    .collect();
+
+    Plan {
+        problems,
+        modules,
+        persist_device: cfg.persist.clone(),
+        device_timeout_secs: cfg.timeout_secs,
+        persist_mount: PERSIST_MOUNT.to_string(),
+        upper_kind: cfg.upper,
+        upper_size_bytes: upper_size_bytes(cfg.upper_size, facts.mem_total_bytes),
+        zram_alg: match cfg.upper {
+            UpperKind::Zram => cfg.zram_alg.clone(),
+            UpperKind::Tmpfs => None,
+        },
+        upper_mount: UPPER_MOUNT.to_string(),
+        boot_asked: cfg.boot,
+        upper_images,
+        overlay_root: OVERLAY_ROOT.to_string(),
+        overlay_options: overlay_options(&rootfs.target, UPPER_MOUNT),
+        lowers: vec![rootfs, kernel_modules, firmware],
+        moves,
+        swap_bytes: cfg.swap,
+        swappiness: cfg.swappiness,
+        user: cfg.user.clone(),
+        init: cfg.init.clone(),
+        luks: cfg.luks.clone(),
+        shell: cfg.shell,
+        log: cfg.log,
+        consoles: cfg.consoles.clone(),
+    }
+}
+
+/// `size` in bytes against `mem_total`, rounded down to whole pages but at
+/// least one page (a zero size would mean "unlimited" to tmpfs).
+fn upper_size_bytes(size: Size, mem_total: u64) -> u64 {
+    let bytes = size.to_bytes(mem_total);
+    (bytes - bytes % PAGE_SIZE).max(PAGE_SIZE)
+}
+
+impl Plan {
+    /// Whether a problem stops the boot.
+    pub fn has_fatal(&self) -> bool {
+        self.problems.iter().any(|p| p.fatal)
+    }
+}
+
+/// `n bytes (1G)`: exact bytes, plus the size with a binary suffix when one divides it.
+fn bytes_text(n: u64) -> String {
+    let short = Size::Bytes(n).to_string();
+    if short == n.to_string() {
+        format!("{n} bytes")
+    } else {
+        format!("{n} bytes ({short})")
+    }
+}
+
+impl fmt::Display for Plan {
+    /// The stable text `init --dry-run` prints and `tests/golden/` holds.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "ramstick boot plan")?;
+        if self.problems.is_empty() {
+            writeln!(f, "problems: none")?;
+        } else {
+            let fatal = self.problems.iter().filter(|p| p.fatal).count();
+            writeln!(f, "problems: {} ({fatal} fatal)", self.problems.len())?;
+            for p in &self.problems {
+                let kind = if p.fatal { "FATAL" } else { "non-fatal" };
+                writeln!(f, "  - {kind}: {}", p.message)?;
+            }
+        }
+        writeln!(f, "modules: {}", self.modules.join(" "))?;
+        match &self.luks.device {
+            None => writeln!(f, "luks: off")?,
+            Some(dev) => {
+                let key = match &self.luks.keyfile {
+                    Some(path) => format!("key file {path}"),
+                    None => "passphrase".to_string(),
+                };
+                writeln!(f, "luks: {dev} ({key}, {} tries)", self.luks.tries)?;
+            }
+        }
+        writeln!(
+            f,
+            "persist: {} (wait {} s) -> {}",
+            self.persist_device, self.device_timeout_secs, self.persist_mount
+        )?;
+        let alg = match (self.upper_kind, &self.zram_alg) {
+            (UpperKind::Tmpfs, _) => String::new(),
+            (UpperKind::Zram, Some(alg)) => format!(", alg {alg}"),
+            (UpperKind::Zram, None) => ", alg kernel default".to_string(),
+        };
+        writeln!(
+            f,
+            "upper: {} {}{alg} -> {}",
+            self.upper_kind,
+            bytes_text(self.upper_size_bytes),
+            self.upper_mount
+        )?;
+        if self.upper_images.is_empty() {
+            writeln!(f, "upper images: none, start clean")?;
+        } else {
+            let images: Vec<String> = self
+                .upper_images
+                .iter()
+                .map(|(kind, image)| format!("{kind}:{image}"))
+                .collect();
+            writeln!(f, "upper images: {}, then clean", images.join(", "))?;
+        }
+        for lower in &self.lowers {
+            let need = if lower.required {
+                "required"
+            } else {
+                "optional"
+            };
+            writeln!(f, "lower: {} -> {} ({need})", lower.image, lower.target)?;
+        }
+        writeln!(
+            f,
+            "overlay: {} ({})",
+            self.overlay_root, self.overlay_options
+        )?;
+        for m in &self.moves {
+            writeln!(f, "move: {} -> {} (in new root)", m.from, m.to)?;
+        }
+        match self.swap_bytes {
+            None => writeln!(f, "swap: off, swappiness {}", self.swappiness)?,
+            Some(n) => writeln!(f, "swap: {}, swappiness {}", bytes_text(n), self.swappiness)?,
+        }
+        writeln!(f, "user: {}", self.user)?;
+        writeln!(f, "init: {}", self.init)?;
+        writeln!(f, "shell: {}", self.shell)?;
+        writeln!(f, "log: {}", self.log)?;
+        if self.consoles.is_empty() {
+            writeln!(f, "consoles: kernel default")
+        } else {
+            writeln!(f, "consoles: {}", self.consoles.join(" "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cmdline::parse;
+
+    fn facts() -> Facts {
+        Facts {
+            kernel_version: "6.1.0-56-amd64".to_string(),
+            mem_total_bytes: 2 << 30,
+        }
+    }
+
+    fn plan_for(cmdline: &str) -> Plan {
+        let (cfg, problems) = parse(cmdline);
+        make_plan(&cfg, problems, &facts())
+    }
+
+    #[test]
+    fn default_plan() {
+        let plan = plan_for("");
+        assert_eq!(
+            plan.modules,
+            ["loop", "squashfs", "overlay", "ext4", "zram"]
+        );
+        assert_eq!(plan.persist_device, DeviceSpec::Label("RAMSTICK".into()));
+        assert_eq!(plan.device_timeout_secs, 30);
+        assert_eq!(plan.upper_kind, UpperKind::Zram);
+        assert_eq!(plan.upper_size_bytes, 1 << 30);
+        assert_eq!(
+            plan.upper_images,
+            [
+                (BootType::Default, "upperfs.squashfs".to_string()),
+                (BootType::Backup, "upperfs-backup.squashfs".to_string()),
+            ]
+        );
+        let lowers: Vec<(&str, &str, bool)> = plan
+            .lowers
+            .iter()
+            .map(|l| (l.image.as_str(), l.target.as_str(), l.required))
+            .collect();
+        assert_eq!(
+            lowers,
+            [
+                ("rootfs.squashfs", "/sysroot/rootfs", true),
+                (
+                    "modules-6.1.0-56-amd64.squashfs",
+                    "/sysroot/modules-6.1.0-56-amd64",
+                    true
+                ),
+                ("firmware.squashfs", "/sysroot/firmware", false),
+            ]
+        );
+        assert!(plan.overlay_options.starts_with(
+            "lowerdir=/sysroot/rootfs,upperdir=/sysroot/upper/upper,workdir=/sysroot/upper/work,"
+        ));
+        let moves: Vec<(&str, &str)> = plan
+            .moves
+            .iter()
+            .map(|m| (m.from.as_str(), m.to.as_str()))
+            .collect();
+        assert_eq!(
+            moves,
+            [
+                ("/sysroot/persist", "/persist"),
+                ("/sysroot/upper", "/run/ramstick/upper"),
+                ("/sysroot/rootfs", "/run/ramstick/lower"),
+                (
+                    "/sysroot/modules-6.1.0-56-amd64",
+                    "/lib/modules/6.1.0-56-amd64"
+                ),
+                ("/sysroot/firmware", "/lib/firmware"),
+            ]
+        );
+        assert_eq!(plan.swap_bytes, None);
+        assert_eq!(plan.swappiness, 1);
+        assert_eq!(plan.user, "user");
+        assert_eq!(plan.init, "/sbin/init");
+        assert!(!plan.has_fatal());
+    }
+
+    #[test]
+    fn every_move_source_is_mounted_by_the_plan() {
+        let plan = plan_for("");
+        for m in &plan.moves {
+            let mounted = m.from == plan.persist_mount
+                || m.from == plan.upper_mount
+                || plan.lowers.iter().any(|l| l.target == m.from);
+            assert!(mounted, "{} is never mounted", m.from);
+            assert!(m.to.starts_with('/'));
+        }
+    }
+
+    #[test]
+    fn boot_types_choose_upper_images() {
+        let images = |cmdline| plan_for(cmdline).upper_images;
+        assert_eq!(
+            images("ramstick.boot=backup"),
+            [(BootType::Backup, "upperfs-backup.squashfs".to_string())]
+        );
+        assert_eq!(images("ramstick.boot=clean"), []);
+        assert_eq!(plan_for("ramstick.boot=clean").boot_asked, BootType::Clean);
+    }
+
+    #[test]
+    fn upper_kind_decides_modules_and_algorithm() {
+        let plan = plan_for("ramstick.upper=tmpfs ramstick.zram.alg=lz4");
+        assert_eq!(plan.modules, ["loop", "squashfs", "overlay", "ext4"]);
+        assert_eq!(plan.zram_alg, None);
+        let plan = plan_for("ramstick.zram.alg=lz4 ramstick.luks=LABEL=x");
+        assert_eq!(
+            plan.modules,
+            ["loop", "squashfs", "overlay", "ext4", "zram", "dm_crypt"]
+        );
+        assert_eq!(plan.zram_alg.as_deref(), Some("lz4"));
+    }
+
+    #[test]
+    fn upper_size_is_whole_pages_and_at_least_one() {
+        assert_eq!(upper_size_bytes(Size::Percent(1), 2 << 30), 21_471_232);
+        assert_eq!(upper_size_bytes(Size::Bytes(8191), 0), 4096);
+        assert_eq!(upper_size_bytes(Size::Bytes(1), 0), 4096);
+        assert_eq!(upper_size_bytes(Size::Percent(50), 0), 4096);
+        assert_eq!(upper_size_bytes(Size::Bytes(u64::MAX), 0), u64::MAX - 4095);
+    }
+
+    #[test]
+    fn fatal_problems_are_flagged_and_shown() {
+        let plan = plan_for("ramstick.persist=nowhere ramstick.boot=fast");
+        assert!(plan.has_fatal());
+        let text = plan.to_string();
+        assert!(text.contains("problems: 2 (1 fatal)\n"), "{text}");
+        assert!(text.contains("\n  - FATAL: `ramstick.persist=nowhere` is not valid"));
+        assert!(text.contains("\n  - non-fatal: `ramstick.boot=fast` is not valid"));
+        assert!(!plan_for("ramstick.boot=fast").has_fatal());
+    }
+
+    #[test]
+    fn display_is_line_per_fact() {
+        let text = plan_for("ramstick.swap=1G ramstick.luks=/dev/sdb2 console=ttyS0").to_string();
+        assert!(text.starts_with("ramstick boot plan\nproblems: none\n"));
+        assert!(text.ends_with("consoles: ttyS0\n"));
+        assert!(text.contains("\nswap: 1073741824 bytes (1G), swappiness 1\n"));
+        assert!(text.contains("\nluks: /dev/sdb2 (passphrase, 3 tries)\n"));
+        assert!(text.lines().all(|l| !l.ends_with(' ') && !l.is_empty()));
+    }
+}

@@ -1,0 +1,260 @@
+//! The boot sequence of PID 1, top to bottom. Every step either succeeds or
+//! returns a [`Failure`] naming what failed and what to do; `main` sends
+//! failures to the single failure path (emergency shell or reboot).
+
+use ramstick_common::bootinfo::{BootInfo, BOOT_JSON};
+use ramstick_common::cmdline::{self, ShellPolicy};
+use ramstick_common::plan::{make_plan, Facts, Plan};
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::failure::{self, Failure, Step};
+use crate::kmsg::KmsgLogger;
+use crate::modload::Loader;
+use crate::sys::{LinuxSys, Sys};
+use crate::{devices, extras, mounts, switchroot, unpack};
+
+/// Where the initramfs carries the saver binary.
+const SAVER_IN_INITRAMFS: &str = "/bin/saver";
+
+/// Boot: from the kernel's hand-over to exec of the real init.
+pub fn boot() -> Result<Infallible, Failure> {
+    let sys = LinuxSys::new();
+    let root = Path::new("/");
+    let mut t = Timings::new();
+
+    // 1. API filesystems and logging.
+    mounts::mount_api_filesystems(&sys, root).step(
+        "mount /proc, /sys, /dev and /run",
+        "the kernel needs proc, sysfs, devtmpfs and tmpfs built in",
+    )?;
+    KmsgLogger::install(false);
+    log::info!("starting");
+    let uptime_at_start = uptime_ms();
+
+    // 2. Command line → plan.
+    let line = sys
+        .read_file(Path::new("/proc/cmdline"))
+        .step("read /proc/cmdline", "")?;
+    let (cfg, problems) = cmdline::parse(&line);
+    failure::allow_shell(cfg.shell == ShellPolicy::Auto);
+    KmsgLogger::set_debug(cfg.log == cmdline::LogLevel::Debug);
+    let facts = machine_facts(&sys).step("read the kernel version and RAM size", "")?;
+    let plan = make_plan(&cfg, problems, &facts);
+    report_problems(&plan)?;
+    log::debug!("plan:\n{plan}");
+
+    // 3. Kernel modules: the planned ones, then drivers for the hardware present.
+    let moddir = Path::new("/lib/modules").join(&facts.kernel_version);
+    let mut loader = Loader::open(&moddir, Path::new("/sys")).step(
+        "read the kernel module database",
+        "the initramfs was built for another kernel; rebuild it for this one (cargo xtask initramfs)",
+    )?;
+    let names: Vec<&str> = plan.modules.iter().map(String::as_str).collect();
+    loader
+        .load(&names)
+        .step("load kernel modules", "rebuild the initramfs for this kernel")?;
+    loader.autoload_hardware();
+    t.mark("modules");
+
+    // 4-5. The persist device.
+    let (device, _) = devices::wait_for(
+        &plan.persist_device,
+        Duration::from_secs(u64::from(plan.device_timeout_secs)),
+        &mut loader,
+        Path::new("/sys"),
+        Path::new("/dev"),
+    )
+    .step(
+        "find the persist device",
+        "plug the stick in, or boot with ramstick.persist=LABEL=...|UUID=...|/dev/... naming its data partition",
+    )?;
+    log::info!("persist device: {}", device.display());
+    t.mark("device_wait");
+    mounts::mount_persist(&sys, root, &device, &plan).step(
+        "mount the persist partition",
+        "run e2fsck on the stick's data partition from another machine",
+    )?;
+    t.mark("persist");
+
+    // 6. The RAM upper.
+    let upper = mounts::setup_upper(&sys, root, &plan).step(
+        "create the RAM upper",
+        "boot with ramstick.upper=tmpfs, or a smaller ramstick.upper.size",
+    )?;
+    log::info!("upper: {upper}, {} bytes", plan.upper_size_bytes);
+    t.mark("upper");
+
+    // 7-8. Unpack the chosen image, falling back default → backup → clean.
+    let outcome = unpack::fill_upper(&sys, root, &plan);
+    t.mark("unpack");
+
+    // 9-10. Lowers and the overlay.
+    let present = files_on_stick(&mounts::at(root, &plan.persist_mount));
+    let skipped = mounts::mount_lowers(&sys, root, &plan, &present).step(
+        "mount the system images",
+        "rebuild the stick (cargo xtask image) or copy the missing image onto its data partition",
+    )?;
+    mounts::mount_overlay(&sys, root, &plan).step(
+        "mount the overlay root",
+        "boot with ramstick.boot=clean; if that fails too, rebuild the stick",
+    )?;
+    t.mark("mounts");
+
+    // 11. Swap and the user's files (a failure here only costs that feature).
+    let newroot = mounts::at(root, &plan.overlay_root);
+    let persist = mounts::at(root, &plan.persist_mount);
+    if let Some(size) = plan.swap_bytes {
+        if let Err(e) = extras::enable_swap(&sys, &persist.join("swapfile"), size, plan.swappiness)
+        {
+            log::warn!("no swap: {e:#}");
+        }
+    }
+    match extras::link_user_files(&persist.join("user"), &newroot, &plan.user) {
+        Ok(0) => {}
+        Ok(n) => log::info!("linked {n} entries of /persist/user into /home/{}", plan.user),
+        Err(e) => log::warn!("cannot link /persist/user: {e:#}"),
+    }
+
+    // 10 (cont.). The saver, boot.json, and the moves into the new root.
+    install_saver(&sys).step("install the saver into /run/ramstick/bin", "")?;
+    let info = BootInfo {
+        asked: cfg.boot,
+        used: outcome.used,
+        image: outcome.image.clone(),
+        image_size: outcome.image_size,
+        reasons: outcome.reasons.clone(),
+        timings_ms: t.finish(uptime_at_start),
+        kernel: facts.kernel_version.clone(),
+        upper: upper.clone(),
+        problems: plan.problems.iter().map(|p| p.message.clone()).collect(),
+    };
+    sys.write_file(Path::new(BOOT_JSON), &info.to_json())
+        .step("write /run/ramstick/boot.json", "")?;
+    log_timings(&info);
+    mounts::hand_over(&sys, root, &plan, &skipped).step("move the mounts into the new root", "")?;
+
+    // 12. switch_root.
+    switchroot::switch_root(&newroot, &plan.init).step(
+        &format!("start {}", plan.init),
+        "boot with ramstick.init=<path of the init program in the rootfs>",
+    )
+}
+
+/// Log every command-line problem; stop on a fatal one.
+fn report_problems(plan: &Plan) -> Result<(), Failure> {
+    for p in &plan.problems {
+        if p.fatal {
+            log::error!("{}", p.message);
+        } else {
+            log::warn!("{}", p.message);
+        }
+    }
+    if let Some(p) = plan.problems.iter().find(|p| p.fatal) {
+        return Err(Failure {
+            what: format!("use {}={}", p.param, p.value),
+            cause: anyhow::anyhow!("{}", p.message),
+            hint: "edit the GRUB entry (press e) and fix the parameter".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Kernel version (uname -r) and total RAM.
+fn machine_facts(sys: &dyn Sys) -> anyhow::Result<Facts> {
+    let kernel_version = nix::sys::utsname::uname()?
+        .release()
+        .to_string_lossy()
+        .to_string();
+    let meminfo = sys.read_file(Path::new("/proc/meminfo"))?;
+    let mem_total_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no MemTotal in /proc/meminfo"))?;
+    Ok(Facts {
+        kernel_version,
+        mem_total_bytes: mem_total_kib * 1024,
+    })
+}
+
+/// Names of the files at the top of the stick's data partition.
+fn files_on_stick(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| n != "lost+found")
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Copy the saver from the initramfs to /run/ramstick/bin/saver, so the one
+/// that saves always matches the init that booted.
+fn install_saver(sys: &dyn Sys) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Path::new(mounts::RUN_RAMSTICK).join("bin");
+    sys.mkdir_all(&dir)?;
+    let dest = dir.join("saver");
+    std::fs::copy(SAVER_IN_INITRAMFS, &dest)
+        .map_err(|e| anyhow::anyhow!("cannot copy {SAVER_IN_INITRAMFS} to {}: {e}", dest.display()))?;
+    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+/// Kernel uptime in ms (from /proc/uptime), 0 if unreadable.
+fn uptime_ms() -> u64 {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()))
+        .map(|secs| (secs * 1000.0) as u64)
+        .unwrap_or(0)
+}
+
+fn log_timings(info: &BootInfo) {
+    let parts: Vec<String> = info
+        .timings_ms
+        .iter()
+        .map(|(k, v)| format!("{k}={v}ms"))
+        .collect();
+    log::info!("boot {:?} (asked {:?}); timings: {}", info.used, info.asked, parts.join(" "))
+}
+
+/// Phase timings.
+struct Timings {
+    start: Instant,
+    last: Instant,
+    phases: BTreeMap<String, u64>,
+}
+
+impl Timings {
+    fn new() -> Self {
+        let now = Instant::now();
+        Timings {
+            start: now,
+            last: now,
+            phases: BTreeMap::new(),
+        }
+    }
+
+    fn mark(&mut self, phase: &str) {
+        let now = Instant::now();
+        self.phases
+            .insert(phase.to_string(), (now - self.last).as_millis() as u64);
+        self.last = now;
+    }
+
+    fn finish(&self, uptime_at_start: u64) -> BTreeMap<String, u64> {
+        let mut out = self.phases.clone();
+        out.insert("total".into(), self.start.elapsed().as_millis() as u64);
+        out.insert("kernel_uptime_at_init".into(), uptime_at_start);
+        out.insert("kernel_uptime_at_switch".into(), uptime_ms());
+        out
+    }
+}

@@ -1,0 +1,13 @@
+//! ramstick's PID 1, as a library so the pieces are unit-tested; `main.rs`
+//! is the thin entry point and `boot.rs` the boot sequence in one function.
+
+pub mod boot;
+pub mod devices;
+pub mod extras;
+pub mod failure;
+pub mod kmsg;
+pub mod modload;
+pub mod mounts;
+pub mod switchroot;
+pub mod sys;
+pub mod unpack;

@@ -1,0 +1,109 @@
+//! `/init` of the ramstick initramfs.
+//!
+//! As PID 1 it boots (see `boot.rs`) and never exits: any failure, even a
+//! panic, ends in the emergency shell or a reboot. Run as a normal program
+//! it only supports `--dry-run`, which prints the boot plan:
+//!
+//! ```text
+//! init --dry-run [--cmdline 'LINE' | --root DIR] [--mem BYTES] [--kernel-version V]
+//! ```
+//! `--root DIR` reads `DIR/proc/cmdline` (and `DIR/proc/meminfo` for the RAM size).
+
+use ramstick_common::cmdline;
+use ramstick_common::plan::{make_plan, Facts};
+use ramstick_init::{boot, failure};
+
+fn main() {
+    if std::process::id() == 1 {
+        pid1();
+    }
+    std::process::exit(cli(std::env::args().skip(1).collect()));
+}
+
+fn pid1() -> ! {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("ramstick: init panicked: {info}");
+        log::error!("BOOT FAILED: init panicked: {info}");
+        failure::emergency();
+    }));
+    match boot::boot() {
+        Ok(never) => match never {},
+        Err(f) => failure::fail(&f),
+    }
+}
+
+const USAGE: &str = "usage: init --dry-run [--cmdline LINE | --root DIR] [--mem BYTES] [--kernel-version V]
+  As PID 1 (in the initramfs) it boots ramstick; otherwise it only prints the boot plan.";
+
+fn cli(args: Vec<String>) -> i32 {
+    let mut dry_run = false;
+    let mut line: Option<String> = None;
+    let mut root: Option<String> = None;
+    let mut mem: u64 = 2 << 30;
+    let mut kver = String::from("6.1.0-56-amd64");
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
+        let r = match arg.as_str() {
+            "--dry-run" => {
+                dry_run = true;
+                Ok(())
+            }
+            "--cmdline" => value("--cmdline").map(|v| line = Some(v)),
+            "--root" => value("--root").map(|v| root = Some(v)),
+            "--mem" => value("--mem").and_then(|v| {
+                v.parse()
+                    .map(|m| mem = m)
+                    .map_err(|_| format!("--mem {v}: not a number of bytes"))
+            }),
+            "--kernel-version" => value("--kernel-version").map(|v| kver = v),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return 0;
+            }
+            other => Err(format!("unknown argument {other}")),
+        };
+        if let Err(e) = r {
+            eprintln!("init: {e}\n{USAGE}");
+            return 2;
+        }
+    }
+    if !dry_run {
+        eprintln!("init: not PID 1; only --dry-run is available here\n{USAGE}");
+        return 2;
+    }
+    if let Some(dir) = &root {
+        let path = std::path::Path::new(dir).join("proc/cmdline");
+        match std::fs::read_to_string(&path) {
+            Ok(s) => line = Some(s),
+            Err(e) => {
+                eprintln!("init: cannot read {}: {e}", path.display());
+                return 1;
+            }
+        }
+        let meminfo = std::path::Path::new(dir).join("proc/meminfo");
+        if let Some(kib) = std::fs::read_to_string(meminfo).ok().and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+        }) {
+            mem = kib * 1024;
+        }
+    }
+    let line = line.unwrap_or_default();
+    let (cfg, problems) = cmdline::parse(&line);
+    let plan = make_plan(
+        &cfg,
+        problems,
+        &Facts {
+            kernel_version: kver,
+            mem_total_bytes: mem,
+        },
+    );
+    print!("{plan}");
+    if plan.has_fatal() {
+        1
+    } else {
+        0
+    }
+}

@@ -1,0 +1,440 @@
+//! The mount sequence: early API filesystems, the persist partition, the
+//! upper (zram or tmpfs), the squashfs lowers, the overlay and the moves that
+//! hand everything over to the new root. Every path is taken relative to a
+//! `root` prefix ("/" at boot, a scratch dir in the privileged tests).
+
+use anyhow::{bail, Context, Result};
+use nix::mount::MsFlags;
+use ramstick_common::cmdline::UpperKind;
+use ramstick_common::plan::Plan;
+use std::path::{Path, PathBuf};
+
+use crate::sys::Sys;
+
+/// Where the initramfs keeps what the new root will find under /run/ramstick.
+pub const RUN_RAMSTICK: &str = "/run/ramstick";
+
+/// `root` + absolute `path`.
+pub fn at(root: &Path, path: &str) -> PathBuf {
+    root.join(path.trim_start_matches('/'))
+}
+
+/// /proc, /sys, /dev (devtmpfs) and /run (tmpfs) for PID 1.
+pub fn mount_api_filesystems(sys: &dyn Sys, root: &Path) -> Result<()> {
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let table: [(&str, &str, &str, MsFlags, &str); 4] = [
+        ("proc", "/proc", "proc", nosuid, ""),
+        ("sysfs", "/sys", "sysfs", nosuid, ""),
+        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, "mode=0755"),
+        ("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=0755"),
+    ];
+    for (source, target, fstype, flags, data) in table {
+        let target = at(root, target);
+        sys.mkdir_all(&target)
+            .with_context(|| format!("cannot create {}", target.display()))?;
+        match sys.mount(source, &target, fstype, flags, data) {
+            Ok(()) => {}
+            // Already mounted (e.g. the kernel mounted devtmpfs itself).
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot mount {fstype} on {}", target.display()))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Mount the persist partition (ext4) read-write.
+pub fn mount_persist(sys: &dyn Sys, root: &Path, device: &Path, plan: &Plan) -> Result<()> {
+    let target = at(root, &plan.persist_mount);
+    sys.mkdir_all(&target)
+        .with_context(|| format!("cannot create {}", target.display()))?;
+    sys.mount(
+        &device.to_string_lossy(),
+        &target,
+        "ext4",
+        MsFlags::MS_NOATIME | MsFlags::MS_NODEV,
+        "",
+    )
+    .with_context(|| {
+        format!(
+            "cannot mount {} (ext4) at {}",
+            device.display(),
+            target.display()
+        )
+    })
+}
+
+/// Make the upper filesystem (zram formatted with ext2, or tmpfs) and create
+/// `upper/` and `work/` in it. Returns a description ("zram1", "tmpfs").
+pub fn setup_upper(sys: &dyn Sys, root: &Path, plan: &Plan) -> Result<String> {
+    let target = at(root, &plan.upper_mount);
+    sys.mkdir_all(&target)
+        .with_context(|| format!("cannot create {}", target.display()))?;
+    let what = match plan.upper_kind {
+        UpperKind::Tmpfs => {
+            let data = format!("size={},mode=0755", plan.upper_size_bytes);
+            sys.mount("tmpfs", &target, "tmpfs", MsFlags::MS_NODEV, &data)
+                .with_context(|| format!("cannot mount tmpfs at {}", target.display()))?;
+            "tmpfs".to_string()
+        }
+        UpperKind::Zram => {
+            let dev = zram_device(sys, root, plan)?;
+            let devpath = at(root, &format!("/dev/{dev}"));
+            let devtext = devpath.to_string_lossy().to_string();
+            // ext2 without a journal: the data lives in RAM anyway. 256-byte
+            // inodes keep the overlay's xattrs inside the inode.
+            sys.run(&[
+                "/bin/busybox",
+                "mke2fs",
+                "-q",
+                "-F",
+                "-b",
+                "4096",
+                "-I",
+                "256",
+                "-m",
+                "0",
+                "-L",
+                "ramstick-upper",
+                &devtext,
+            ])
+            .with_context(|| format!("cannot format {devtext} for the upper"))?;
+            sys.mount(
+                &devtext,
+                &target,
+                "ext4",
+                MsFlags::MS_NOATIME | MsFlags::MS_NODEV,
+                "discard",
+            )
+            .with_context(|| format!("cannot mount {devtext} at {}", target.display()))?;
+            dev
+        }
+    };
+    for sub in ["upper", "work"] {
+        let dir = target.join(sub);
+        sys.mkdir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    Ok(what)
+}
+
+/// Pick a free zram device (zram0 if unused, else hot-add one), set its
+/// algorithm and size. Returns its name.
+fn zram_device(sys: &dyn Sys, root: &Path, plan: &Plan) -> Result<String> {
+    let zram0_size = at(root, "/sys/block/zram0/disksize");
+    let free0 = sys
+        .read_file(&zram0_size)
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false);
+    let name = if free0 {
+        "zram0".to_string()
+    } else {
+        let hot_add = at(root, "/sys/class/zram-control/hot_add");
+        let n = sys
+            .read_file(&hot_add)
+            .with_context(|| format!("cannot add a zram device via {}", hot_add.display()))?;
+        format!("zram{}", n.trim())
+    };
+    let sysdir = at(root, &format!("/sys/block/{name}"));
+    if let Some(alg) = &plan.zram_alg {
+        if let Err(e) = sys.write_file(&sysdir.join("comp_algorithm"), alg) {
+            log::warn!(
+                "zram algorithm `{alg}` is not available ({e}); using the kernel default (see /sys/block/{name}/comp_algorithm for choices)"
+            );
+        }
+    }
+    sys.write_file(&sysdir.join("disksize"), &plan.upper_size_bytes.to_string())
+        .with_context(|| format!("cannot set {name} size to {} bytes", plan.upper_size_bytes))?;
+    Ok(name)
+}
+
+/// Loop-mount the read-only squashfs lowers. A missing required image is an
+/// error naming it and the files present; a missing optional one is skipped
+/// (its mount point is returned, so the hand-over leaves it alone).
+pub fn mount_lowers(
+    sys: &dyn Sys,
+    root: &Path,
+    plan: &Plan,
+    present: &[String],
+) -> Result<Vec<String>> {
+    let persist = at(root, &plan.persist_mount);
+    let mut skipped = Vec::new();
+    for lower in &plan.lowers {
+        let image = persist.join(&lower.image);
+        let target = at(root, &lower.target);
+        if !sys.exists(&image) {
+            if lower.required {
+                bail!(
+                    "{} is missing on the stick (files present: {})",
+                    lower.image,
+                    if present.is_empty() {
+                        "none".to_string()
+                    } else {
+                        present.join(", ")
+                    }
+                );
+            }
+            log::info!("{} not present; skipping {}", lower.image, lower.target);
+            skipped.push(lower.target.clone());
+            continue;
+        }
+        mount_squashfs(sys, &image, &target)?;
+    }
+    Ok(skipped)
+}
+
+/// Attach `image` to a loop device and mount it read-only at `target`.
+pub fn mount_squashfs(sys: &dyn Sys, image: &Path, target: &Path) -> Result<()> {
+    sys.mkdir_all(target)
+        .with_context(|| format!("cannot create {}", target.display()))?;
+    let dev = sys
+        .loop_attach(image)
+        .with_context(|| format!("cannot attach {} to a loop device", image.display()))?;
+    sys.mount(
+        &dev.to_string_lossy(),
+        target,
+        "squashfs",
+        MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+        "",
+    )
+    .with_context(|| {
+        format!(
+            "cannot mount {} ({}) at {}: is it a squashfs image?",
+            image.display(),
+            dev.display(),
+            target.display()
+        )
+    })
+}
+
+/// The overlay root: rootfs below, the RAM upper on top.
+pub fn mount_overlay(sys: &dyn Sys, root: &Path, plan: &Plan) -> Result<()> {
+    let target = at(root, &plan.overlay_root);
+    sys.mkdir_all(&target)
+        .with_context(|| format!("cannot create {}", target.display()))?;
+    // The option string names /sysroot paths; under a test root prefix them.
+    let data = if root == Path::new("/") {
+        plan.overlay_options.clone()
+    } else {
+        plan.overlay_options
+            .replace("=/", &format!("={}/", root.display()))
+    };
+    sys.mount("overlay", &target, "overlay", MsFlags::empty(), &data)
+        .with_context(|| format!("cannot mount the overlay at {} ({data})", target.display()))
+}
+
+/// Where a planned move lands. Targets under /run are made on the
+/// initramfs's /run tmpfs, which then moves whole into the new root (so
+/// systemd finds /run already mounted and keeps it).
+pub fn move_target(root: &Path, plan: &Plan, to: &str) -> PathBuf {
+    if to.starts_with("/run/") {
+        at(root, to)
+    } else {
+        at(&at(root, &plan.overlay_root), to)
+    }
+}
+
+/// Move the planned mounts (but those in `skipped`, never mounted), then
+/// /dev, /proc, /sys and /run, into the new root.
+pub fn hand_over(sys: &dyn Sys, root: &Path, plan: &Plan, skipped: &[String]) -> Result<()> {
+    let newroot = at(root, &plan.overlay_root);
+    for m in plan.moves.iter().filter(|m| !skipped.contains(&m.from)) {
+        let from = at(root, &m.from);
+        let to = move_target(root, plan, &m.to);
+        if !sys.exists(&to) {
+            sys.mkdir_all(&to)
+                .with_context(|| format!("cannot create mount point {}", to.display()))?;
+        }
+        sys.move_mount(&from, &to).with_context(|| {
+            format!("cannot move {} to {}", from.display(), to.display())
+        })?;
+    }
+    for api in ["/dev", "/proc", "/sys", "/run"] {
+        let from = at(root, api);
+        let to = at(&newroot, api);
+        if !sys.exists(&to) {
+            sys.mkdir_all(&to)
+                .with_context(|| format!("cannot create mount point {}", to.display()))?;
+        }
+        sys.move_mount(&from, &to)
+            .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::RecordingSys;
+    use ramstick_common::cmdline;
+    use ramstick_common::plan::{make_plan, Facts};
+
+    fn plan_for(line: &str) -> Plan {
+        let (cfg, problems) = cmdline::parse(line);
+        make_plan(
+            &cfg,
+            problems,
+            &Facts {
+                kernel_version: "6.1.0-56-amd64".into(),
+                mem_total_bytes: 2 << 30,
+            },
+        )
+    }
+
+    #[test]
+    fn tmpfs_upper_is_sized_and_gets_upper_and_work() {
+        let sys = RecordingSys::new();
+        let plan = plan_for("ramstick.upper=tmpfs ramstick.upper.size=256M");
+        let what = setup_upper(&sys, Path::new("/"), &plan).ok();
+        assert_eq!(what.as_deref(), Some("tmpfs"));
+        assert_eq!(
+            sys.calls(),
+            vec![
+                "mkdir /sysroot/upper",
+                "mount tmpfs tmpfs /sysroot/upper NODEV size=268435456,mode=0755",
+                "mkdir /sysroot/upper/upper",
+                "mkdir /sysroot/upper/work",
+            ]
+        );
+    }
+
+    #[test]
+    fn zram_upper_uses_free_zram0_sets_alg_and_formats() {
+        let mut sys = RecordingSys::new();
+        sys.files
+            .insert(PathBuf::from("/sys/block/zram0/disksize"), "0\n".into());
+        let plan = plan_for("ramstick.upper.size=1G ramstick.zram.alg=zstd");
+        let what = setup_upper(&sys, Path::new("/"), &plan).ok();
+        assert_eq!(what.as_deref(), Some("zram0"));
+        assert_eq!(
+            sys.calls(),
+            vec![
+                "mkdir /sysroot/upper",
+                "read /sys/block/zram0/disksize",
+                "write /sys/block/zram0/comp_algorithm zstd",
+                "write /sys/block/zram0/disksize 1073741824",
+                "run /bin/busybox mke2fs -q -F -b 4096 -I 256 -m 0 -L ramstick-upper /dev/zram0",
+                "mount ext4 /dev/zram0 /sysroot/upper NODEV|NOATIME discard",
+                "mkdir /sysroot/upper/upper",
+                "mkdir /sysroot/upper/work",
+            ]
+        );
+    }
+
+    #[test]
+    fn zram_hot_adds_when_zram0_is_busy() {
+        let mut sys = RecordingSys::new();
+        sys.files
+            .insert(PathBuf::from("/sys/block/zram0/disksize"), "4096\n".into());
+        sys.files.insert(
+            PathBuf::from("/sys/class/zram-control/hot_add"),
+            "1\n".into(),
+        );
+        let plan = plan_for("");
+        assert_eq!(
+            setup_upper(&sys, Path::new("/"), &plan).ok().as_deref(),
+            Some("zram1")
+        );
+        assert!(sys
+            .calls()
+            .contains(&"write /sys/block/zram1/disksize 1073741824".to_string()));
+    }
+
+    #[test]
+    fn a_bad_zram_algorithm_falls_back_to_the_default() {
+        let mut sys = RecordingSys::new();
+        sys.files
+            .insert(PathBuf::from("/sys/block/zram0/disksize"), "0".into());
+        sys.fail_on.push("write /sys/block/zram0/comp_algorithm".into());
+        let plan = plan_for("ramstick.zram.alg=nope");
+        assert!(setup_upper(&sys, Path::new("/"), &plan).is_ok());
+    }
+
+    #[test]
+    fn lowers_are_loop_mounted_read_only_and_missing_firmware_is_skipped() {
+        let mut sys = RecordingSys::new();
+        for f in ["rootfs.squashfs", "modules-6.1.0-56-amd64.squashfs"] {
+            sys.files
+                .insert(PathBuf::from("/sysroot/persist").join(f), String::new());
+        }
+        let plan = plan_for("");
+        let skipped = mount_lowers(&sys, Path::new("/"), &plan, &[])
+            .map_err(|e| format!("{e:#}"))
+            .unwrap();
+        assert_eq!(skipped, vec!["/sysroot/firmware"]);
+        assert_eq!(
+            sys.calls(),
+            vec![
+                "mkdir /sysroot/rootfs",
+                "loop /sysroot/persist/rootfs.squashfs",
+                "mount squashfs /dev/loop0 /sysroot/rootfs RDONLY|NODEV ",
+                "mkdir /sysroot/modules-6.1.0-56-amd64",
+                "loop /sysroot/persist/modules-6.1.0-56-amd64.squashfs",
+                "mount squashfs /dev/loop1 /sysroot/modules-6.1.0-56-amd64 RDONLY|NODEV ",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_rootfs_names_the_image_and_what_is_there() {
+        let sys = RecordingSys::new();
+        let plan = plan_for("");
+        let err = mount_lowers(
+            &sys,
+            Path::new("/"),
+            &plan,
+            &["firmware.squashfs".to_string()],
+        )
+        .map_err(|e| format!("{e:#}"))
+        .err()
+        .unwrap_or_default();
+        assert!(err.contains("rootfs.squashfs is missing"), "{err}");
+        assert!(err.contains("files present: firmware.squashfs"), "{err}");
+    }
+
+    #[test]
+    fn an_unmounted_optional_lower_is_not_moved() {
+        let sys = RecordingSys::new();
+        let plan = plan_for("");
+        hand_over(&sys, Path::new("/"), &plan, &["/sysroot/firmware".to_string()])
+            .map_err(|e| format!("{e:#}"))
+            .unwrap();
+        assert!(!sys.calls().iter().any(|c| c.starts_with("move /sysroot/firmware")));
+        assert!(sys.calls().iter().any(|c| c == "move /run /sysroot/overlay_root/run"));
+    }
+
+    #[test]
+    fn overlay_and_hand_over_follow_the_plan() {
+        let sys = RecordingSys::new();
+        let plan = plan_for("");
+        mount_overlay(&sys, Path::new("/"), &plan).map_err(|e| format!("{e:#}")).unwrap();
+        hand_over(&sys, Path::new("/"), &plan, &[])
+            .map_err(|e| format!("{e:#}"))
+            .unwrap();
+        let calls = sys.calls();
+        assert_eq!(calls[0], "mkdir /sysroot/overlay_root");
+        assert_eq!(
+            calls[1],
+            format!("mount overlay overlay /sysroot/overlay_root - {}", plan.overlay_options)
+        );
+        assert!(plan
+            .overlay_options
+            .starts_with("lowerdir=/sysroot/rootfs,upperdir=/sysroot/upper/upper,workdir=/sysroot/upper/work"));
+        let moves: Vec<&String> = calls.iter().filter(|c| c.starts_with("move ")).collect();
+        assert_eq!(
+            moves,
+            vec![
+                "move /sysroot/persist /sysroot/overlay_root/persist",
+                "move /sysroot/upper /run/ramstick/upper",
+                "move /sysroot/rootfs /run/ramstick/lower",
+                "move /sysroot/modules-6.1.0-56-amd64 /sysroot/overlay_root/lib/modules/6.1.0-56-amd64",
+                "move /sysroot/firmware /sysroot/overlay_root/lib/firmware",
+                "move /dev /sysroot/overlay_root/dev",
+                "move /proc /sysroot/overlay_root/proc",
+                "move /sys /sysroot/overlay_root/sys",
+                "move /run /sysroot/overlay_root/run",
+            ]
+        );
+    }
+}

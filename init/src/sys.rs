@@ -1,0 +1,253 @@
+//! The system calls of the mount sequence, behind one trait.
+//!
+//! [`LinuxSys`] does them for real; [`RecordingSys`] records each call as one
+//! line of text, so tests assert the exact sequence, flags and options.
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+pub trait Sys {
+    /// mount(2). `flags` are the MS_* flags; `data` the filesystem options.
+    fn mount(
+        &self,
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        flags: MsFlags,
+        data: &str,
+    ) -> io::Result<()>;
+    /// mount(2) with MS_MOVE.
+    fn move_mount(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// umount2(2), lazily when `detach`.
+    fn umount(&self, target: &Path, detach: bool) -> io::Result<()>;
+    /// `mkdir -p`.
+    fn mkdir_all(&self, path: &Path) -> io::Result<()>;
+    /// Attach `image` read-only to a free loop device (autoclear), return the device path.
+    fn loop_attach(&self, image: &Path) -> io::Result<PathBuf>;
+    /// Write a small value to a (sysfs/procfs) file.
+    fn write_file(&self, path: &Path, data: &str) -> io::Result<()>;
+    /// Read a small (sysfs/procfs) file.
+    fn read_file(&self, path: &Path) -> io::Result<String>;
+    /// Run a helper program from the initramfs and wait; non-zero exit is an error.
+    fn run(&self, argv: &[&str]) -> io::Result<()>;
+    /// Whether a path exists (without following a final symlink).
+    fn exists(&self, path: &Path) -> bool;
+}
+
+/// The real thing. Attached loop devices stay open here: they are set to
+/// autoclear, which detaches a device as soon as its last opener closes it,
+/// so closing before the mount would detach it under the mount. The
+/// descriptors close at exec (close-on-exec) and the mounts keep the devices.
+#[derive(Default)]
+pub struct LinuxSys {
+    loops: RefCell<Vec<loopdev::LoopDevice>>,
+}
+
+impl LinuxSys {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn opt(s: &str) -> Option<&str> {
+    if s.is_empty() {
+        None
+    } else {
+        Some(s)
+    }
+}
+
+impl Sys for LinuxSys {
+    fn mount(
+        &self,
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        flags: MsFlags,
+        data: &str,
+    ) -> io::Result<()> {
+        mount(opt(source), target, opt(fstype), flags, opt(data)).map_err(io::Error::from)
+    }
+
+    fn move_mount(&self, from: &Path, to: &Path) -> io::Result<()> {
+        mount(Some(from), to, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+            .map_err(io::Error::from)
+    }
+
+    fn umount(&self, target: &Path, detach: bool) -> io::Result<()> {
+        let flags = if detach {
+            MntFlags::MNT_DETACH
+        } else {
+            MntFlags::empty()
+        };
+        umount2(target, flags).map_err(io::Error::from)
+    }
+
+    fn mkdir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+
+    fn loop_attach(&self, image: &Path) -> io::Result<PathBuf> {
+        let control = loopdev::LoopControl::open()?;
+        let device = control.next_free()?;
+        device
+            .with()
+            .read_only(true)
+            .autoclear(true)
+            .attach(image)?;
+        let path = device
+            .path()
+            .ok_or_else(|| io::Error::other("loop device has no path"))?;
+        self.loops.borrow_mut().push(device);
+        Ok(path)
+    }
+
+    fn write_file(&self, path: &Path, data: &str) -> io::Result<()> {
+        std::fs::write(path, data)
+    }
+
+    fn read_file(&self, path: &Path) -> io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+
+    fn run(&self, argv: &[&str]) -> io::Result<()> {
+        let (prog, args) = argv
+            .split_first()
+            .ok_or_else(|| io::Error::other("empty command"))?;
+        let out = std::process::Command::new(prog).args(args).output()?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!(
+                "{} exited with {}: {}",
+                argv.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )))
+        }
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.symlink_metadata().is_ok()
+    }
+}
+
+/// Records every call; answers reads from a table and fails calls on request.
+#[derive(Default)]
+pub struct RecordingSys {
+    pub calls: RefCell<Vec<String>>,
+    /// Contents returned by `read_file`, by path; these paths also "exist".
+    pub files: HashMap<PathBuf, String>,
+    /// A call whose recorded line starts with one of these fails with EIO.
+    pub fail_on: Vec<String>,
+    next_loop: RefCell<u32>,
+}
+
+impl RecordingSys {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn record(&self, line: String) -> io::Result<()> {
+        let fail = self.fail_on.iter().any(|f| line.starts_with(f.as_str()));
+        self.calls.borrow_mut().push(line);
+        if fail {
+            Err(io::Error::from_raw_os_error(nix::libc::EIO))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.borrow().clone()
+    }
+}
+
+/// `MS_RDONLY|MS_NOATIME` style text for recorded flags.
+pub fn flags_text(flags: MsFlags) -> String {
+    let names = [
+        (MsFlags::MS_RDONLY, "RDONLY"),
+        (MsFlags::MS_NOSUID, "NOSUID"),
+        (MsFlags::MS_NODEV, "NODEV"),
+        (MsFlags::MS_NOEXEC, "NOEXEC"),
+        (MsFlags::MS_NOATIME, "NOATIME"),
+        (MsFlags::MS_BIND, "BIND"),
+        (MsFlags::MS_MOVE, "MOVE"),
+        (MsFlags::MS_REC, "REC"),
+        (MsFlags::MS_PRIVATE, "PRIVATE"),
+    ];
+    let set: Vec<&str> = names
+        .iter()
+        .filter(|(f, _)| flags.contains(*f))
+        .map(|(_, n)| *n)
+        .collect();
+    if set.is_empty() {
+        "-".into()
+    } else {
+        set.join("|")
+    }
+}
+
+impl Sys for RecordingSys {
+    fn mount(
+        &self,
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        flags: MsFlags,
+        data: &str,
+    ) -> io::Result<()> {
+        self.record(format!(
+            "mount {fstype} {source} {} {} {data}",
+            target.display(),
+            flags_text(flags)
+        ))
+    }
+
+    fn move_mount(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.record(format!("move {} {}", from.display(), to.display()))
+    }
+
+    fn umount(&self, target: &Path, detach: bool) -> io::Result<()> {
+        self.record(format!(
+            "umount {}{}",
+            target.display(),
+            if detach { " detach" } else { "" }
+        ))
+    }
+
+    fn mkdir_all(&self, path: &Path) -> io::Result<()> {
+        self.record(format!("mkdir {}", path.display()))
+    }
+
+    fn loop_attach(&self, image: &Path) -> io::Result<PathBuf> {
+        self.record(format!("loop {}", image.display()))?;
+        let mut n = self.next_loop.borrow_mut();
+        let dev = PathBuf::from(format!("/dev/loop{n}"));
+        *n += 1;
+        Ok(dev)
+    }
+
+    fn write_file(&self, path: &Path, data: &str) -> io::Result<()> {
+        self.record(format!("write {} {}", path.display(), data.trim_end()))
+    }
+
+    fn read_file(&self, path: &Path) -> io::Result<String> {
+        self.record(format!("read {}", path.display()))?;
+        self.files
+            .get(path)
+            .cloned()
+            .ok_or_else(|| io::Error::from_raw_os_error(nix::libc::ENOENT))
+    }
+
+    fn run(&self, argv: &[&str]) -> io::Result<()> {
+        self.record(format!("run {}", argv.join(" ")))
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        self.files.contains_key(path)
+    }
+}

@@ -1,0 +1,406 @@
+//! `cargo xtask e2e`: end-to-end scenarios that boot real disk images in QEMU
+//! and drive the serial console.
+//!
+//! Disk images are built once per distinct input and cached as
+//! `target/e2e/cache/<inputs>-<spec>.img`, where `<inputs>` hashes the init and
+//! saver binaries, the busybox rootfs tree, the kernel, the image-building
+//! xtask sources, `grub/` and `initramfs-skel/`, and `<spec>` hashes the
+//! scenario's image options and extra files. Each scenario boots a fresh
+//! sparse copy in `target/e2e/run/` so boots never change the cache; the copy
+//! is deleted when the scenario passes and kept when it fails. Console logs
+//! (`target/e2e/logs/<scenario>.log`) are kept for every scenario, passing or
+//! not, and overwritten by the next run.
+
+mod cache;
+mod scenarios;
+
+use crate::qemu::{self, Machine, Vm};
+use crate::{build, deps, image, kernel, rootfs, target_dir, workspace_root};
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// `cargo xtask e2e`.
+#[derive(clap::Args, Default)]
+pub struct Args {
+    /// Only scenarios whose name contains this.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Use KVM instead of TCG emulation.
+    #[arg(long)]
+    pub kvm: bool,
+    /// Run all scenarios even after one fails.
+    #[arg(long)]
+    pub keep_going: bool,
+}
+
+/// One end-to-end check.
+pub struct Scenario {
+    pub name: &'static str,
+    pub run: fn(&mut Ctx) -> Result<()>,
+}
+
+/// What a scenario's disk image differs in (see [`image::Spec`]).
+#[derive(Default)]
+pub struct DiskSpec {
+    pub extra_cmdline: String,
+    /// (host file, name in the persist partition's root)
+    pub persist_extra: Vec<(PathBuf, String)>,
+    /// Image files left off the persist partition, e.g. "rootfs.squashfs".
+    pub omit: Vec<String>,
+}
+
+/// What all scenarios share: built binaries, kernel, rootfs, directories.
+pub struct Ctx {
+    kvm: bool,
+    bins: build::Binaries,
+    kernel: kernel::Kernel,
+    rootfs: PathBuf,
+    /// Hash of everything every image is built from (the cache name prefix).
+    inputs: String,
+    cache: PathBuf,
+    run: PathBuf,
+    logs: PathBuf,
+    work: PathBuf,
+    /// The scenario running now.
+    scenario: String,
+}
+
+/// Run the scenarios; prints `e2e: N passed, M failed` last.
+pub fn run(a: &Args) -> Result<()> {
+    let selected: Vec<&Scenario> = scenarios::ALL
+        .iter()
+        .filter(|s| a.filter.as_deref().is_none_or(|f| s.name.contains(f)))
+        .collect();
+    if selected.is_empty() {
+        let names: Vec<&str> = scenarios::ALL.iter().map(|s| s.name).collect();
+        bail!(
+            "no e2e scenario name contains {:?}; scenarios: {}",
+            a.filter.as_deref().unwrap_or(""),
+            names.join(", ")
+        );
+    }
+    let mut ctx = Ctx::prepare(a.kvm)?;
+    let (mut passed, mut failed) = (0, 0);
+    for s in selected {
+        println!("e2e: running {}", s.name);
+        let started = Instant::now();
+        match ctx.run_scenario(s) {
+            Ok(()) => {
+                passed += 1;
+                println!("PASS {} ({:.1} s)", s.name, started.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {}: {e:#}", s.name);
+                println!("  console log: {}", ctx.log_path().display());
+                if !a.keep_going {
+                    println!("e2e: stopping at the first failure (--keep-going runs the rest)");
+                    break;
+                }
+            }
+        }
+    }
+    println!("e2e: {passed} passed, {failed} failed");
+    if failed > 0 {
+        bail!("end-to-end tests failed");
+    }
+    Ok(())
+}
+
+impl Ctx {
+    /// Install tools and build everything the images share.
+    fn prepare(kvm: bool) -> Result<Ctx> {
+        qemu::ensure_tools()?;
+        deps::ensure(&[("mksquashfs", "squashfs-tools"), ("cp", "coreutils")])?;
+        let e2e = target_dir().join("e2e");
+        let rootfs_dir = target_dir().join("rootfs-busybox");
+        let t = Instant::now();
+        println!("e2e: building init and saver, fetching the kernel, building the busybox rootfs");
+        let bins = build::static_binaries()?;
+        let kernel = kernel::fetch_debian()?;
+        rootfs::build(rootfs::Kind::Busybox, &rootfs_dir)?;
+        let inputs = format!("{:016x}", inputs_hash(&bins, &kernel, &rootfs_dir)?);
+        println!(
+            "e2e: inputs ready in {:.1} s (kernel {}, inputs hash {inputs})",
+            t.elapsed().as_secs_f64(),
+            kernel.version
+        );
+        let ctx = Ctx {
+            kvm,
+            bins,
+            kernel,
+            rootfs: rootfs_dir,
+            inputs,
+            cache: e2e.join("cache"),
+            run: e2e.join("run"),
+            logs: e2e.join("logs"),
+            work: e2e.join("work"),
+            scenario: String::new(),
+        };
+        for dir in [&ctx.cache, &ctx.run, &ctx.logs, &ctx.work] {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        ctx.prune_cache()?;
+        Ok(ctx)
+    }
+
+    /// Remove cached images built from other inputs: they can never be used again.
+    fn prune_cache(&self) -> Result<()> {
+        let prefix = format!("{}-", self.inputs);
+        for entry in fs::read_dir(&self.cache)
+            .with_context(|| format!("listing {}", self.cache.display()))?
+        {
+            let path = entry
+                .with_context(|| format!("listing {}", self.cache.display()))?
+                .path();
+            let name = path.file_name().unwrap_or_default().to_string_lossy();
+            if !name.starts_with(&prefix) {
+                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn run_scenario(&mut self, s: &Scenario) -> Result<()> {
+        self.scenario = s.name.to_string();
+        let log = self.log_path();
+        fs::write(&log, "").with_context(|| format!("creating {}", log.display()))?;
+        (s.run)(self)?;
+        // Every QEMU of the scenario has been dropped (killed) by now.
+        let console =
+            fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
+        if console.contains("Kernel panic") {
+            bail!("the console shows a kernel panic");
+        }
+        for path in [self.disk_path(), self.vars_path()] {
+            if path.exists() {
+                fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The running scenario's console log.
+    pub fn log_path(&self) -> PathBuf {
+        self.logs.join(format!("{}.log", self.scenario))
+    }
+
+    fn disk_path(&self) -> PathBuf {
+        self.run.join(format!("{}.img", self.scenario))
+    }
+
+    fn vars_path(&self) -> PathBuf {
+        self.run.join(format!("{}-OVMF_VARS.fd", self.scenario))
+    }
+
+    /// Version of the kernel the images boot.
+    pub fn kernel_version(&self) -> &str {
+        &self.kernel.version
+    }
+
+    /// A fresh copy of the disk image for `spec`, building it into the cache first if needed.
+    pub fn disk(&mut self, spec: &DiskSpec) -> Result<PathBuf> {
+        let cached = self
+            .cache
+            .join(format!("{}-{:016x}.img", self.inputs, spec_hash(spec)?));
+        if !cached.exists() {
+            let partial = cached.with_extension("partial.img");
+            println!("e2e: building disk image {}", cached.display());
+            image::build(&image::Spec {
+                rootfs: self.rootfs.clone(),
+                out: partial.clone(),
+                size: None,
+                kernel: self.kernel.clone(),
+                bins: self.bins.clone(),
+                extra_cmdline: spec.extra_cmdline.clone(),
+                persist_extra: spec.persist_extra.clone(),
+                omit: spec.omit.clone(),
+            })
+            .with_context(|| format!("building {}", partial.display()))?;
+            fs::rename(&partial, &cached).with_context(|| {
+                format!("renaming {} to {}", partial.display(), cached.display())
+            })?;
+        }
+        let disk = self.disk_path();
+        deps::run(
+            deps::cmd("cp")
+                .args(["--sparse=always", "--reflink=auto"])
+                .arg(&cached)
+                .arg(&disk),
+        )?;
+        Ok(disk)
+    }
+
+    /// Start QEMU on `disk` (virtio-blk, or USB storage with `usb`), logging to the scenario log.
+    pub fn boot(&mut self, disk: &Path, usb: bool) -> Result<Vm> {
+        let machine = Machine {
+            disk: disk.to_path_buf(),
+            kvm: self.kvm,
+            mem: 1024,
+            usb,
+            vars: self.vars_path(),
+            unsafe_cache: true,
+        };
+        Vm::spawn(&machine, &self.log_path())
+    }
+
+    /// A valid upper image whose only file is `etc/ramstick-marker` holding `marker`.
+    pub fn upper_image(&mut self, marker: &str) -> Result<PathBuf> {
+        let dir = self.work.join(format!("upper-{marker}"));
+        let out = self.work.join(format!("upper-{marker}.squashfs"));
+        if dir.exists() {
+            fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+        fs::create_dir_all(dir.join("etc"))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let file = dir.join("etc/ramstick-marker");
+        fs::write(&file, format!("{marker}\n"))
+            .with_context(|| format!("writing {}", file.display()))?;
+        // Fixed times and owners: the same marker gives the same bytes (and cache key).
+        deps::output(
+            deps::cmd("mksquashfs")
+                .arg(&dir)
+                .arg(&out)
+                .args(["-noappend", "-comp", "gzip", "-all-root", "-no-xattrs"])
+                .args([
+                    "-mkfs-time",
+                    "0",
+                    "-all-time",
+                    "0",
+                    "-quiet",
+                    "-no-progress",
+                ]),
+        )?;
+        Ok(out)
+    }
+
+    /// A copy of `image` cut to half its size.
+    pub fn truncated(&mut self, image: &Path) -> Result<PathBuf> {
+        let bytes = fs::read(image).with_context(|| format!("reading {}", image.display()))?;
+        let stem = image.file_stem().unwrap_or_default().to_string_lossy();
+        let out = self.work.join(format!("{stem}-truncated.squashfs"));
+        fs::write(&out, &bytes[..bytes.len() / 2])
+            .with_context(|| format!("writing {}", out.display()))?;
+        Ok(out)
+    }
+}
+
+/// The xtask sources that decide how images are built: all but the QEMU/e2e/test runners.
+fn is_image_source(name: &str) -> bool {
+    !matches!(name, "qemu.rs" | "e2e.rs" | "testall.rs" | "e2e")
+}
+
+/// Hash of everything every e2e image is built from.
+fn inputs_hash(bins: &build::Binaries, kernel: &kernel::Kernel, rootfs: &Path) -> Result<u64> {
+    let mut h = cache::Hasher::default();
+    h.file(&bins.init)?;
+    h.file(&bins.saver)?;
+    h.tree(rootfs)?;
+    h.str(&kernel.version);
+    h.file(&kernel.vmlinuz)?;
+    let root = workspace_root();
+    for dir in ["grub", "initramfs-skel"] {
+        let dir = root.join(dir);
+        if dir.is_dir() {
+            h.tree(&dir)?;
+        }
+    }
+    let src = root.join("xtask").join("src");
+    let mut sources: Vec<PathBuf> = fs::read_dir(&src)
+        .with_context(|| format!("listing {}", src.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("listing {}", src.display()))?;
+    sources.sort();
+    for path in sources {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if path.is_file() && is_image_source(&name) {
+            h.str(&name);
+            h.file(&path)?;
+        }
+    }
+    Ok(h.finish())
+}
+
+/// Hash of a scenario's image options, including the extra files' contents.
+fn spec_hash(spec: &DiskSpec) -> Result<u64> {
+    let mut h = cache::Hasher::default();
+    h.str(&spec.extra_cmdline);
+    h.field(&(spec.persist_extra.len() as u64).to_le_bytes());
+    for (file, name) in &spec.persist_extra {
+        h.str(name);
+        h.file(file)?;
+    }
+    h.field(&(spec.omit.len() as u64).to_le_bytes());
+    for name in &spec.omit {
+        h.str(name);
+    }
+    Ok(h.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_hash_depends_on_every_field() {
+        let dir = std::env::temp_dir().join(format!("xtask-spec-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("upper.squashfs");
+        fs::write(&file, "one").unwrap();
+        let base = DiskSpec::default();
+        let h0 = spec_hash(&base).unwrap();
+        assert_eq!(h0, spec_hash(&DiskSpec::default()).unwrap());
+        let cmdline = DiskSpec {
+            extra_cmdline: "ramstick.timeout=3".into(),
+            ..DiskSpec::default()
+        };
+        let omit = DiskSpec {
+            omit: vec!["rootfs.squashfs".into()],
+            ..DiskSpec::default()
+        };
+        let extra = || DiskSpec {
+            persist_extra: vec![(file.clone(), "upperfs.squashfs".into())],
+            ..DiskSpec::default()
+        };
+        let h_extra = spec_hash(&extra()).unwrap();
+        fs::write(&file, "two").unwrap();
+        let h_extra2 = spec_hash(&extra()).unwrap();
+        let renamed = DiskSpec {
+            persist_extra: vec![(file.clone(), "upperfs-backup.squashfs".into())],
+            ..DiskSpec::default()
+        };
+        let all = [
+            h0,
+            spec_hash(&cmdline).unwrap(),
+            spec_hash(&omit).unwrap(),
+            h_extra,
+            h_extra2,
+            spec_hash(&renamed).unwrap(),
+        ];
+        for (i, a) in all.iter().enumerate() {
+            for b in &all[i + 1..] {
+                assert_ne!(a, b, "{all:x?}");
+            }
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn runner_sources_do_not_invalidate_images() {
+        assert!(!is_image_source("e2e.rs"));
+        assert!(!is_image_source("qemu.rs"));
+        assert!(is_image_source("image.rs"));
+        assert!(is_image_source("initramfs.rs"));
+    }
+
+    #[test]
+    fn scenario_names_are_unique() {
+        let mut names: Vec<&str> = scenarios::ALL.iter().map(|s| s.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), scenarios::ALL.len());
+    }
+}

@@ -1,0 +1,407 @@
+//! The e2e scenarios: each boots a disk image and checks what the guest sees.
+
+use super::{Ctx, DiskSpec, Scenario};
+use crate::qemu::Vm;
+use anyhow::{bail, ensure, Context, Result};
+use ramstick_common::bootinfo::BootInfo;
+use ramstick_common::cmdline::BootType;
+use std::time::Duration;
+
+/// Every scenario, in the order they run.
+pub const ALL: &[Scenario] = &[
+    Scenario {
+        name: "boot-default",
+        run: boot_default,
+    },
+    Scenario {
+        name: "entry-backup",
+        run: entry_backup,
+    },
+    Scenario {
+        name: "entry-clean",
+        run: entry_clean,
+    },
+    Scenario {
+        name: "entry-tmpfs",
+        run: entry_tmpfs,
+    },
+    Scenario {
+        name: "usb",
+        run: usb,
+    },
+    Scenario {
+        name: "poweroff",
+        run: poweroff,
+    },
+    Scenario {
+        name: "fallback-truncated",
+        run: fallback_truncated,
+    },
+    Scenario {
+        name: "clean-ignores-upper",
+        run: clean_ignores_upper,
+    },
+    Scenario {
+        name: "default-unpacks-upper",
+        run: default_unpacks_upper,
+    },
+    Scenario {
+        name: "missing-rootfs",
+        run: missing_rootfs,
+    },
+    Scenario {
+        name: "wrong-persist",
+        run: wrong_persist,
+    },
+];
+
+/// From the GRUB menu to a shell prompt under TCG (GRUB ~5 s, kernel + init 15-40 s).
+const BOOT: Duration = Duration::from_secs(180);
+/// One shell command.
+const CMD: Duration = Duration::from_secs(30);
+/// The busybox rootfs's root shell prompt on ttyS0 (PS1 'ramstick:\w# ' in /).
+const PROMPT: &str = "ramstick:/# ";
+/// The prompt of init's emergency shell.
+const EMERGENCY_PROMPT: &str = "(initramfs) # ";
+/// GRUB menu entries, in menu order.
+const ENTRY_DEFAULT: usize = 0;
+const ENTRY_BACKUP: usize = 1;
+const ENTRY_CLEAN: usize = 2;
+const ENTRY_TMPFS: usize = 3;
+/// The file the test upper images carry.
+const MARKER: &str = "/etc/ramstick-marker";
+
+/// Boot `spec`'s disk with GRUB entry `entry` to the rootfs shell.
+fn boot_to_shell(ctx: &mut Ctx, spec: &DiskSpec, entry: usize, usb: bool) -> Result<Vm> {
+    let disk = ctx.disk(spec)?;
+    let mut vm = ctx.boot(&disk, usb)?;
+    vm.select_entry(entry)?;
+    wait_shell(&mut vm)?;
+    Ok(vm)
+}
+
+/// Wait for the rootfs shell prompt; fail early on a failed boot.
+fn wait_shell(vm: &mut Vm) -> Result<()> {
+    let seen = vm.expect_any(
+        &[PROMPT, "BOOT FAILED", "Kernel panic", "rebooting in"],
+        BOOT,
+    )?;
+    if seen == 0 {
+        return Ok(());
+    }
+    let rest = vm.expect("\n", CMD).unwrap_or_default();
+    let what = ["", "BOOT FAILED", "Kernel panic", "rebooting in"][seen];
+    bail!(
+        "boot did not reach the shell: {what}{} (console log {})",
+        rest.trim_end(),
+        vm.log_path().display()
+    );
+}
+
+/// Expect init to fail with a line containing `mention`, then use its emergency shell.
+fn expect_emergency_shell(vm: &mut Vm, mention: &str) -> Result<()> {
+    let line = vm.expect_line("BOOT FAILED", BOOT)?;
+    ensure!(
+        line.contains(mention),
+        "the failure line does not mention {mention:?}: {line:?}"
+    );
+    let next = vm.expect_any(&["starting emergency shell", "rebooting in"], CMD)?;
+    ensure!(
+        next == 0,
+        "init reboots instead of starting the emergency shell"
+    );
+    vm.expect(EMERGENCY_PROMPT, CMD)?;
+    let out = vm.run("echo EMERG-$((2+3))", CMD)?;
+    ensure!(out.trim() == "EMERG-5", "emergency shell printed {out:?}");
+    Ok(())
+}
+
+/// `/proc/cmdline` must contain every one of `params`.
+fn check_cmdline(vm: &mut Vm, params: &[&str]) -> Result<()> {
+    let cmdline = vm.run("cat /proc/cmdline", CMD)?;
+    for p in params {
+        ensure!(
+            cmdline.split_whitespace().any(|w| w == *p),
+            "{p} is not on the kernel command line: {}",
+            cmdline.trim()
+        );
+    }
+    Ok(())
+}
+
+/// One line of `/proc/mounts`.
+#[derive(Debug, PartialEq)]
+struct Mount {
+    source: String,
+    target: String,
+    fstype: String,
+}
+
+fn parse_mounts(text: &str) -> Vec<Mount> {
+    text.lines()
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            Some(Mount {
+                source: f.next()?.to_string(),
+                target: f.next()?.to_string(),
+                fstype: f.next()?.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn mounts(vm: &mut Vm) -> Result<Vec<Mount>> {
+    Ok(parse_mounts(&vm.run("cat /proc/mounts", CMD)?))
+}
+
+/// The topmost mount on `target`, which must have type `fstype` when given.
+fn mount_at<'a>(mounts: &'a [Mount], target: &str, fstype: Option<&str>) -> Result<&'a Mount> {
+    let Some(m) = mounts.iter().rev().find(|m| m.target == target) else {
+        bail!("nothing is mounted on {target}; mounts: {mounts:?}");
+    };
+    if let Some(fstype) = fstype {
+        ensure!(
+            m.fstype == fstype,
+            "{target} is {} ({}), not {fstype}",
+            m.fstype,
+            m.source
+        );
+    }
+    Ok(m)
+}
+
+fn boot_info(vm: &mut Vm) -> Result<BootInfo> {
+    let json = vm.run("cat /run/ramstick/boot.json", CMD)?;
+    BootInfo::from_json(&json).with_context(|| format!("parsing boot.json: {json}"))
+}
+
+/// The marker file's content, or `None` when it does not exist.
+fn marker(vm: &mut Vm) -> Result<Option<String>> {
+    let (rc, out) = vm.run_status(&format!("cat {MARKER}"), CMD)?;
+    Ok((rc == 0).then(|| out.trim().to_string()))
+}
+
+/// True when `line` has a number followed by "ms" (like "modules: 120 ms" or "120ms").
+fn mentions_millis(line: &str) -> bool {
+    let b = line.as_bytes();
+    (0..b.len()).any(|i| {
+        b[i..].starts_with(b"ms")
+            && b[..i]
+                .trim_ascii_end()
+                .last()
+                .is_some_and(u8::is_ascii_digit)
+    })
+}
+
+fn boot_default(ctx: &mut Ctx) -> Result<()> {
+    let disk = ctx.disk(&DiskSpec::default())?;
+    let mut vm = ctx.boot(&disk, false)?;
+    vm.select_entry(ENTRY_DEFAULT)?;
+    vm.expect("no upperfs.squashfs", BOOT)
+        .context("a new stick has no upperfs.squashfs and init should say so")?;
+    wait_shell(&mut vm)?;
+    check_cmdline(&mut vm, &["ramstick.boot=default"])?;
+
+    let kver = vm.run("uname -r", CMD)?.trim().to_string();
+    ensure!(
+        kver == ctx.kernel_version(),
+        "running kernel {kver}, built with {}",
+        ctx.kernel_version()
+    );
+    let mounts = mounts(&mut vm)?;
+    mount_at(&mounts, "/", Some("overlay"))?;
+    mount_at(&mounts, "/persist", Some("ext4"))?;
+    mount_at(&mounts, "/run/ramstick/upper", None)?;
+    mount_at(&mounts, &format!("/lib/modules/{kver}"), Some("squashfs"))?;
+    let lower = mounts.iter().any(|m| {
+        m.fstype == "squashfs"
+            && (m.target == "/run/ramstick/lower" || m.target.starts_with("/run/ramstick/lower/"))
+    });
+    ensure!(
+        lower,
+        "no squashfs lower under /run/ramstick/lower; mounts: {mounts:?}"
+    );
+
+    vm.run("test -x /run/ramstick/bin/saver", CMD)
+        .context("the saver is not executable at /run/ramstick/bin/saver")?;
+    let info = boot_info(&mut vm)?;
+    ensure!(info.asked == BootType::Default, "boot.json: {info:?}");
+    ensure!(
+        !info.timings_ms.is_empty(),
+        "boot.json has no timings: {info:?}"
+    );
+
+    let log = vm.run("dmesg | grep 'ramstick: '", CMD)?;
+    ensure!(
+        log.lines().any(mentions_millis),
+        "no phase timings among init's kernel log lines:\n{log}"
+    );
+    let out = vm.run("echo MARK-$((6*7))", CMD)?;
+    ensure!(out.trim() == "MARK-42", "echo printed {out:?}");
+    Ok(())
+}
+
+/// Boot GRUB entry `entry` of a new stick and check the command line init got.
+fn check_entry(ctx: &mut Ctx, entry: usize, params: &[&str], asked: BootType) -> Result<Vm> {
+    let mut vm = boot_to_shell(ctx, &DiskSpec::default(), entry, false)?;
+    check_cmdline(&mut vm, params)?;
+    let info = boot_info(&mut vm)?;
+    ensure!(info.asked == asked, "boot.json: {info:?}");
+    Ok(vm)
+}
+
+fn entry_backup(ctx: &mut Ctx) -> Result<()> {
+    check_entry(
+        ctx,
+        ENTRY_BACKUP,
+        &["ramstick.boot=backup"],
+        BootType::Backup,
+    )
+    .map(drop)
+}
+
+fn entry_clean(ctx: &mut Ctx) -> Result<()> {
+    check_entry(ctx, ENTRY_CLEAN, &["ramstick.boot=clean"], BootType::Clean).map(drop)
+}
+
+fn entry_tmpfs(ctx: &mut Ctx) -> Result<()> {
+    let params = ["ramstick.boot=default", "ramstick.upper=tmpfs"];
+    let mut vm = check_entry(ctx, ENTRY_TMPFS, &params, BootType::Default)?;
+    let mounts = mounts(&mut vm)?;
+    mount_at(&mounts, "/run/ramstick/upper", Some("tmpfs"))?;
+    Ok(())
+}
+
+fn usb(ctx: &mut Ctx) -> Result<()> {
+    let mut vm = boot_to_shell(ctx, &DiskSpec::default(), ENTRY_DEFAULT, true)?;
+    let mounts = mounts(&mut vm)?;
+    let persist = mount_at(&mounts, "/persist", Some("ext4"))?;
+    ensure!(
+        persist.source.starts_with("/dev/sd"),
+        "/persist comes from {}, not a USB (SCSI) disk",
+        persist.source
+    );
+    Ok(())
+}
+
+fn poweroff(ctx: &mut Ctx) -> Result<()> {
+    let mut vm = boot_to_shell(ctx, &DiskSpec::default(), ENTRY_DEFAULT, false)?;
+    let status = vm.poweroff(Duration::from_secs(120))?;
+    ensure!(status.success(), "QEMU exited with {status}");
+    Ok(())
+}
+
+fn fallback_truncated(ctx: &mut Ctx) -> Result<()> {
+    let backup = ctx.upper_image("from-backup")?;
+    let good = ctx.upper_image("from-default")?;
+    let truncated = ctx.truncated(&good)?;
+    let spec = DiskSpec {
+        persist_extra: vec![
+            (truncated, "upperfs.squashfs".into()),
+            (backup, "upperfs-backup.squashfs".into()),
+        ],
+        ..DiskSpec::default()
+    };
+    let disk = ctx.disk(&spec)?;
+    let mut vm = ctx.boot(&disk, false)?;
+    vm.select_entry(ENTRY_DEFAULT)?;
+    vm.expect("falling back to backup", BOOT)?;
+    wait_shell(&mut vm)?;
+    let found = marker(&mut vm)?;
+    ensure!(
+        found.as_deref() == Some("from-backup"),
+        "{MARKER}: {found:?}"
+    );
+    let info = boot_info(&mut vm)?;
+    ensure!(info.used == BootType::Backup, "boot.json: {info:?}");
+    Ok(())
+}
+
+/// A stick whose upperfs.squashfs holds the marker "from-default".
+fn upper_spec(ctx: &mut Ctx) -> Result<DiskSpec> {
+    let upper = ctx.upper_image("from-default")?;
+    Ok(DiskSpec {
+        persist_extra: vec![(upper, "upperfs.squashfs".into())],
+        ..DiskSpec::default()
+    })
+}
+
+fn clean_ignores_upper(ctx: &mut Ctx) -> Result<()> {
+    let spec = upper_spec(ctx)?;
+    let mut vm = boot_to_shell(ctx, &spec, ENTRY_CLEAN, false)?;
+    let found = marker(&mut vm)?;
+    ensure!(found.is_none(), "a clean boot shows {MARKER}: {found:?}");
+    Ok(())
+}
+
+fn default_unpacks_upper(ctx: &mut Ctx) -> Result<()> {
+    let spec = upper_spec(ctx)?;
+    let mut vm = boot_to_shell(ctx, &spec, ENTRY_DEFAULT, false)?;
+    let found = marker(&mut vm)?;
+    ensure!(
+        found.as_deref() == Some("from-default"),
+        "{MARKER}: {found:?}"
+    );
+    let info = boot_info(&mut vm)?;
+    ensure!(info.used == BootType::Default, "boot.json: {info:?}");
+    Ok(())
+}
+
+fn missing_rootfs(ctx: &mut Ctx) -> Result<()> {
+    let spec = DiskSpec {
+        omit: vec!["rootfs.squashfs".into()],
+        ..DiskSpec::default()
+    };
+    let disk = ctx.disk(&spec)?;
+    let mut vm = ctx.boot(&disk, false)?;
+    vm.select_entry(ENTRY_DEFAULT)?;
+    expect_emergency_shell(&mut vm, "rootfs.squashfs")
+}
+
+fn wrong_persist(ctx: &mut Ctx) -> Result<()> {
+    let spec = DiskSpec {
+        extra_cmdline: "ramstick.persist=LABEL=NOPE ramstick.timeout=3".into(),
+        ..DiskSpec::default()
+    };
+    let disk = ctx.disk(&spec)?;
+    let mut vm = ctx.boot(&disk, false)?;
+    vm.select_entry(ENTRY_DEFAULT)?;
+    expect_emergency_shell(&mut vm, "LABEL=NOPE")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_mounts() {
+        let text = "overlay / overlay rw,lowerdir=/a:/b 0 0\n/dev/vda2 /persist ext4 rw 0 0\n\n";
+        let m = parse_mounts(text);
+        assert_eq!(m.len(), 2);
+        assert_eq!(
+            m[1],
+            Mount {
+                source: "/dev/vda2".into(),
+                target: "/persist".into(),
+                fstype: "ext4".into()
+            }
+        );
+        assert!(mount_at(&m, "/", Some("overlay")).is_ok());
+        assert!(mount_at(&m, "/persist", Some("tmpfs")).is_err());
+        assert!(mount_at(&m, "/run", None).is_err());
+    }
+
+    #[test]
+    fn topmost_mount_wins() {
+        let m = parse_mounts("rootfs / rootfs rw 0 0\noverlay / overlay rw 0 0\n");
+        assert_eq!(mount_at(&m, "/", None).unwrap().fstype, "overlay");
+    }
+
+    #[test]
+    fn recognises_millisecond_timings() {
+        assert!(mentions_millis("[ 3.1] ramstick: modules loaded in 120 ms"));
+        assert!(mentions_millis("ramstick: timings: total=830ms"));
+        assert!(!mentions_millis("ramstick: mounting /persist (ms-dos?)"));
+        assert!(!mentions_millis("ramstick: starting"));
+    }
+}

@@ -1,0 +1,655 @@
+//! A bootable GPT disk image from a rootfs tree, built without root:
+//!
+//! * partition 1 `ESP`: FAT32 (`mkfs.vfat` + mtools) with a standalone GRUB
+//!   as `EFI/BOOT/BOOTX64.EFI`, `/grub/grub.cfg` (from `grub/grub.cfg`),
+//!   `/vmlinuz`, `/initramfs.img` and the `/ramstick-esp.id` marker GRUB
+//!   searches for;
+//! * partition 2 `RAMSTICK`: ext4 (`mkfs.ext4 -d`) holding
+//!   `rootfs.squashfs` (the tree without kernel modules, firmware and
+//!   `boot/`), `modules-<kver>.squashfs` (the content of
+//!   `lib/modules/<kver>`), `firmware.squashfs` (the content of
+//!   `lib/firmware`) and an empty `user/`.
+//!
+//! The partition table is written by `sfdisk` on the image file and the two
+//! filesystems are copied in at their offsets. Everything is built in a
+//! scratch directory under `target/` and `<out>.partial`; only a complete
+//! image is renamed to `out`.
+
+use crate::build::{self, Binaries};
+use crate::deps;
+use crate::initramfs::{self, partial_path};
+use crate::kernel::{self, Kernel};
+use crate::rootfs::{self, resolve_in_root};
+use anyhow::{bail, Context, Result};
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+const MIB: u64 = 1 << 20;
+/// The smallest ESP (FAT32 needs ≥ 33 MiB; 64 leaves room for kernels).
+const ESP_MIN: u64 = 64 * MIB;
+/// Space before the first partition and after the last (GPT backup).
+const GPT_GAP: u64 = MIB;
+const GRUB_TEMPLATE: &str = include_str!("../../grub/grub.cfg");
+const GRUB_STUB: &str = include_str!("../../grub/stub.cfg");
+const GRUB_MODULES: &str = "part_gpt fat ext2 search search_fs_file search_label normal linux \
+                            serial terminal echo test configfile all_video gfxterm";
+const GRUB_DIR: &str = "/usr/lib/grub/x86_64-efi";
+const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+const LINUX_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+
+const TOOLS: &[(&str, &str)] = &[
+    ("mksquashfs", "squashfs-tools"),
+    ("mkfs.vfat", "dosfstools"),
+    ("mmd", "mtools"),
+    ("mcopy", "mtools"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("sfdisk", "fdisk"),
+    ("grub-mkstandalone", "grub-common"),
+];
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The root filesystem tree (needs sbin/init).
+    #[arg(long)]
+    pub rootfs: PathBuf,
+    /// The disk image to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Total image size, e.g. 512M or 2G (default: just what is needed).
+    #[arg(long)]
+    pub size: Option<String>,
+    /// Encrypt the persist partition with this passphrase (not supported yet).
+    #[arg(long)]
+    pub luks_passphrase_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub kernel: crate::KernelArgs,
+}
+
+/// Everything [`build`] needs (the e2e harness fills it directly).
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub rootfs: PathBuf,
+    pub out: PathBuf,
+    /// Total size in bytes (rounded down to MiB); `None`: what is needed.
+    pub size: Option<u64>,
+    /// Used unless the rootfs ships its own kernel (`boot/vmlinuz-<kver>`).
+    pub kernel: Kernel,
+    pub bins: Binaries,
+    /// Appended to every GRUB entry's `linux` line.
+    pub extra_cmdline: String,
+    /// Host file → name in the persist filesystem (e.g. an `upperfs.squashfs`).
+    pub persist_extra: Vec<(PathBuf, String)>,
+    /// Names to leave out of the persist filesystem (e.g. `rootfs.squashfs`).
+    pub omit: Vec<String>,
+}
+
+/// `cargo xtask image`.
+pub fn run(a: &Args) -> Result<()> {
+    if a.luks_passphrase_file.is_some() {
+        bail!("LUKS images are not supported yet (issue 6)");
+    }
+    let size = a.size.as_deref().map(parse_size).transpose()?;
+    check_rootfs(&a.rootfs)?;
+    let kernel = match kernel::from_rootfs(&a.rootfs) {
+        Some(k) => {
+            if a.kernel.kernel.is_some() {
+                println!(
+                    "note: {} ships kernel {}; it is used instead of --kernel",
+                    a.rootfs.display(),
+                    k.version
+                );
+            }
+            k
+        }
+        None => kernel::resolve(&a.kernel)?,
+    };
+    let bins = build::static_binaries()?;
+    build(&Spec {
+        rootfs: a.rootfs.clone(),
+        out: a.out.clone(),
+        size,
+        kernel,
+        bins,
+        extra_cmdline: String::new(),
+        persist_extra: Vec::new(),
+        omit: Vec::new(),
+    })?;
+    println!("disk image: {}", a.out.display());
+    Ok(())
+}
+
+/// A size like `512M` or `2G`: an integer with an optional K/M/G/T suffix
+/// (powers of 1024, optionally followed by `iB` or `B`); plain bytes without.
+pub fn parse_size(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (number, suffix) = t.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .with_context(|| format!("invalid size {text:?}: expected e.g. 512M or 2G"))?;
+    let unit = suffix.trim_end_matches("iB").trim_end_matches('B');
+    let shift = match unit.to_ascii_uppercase().as_str() {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => bail!("invalid size {text:?}: unknown unit {suffix:?} (use K, M, G or T)"),
+    };
+    number
+        .checked_mul(1 << shift)
+        .with_context(|| format!("size {text:?} is too large"))
+}
+
+/// The rootfs must be a directory with an `sbin/init` (possibly a symlink,
+/// resolved inside the tree).
+pub fn check_rootfs(rootfs: &Path) -> Result<()> {
+    let meta = rootfs
+        .metadata()
+        .with_context(|| format!("rootfs {} does not exist", rootfs.display()))?;
+    if !meta.is_dir() {
+        bail!("rootfs {} is not a directory", rootfs.display());
+    }
+    let init = resolve_in_root(rootfs, Path::new("sbin/init"));
+    if !init.is_some_and(|p| p.is_file()) {
+        bail!(
+            "rootfs {} has no sbin/init (or it is a dangling symlink): not a root filesystem",
+            rootfs.display()
+        );
+    }
+    Ok(())
+}
+
+/// Removes the scratch directory, and the partial image unless committed.
+struct Scratch {
+    dir: PathBuf,
+    partial: PathBuf,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Best effort cleanup; errors here cannot be reported usefully.
+        let _ = deps::remove_if_exists(&self.dir);
+        let _ = deps::remove_if_exists(&self.partial);
+    }
+}
+
+/// Builds the disk image described by `spec`.
+pub fn build(spec: &Spec) -> Result<()> {
+    check_rootfs(&spec.rootfs)?;
+    deps::ensure(TOOLS)?;
+    deps::ensure_files(&[(GRUB_DIR, "grub-efi-amd64-bin")])?;
+    let kernel = kernel::from_rootfs(&spec.rootfs).unwrap_or_else(|| spec.kernel.clone());
+    let name = spec
+        .out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .context("--out has no file name")?;
+    let scratch = Scratch {
+        dir: crate::target_dir()
+            .join("ramstick/tmp")
+            .join(format!("{name}-{}", std::process::id())),
+        partial: partial_path(&spec.out),
+    };
+    deps::remove_if_exists(&scratch.dir)?;
+    fs::create_dir_all(&scratch.dir)
+        .with_context(|| format!("cannot create {}", scratch.dir.display()))?;
+    if let Some(parent) = spec.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let work = &scratch.dir;
+
+    let initrd = work.join("initramfs.img");
+    initramfs::build(&spec.bins, &kernel.modules_dir, &kernel.version, &initrd)?;
+    let persist = work.join("persist");
+    stage_persist(spec, &kernel, work, &persist)?;
+    let esp = work.join("esp.img");
+    let esp_size = make_esp(&esp, work, &kernel, &initrd, &spec.extra_cmdline)?;
+
+    let persist_min = round_up_mib(dir_size(&persist)? * 13 / 10) + 64 * MIB;
+    let needed = GPT_GAP + esp_size + persist_min + GPT_GAP;
+    let total = match spec.size {
+        None => needed,
+        Some(given) if given / MIB * MIB < needed => bail!(
+            "image size {} MiB is too small: this rootfs needs at least {} MiB",
+            given / MIB,
+            needed / MIB
+        ),
+        Some(given) => given / MIB * MIB,
+    };
+    let persist_size = total - 2 * GPT_GAP - esp_size;
+    let ext4 = work.join("persist.img");
+    make_ext4(&ext4, persist_size, &persist)?;
+
+    let layout = Layout {
+        total,
+        esp_size,
+        persist_size,
+    };
+    write_disk(&scratch.partial, &layout, &esp, &ext4)?;
+    fs::rename(&scratch.partial, &spec.out).with_context(|| {
+        format!(
+            "cannot rename {} to {}",
+            scratch.partial.display(),
+            spec.out.display()
+        )
+    })?;
+    println!(
+        "{}: {} MiB (ESP {} MiB, RAMSTICK {} MiB), kernel {}",
+        spec.out.display(),
+        total / MIB,
+        esp_size / MIB,
+        persist_size / MIB,
+        kernel.version
+    );
+    Ok(())
+}
+
+fn round_up_mib(bytes: u64) -> u64 {
+    bytes.div_ceil(MIB) * MIB
+}
+
+/// Total size of the regular files below `dir`.
+fn dir_size(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+        let meta = entry
+            .path()
+            .symlink_metadata()
+            .with_context(|| format!("cannot stat {}", entry.path().display()))?;
+        total += if meta.is_dir() {
+            dir_size(&entry.path())?
+        } else {
+            meta.len()
+        };
+    }
+    Ok(total)
+}
+
+/// The persist filesystem's content: the squashfs images, `user/` and the
+/// extra files, minus `spec.omit`.
+fn stage_persist(spec: &Spec, kernel: &Kernel, work: &Path, persist: &Path) -> Result<()> {
+    fs::create_dir_all(persist).with_context(|| format!("cannot create {}", persist.display()))?;
+    let wanted = |name: &str| !spec.omit.iter().any(|o| o == name);
+    let rootfs = &spec.rootfs;
+    if wanted("rootfs.squashfs") {
+        let modules_rel = resolve_in_root(rootfs, Path::new("lib/modules"))
+            .and_then(|p| p.strip_prefix(rootfs).ok().map(Path::to_path_buf))
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("lib/modules"));
+        // The empty mountpoint for the modules image, whatever the tree has there.
+        let pseudo = format!("{}/{} d 755 0 0", modules_rel.display(), kernel.version);
+        let mut excludes = vec![rootfs::MARKER.to_string()];
+        for dir in [
+            "lib/modules",
+            "lib/firmware",
+            "usr/lib/modules",
+            "usr/lib/firmware",
+            "boot",
+        ] {
+            excludes.push(format!("{dir}/*"));
+        }
+        squashfs(
+            rootfs,
+            &persist.join("rootfs.squashfs"),
+            &["-p", &pseudo],
+            &excludes,
+        )?;
+    }
+    let modules_image = format!("modules-{}.squashfs", kernel.version);
+    if wanted(&modules_image) {
+        squashfs(&kernel.modules_dir, &persist.join(&modules_image), &[], &[])?;
+    }
+    if wanted("firmware.squashfs") {
+        let firmware = resolve_in_root(rootfs, Path::new("lib/firmware"))
+            .filter(|p| p.is_dir())
+            .unwrap_or_else(|| work.join("empty"));
+        fs::create_dir_all(work.join("empty")).context("cannot create the empty firmware dir")?;
+        squashfs(&firmware, &persist.join("firmware.squashfs"), &[], &[])?;
+    }
+    if wanted("user") {
+        let user = persist.join("user");
+        fs::create_dir_all(&user).with_context(|| format!("cannot create {}", user.display()))?;
+        if deps::is_root() {
+            std::os::unix::fs::lchown(&user, Some(1000), Some(1000))
+                .with_context(|| format!("cannot chown {}", user.display()))?;
+        }
+    }
+    for (host, name) in &spec.persist_extra {
+        if !wanted(name) {
+            continue;
+        }
+        let dest = persist.join(name);
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        fs::copy(host, &dest)
+            .with_context(|| format!("cannot copy {} to {}", host.display(), dest.display()))?;
+    }
+    Ok(())
+}
+
+/// `mksquashfs src out -comp zstd` with extra options and `-e` excludes.
+fn squashfs(src: &Path, out: &Path, extra: &[&str], excludes: &[String]) -> Result<()> {
+    let mut cmd = deps::cmd("mksquashfs");
+    cmd.arg(src)
+        .arg(out)
+        .args(["-comp", "zstd", "-noappend", "-quiet", "-no-progress"])
+        .args(extra);
+    if !deps::is_root() {
+        cmd.arg("-all-root");
+    }
+    if !excludes.is_empty() {
+        cmd.args(["-wildcards", "-e"]).args(excludes);
+    }
+    deps::run(&mut cmd)
+}
+
+/// `grub/grub.cfg` with the kernel version and extra parameters filled in.
+fn render_grub_cfg(kver: &str, extra: &str) -> String {
+    GRUB_TEMPLATE
+        .replace("@KVER@", kver)
+        .replace("@EXTRA@", extra.trim())
+        .lines()
+        .map(|l| format!("{}\n", l.trim_end()))
+        .collect()
+}
+
+/// Builds the FAT32 ESP image at `esp`; returns its size.
+fn make_esp(esp: &Path, work: &Path, kernel: &Kernel, initrd: &Path, extra: &str) -> Result<u64> {
+    let grub = grub_efi()?;
+    let cfg = work.join("grub.cfg");
+    fs::write(&cfg, render_grub_cfg(&kernel.version, extra))
+        .with_context(|| format!("cannot write {}", cfg.display()))?;
+    let id = work.join("ramstick-esp.id");
+    fs::write(&id, "ramstick ESP\n").with_context(|| format!("cannot write {}", id.display()))?;
+    let files: [(&Path, &str); 5] = [
+        (&grub, "::/EFI/BOOT/BOOTX64.EFI"),
+        (&cfg, "::/grub/grub.cfg"),
+        (&id, "::/ramstick-esp.id"),
+        (&kernel.vmlinuz, "::/vmlinuz"),
+        (initrd, "::/initramfs.img"),
+    ];
+    let mut content = 0;
+    for (src, _) in &files {
+        content += src
+            .metadata()
+            .with_context(|| format!("cannot stat {}", src.display()))?
+            .len();
+    }
+    let size = ESP_MIN.max(round_up_mib(content * 5 / 4 + 16 * MIB));
+    File::create(esp)
+        .and_then(|f| f.set_len(size))
+        .with_context(|| format!("cannot create {}", esp.display()))?;
+    deps::run(
+        deps::cmd("mkfs.vfat")
+            .args(["-F", "32", "-n", "RAMSTICK_ESP"])
+            .arg(esp)
+            .stdout(std::process::Stdio::null()),
+    )?;
+    deps::run(
+        deps::cmd("mmd")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(esp)
+            .args(["::/EFI", "::/EFI/BOOT", "::/grub"]),
+    )?;
+    for (src, dest) in files {
+        deps::run(
+            deps::cmd("mcopy")
+                .env("MTOOLS_SKIP_CHECK", "1")
+                .arg("-i")
+                .arg(esp)
+                .arg(src)
+                .arg(dest),
+        )?;
+    }
+    Ok(size)
+}
+
+/// 64-bit FNV-1a, a stable cache key.
+fn fnv1a(data: &[u8], mut hash: u64) -> u64 {
+    for &b in data {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x100_0000_01b3);
+    }
+    hash
+}
+
+/// The standalone GRUB EFI binary with `grub/stub.cfg` embedded, cached in
+/// `target/grub/` by a hash of its inputs (stub, modules, GRUB build).
+fn grub_efi() -> Result<PathBuf> {
+    let mut hash = fnv1a(GRUB_STUB.as_bytes(), 0xcbf2_9ce4_8422_2325);
+    hash = fnv1a(GRUB_MODULES.as_bytes(), hash);
+    for file in ["kernel.img", "moddep.lst"] {
+        let path = Path::new(GRUB_DIR).join(file);
+        let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        hash = fnv1a(&bytes, hash);
+    }
+    let dir = crate::target_dir().join("grub");
+    let efi = dir.join(format!("bootx64-{hash:016x}.efi"));
+    if efi.is_file() {
+        return Ok(efi);
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let stub = dir.join(format!("stub-{}.cfg", std::process::id()));
+    fs::write(&stub, GRUB_STUB).with_context(|| format!("cannot write {}", stub.display()))?;
+    let partial = partial_path(&efi);
+    let result = deps::run(
+        deps::cmd("grub-mkstandalone")
+            .args(["-O", "x86_64-efi", "--locales=", "--themes=", "--fonts="])
+            .arg(format!("--modules={GRUB_MODULES}"))
+            .arg("-o")
+            .arg(&partial)
+            .arg(format!("boot/grub/grub.cfg={}", stub.display())),
+    );
+    // Best effort: a leftover stub file is harmless.
+    let _ = fs::remove_file(&stub);
+    result?;
+    fs::rename(&partial, &efi)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), efi.display()))?;
+    Ok(efi)
+}
+
+/// `mkfs.ext4 -d content` into a new `size`-byte image file.
+fn make_ext4(image: &Path, size: u64, content: &Path) -> Result<()> {
+    File::create(image)
+        .and_then(|f| f.set_len(size))
+        .with_context(|| format!("cannot create {}", image.display()))?;
+    deps::run(
+        deps::cmd("mkfs.ext4")
+            .args(["-q", "-F", "-L", "RAMSTICK", "-d"])
+            .arg(content)
+            .arg(image),
+    )
+}
+
+/// Partition sizes in bytes (all MiB multiples).
+struct Layout {
+    total: u64,
+    esp_size: u64,
+    persist_size: u64,
+}
+
+impl Layout {
+    fn esp_offset(&self) -> u64 {
+        GPT_GAP
+    }
+
+    fn persist_offset(&self) -> u64 {
+        GPT_GAP + self.esp_size
+    }
+
+    /// The sfdisk script for this layout.
+    fn sfdisk_script(&self) -> String {
+        let s = |bytes: u64| bytes / 512;
+        format!(
+            "label: gpt\nunit: sectors\nfirst-lba: {}\n\
+             start={}, size={}, type={ESP_TYPE}, name=\"ESP\"\n\
+             start={}, size={}, type={LINUX_TYPE}, name=\"RAMSTICK\"\n",
+            s(GPT_GAP),
+            s(self.esp_offset()),
+            s(self.esp_size),
+            s(self.persist_offset()),
+            s(self.persist_size),
+        )
+    }
+}
+
+/// Creates the GPT disk `path` and copies the filesystems in.
+fn write_disk(path: &Path, layout: &Layout, esp: &Path, ext4: &Path) -> Result<()> {
+    let disk = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    disk.set_len(layout.total)
+        .with_context(|| format!("cannot size {}", path.display()))?;
+    deps::run_with_input(
+        deps::cmd("sfdisk")
+            .args([
+                "--quiet",
+                "--no-reread",
+                "--no-tell-kernel",
+                "--wipe",
+                "never",
+            ])
+            .arg(path),
+        &layout.sfdisk_script(),
+    )?;
+    copy_at(&disk, layout.esp_offset(), esp)?;
+    copy_at(&disk, layout.persist_offset(), ext4)?;
+    disk.sync_all()
+        .with_context(|| format!("cannot sync {}", path.display()))
+}
+
+/// Copies `src` into `disk` at `offset`, skipping all-zero MiB blocks (the
+/// disk file is sparse and already zero there).
+fn copy_at(disk: &File, offset: u64, src: &Path) -> Result<()> {
+    let mut input = File::open(src).with_context(|| format!("cannot open {}", src.display()))?;
+    let mut buf = vec![0u8; MIB as usize];
+    let mut pos = offset;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = input
+                .read(&mut buf[filled..])
+                .with_context(|| format!("cannot read {}", src.display()))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            return Ok(());
+        }
+        let chunk = &buf[..filled];
+        if chunk.iter().any(|&b| b != 0) {
+            disk.write_all_at(chunk, pos)
+                .context("cannot write the disk image")?;
+        }
+        pos += filled as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("512M").unwrap(), 512 * MIB);
+        assert_eq!(parse_size("2G").unwrap(), 2048 * MIB);
+        assert_eq!(parse_size("2GiB").unwrap(), 2048 * MIB);
+        assert_eq!(parse_size("64k").unwrap(), 64 * 1024);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("12X").unwrap_err().to_string().contains("12X"));
+        assert!(parse_size("M").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+
+    #[test]
+    fn grub_cfg_has_four_entries_in_order() {
+        let cfg = render_grub_cfg("6.1.0-56-amd64", "ramstick.debug=1 ");
+        let linux: Vec<&str> = cfg
+            .lines()
+            .filter(|l| l.trim().starts_with("linux "))
+            .collect();
+        assert_eq!(
+            linux,
+            [
+                "    linux /vmlinuz console=tty0 console=ttyS0,115200 ramstick.boot=default ramstick.debug=1",
+                "    linux /vmlinuz console=tty0 console=ttyS0,115200 ramstick.boot=backup ramstick.debug=1",
+                "    linux /vmlinuz console=tty0 console=ttyS0,115200 ramstick.boot=clean ramstick.debug=1",
+                "    linux /vmlinuz console=tty0 console=ttyS0,115200 ramstick.boot=default ramstick.upper=tmpfs ramstick.debug=1",
+            ]
+        );
+        let titles: Vec<&str> = cfg.lines().filter(|l| l.starts_with("menuentry")).collect();
+        assert_eq!(titles.len(), 4);
+        assert!(titles[0].contains("ramstick (default)"));
+        assert!(titles[3].contains("tmpfs upper"));
+        assert!(cfg.contains("search --no-floppy --file --set=root /ramstick-esp.id\n"));
+        assert!(cfg.contains("kernel 6.1.0-56-amd64"));
+        assert!(!cfg.contains('@'));
+        let plain = render_grub_cfg("k", "");
+        assert!(plain.contains("ramstick.boot=clean\n"));
+    }
+
+    #[test]
+    fn sfdisk_script_is_mib_aligned() {
+        let layout = Layout {
+            total: 200 * MIB,
+            esp_size: 64 * MIB,
+            persist_size: 134 * MIB,
+        };
+        assert_eq!(
+            layout.sfdisk_script(),
+            "label: gpt\nunit: sectors\nfirst-lba: 2048\n\
+             start=2048, size=131072, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=\"ESP\"\n\
+             start=133120, size=274432, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=\"RAMSTICK\"\n"
+        );
+    }
+
+    #[test]
+    fn rootfs_checks_name_the_path() {
+        let dir = std::env::temp_dir().join(format!("ramstick-imgroot-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let err = check_rootfs(&dir).unwrap_err().to_string();
+        assert!(err.contains(&dir.display().to_string()) && err.contains("does not exist"));
+        fs::create_dir_all(dir.join("bin")).unwrap();
+        let err = check_rootfs(&dir).unwrap_err().to_string();
+        assert!(err.contains("no sbin/init"), "{err}");
+        fs::create_dir_all(dir.join("sbin")).unwrap();
+        std::os::unix::fs::symlink("/bin/busybox", dir.join("sbin/init")).unwrap();
+        // Dangling inside the tree, even if the host has /bin/busybox.
+        assert!(check_rootfs(&dir).is_err());
+        fs::write(dir.join("bin/busybox"), "").unwrap();
+        check_rootfs(&dir).unwrap();
+        let file = dir.join("bin/busybox");
+        assert!(check_rootfs(&file)
+            .unwrap_err()
+            .to_string()
+            .contains("not a directory"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn copy_at_writes_at_offset_and_keeps_holes() {
+        let dir = std::env::temp_dir().join(format!("ramstick-copyat-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("src");
+        let mut data = vec![0u8; 3 * MIB as usize + 10];
+        data[5] = 1;
+        data[3 * MIB as usize + 9] = 2;
+        fs::write(&src, &data).unwrap();
+        let disk_path = dir.join("disk");
+        let disk = File::create(&disk_path).unwrap();
+        disk.set_len(8 * MIB).unwrap();
+        copy_at(&disk, MIB, &src).unwrap();
+        let out = fs::read(&disk_path).unwrap();
+        assert_eq!(&out[MIB as usize..MIB as usize + data.len()], &data[..]);
+        assert!(out[..MIB as usize].iter().all(|&b| b == 0));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

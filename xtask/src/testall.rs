@@ -1,0 +1,95 @@
+//! `cargo xtask test`: everything CI runs, in order, stopping at the first
+//! failure: system packages, rustfmt, clippy, the unit and integration tests,
+//! then the QEMU end-to-end suite.
+
+use crate::{deps, e2e, workspace_root};
+use anyhow::Result;
+use std::process::Command;
+use std::time::Instant;
+
+/// `cargo xtask test`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Skip the QEMU end-to-end scenarios.
+    #[arg(long)]
+    pub no_e2e: bool,
+}
+
+/// Commands the build and the e2e suite run, with the Debian package providing each.
+const TOOLS: &[(&str, &str)] = &[
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("grub-mkstandalone", "grub-efi-amd64-bin"),
+    ("mcopy", "mtools"),
+    ("mksquashfs", "squashfs-tools"),
+    ("mkfs.vfat", "dosfstools"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("sfdisk", "fdisk"),
+    ("depmod", "kmod"),
+    ("cpio", "cpio"),
+    ("zstd", "zstd"),
+    ("getfattr", "attr"),
+];
+
+/// Files (not commands) the build needs, with their Debian package.
+const FILES: &[(&str, &str)] = &[
+    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "ovmf"),
+    ("/usr/share/OVMF/OVMF_VARS_4M.fd", "ovmf"),
+    ("/usr/lib/grub/x86_64-efi/normal.mod", "grub-efi-amd64-bin"),
+    ("/bin/busybox", "busybox-static"),
+];
+
+pub fn run(a: &Args) -> Result<()> {
+    let all = Instant::now();
+    step("system packages", || {
+        deps::ensure(TOOLS)?;
+        deps::ensure_files(FILES)
+    })?;
+    step("cargo fmt --all -- --check", || {
+        cargo(&["fmt", "--all", "--", "--check"])
+    })?;
+    step(
+        "cargo clippy --workspace --all-targets -- -D warnings",
+        || {
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])
+        },
+    )?;
+    step("cargo test --workspace", || cargo(&["test", "--workspace"]))?;
+    if a.no_e2e {
+        println!("\n==> e2e: skipped (--no-e2e)");
+    } else {
+        step("cargo xtask e2e", || e2e::run(&e2e::Args::default()))?;
+    }
+    println!("\ntest: all passed in {:.1} s", all.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Run one step under a header, with its elapsed time.
+fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    println!("\n==> {name}");
+    let started = Instant::now();
+    let result = f();
+    let secs = started.elapsed().as_secs_f64();
+    match result {
+        Ok(()) => {
+            println!("==> {name}: ok ({secs:.1} s)");
+            Ok(())
+        }
+        Err(e) => {
+            println!("==> {name}: FAILED ({secs:.1} s)");
+            Err(e.context(format!("step `{name}` failed; later steps were not run")))
+        }
+    }
+}
+
+/// Run cargo (the one that started us, if known) in the workspace root.
+fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    deps::run(Command::new(cargo).args(args).current_dir(workspace_root()))
+}
