@@ -128,7 +128,9 @@ impl CopyStats {
 /// Copies the contents of `src` into the existing directory `dst`, then gives
 /// `dst` itself the owner, mode, xattrs and times of `src`.
 ///
-/// Names that already exist in `dst` are an error (nothing is overwritten).
+/// `src` and `dst` themselves may be reached through symlinks; nothing below
+/// them is followed. Names that already exist in `dst` are an error (nothing
+/// is overwritten).
 /// Entries on another filesystem than `src` (mount points) are skipped.
 /// `progress` is called every ~64 MiB of data or 1000 entries, and once at the end.
 pub fn copy_tree(
@@ -203,54 +205,72 @@ pub fn copy_tree(
 /// `same_fs_only`, entries on another filesystem (mount points) are left
 /// untouched together with their contents and the directories leading to them.
 pub fn remove_contents(dir: &Path, same_fs_only: bool) -> Result<u64, TreeError> {
+    /// A directory being emptied.
+    struct Frame {
+        /// Names not yet processed.
+        names: Vec<CString>,
+        /// Its name in the parent (None for `dir`).
+        name: Option<CString>,
+        /// Something below it must stay, so it stays too.
+        keep: bool,
+    }
     let mut c = Cursor::open(dir)?;
     let mut removed = 0;
-    // One frame per open directory: remaining names, its name in the parent
-    // (None for `dir`) and whether something in it must be kept.
-    let mut todo: Vec<(Vec<CString>, Option<CString>, bool)> = vec![(c.names()?, None, false)];
-    while let Some((names, _, keep)) = todo.last_mut() {
-        match names.pop() {
-            None => {
-                let Some((_, Some(name), kept)) = todo.pop() else {
-                    break; // `dir` itself is done
-                };
-                c.up()?;
+    let mut todo = vec![Frame {
+        names: c.names()?,
+        name: None,
+        keep: false,
+    }];
+    while let Some(frame) = todo.last_mut() {
+        let Some(name) = frame.names.pop() else {
+            let Some(Frame {
+                name: Some(name),
+                keep,
+                ..
+            }) = todo.pop()
+            else {
+                break; // `dir` itself is done
+            };
+            c.up()?;
+            if keep {
                 if let Some(parent) = todo.last_mut() {
-                    parent.2 |= kept;
+                    parent.keep = true;
                 }
-                if !kept {
-                    unlinkat(&c.fd, name.as_c_str(), UnlinkatFlags::RemoveDir).map_err(|e| {
-                        TreeError::Remove {
-                            path: c.path(&name),
-                            source: e.into(),
-                        }
-                    })?;
-                    removed += 1;
-                }
-            }
-            Some(name) => {
-                let st = match fstatat(&c.fd, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-                    Err(Errno::ENOENT) => continue,
-                    other => other.map_err(|e| TreeError::Stat {
+            } else {
+                unlinkat(&c.fd, name.as_c_str(), UnlinkatFlags::RemoveDir).map_err(|e| {
+                    TreeError::Remove {
                         path: c.path(&name),
                         source: e.into(),
-                    })?,
-                };
-                if same_fs_only && st.st_dev != c.root_id().dev {
-                    *keep = true;
-                } else if kind_of(&st) == SFlag::S_IFDIR {
-                    c.down(&name, Some(Id::of(&st)))?;
-                    todo.push((c.names()?, Some(name), false));
-                } else {
-                    unlinkat(&c.fd, name.as_c_str(), UnlinkatFlags::NoRemoveDir).map_err(|e| {
-                        TreeError::Remove {
-                            path: c.path(&name),
-                            source: e.into(),
-                        }
-                    })?;
-                    removed += 1;
-                }
+                    }
+                })?;
+                removed += 1;
             }
+            continue;
+        };
+        let st = match fstatat(&c.fd, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Err(Errno::ENOENT) => continue,
+            other => other.map_err(|e| TreeError::Stat {
+                path: c.path(&name),
+                source: e.into(),
+            })?,
+        };
+        if same_fs_only && st.st_dev != c.root_id().dev {
+            frame.keep = true; // a mount point
+        } else if kind_of(&st) == SFlag::S_IFDIR {
+            c.down(&name, Some(Id::of(&st)))?;
+            todo.push(Frame {
+                names: c.names()?,
+                name: Some(name),
+                keep: false,
+            });
+        } else {
+            unlinkat(&c.fd, name.as_c_str(), UnlinkatFlags::NoRemoveDir).map_err(|e| {
+                TreeError::Remove {
+                    path: c.path(&name),
+                    source: e.into(),
+                }
+            })?;
+            removed += 1;
         }
     }
     Ok(removed)

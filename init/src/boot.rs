@@ -53,9 +53,10 @@ pub fn boot() -> Result<Infallible, Failure> {
         "the initramfs was built for another kernel; rebuild it for this one (cargo xtask initramfs)",
     )?;
     let names: Vec<&str> = plan.modules.iter().map(String::as_str).collect();
-    loader
-        .load(&names)
-        .step("load kernel modules", "rebuild the initramfs for this kernel")?;
+    loader.load(&names).step(
+        "load kernel modules",
+        "rebuild the initramfs for this kernel",
+    )?;
     loader.autoload_hardware();
     t.mark("modules");
 
@@ -114,7 +115,10 @@ pub fn boot() -> Result<Infallible, Failure> {
     }
     match extras::link_user_files(&persist.join("user"), &newroot, &plan.user) {
         Ok(0) => {}
-        Ok(n) => log::info!("linked {n} entries of /persist/user into /home/{}", plan.user),
+        Ok(n) => log::info!(
+            "linked {n} entries of /persist/user into /home/{}",
+            plan.user
+        ),
         Err(e) => log::warn!("cannot link /persist/user: {e:#}"),
     }
 
@@ -202,8 +206,12 @@ fn install_saver(sys: &dyn Sys) -> anyhow::Result<()> {
     let dir = Path::new(mounts::RUN_RAMSTICK).join("bin");
     sys.mkdir_all(&dir)?;
     let dest = dir.join("saver");
-    std::fs::copy(SAVER_IN_INITRAMFS, &dest)
-        .map_err(|e| anyhow::anyhow!("cannot copy {SAVER_IN_INITRAMFS} to {}: {e}", dest.display()))?;
+    std::fs::copy(SAVER_IN_INITRAMFS, &dest).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot copy {SAVER_IN_INITRAMFS} to {}: {e}",
+            dest.display()
+        )
+    })?;
     std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
     Ok(())
 }
@@ -212,7 +220,11 @@ fn install_saver(sys: &dyn Sys) -> anyhow::Result<()> {
 fn uptime_ms() -> u64 {
     std::fs::read_to_string("/proc/uptime")
         .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+        })
         .map(|secs| (secs * 1000.0) as u64)
         .unwrap_or(0)
 }
@@ -223,7 +235,12 @@ fn log_timings(info: &BootInfo) {
         .iter()
         .map(|(k, v)| format!("{k}={v}ms"))
         .collect();
-    log::info!("boot {:?} (asked {:?}); timings: {}", info.used, info.asked, parts.join(" "))
+    log::info!(
+        "boot {:?} (asked {:?}); timings: {}",
+        info.used,
+        info.asked,
+        parts.join(" ")
+    )
 }
 
 /// Phase timings.

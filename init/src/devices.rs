@@ -35,7 +35,10 @@ pub fn scan(sys_root: &Path, dev_root: &Path) -> Vec<Identity> {
         if let Some((disk, number)) = partition_of(&sysdir) {
             let parts = gpt_cache.entry(disk.clone()).or_insert_with(|| {
                 let sector = std::fs::read_to_string(
-                    sys_root.join("class/block").join(&disk).join("queue/logical_block_size"),
+                    sys_root
+                        .join("class/block")
+                        .join(&disk)
+                        .join("queue/logical_block_size"),
                 )
                 .ok()
                 .and_then(|s| s.trim().parse().ok())

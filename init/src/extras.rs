@@ -26,13 +26,14 @@ pub fn enable_swap(sys: &dyn Sys, swapfile: &Path, size: u64, swappiness: u8) ->
             .open(swapfile)
             .with_context(|| format!("cannot create {}", swapfile.display()))?;
         let len = i64::try_from(size).context("swap size too large")?;
-        nix::fcntl::fallocate(&file, nix::fcntl::FallocateFlags::empty(), 0, len)
-            .with_context(|| {
+        nix::fcntl::fallocate(&file, nix::fcntl::FallocateFlags::empty(), 0, len).with_context(
+            || {
                 format!(
                     "cannot allocate {size} bytes for {} (is the stick full?)",
                     swapfile.display()
                 )
-            })?;
+            },
+        )?;
         file.sync_all()
             .with_context(|| format!("cannot sync {}", swapfile.display()))?;
         let path = swapfile.to_string_lossy();
@@ -55,7 +56,10 @@ pub fn enable_swap(sys: &dyn Sys, swapfile: &Path, size: u64, swappiness: u8) ->
         &swappiness.to_string(),
     )
     .context("cannot set vm.swappiness")?;
-    log::info!("swap on {} with swappiness {swappiness}", swapfile.display());
+    log::info!(
+        "swap on {} with swappiness {swappiness}",
+        swapfile.display()
+    );
     Ok(())
 }
 
@@ -89,8 +93,16 @@ pub fn link_user_files(persist_user: &Path, newroot: &Path, user: &str) -> Resul
             .with_context(|| format!("cannot create {}", home.display()))?;
         nix::unistd::chown(&home, Some(uid.into()), Some(gid.into()))
             .with_context(|| format!("cannot chown {}", home.display()))?;
-    } else if !home.is_dir() || home.symlink_metadata().map(|m| m.is_symlink()).unwrap_or(true) {
-        log::warn!("{} is not a directory; not linking /persist/user", home.display());
+    } else if !home.is_dir()
+        || home
+            .symlink_metadata()
+            .map(|m| m.is_symlink())
+            .unwrap_or(true)
+    {
+        log::warn!(
+            "{} is not a directory; not linking /persist/user",
+            home.display()
+        );
         return Ok(0);
     }
     let mut made = 0;

@@ -58,7 +58,11 @@ impl KmsgLogger {
             .ok()
             .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
             .unwrap_or(4);
-        let max = if debug { LevelFilter::Debug } else { LevelFilter::Info };
+        let max = if debug {
+            LevelFilter::Debug
+        } else {
+            LevelFilter::Info
+        };
         let logger = KmsgLogger {
             kmsg: Mutex::new(kmsg),
             console_loglevel,

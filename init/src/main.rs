@@ -32,7 +32,8 @@ fn pid1() -> ! {
     }
 }
 
-const USAGE: &str = "usage: init --dry-run [--cmdline LINE | --root DIR] [--mem BYTES] [--kernel-version V]
+const USAGE: &str =
+    "usage: init --dry-run [--cmdline LINE | --root DIR] [--mem BYTES] [--kernel-version V]
   As PID 1 (in the initramfs) it boots ramstick; otherwise it only prints the boot plan.";
 
 fn cli(args: Vec<String>) -> i32 {
@@ -85,7 +86,11 @@ fn cli(args: Vec<String>) -> i32 {
         if let Some(kib) = std::fs::read_to_string(meminfo).ok().and_then(|m| {
             m.lines()
                 .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+                .and_then(|v| {
+                    v.split_whitespace()
+                        .next()
+                        .and_then(|n| n.parse::<u64>().ok())
+                })
         }) {
             mem = kib * 1024;
         }

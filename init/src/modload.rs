@@ -58,10 +58,20 @@ impl Loader {
             }
             if !self.in_kernel(&entry.name) {
                 let path = self.dir.join(&entry.path);
-                self.insert(&path)
-                    .with_context(|| format!("cannot load module {}", path.display()))?;
-                log::debug!("loaded module {}", entry.name);
-                inserted += 1;
+                match self.insert(&path) {
+                    Ok(()) => {
+                        log::debug!("loaded module {}", entry.name);
+                        inserted += 1;
+                    }
+                    // A module asked for by name must load. Others (soft
+                    // dependencies such as a CPU-specific crc32c) may refuse
+                    // this machine; what needs them fails visibly after.
+                    Err(e) if names.contains(&entry.name.as_str()) => {
+                        return Err(e)
+                            .with_context(|| format!("cannot load module {}", path.display()));
+                    }
+                    Err(e) => log::debug!("optional module {} not loaded: {e:#}", entry.name),
+                }
             }
             self.done.insert(entry.name);
         }

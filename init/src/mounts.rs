@@ -25,8 +25,20 @@ pub fn mount_api_filesystems(sys: &dyn Sys, root: &Path) -> Result<()> {
     let table: [(&str, &str, &str, MsFlags, &str); 4] = [
         ("proc", "/proc", "proc", nosuid, ""),
         ("sysfs", "/sys", "sysfs", nosuid, ""),
-        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, "mode=0755"),
-        ("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, "mode=0755"),
+        (
+            "devtmpfs",
+            "/dev",
+            "devtmpfs",
+            MsFlags::MS_NOSUID,
+            "mode=0755",
+        ),
+        (
+            "tmpfs",
+            "/run",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            "mode=0755",
+        ),
     ];
     for (source, target, fstype, flags, data) in table {
         let target = at(root, target);
@@ -37,7 +49,8 @@ pub fn mount_api_filesystems(sys: &dyn Sys, root: &Path) -> Result<()> {
             // Already mounted (e.g. the kernel mounted devtmpfs itself).
             Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {}
             Err(e) => {
-                return Err(e).with_context(|| format!("cannot mount {fstype} on {}", target.display()))
+                return Err(e)
+                    .with_context(|| format!("cannot mount {fstype} on {}", target.display()))
             }
         }
     }
@@ -246,9 +259,8 @@ pub fn hand_over(sys: &dyn Sys, root: &Path, plan: &Plan, skipped: &[String]) ->
             sys.mkdir_all(&to)
                 .with_context(|| format!("cannot create mount point {}", to.display()))?;
         }
-        sys.move_mount(&from, &to).with_context(|| {
-            format!("cannot move {} to {}", from.display(), to.display())
-        })?;
+        sys.move_mount(&from, &to)
+            .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))?;
     }
     for api in ["/dev", "/proc", "/sys", "/run"] {
         let from = at(root, api);
@@ -346,7 +358,8 @@ mod tests {
         let mut sys = RecordingSys::new();
         sys.files
             .insert(PathBuf::from("/sys/block/zram0/disksize"), "0".into());
-        sys.fail_on.push("write /sys/block/zram0/comp_algorithm".into());
+        sys.fail_on
+            .push("write /sys/block/zram0/comp_algorithm".into());
         let plan = plan_for("ramstick.zram.alg=nope");
         assert!(setup_upper(&sys, Path::new("/"), &plan).is_ok());
     }
@@ -397,18 +410,31 @@ mod tests {
     fn an_unmounted_optional_lower_is_not_moved() {
         let sys = RecordingSys::new();
         let plan = plan_for("");
-        hand_over(&sys, Path::new("/"), &plan, &["/sysroot/firmware".to_string()])
-            .map_err(|e| format!("{e:#}"))
-            .unwrap();
-        assert!(!sys.calls().iter().any(|c| c.starts_with("move /sysroot/firmware")));
-        assert!(sys.calls().iter().any(|c| c == "move /run /sysroot/overlay_root/run"));
+        hand_over(
+            &sys,
+            Path::new("/"),
+            &plan,
+            &["/sysroot/firmware".to_string()],
+        )
+        .map_err(|e| format!("{e:#}"))
+        .unwrap();
+        assert!(!sys
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("move /sysroot/firmware")));
+        assert!(sys
+            .calls()
+            .iter()
+            .any(|c| c == "move /run /sysroot/overlay_root/run"));
     }
 
     #[test]
     fn overlay_and_hand_over_follow_the_plan() {
         let sys = RecordingSys::new();
         let plan = plan_for("");
-        mount_overlay(&sys, Path::new("/"), &plan).map_err(|e| format!("{e:#}")).unwrap();
+        mount_overlay(&sys, Path::new("/"), &plan)
+            .map_err(|e| format!("{e:#}"))
+            .unwrap();
         hand_over(&sys, Path::new("/"), &plan, &[])
             .map_err(|e| format!("{e:#}"))
             .unwrap();
@@ -416,11 +442,14 @@ mod tests {
         assert_eq!(calls[0], "mkdir /sysroot/overlay_root");
         assert_eq!(
             calls[1],
-            format!("mount overlay overlay /sysroot/overlay_root - {}", plan.overlay_options)
+            format!(
+                "mount overlay overlay /sysroot/overlay_root - {}",
+                plan.overlay_options
+            )
         );
-        assert!(plan
-            .overlay_options
-            .starts_with("lowerdir=/sysroot/rootfs,upperdir=/sysroot/upper/upper,workdir=/sysroot/upper/work"));
+        assert!(plan.overlay_options.starts_with(
+            "lowerdir=/sysroot/rootfs,upperdir=/sysroot/upper/upper,workdir=/sysroot/upper/work"
+        ));
         let moves: Vec<&String> = calls.iter().filter(|c| c.starts_with("move ")).collect();
         assert_eq!(
             moves,

@@ -71,8 +71,8 @@ pub fn resolve_in_root(root: &Path, path: &str) -> Option<PathBuf> {
 /// The init program inside `newroot`, or an error listing what is there.
 pub fn find_init(newroot: &Path, init: &str) -> Result<PathBuf> {
     if let Some(host) = resolve_in_root(newroot, init) {
-        let meta = std::fs::metadata(&host)
-            .with_context(|| format!("cannot stat {}", host.display()))?;
+        let meta =
+            std::fs::metadata(&host).with_context(|| format!("cannot stat {}", host.display()))?;
         if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
             return Ok(host);
         }
@@ -115,14 +115,8 @@ pub fn switch_root(newroot: &Path, init: &str) -> Result<Infallible> {
         Ok(n) => log::debug!("freed the initramfs ({n} entries)"),
         Err(e) => log::warn!("cannot free all of the initramfs: {e}"),
     }
-    nix::mount::mount(
-        Some("."),
-        "/",
-        None::<&str>,
-        MsFlags::MS_MOVE,
-        None::<&str>,
-    )
-    .context("cannot move the new root onto /")?;
+    nix::mount::mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .context("cannot move the new root onto /")?;
     nix::unistd::chroot(".").context("cannot chroot into the new root")?;
     std::env::set_current_dir("/").context("cannot chdir to / in the new root")?;
     let prog = CString::new(init).context("init path contains a NUL byte")?;
@@ -142,8 +136,11 @@ mod tests {
         std::fs::create_dir_all(d.join("bin")).unwrap();
         std::fs::create_dir_all(d.join("sbin")).unwrap();
         std::fs::write(d.join("bin/busybox"), "x").unwrap();
-        std::fs::set_permissions(d.join("bin/busybox"), std::fs::Permissions::from_mode(0o755))
-            .unwrap();
+        std::fs::set_permissions(
+            d.join("bin/busybox"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         d
     }
 
@@ -162,7 +159,10 @@ mod tests {
     #[test]
     fn a_missing_init_lists_candidates() {
         let d = fixture("missing");
-        let err = find_init(&d, "/sbin/init").err().map(|e| e.to_string()).unwrap_or_default();
+        let err = find_init(&d, "/sbin/init")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("/sbin/init does not exist"), "{err}");
         assert!(err.contains("Candidates present: /bin/busybox"), "{err}");
         let _ = std::fs::remove_dir_all(&d);

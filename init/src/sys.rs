@@ -73,8 +73,7 @@ impl Sys for LinuxSys {
     }
 
     fn move_mount(&self, from: &Path, to: &Path) -> io::Result<()> {
-        mount(Some(from), to, None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-            .map_err(io::Error::from)
+        mount(Some(from), to, None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(io::Error::from)
     }
 
     fn umount(&self, target: &Path, detach: bool) -> io::Result<()> {

@@ -58,7 +58,10 @@ pub fn fill_upper(sys: &dyn Sys, root: &Path, plan: &Plan) -> Outcome {
     for (i, (boot_type, name)) in plan.upper_images.iter().enumerate() {
         let image = persist.join(name);
         let Ok(meta) = std::fs::metadata(&image) else {
-            log::warn!("!!! {name} is missing; falling back to {} !!!", next_name(plan, i));
+            log::warn!(
+                "!!! {name} is missing; falling back to {} !!!",
+                next_name(plan, i)
+            );
             reasons.push(format!("{name}: not on the stick"));
             continue;
         };

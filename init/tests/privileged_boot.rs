@@ -37,15 +37,28 @@ fn main() {
         println!("0 passed, 0 failed, 1 skipped");
         return;
     }
-    if let Err(e) = mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>) {
+    if let Err(e) = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    ) {
         println!("privileged_boot: cannot make / private: {e}");
         std::process::exit(1);
     }
-    let cases: Vec<(&str, fn() -> Result<(), String>)> = vec![
-        ("tmpfs upper, default boot unpacks upperfs", case_tmpfs_default),
+    type Case = fn() -> Result<(), String>;
+    let cases: Vec<(&str, Case)> = vec![
+        (
+            "tmpfs upper, default boot unpacks upperfs",
+            case_tmpfs_default,
+        ),
         ("truncated upperfs falls back to backup", case_fallback),
         ("clean boot ignores upperfs", case_clean),
-        ("zram upper is ext2 with xattrs, clean under e2fsck", case_zram),
+        (
+            "zram upper is ext2 with xattrs, clean under e2fsck",
+            case_zram,
+        ),
         ("missing rootfs names the image", case_missing_rootfs),
     ];
     let (mut passed, mut failed) = (0, 0);
@@ -84,7 +97,10 @@ fn sh(cmd: &str) -> Result<String, String> {
         .output()
         .map_err(|e| e.to_string())?;
     if !out.status.success() {
-        return Err(format!("`{cmd}` failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "`{cmd}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
@@ -111,14 +127,26 @@ impl Scratch {
     fn new(name: &str, uppers: &[(&str, &str, bool)]) -> Result<Self, String> {
         let root = std::env::temp_dir().join(format!("ramstick-pb-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
-        mount(Some("tmpfs"), &root, Some("tmpfs"), MsFlags::empty(), Some("size=512m"))
-            .map_err(|e| format!("tmpfs: {e}"))?;
+        mount(
+            Some("tmpfs"),
+            &root,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            Some("size=512m"),
+        )
+        .map_err(|e| format!("tmpfs: {e}"))?;
         let persist = root.join("sysroot/persist");
         let src = root.join("src");
         std::fs::create_dir_all(&persist).map_err(|e| e.to_string())?;
         // The persist partition is a mount point at boot; a bind mount stands in.
-        mount(Some(&persist), &persist, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| format!("bind persist: {e}"))?;
+        mount(
+            Some(&persist),
+            &persist,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| format!("bind persist: {e}"))?;
         // rootfs with a file the upper will change and one it will delete.
         let rootfs = src.join("rootfs");
         std::fs::create_dir_all(rootfs.join("etc")).map_err(|e| e.to_string())?;
@@ -133,7 +161,8 @@ impl Scratch {
             let dir = src.join(image);
             std::fs::create_dir_all(dir.join("etc")).map_err(|e| e.to_string())?;
             std::fs::write(dir.join("etc/marker"), marker).map_err(|e| e.to_string())?;
-            std::fs::write(dir.join("etc/os-release"), "NAME=upper\n").map_err(|e| e.to_string())?;
+            std::fs::write(dir.join("etc/os-release"), "NAME=upper\n")
+                .map_err(|e| e.to_string())?;
             // A whiteout deleting etc/doomed, as overlayfs writes it.
             nix::sys::stat::mknod(
                 &dir.join("etc/doomed"),
@@ -143,13 +172,18 @@ impl Scratch {
             )
             .map_err(|e| format!("mknod whiteout: {e}"))?;
             // Some bulk so a truncated image fails while reading data.
-            let noise: Vec<u8> = (0..4u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+            let noise: Vec<u8> = (0..4u32 << 20)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect();
             std::fs::write(dir.join("noise.bin"), noise).map_err(|e| e.to_string())?;
             let img = persist.join(image);
             squash(&dir, &img)?;
             if *truncate {
                 let len = std::fs::metadata(&img).map_err(|e| e.to_string())?.len();
-                let f = std::fs::OpenOptions::new().write(true).open(&img).map_err(|e| e.to_string())?;
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&img)
+                    .map_err(|e| e.to_string())?;
                 f.set_len(len / 2).map_err(|e| e.to_string())?;
             }
         }
@@ -158,21 +192,49 @@ impl Scratch {
             let d = root.join(api);
             std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
         }
-        mount(Some("/dev"), &root.join("dev"), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .map_err(|e| format!("bind /dev: {e}"))?;
-        mount(Some("/sys"), &root.join("sys"), None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-            .map_err(|e| format!("bind /sys: {e}"))?;
-        mount(Some("proc"), &root.join("proc"), Some("proc"), MsFlags::empty(), None::<&str>)
-            .map_err(|e| format!("proc: {e}"))?;
-        mount(Some("tmpfs"), &root.join("run"), Some("tmpfs"), MsFlags::empty(), None::<&str>)
-            .map_err(|e| format!("run: {e}"))?;
+        mount(
+            Some("/dev"),
+            &root.join("dev"),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| format!("bind /dev: {e}"))?;
+        mount(
+            Some("/sys"),
+            &root.join("sys"),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| format!("bind /sys: {e}"))?;
+        mount(
+            Some("proc"),
+            &root.join("proc"),
+            Some("proc"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| format!("proc: {e}"))?;
+        mount(
+            Some("tmpfs"),
+            &root.join("run"),
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| format!("run: {e}"))?;
         Ok(Scratch { root })
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-R").arg("-l").arg(&self.root).status();
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg("-l")
+            .arg(&self.root)
+            .status();
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }
@@ -214,11 +276,23 @@ fn case_tmpfs_default() -> Result<(), String> {
     let s = Scratch::new("tmpfs", &[("upperfs.squashfs", "from-default", false)])?;
     let plan = plan_for("ramstick.upper=tmpfs ramstick.upper.size=256M");
     let outcome = run_sequence(&s, &plan)?;
-    check(outcome.used == BootType::Default, format!("used {:?}", outcome.used))?;
+    check(
+        outcome.used == BootType::Default,
+        format!("used {:?}", outcome.used),
+    )?;
     let newroot = at(&s.root, &plan.overlay_root);
-    check(read(&newroot.join("etc/marker")) == "from-default", "marker not visible".into())?;
-    check(read(&newroot.join("etc/os-release")) == "NAME=upper\n", "upper must win over lower".into())?;
-    check(!newroot.join("etc/doomed").exists(), "whiteout did not hide etc/doomed".into())?;
+    check(
+        read(&newroot.join("etc/marker")) == "from-default",
+        "marker not visible".into(),
+    )?;
+    check(
+        read(&newroot.join("etc/os-release")) == "NAME=upper\n",
+        "upper must win over lower".into(),
+    )?;
+    check(
+        !newroot.join("etc/doomed").exists(),
+        "whiteout did not hide etc/doomed".into(),
+    )?;
     let mounts_text = read(Path::new("/proc/self/mounts"));
     for (dir, fstype) in [
         (newroot.join("persist"), "tmpfs"),
@@ -254,17 +328,29 @@ fn case_fallback() -> Result<(), String> {
     )?;
     let plan = plan_for("ramstick.upper=tmpfs ramstick.upper.size=256M");
     let outcome = run_sequence(&s, &plan)?;
-    check(outcome.used == BootType::Backup, format!("used {:?}", outcome.used))?;
     check(
-        outcome.reasons.first().map(|r| r.starts_with("upperfs.squashfs:")).unwrap_or(false),
+        outcome.used == BootType::Backup,
+        format!("used {:?}", outcome.used),
+    )?;
+    check(
+        outcome
+            .reasons
+            .first()
+            .map(|r| r.starts_with("upperfs.squashfs:"))
+            .unwrap_or(false),
         format!("reasons {:?}", outcome.reasons),
     )?;
     let newroot = at(&s.root, &plan.overlay_root);
-    check(read(&newroot.join("etc/marker")) == "from-backup", "backup marker not visible".into())?;
-    // The partial copy of the broken image was wiped: only backup content.
     check(
-        read(&newroot.join("noise.bin")).len() > 0,
-        "backup content missing".into(),
+        read(&newroot.join("etc/marker")) == "from-backup",
+        "backup marker not visible".into(),
+    )?;
+    let noise = std::fs::metadata(newroot.join("noise.bin"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    check(
+        noise == 4 << 20,
+        format!("backup noise.bin has {noise} bytes"),
     )
 }
 
@@ -272,10 +358,19 @@ fn case_clean() -> Result<(), String> {
     let s = Scratch::new("clean", &[("upperfs.squashfs", "from-default", false)])?;
     let plan = plan_for("ramstick.boot=clean ramstick.upper=tmpfs");
     let outcome = run_sequence(&s, &plan)?;
-    check(outcome.used == BootType::Clean, format!("used {:?}", outcome.used))?;
+    check(
+        outcome.used == BootType::Clean,
+        format!("used {:?}", outcome.used),
+    )?;
     let newroot = at(&s.root, &plan.overlay_root);
-    check(!newroot.join("etc/marker").exists(), "clean boot shows the upper".into())?;
-    check(read(&newroot.join("etc/os-release")) == "NAME=lower\n", "lower not visible".into())
+    check(
+        !newroot.join("etc/marker").exists(),
+        "clean boot shows the upper".into(),
+    )?;
+    check(
+        read(&newroot.join("etc/os-release")) == "NAME=lower\n",
+        "lower not visible".into(),
+    )
 }
 
 fn case_zram() -> Result<(), String> {
@@ -293,10 +388,18 @@ fn case_zram() -> Result<(), String> {
     let upper = at(&s.root, &plan.upper_mount);
     let result = (|| {
         let outcome = unpack::fill_upper(&sys, &s.root, &plan);
-        check(outcome.used == BootType::Default, format!("used {:?}", outcome.used))?;
+        check(
+            outcome.used == BootType::Default,
+            format!("used {:?}", outcome.used),
+        )?;
         // trusted.* xattrs (what overlayfs writes) must work on the upper.
-        sh(&format!("setfattr -n trusted.overlay.opaque -v y '{}/upper/etc'", upper.display()))?;
-        let perms = std::fs::metadata(upper.join("upper")).map_err(|e| e.to_string())?.permissions();
+        sh(&format!(
+            "setfattr -n trusted.overlay.opaque -v y '{}/upper/etc'",
+            upper.display()
+        ))?;
+        let perms = std::fs::metadata(upper.join("upper"))
+            .map_err(|e| e.to_string())?
+            .permissions();
         check(perms.mode() & 0o777 != 0, "upper dir unreadable".into())?;
         sh(&format!("umount '{}'", upper.display()))?;
         sh(&format!("e2fsck -fn /dev/{dev}"))?;
@@ -314,7 +417,8 @@ fn case_zram() -> Result<(), String> {
 
 fn case_missing_rootfs() -> Result<(), String> {
     let s = Scratch::new("norootfs", &[])?;
-    std::fs::remove_file(s.root.join("sysroot/persist/rootfs.squashfs")).map_err(|e| e.to_string())?;
+    std::fs::remove_file(s.root.join("sysroot/persist/rootfs.squashfs"))
+        .map_err(|e| e.to_string())?;
     let plan = plan_for("ramstick.upper=tmpfs");
     let err = match run_sequence(&s, &plan) {
         Ok(_) => return Err("boot went on without rootfs.squashfs".into()),

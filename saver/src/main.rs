@@ -42,7 +42,10 @@ fn status() -> Result<()> {
     println!("boot asked: {:?}", info.asked);
     println!("boot used:  {:?}", info.used);
     if let Some(image) = &info.image {
-        println!("unpacked:   {image} ({} bytes)", info.image_size.unwrap_or(0));
+        println!(
+            "unpacked:   {image} ({} bytes)",
+            info.image_size.unwrap_or(0)
+        );
     }
     for r in &info.reasons {
         println!("note:       {r}");

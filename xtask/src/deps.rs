@@ -59,6 +59,22 @@ pub fn ensure_files(files: &[(&str, &str)]) -> Result<()> {
     install(&missing)
 }
 
+/// Makes sure Debian `packages` are installed (for libraries, which have no
+/// command to look for: e.g. `libclang-dev` for loopdev-3's bindgen build).
+pub fn ensure_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    install(&missing)
+}
+
 /// Installs `packages` with apt-get as root; otherwise fails with the line to run.
 fn install(packages: &[&str]) -> Result<()> {
     let mut packages: Vec<&str> = packages.to_vec();
@@ -191,11 +207,18 @@ pub fn fetch_deb(package: &str, into: &Path) -> Result<PathBuf> {
         download(&dl)?;
     }
     let deb = find_deb(&dl, package)?;
-    let partial = into.join(format!("{package}.partial"));
+    let partial = into.join(format!("{package}.partial-{}", std::process::id()));
     remove_if_exists(&partial)?;
     run(cmd("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;
-    std::fs::rename(&partial, &dest)
-        .with_context(|| format!("cannot rename {} to {}", partial.display(), dest.display()))?;
+    if let Err(e) = std::fs::rename(&partial, &dest) {
+        // A concurrent xtask may have finished the same extraction first.
+        remove_if_exists(&partial)?;
+        if !dest.is_dir() {
+            return Err(e).with_context(|| {
+                format!("cannot rename {} to {}", partial.display(), dest.display())
+            });
+        }
+    }
     // The extracted tree is the cache; the .deb is not needed any more.
     remove_if_exists(&deb)?;
     Ok(dest)

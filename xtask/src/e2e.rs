@@ -16,7 +16,7 @@ mod scenarios;
 
 use crate::qemu::{self, Machine, Vm};
 use crate::{build, deps, image, kernel, rootfs, target_dir, workspace_root};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -65,6 +65,8 @@ pub struct Ctx {
     work: PathBuf,
     /// The scenario running now.
     scenario: String,
+    /// Cached images used in this run.
+    used: Vec<PathBuf>,
 }
 
 /// Run the scenarios; prints `e2e: N passed, M failed` last.
@@ -83,6 +85,7 @@ pub fn run(a: &Args) -> Result<()> {
     }
     let mut ctx = Ctx::prepare(a.kvm)?;
     let (mut passed, mut failed) = (0, 0);
+    let total = selected.len();
     for s in selected {
         println!("e2e: running {}", s.name);
         let started = Instant::now();
@@ -103,6 +106,12 @@ pub fn run(a: &Args) -> Result<()> {
         }
     }
     println!("e2e: {passed} passed, {failed} failed");
+    if a.filter.is_none() && passed + failed == total {
+        // Every scenario asked for its images: the others are stale.
+        if let Err(e) = ctx.prune_cache(true) {
+            eprintln!("e2e: warning: could not prune the image cache: {e:#}");
+        }
+    }
     if failed > 0 {
         bail!("end-to-end tests failed");
     }
@@ -138,16 +147,18 @@ impl Ctx {
             logs: e2e.join("logs"),
             work: e2e.join("work"),
             scenario: String::new(),
+            used: Vec::new(),
         };
         for dir in [&ctx.cache, &ctx.run, &ctx.logs, &ctx.work] {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        ctx.prune_cache()?;
+        ctx.prune_cache(false)?;
         Ok(ctx)
     }
 
-    /// Remove cached images built from other inputs: they can never be used again.
-    fn prune_cache(&self) -> Result<()> {
+    /// Remove cached images built from other inputs (they can never be used
+    /// again) and, with `unused`, those no scenario of this run used.
+    fn prune_cache(&self, unused: bool) -> Result<()> {
         let prefix = format!("{}-", self.inputs);
         for entry in fs::read_dir(&self.cache)
             .with_context(|| format!("listing {}", self.cache.display()))?
@@ -156,7 +167,7 @@ impl Ctx {
                 .with_context(|| format!("listing {}", self.cache.display()))?
                 .path();
             let name = path.file_name().unwrap_or_default().to_string_lossy();
-            if !name.starts_with(&prefix) {
+            if !name.starts_with(&prefix) || (unused && !self.used.contains(&path)) {
                 fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
             }
         }
@@ -169,9 +180,9 @@ impl Ctx {
         fs::write(&log, "").with_context(|| format!("creating {}", log.display()))?;
         (s.run)(self)?;
         // Every QEMU of the scenario has been dropped (killed) by now.
-        let console =
-            fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
-        if console.contains("Kernel panic") {
+        // The log is not all UTF-8: GRUB draws its menu box in code page 437.
+        let console = fs::read(&log).with_context(|| format!("reading {}", log.display()))?;
+        if String::from_utf8_lossy(&console).contains("Kernel panic") {
             bail!("the console shows a kernel panic");
         }
         for path in [self.disk_path(), self.vars_path()] {
@@ -222,6 +233,9 @@ impl Ctx {
             fs::rename(&partial, &cached).with_context(|| {
                 format!("renaming {} to {}", partial.display(), cached.display())
             })?;
+        }
+        if !self.used.contains(&cached) {
+            self.used.push(cached.clone());
         }
         let disk = self.disk_path();
         deps::run(
@@ -276,15 +290,32 @@ impl Ctx {
         Ok(out)
     }
 
-    /// A copy of `image` cut to half its size.
+    /// A copy of squashfs `image` cut in the middle of its data.
     pub fn truncated(&mut self, image: &Path) -> Result<PathBuf> {
         let bytes = fs::read(image).with_context(|| format!("reading {}", image.display()))?;
+        let half = squashfs_first_half(&bytes).with_context(|| image.display().to_string())?;
         let stem = image.file_stem().unwrap_or_default().to_string_lossy();
         let out = self.work.join(format!("{stem}-truncated.squashfs"));
-        fs::write(&out, &bytes[..bytes.len() / 2])
-            .with_context(|| format!("writing {}", out.display()))?;
+        fs::write(&out, half).with_context(|| format!("writing {}", out.display()))?;
         Ok(out)
     }
+}
+
+/// The first half of a squashfs image's used bytes. (Half the file is not
+/// enough: mksquashfs pads small images to 4 KiB, so that would cut only padding.)
+fn squashfs_first_half(image: &[u8]) -> Result<&[u8]> {
+    // Superblock: magic "hsqs" at 0, bytes_used (u64 little-endian) at 40.
+    let Some((b"hsqs", rest)) = image.split_first_chunk::<4>() else {
+        bail!("not a squashfs image");
+    };
+    let used = rest
+        .get(36..44)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .context("squashfs superblock is cut short")?;
+    let used = usize::try_from(used).context("squashfs bytes_used is too large")?;
+    ensure!(used <= image.len(), "squashfs image is already truncated");
+    Ok(&image[..used / 2])
 }
 
 /// The xtask sources that decide how images are built: all but the QEMU/e2e/test runners.
@@ -386,6 +417,17 @@ mod tests {
             }
         }
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn truncation_cuts_the_used_bytes_not_the_padding() {
+        let mut image = vec![0u8; 4096];
+        image[..4].copy_from_slice(b"hsqs");
+        image[40..48].copy_from_slice(&300u64.to_le_bytes());
+        assert_eq!(squashfs_first_half(&image).unwrap().len(), 150);
+        assert!(squashfs_first_half(&image[..200]).is_err());
+        image[0] = b'x';
+        assert!(squashfs_first_half(&image).is_err());
     }
 
     #[test]

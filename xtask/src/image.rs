@@ -36,6 +36,8 @@ const GRUB_STUB: &str = include_str!("../../grub/stub.cfg");
 const GRUB_MODULES: &str = "part_gpt fat ext2 search search_fs_file search_label normal linux \
                             serial terminal echo test configfile all_video gfxterm";
 const GRUB_DIR: &str = "/usr/lib/grub/x86_64-efi";
+/// The ESP's FAT volume label (FAT allows at most 11 characters).
+pub const ESP_LABEL: &str = "RAMSTICKESP";
 const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 const LINUX_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 
@@ -173,6 +175,10 @@ impl Drop for Scratch {
         // Best effort cleanup; errors here cannot be reported usefully.
         let _ = deps::remove_if_exists(&self.dir);
         let _ = deps::remove_if_exists(&self.partial);
+        // The parent `tmp/` goes too once no other build uses it.
+        if let Some(parent) = self.dir.parent() {
+            let _ = fs::remove_dir(parent);
+        }
     }
 }
 
@@ -302,7 +308,13 @@ fn stage_persist(spec: &Spec, kernel: &Kernel, work: &Path, persist: &Path) -> R
     }
     let modules_image = format!("modules-{}.squashfs", kernel.version);
     if wanted(&modules_image) {
-        squashfs(&kernel.modules_dir, &persist.join(&modules_image), &[], &[])?;
+        let cached = modules_squashfs(kernel)?;
+        let dest = persist.join(&modules_image);
+        if fs::hard_link(&cached, &dest).is_err() {
+            fs::copy(&cached, &dest).with_context(|| {
+                format!("cannot copy {} to {}", cached.display(), dest.display())
+            })?;
+        }
     }
     if wanted("firmware.squashfs") {
         let firmware = resolve_in_root(rootfs, Path::new("lib/firmware"))
@@ -334,13 +346,52 @@ fn stage_persist(spec: &Spec, kernel: &Kernel, work: &Path, persist: &Path) -> R
     Ok(())
 }
 
-/// `mksquashfs src out -comp zstd` with extra options and `-e` excludes.
+/// `modules-<kver>.squashfs` for `kernel`, cached in `target/ramstick/cache/`
+/// (keyed by version, modules.dep and the squashfs options): it is the
+/// biggest image and the same for every disk built with that kernel.
+fn modules_squashfs(kernel: &Kernel) -> Result<PathBuf> {
+    let dep_path = kernel.modules_dir.join("modules.dep");
+    let dep = fs::read(&dep_path).with_context(|| format!("cannot read {}", dep_path.display()))?;
+    let mut hash = fnv1a(&dep, FNV_OFFSET);
+    hash = fnv1a(kernel.modules_dir.as_os_str().as_encoded_bytes(), hash);
+    hash = fnv1a(SQUASHFS_OPTIONS.join(" ").as_bytes(), hash);
+    hash = fnv1a(&[u8::from(deps::is_root())], hash);
+    let dir = crate::target_dir().join("ramstick/cache");
+    let image = dir.join(format!("modules-{}-{hash:016x}.squashfs", kernel.version));
+    if image.is_file() {
+        return Ok(image);
+    }
+    fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let partial = unique_partial(&image);
+    squashfs(&kernel.modules_dir, &partial, &[], &[])?;
+    fs::rename(&partial, &image)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), image.display()))?;
+    Ok(image)
+}
+
+/// `<path>.partial-<pid>`: a temporary name no concurrent xtask shares.
+fn unique_partial(path: &Path) -> PathBuf {
+    let mut name = partial_path(path).into_os_string();
+    name.push(format!("-{}", std::process::id()));
+    PathBuf::from(name)
+}
+
+/// zstd at a moderate level: level 15 (the default) takes 8× longer on the
+/// kernel modules for 15% less size.
+const SQUASHFS_OPTIONS: &[&str] = &[
+    "-comp",
+    "zstd",
+    "-Xcompression-level",
+    "9",
+    "-noappend",
+    "-quiet",
+    "-no-progress",
+];
+
+/// `mksquashfs src out` with [`SQUASHFS_OPTIONS`], extra options and `-e` excludes.
 fn squashfs(src: &Path, out: &Path, extra: &[&str], excludes: &[String]) -> Result<()> {
     let mut cmd = deps::cmd("mksquashfs");
-    cmd.arg(src)
-        .arg(out)
-        .args(["-comp", "zstd", "-noappend", "-quiet", "-no-progress"])
-        .args(extra);
+    cmd.arg(src).arg(out).args(SQUASHFS_OPTIONS).args(extra);
     if !deps::is_root() {
         cmd.arg("-all-root");
     }
@@ -388,7 +439,7 @@ fn make_esp(esp: &Path, work: &Path, kernel: &Kernel, initrd: &Path, extra: &str
         .with_context(|| format!("cannot create {}", esp.display()))?;
     deps::run(
         deps::cmd("mkfs.vfat")
-            .args(["-F", "32", "-n", "RAMSTICK_ESP"])
+            .args(["-F", "32", "-n", ESP_LABEL])
             .arg(esp)
             .stdout(std::process::Stdio::null()),
     )?;
@@ -412,6 +463,8 @@ fn make_esp(esp: &Path, work: &Path, kernel: &Kernel, initrd: &Path, extra: &str
     Ok(size)
 }
 
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
 /// 64-bit FNV-1a, a stable cache key.
 fn fnv1a(data: &[u8], mut hash: u64) -> u64 {
     for &b in data {
@@ -424,7 +477,7 @@ fn fnv1a(data: &[u8], mut hash: u64) -> u64 {
 /// The standalone GRUB EFI binary with `grub/stub.cfg` embedded, cached in
 /// `target/grub/` by a hash of its inputs (stub, modules, GRUB build).
 fn grub_efi() -> Result<PathBuf> {
-    let mut hash = fnv1a(GRUB_STUB.as_bytes(), 0xcbf2_9ce4_8422_2325);
+    let mut hash = fnv1a(GRUB_STUB.as_bytes(), FNV_OFFSET);
     hash = fnv1a(GRUB_MODULES.as_bytes(), hash);
     for file in ["kernel.img", "moddep.lst"] {
         let path = Path::new(GRUB_DIR).join(file);
@@ -439,7 +492,7 @@ fn grub_efi() -> Result<PathBuf> {
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let stub = dir.join(format!("stub-{}.cfg", std::process::id()));
     fs::write(&stub, GRUB_STUB).with_context(|| format!("cannot write {}", stub.display()))?;
-    let partial = partial_path(&efi);
+    let partial = unique_partial(&efi);
     let result = deps::run(
         deps::cmd("grub-mkstandalone")
             .args(["-O", "x86_64-efi", "--locales=", "--themes=", "--fonts="])
@@ -463,7 +516,7 @@ fn make_ext4(image: &Path, size: u64, content: &Path) -> Result<()> {
         .with_context(|| format!("cannot create {}", image.display()))?;
     deps::run(
         deps::cmd("mkfs.ext4")
-            .args(["-q", "-F", "-L", "RAMSTICK", "-d"])
+            .args(["-q", "-F", "-b", "4096", "-L", "RAMSTICK", "-d"])
             .arg(content)
             .arg(image),
     )

@@ -42,7 +42,10 @@ pub fn run(a: &Args) -> Result<()> {
     let all = Instant::now();
     step("system packages", || {
         deps::ensure(TOOLS)?;
-        deps::ensure_files(FILES)
+        deps::ensure_files(FILES)?;
+        // loopdev-3 (in init) generates its bindings with bindgen → libclang.
+        deps::ensure_packages(&["libclang-dev"])?;
+        deps::ensure_musl_target()
     })?;
     step("cargo fmt --all -- --check", || {
         cargo(&["fmt", "--all", "--", "--check"])
