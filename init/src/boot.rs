@@ -236,7 +236,7 @@ fn log_timings(info: &BootInfo) {
         .map(|(k, v)| format!("{k}={v}ms"))
         .collect();
     log::info!(
-        "boot {:?} (asked {:?}); timings: {}",
+        "boot type used: {} (asked: {}); timings: {}",
         info.used,
         info.asked,
         parts.join(" ")

@@ -3,7 +3,7 @@
 //! and driver autoloading from the modaliases the hardware shows in /sys.
 
 use anyhow::{Context, Result};
-use nix::kmod::{finit_module, ModuleInitFlags};
+use nix::kmod::{finit_module, init_module, ModuleInitFlags};
 use ramstick_common::modules::ModDb;
 use std::collections::{BTreeSet, HashSet};
 use std::ffi::CString;
@@ -79,23 +79,24 @@ impl Loader {
     }
 
     fn insert(&self, path: &Path) -> Result<()> {
+        let params = CString::default();
+        let compressed = Compression::of(path);
+        if compressed.is_some() && !self.kernel_decompresses {
+            // The kernel cannot decompress: do it here and hand over the bytes.
+            let data =
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let image = decompress(path, &data)?;
+            return match init_module(&image, &params) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        }
         let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-        let compressed = path
-            .extension()
-            .map(|e| e == "xz" || e == "zst" || e == "gz")
-            .unwrap_or(false);
-        let flags = if compressed {
-            if !self.kernel_decompresses {
-                anyhow::bail!(
-                    "{} is compressed and this kernel cannot decompress modules; rebuild the initramfs with `cargo xtask initramfs`, which stores them uncompressed",
-                    path.display()
-                );
-            }
+        let flags = if compressed.is_some() {
             ModuleInitFlags::from_bits_retain(MODULE_INIT_COMPRESSED_FILE)
         } else {
             ModuleInitFlags::empty()
         };
-        let params = CString::default();
         match finit_module(&file, &params, flags) {
             Ok(()) => Ok(()),
             // Loaded meanwhile (e.g. by the kernel's own request_module).
@@ -129,6 +130,53 @@ impl Loader {
     }
 }
 
+/// How a module file is compressed, by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    Zstd,
+    Xz,
+    Gzip,
+}
+
+impl Compression {
+    pub fn of(path: &Path) -> Option<Compression> {
+        match path.extension()?.to_str()? {
+            "zst" => Some(Compression::Zstd),
+            "xz" => Some(Compression::Xz),
+            "gz" => Some(Compression::Gzip),
+            _ => None,
+        }
+    }
+}
+
+/// Decompress a module in this process (for kernels without in-kernel
+/// module decompression). `path` only names the format and the errors.
+pub fn decompress(path: &Path, data: &[u8]) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    match Compression::of(path) {
+        Some(Compression::Zstd) => {
+            let mut decoder = ruzstd::decoding::StreamingDecoder::new(data)
+                .map_err(|e| anyhow::anyhow!("cannot unzstd {}: {e}", path.display()))?;
+            decoder
+                .read_to_end(&mut out)
+                .with_context(|| format!("cannot unzstd {}", path.display()))?;
+        }
+        Some(Compression::Xz) => {
+            let mut input = std::io::BufReader::new(data);
+            lzma_rs::xz_decompress(&mut input, &mut out)
+                .map_err(|e| anyhow::anyhow!("cannot unxz {}: {e:?}", path.display()))?;
+        }
+        Some(Compression::Gzip) => {
+            flate2::read::GzDecoder::new(data)
+                .read_to_end(&mut out)
+                .with_context(|| format!("cannot gunzip {}", path.display()))?;
+        }
+        None => out.extend_from_slice(data),
+    }
+    Ok(out)
+}
+
 /// All `modalias` values below `dir` (sysfs), without following symlinks.
 fn collect_modaliases(dir: &Path, out: &mut BTreeSet<String>, depth: usize) {
     if depth > 32 {
@@ -149,6 +197,39 @@ fn collect_modaliases(dir: &Path, out: &mut BTreeSet<String>, depth: usize) {
                     out.insert(s.to_string());
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MODULE: &[u8] = b"\x7fELF pretend module body, long enough to compress: aaaaaaaaaaaaaaaa";
+
+    #[test]
+    fn zstd_xz_and_gzip_modules_decompress_in_process() {
+        let zst = zstd::stream::encode_all(MODULE, 3).unwrap();
+        assert_eq!(decompress(Path::new("m.ko.zst"), &zst).unwrap(), MODULE);
+
+        let mut xz = Vec::new();
+        lzma_rs::xz_compress(&mut std::io::BufReader::new(MODULE), &mut xz).unwrap();
+        assert_eq!(decompress(Path::new("m.ko.xz"), &xz).unwrap(), MODULE);
+
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(MODULE).unwrap();
+        let gz = gz.finish().unwrap();
+        assert_eq!(decompress(Path::new("m.ko.gz"), &gz).unwrap(), MODULE);
+
+        assert_eq!(decompress(Path::new("m.ko"), MODULE).unwrap(), MODULE);
+    }
+
+    #[test]
+    fn corrupt_compressed_modules_are_errors_not_panics() {
+        for name in ["m.ko.zst", "m.ko.xz", "m.ko.gz"] {
+            let err = decompress(Path::new(name), b"garbage").err();
+            assert!(err.is_some(), "{name}");
         }
     }
 }

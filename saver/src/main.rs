@@ -18,21 +18,41 @@ enum Cmd {
     Status,
     /// Save the session to the stick (not built yet: writes nothing).
     Save,
+    /// Run until SIGTERM/SIGINT (then save and exit); SIGUSR1 saves and keeps running.
+    Daemon,
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Status => status(),
-        Cmd::Save => {
-            eprintln!("saver: saving is not built yet; nothing was written to the stick");
-            Ok(())
-        }
+        Cmd::Save => save(),
+        Cmd::Daemon => daemon(),
     };
     if let Err(e) = result {
         eprintln!("saver: error: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn save() -> Result<()> {
+    eprintln!("saver: saving is not built yet; nothing was written to the stick");
+    Ok(())
+}
+
+/// Wait for the init system's signal; save on SIGUSR1 (and go on) or on
+/// SIGTERM/SIGINT (and exit with the save's result).
+fn daemon() -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1])
+        .context("cannot install signal handlers")?;
+    for signal in signals.forever() {
+        save()?;
+        if signal != SIGUSR1 {
+            break;
+        }
+    }
+    Ok(())
 }
 
 fn status() -> Result<()> {

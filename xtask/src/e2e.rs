@@ -260,6 +260,37 @@ impl Ctx {
         Vm::spawn(&machine, &self.log_path())
     }
 
+    /// A fresh disk of the Debian/systemd rootfs (`rootfs --kind debian`,
+    /// kept in target/rootfs-debian and rebuilt when rootfs-skel/ or the
+    /// rootfs builder change). It boots the rootfs's own kernel.
+    pub fn debian_disk(&mut self) -> Result<PathBuf> {
+        let dir = target_dir().join("rootfs-debian");
+        let stamp = target_dir().join("rootfs-debian.stamp");
+        let mut h = cache::Hasher::default();
+        let root = workspace_root();
+        h.tree(&root.join("rootfs-skel"))?;
+        h.file(&root.join("xtask/src/rootfs.rs"))?;
+        let want = format!("{:016x}", h.finish());
+        let have = fs::read_to_string(&stamp).unwrap_or_default();
+        if have.trim() != want || !dir.join(rootfs::MARKER).is_file() {
+            println!("e2e: building the Debian rootfs (mmdebstrap, about a minute)");
+            rootfs::build(rootfs::Kind::Debian, &dir)?;
+            fs::write(&stamp, &want).with_context(|| format!("writing {}", stamp.display()))?;
+        }
+        let disk = self.disk_path();
+        image::build(&image::Spec {
+            rootfs: dir,
+            out: disk.clone(),
+            size: None,
+            kernel: self.kernel.clone(),
+            bins: self.bins.clone(),
+            extra_cmdline: String::new(),
+            persist_extra: Vec::new(),
+            omit: Vec::new(),
+        })?;
+        Ok(disk)
+    }
+
     /// A valid upper image whose only file is `etc/ramstick-marker` holding `marker`.
     pub fn upper_image(&mut self, marker: &str) -> Result<PathBuf> {
         let dir = self.work.join(format!("upper-{marker}"));

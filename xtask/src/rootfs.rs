@@ -175,6 +175,8 @@ fn debian(root: &Path, skel: &Path) -> Result<()> {
             .args([
                 "--variant=minbase",
                 "--include=systemd-sysv,linux-image-amd64,udev,kmod,iproute2,procps,less",
+                // The user whose home gets the links to /persist/user.
+                "--customize-hook=chroot \"$1\" useradd -m -u 1000 -U -s /bin/bash user",
                 "bookworm",
             ])
             .arg(root),

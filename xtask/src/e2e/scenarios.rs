@@ -53,6 +53,26 @@ pub const ALL: &[Scenario] = &[
         name: "wrong-persist",
         run: wrong_persist,
     },
+    Scenario {
+        name: "bad-init",
+        run: bad_init,
+    },
+    Scenario {
+        name: "shell-never-reboots",
+        run: shell_never_reboots,
+    },
+    Scenario {
+        name: "swap-user-links-bad-param",
+        run: swap_user_links_bad_param,
+    },
+    Scenario {
+        name: "image-too-small",
+        run: image_too_small,
+    },
+    Scenario {
+        name: "debian-systemd",
+        run: debian_systemd,
+    },
 ];
 
 /// From the GRUB menu to a shell prompt under TCG (GRUB ~5 s, kernel + init 15-40 s).
@@ -98,8 +118,9 @@ fn wait_shell(vm: &mut Vm) -> Result<()> {
     );
 }
 
-/// Expect init to fail with a line containing `mention`, then use its emergency shell.
-fn expect_emergency_shell(vm: &mut Vm, mention: &str) -> Result<()> {
+/// Expect init to fail with a line containing `mention`, then use its
+/// emergency shell. Returns the failure line.
+fn expect_emergency_shell(vm: &mut Vm, mention: &str) -> Result<String> {
     let line = vm.expect_line("BOOT FAILED", BOOT)?;
     ensure!(
         line.contains(mention),
@@ -113,7 +134,7 @@ fn expect_emergency_shell(vm: &mut Vm, mention: &str) -> Result<()> {
     vm.expect(EMERGENCY_PROMPT, CMD)?;
     let out = vm.run("echo EMERG-$((2+3))", CMD)?;
     ensure!(out.trim() == "EMERG-5", "emergency shell printed {out:?}");
-    Ok(())
+    Ok(line)
 }
 
 /// `/proc/cmdline` must contain every one of `params`.
@@ -213,6 +234,11 @@ fn boot_default(ctx: &mut Ctx) -> Result<()> {
     mount_at(&mounts, "/persist", Some("ext4"))?;
     mount_at(&mounts, "/run/ramstick/upper", None)?;
     mount_at(&mounts, &format!("/lib/modules/{kver}"), Some("squashfs"))?;
+    mount_at(&mounts, "/lib/firmware", Some("squashfs"))?;
+    mount_at(&mounts, "/run", Some("tmpfs"))?;
+    // The modules image really serves the running kernel's modules.
+    vm.run(&format!("test -f /lib/modules/{kver}/modules.dep"), CMD)
+        .context("/lib/modules/<kver>/modules.dep is not visible")?;
     let lower = mounts.iter().any(|m| {
         m.fstype == "squashfs"
             && (m.target == "/run/ramstick/lower" || m.target.starts_with("/run/ramstick/lower/"))
@@ -355,7 +381,7 @@ fn missing_rootfs(ctx: &mut Ctx) -> Result<()> {
     let disk = ctx.disk(&spec)?;
     let mut vm = ctx.boot(&disk, false)?;
     vm.select_entry(ENTRY_DEFAULT)?;
-    expect_emergency_shell(&mut vm, "rootfs.squashfs")
+    expect_emergency_shell(&mut vm, "rootfs.squashfs").map(drop)
 }
 
 fn wrong_persist(ctx: &mut Ctx) -> Result<()> {
@@ -366,7 +392,152 @@ fn wrong_persist(ctx: &mut Ctx) -> Result<()> {
     let disk = ctx.disk(&spec)?;
     let mut vm = ctx.boot(&disk, false)?;
     vm.select_entry(ENTRY_DEFAULT)?;
-    expect_emergency_shell(&mut vm, "LABEL=NOPE")
+    expect_emergency_shell(&mut vm, "LABEL=NOPE").map(drop)
+}
+
+fn bad_init(ctx: &mut Ctx) -> Result<()> {
+    let spec = DiskSpec {
+        extra_cmdline: "ramstick.init=/sbin/nope".into(),
+        ..DiskSpec::default()
+    };
+    let disk = ctx.disk(&spec)?;
+    let mut vm = ctx.boot(&disk, false)?;
+    vm.select_entry(ENTRY_DEFAULT)?;
+    let line = expect_emergency_shell(&mut vm, "/sbin/nope does not exist in the new root")?;
+    ensure!(
+        line.contains("Candidates present: /sbin/init"),
+        "the message does not list the candidates: {line:?}"
+    );
+    Ok(())
+}
+
+fn shell_never_reboots(ctx: &mut Ctx) -> Result<()> {
+    let spec = DiskSpec {
+        extra_cmdline: "ramstick.persist=LABEL=NOPE ramstick.timeout=2 ramstick.shell=never".into(),
+        ..DiskSpec::default()
+    };
+    let disk = ctx.disk(&spec)?;
+    let mut vm = ctx.boot(&disk, false)?;
+    vm.select_entry(ENTRY_DEFAULT)?;
+    vm.expect("BOOT FAILED", BOOT)?;
+    let next = vm.expect_any(&["rebooting in", "starting emergency shell"], CMD)?;
+    ensure!(next == 0, "ramstick.shell=never still started a shell");
+    // The machine really reboots: the firmware hands over to GRUB again.
+    vm.expect("ramstick (default)", Duration::from_secs(120))
+        .context("no reboot into GRUB after the failure")?;
+    Ok(())
+}
+
+fn swap_user_links_bad_param(ctx: &mut Ctx) -> Result<()> {
+    // The last ramstick.boot wins: an invalid value must warn and boot default.
+    let spec = DiskSpec {
+        extra_cmdline: "ramstick.swap=16M ramstick.swappiness=7 ramstick.boot=fast".into(),
+        ..DiskSpec::default()
+    };
+    let disk = ctx.disk(&spec)?;
+    let mut vm = ctx.boot(&disk, false)?;
+    vm.select_entry(ENTRY_DEFAULT)?;
+    vm.expect("`ramstick.boot=fast` is not valid", BOOT)
+        .context("no warning for the malformed ramstick.boot")?;
+    wait_shell(&mut vm)?;
+    let info = boot_info(&mut vm)?;
+    ensure!(info.asked == BootType::Default, "boot.json: {info:?}");
+    let swaps = vm.run("cat /proc/swaps", CMD)?;
+    ensure!(
+        swaps.contains("/persist/swapfile"),
+        "swap is not on: {swaps}"
+    );
+    let size = vm.run("stat -c %s /persist/swapfile", CMD)?;
+    ensure!(
+        size.trim() == (16u64 << 20).to_string(),
+        "swapfile has {size} bytes"
+    );
+    let swappiness = vm.run("cat /proc/sys/vm/swappiness", CMD)?;
+    ensure!(swappiness.trim() == "7", "vm.swappiness is {swappiness}");
+    vm.run(
+        "mkdir /persist/user/Documents && echo hi > /persist/user/notes && sync",
+        CMD,
+    )?;
+    let status = vm.poweroff(Duration::from_secs(120))?;
+    ensure!(status.success(), "QEMU exited with {status}");
+    drop(vm);
+
+    // Second boot of the same stick: the user's files are linked into the home.
+    let mut vm = ctx.boot(&disk, false)?;
+    vm.select_entry(ENTRY_DEFAULT)?;
+    wait_shell(&mut vm)?;
+    for name in ["Documents", "notes"] {
+        let target = vm.run(&format!("readlink /home/user/{name}"), CMD)?;
+        ensure!(
+            target.trim() == format!("/persist/user/{name}"),
+            "/home/user/{name} -> {target:?}"
+        );
+        let owner = vm.run(&format!("stat -c %u:%g /home/user/{name}"), CMD)?;
+        ensure!(
+            owner.trim() == "1000:1000",
+            "/home/user/{name} owned by {owner}"
+        );
+    }
+    let swaps = vm.run("cat /proc/swaps", CMD)?;
+    ensure!(
+        swaps.contains("/persist/swapfile"),
+        "swap is not on after reboot: {swaps}"
+    );
+    Ok(())
+}
+
+/// `xtask image --size` too small for the images: a message with both
+/// numbers, and neither the image nor a partial file left behind.
+fn image_too_small(ctx: &mut Ctx) -> Result<()> {
+    let out = ctx.run.join("too-small.img");
+    let partial = crate::initramfs::partial_path(&out);
+    let result = crate::image::build(&crate::image::Spec {
+        rootfs: ctx.rootfs.clone(),
+        out: out.clone(),
+        size: Some(16 << 20),
+        kernel: ctx.kernel.clone(),
+        bins: ctx.bins.clone(),
+        extra_cmdline: String::new(),
+        persist_extra: Vec::new(),
+        omit: Vec::new(),
+    });
+    let err = match result {
+        Ok(()) => bail!("a 16 MiB image was built"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        err.contains("16 MiB is too small") && err.contains("needs at least"),
+        "unclear error: {err}"
+    );
+    ensure!(!out.exists(), "{} was left behind", out.display());
+    ensure!(!partial.exists(), "{} was left behind", partial.display());
+    Ok(())
+}
+
+/// The Debian rootfs boots its own kernel through our init into systemd,
+/// with the saver unit running, and powers off cleanly.
+fn debian_systemd(ctx: &mut Ctx) -> Result<()> {
+    let disk = ctx.debian_disk()?;
+    let mut vm = ctx.boot(&disk, false)?;
+    vm.select_entry(ENTRY_DEFAULT)?;
+    vm.expect("switching root to /sbin/init", BOOT)?;
+    vm.expect("Debian GNU/Linux", BOOT)
+        .context("systemd did not start")?;
+    vm.expect("root@ramstick:~# ", BOOT)
+        .context("no root shell on ttyS0 (autologin)")?;
+    let mounts = mounts(&mut vm)?;
+    mount_at(&mounts, "/", Some("overlay"))?;
+    mount_at(&mounts, "/persist", Some("ext4"))?;
+    mount_at(&mounts, "/run/ramstick/upper", None)?;
+    let active = vm.run_status("systemctl is-active ramstick-saver.service", CMD)?;
+    ensure!(
+        active.1.trim() == "active",
+        "ramstick-saver.service is {:?}",
+        active.1.trim()
+    );
+    let status = vm.poweroff(Duration::from_secs(180))?;
+    ensure!(status.success(), "QEMU exited with {status}");
+    Ok(())
 }
 
 #[cfg(test)]
