@@ -1160,6 +1160,48 @@ fn times_of(st: &FileStat) -> (TimeSpec, TimeSpec) {
     )
 }
 
+/// Resolves `rel` inside the tree `root` as a chroot would: absolute
+/// symlinks point into `root`, `..` stops at it. Returns the host path of
+/// the final target, or `None` when a component is missing or there are
+/// too many links.
+pub fn resolve_in_root(root: &Path, rel: &Path) -> Option<PathBuf> {
+    let mut pending: Vec<PathBuf> = vec![rel.to_path_buf()];
+    let mut resolved = PathBuf::new(); // relative to root, symlink-free
+    let mut links = 0;
+    while let Some(path) = pending.pop() {
+        let mut components = path.components();
+        let Some(first) = components.next() else {
+            continue;
+        };
+        let rest: PathBuf = components.collect();
+        if !rest.as_os_str().is_empty() {
+            pending.push(rest);
+        }
+        match first {
+            std::path::Component::RootDir => resolved = PathBuf::new(),
+            std::path::Component::CurDir | std::path::Component::Prefix(_) => {}
+            std::path::Component::ParentDir => {
+                resolved.pop();
+            }
+            std::path::Component::Normal(name) => {
+                let candidate = resolved.join(name);
+                let host = root.join(&candidate);
+                let meta = host.symlink_metadata().ok()?;
+                if meta.file_type().is_symlink() {
+                    links += 1;
+                    if links > 40 {
+                        return None;
+                    }
+                    pending.push(std::fs::read_link(&host).ok()?);
+                } else {
+                    resolved = candidate;
+                }
+            }
+        }
+    }
+    Some(root.join(resolved))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1445,5 +1487,32 @@ mod tests {
         assert_ne!(zeros, one);
         assert_ne!(one, moved);
         assert_ne!(zeros, shorter);
+    }
+
+    #[test]
+    fn resolves_symlinks_inside_the_root() {
+        let root = std::env::temp_dir().join(format!("ramstick-resolve-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("usr/lib/systemd")).unwrap();
+        std::fs::create_dir_all(root.join("usr/sbin")).unwrap();
+        std::fs::write(root.join("usr/lib/systemd/systemd"), "").unwrap();
+        std::os::unix::fs::symlink("usr/sbin", root.join("sbin")).unwrap();
+        std::os::unix::fs::symlink("../lib/systemd/systemd", root.join("usr/sbin/init")).unwrap();
+        std::os::unix::fs::symlink("/usr/lib/systemd/systemd", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("loop", root.join("loop")).unwrap();
+        let target = root.join("usr/lib/systemd/systemd");
+        assert_eq!(
+            resolve_in_root(&root, Path::new("sbin/init")),
+            Some(target.clone())
+        );
+        assert_eq!(resolve_in_root(&root, Path::new("abs")), Some(target));
+        assert_eq!(resolve_in_root(&root, Path::new("loop")), None);
+        assert_eq!(resolve_in_root(&root, Path::new("sbin/missing")), None);
+        // `..` cannot leave the root.
+        assert_eq!(
+            resolve_in_root(&root, Path::new("../../usr/sbin")),
+            Some(root.join("usr/sbin"))
+        );
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -3,10 +3,11 @@
 
 use anyhow::{bail, Context, Result};
 use nix::mount::MsFlags;
+use ramstick_common::tree::resolve_in_root;
 use std::convert::Infallible;
 use std::ffi::CString;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// Where a real init usually lives, for the "not found" message.
 const CANDIDATES: &[&str] = &[
@@ -18,59 +19,9 @@ const CANDIDATES: &[&str] = &[
     "/bin/sh",
 ];
 
-/// Resolve `path` inside `root` as if `root` were `/`: symlinks (absolute
-/// or relative) never escape it. Returns the host path of the final file.
-pub fn resolve_in_root(root: &Path, path: &str) -> Option<PathBuf> {
-    let mut parts: Vec<String> = Vec::new();
-    let mut todo: Vec<String> = path
-        .split('/')
-        .filter(|c| !c.is_empty())
-        .rev()
-        .map(String::from)
-        .collect();
-    let mut hops = 0;
-    while let Some(c) = todo.pop() {
-        match c.as_str() {
-            "." => continue,
-            ".." => {
-                parts.pop();
-                continue;
-            }
-            _ => {}
-        }
-        let mut host = root.to_path_buf();
-        host.extend(&parts);
-        host.push(&c);
-        match std::fs::read_link(&host) {
-            Ok(target) => {
-                hops += 1;
-                if hops > 40 {
-                    return None;
-                }
-                if target.is_absolute() {
-                    parts.clear();
-                }
-                let comps: Vec<String> = target
-                    .components()
-                    .filter_map(|comp| match comp {
-                        Component::Normal(s) => Some(s.to_string_lossy().to_string()),
-                        Component::ParentDir => Some("..".into()),
-                        _ => None,
-                    })
-                    .collect();
-                todo.extend(comps.into_iter().rev());
-            }
-            Err(_) => parts.push(c),
-        }
-    }
-    let mut host = root.to_path_buf();
-    host.extend(&parts);
-    host.symlink_metadata().ok().map(|_| host)
-}
-
 /// The init program inside `newroot`, or an error listing what is there.
 pub fn find_init(newroot: &Path, init: &str) -> Result<PathBuf> {
-    if let Some(host) = resolve_in_root(newroot, init) {
+    if let Some(host) = resolve_in_root(newroot, Path::new(init)) {
         let meta =
             std::fs::metadata(&host).with_context(|| format!("cannot stat {}", host.display()))?;
         if meta.is_file() && meta.permissions().mode() & 0o111 != 0 {
@@ -81,7 +32,7 @@ pub fn find_init(newroot: &Path, init: &str) -> Result<PathBuf> {
     let found: Vec<&str> = CANDIDATES
         .iter()
         .copied()
-        .filter(|c| resolve_in_root(newroot, c).is_some())
+        .filter(|c| resolve_in_root(newroot, Path::new(c)).is_some())
         .collect();
     bail!(
         "{init} does not exist in the new root. Candidates present: {}. Boot with ramstick.init=<one of them>",

@@ -14,7 +14,7 @@ use crate::deps;
 use crate::initramfs::partial_path;
 use anyhow::{bail, Context, Result};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 /// Marks a tree built by `cargo xtask rootfs` (left out of the images).
 pub const MARKER: &str = ".ramstick-rootfs";
@@ -248,52 +248,9 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Resolves `rel` inside the tree `root` as a chroot would: absolute
-/// symlinks point into `root`, `..` stops at it. Returns the host path of
-/// the final target, or `None` when a component is missing or there are
-/// too many links.
-pub fn resolve_in_root(root: &Path, rel: &Path) -> Option<PathBuf> {
-    let mut pending: Vec<PathBuf> = vec![rel.to_path_buf()];
-    let mut resolved = PathBuf::new(); // relative to root, symlink-free
-    let mut links = 0;
-    while let Some(path) = pending.pop() {
-        let mut components = path.components();
-        let Some(first) = components.next() else {
-            continue;
-        };
-        let rest: PathBuf = components.collect();
-        if !rest.as_os_str().is_empty() {
-            pending.push(rest);
-        }
-        match first {
-            Component::RootDir => resolved = PathBuf::new(),
-            Component::CurDir | Component::Prefix(_) => {}
-            Component::ParentDir => {
-                resolved.pop();
-            }
-            Component::Normal(name) => {
-                let candidate = resolved.join(name);
-                let host = root.join(&candidate);
-                let meta = host.symlink_metadata().ok()?;
-                if meta.file_type().is_symlink() {
-                    links += 1;
-                    if links > 40 {
-                        return None;
-                    }
-                    pending.push(std::fs::read_link(&host).ok()?);
-                } else {
-                    resolved = candidate;
-                }
-            }
-        }
-    }
-    Some(root.join(resolved))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
 
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("ramstick-{name}-{}", std::process::id()));
@@ -331,31 +288,5 @@ mod tests {
         std::fs::write(out.join(MARKER), "Busybox\n").unwrap();
         check_out(&out).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn resolves_symlinks_inside_the_root() {
-        let root = scratch("rootfs-resolve");
-        std::fs::create_dir_all(root.join("usr/lib/systemd")).unwrap();
-        std::fs::create_dir_all(root.join("usr/sbin")).unwrap();
-        std::fs::write(root.join("usr/lib/systemd/systemd"), "").unwrap();
-        symlink("usr/sbin", root.join("sbin")).unwrap();
-        symlink("../lib/systemd/systemd", root.join("usr/sbin/init")).unwrap();
-        symlink("/usr/lib/systemd/systemd", root.join("abs")).unwrap();
-        symlink("loop", root.join("loop")).unwrap();
-        let target = root.join("usr/lib/systemd/systemd");
-        assert_eq!(
-            resolve_in_root(&root, Path::new("sbin/init")),
-            Some(target.clone())
-        );
-        assert_eq!(resolve_in_root(&root, Path::new("abs")), Some(target));
-        assert_eq!(resolve_in_root(&root, Path::new("loop")), None);
-        assert_eq!(resolve_in_root(&root, Path::new("sbin/missing")), None);
-        // `..` cannot leave the root.
-        assert_eq!(
-            resolve_in_root(&root, Path::new("../../usr/sbin")),
-            Some(root.join("usr/sbin"))
-        );
-        std::fs::remove_dir_all(&root).unwrap();
     }
 }
