@@ -107,7 +107,7 @@ fn wait_shell(vm: &mut Vm) -> Result<()> {
         BOOT,
     )?;
     if seen == 0 {
-        return Ok(());
+        return check_boot_record(vm);
     }
     let rest = vm.expect("\n", CMD).unwrap_or_default();
     let what = ["", "BOOT FAILED", "Kernel panic", "rebooting in"][seen];
@@ -116,6 +116,24 @@ fn wait_shell(vm: &mut Vm) -> Result<()> {
         rest.trim_end(),
         vm.log_path().display()
     );
+}
+
+/// Every boot leaves boot.json with the phase timings, and the timings in kmsg.
+fn check_boot_record(vm: &mut Vm) -> Result<()> {
+    let info = boot_info(vm)?;
+    for phase in ["modules", "device_wait", "unpack", "mounts", "total"] {
+        ensure!(
+            info.timings_ms.contains_key(phase),
+            "boot.json has no {phase} timing: {info:?}"
+        );
+    }
+    let log = vm.run("dmesg | grep 'ramstick: '", CMD)?;
+    ensure!(
+        log.lines()
+            .any(|l| l.contains("timings:") && mentions_millis(l)),
+        "no phase timings among init's kernel log lines:\n{log}"
+    );
+    Ok(())
 }
 
 /// Expect init to fail with a line containing `mention`, then use its
