@@ -535,6 +535,10 @@ fn image_too_small(ctx: &mut Ctx) -> Result<()> {
 /// The Debian rootfs boots its own kernel through our init into systemd,
 /// with the saver unit running, and powers off cleanly.
 fn debian_systemd(ctx: &mut Ctx) -> Result<()> {
+    if !crate::deps::is_root() {
+        println!("  debian-systemd: skipped: mmdebstrap needs root (run as root to include it)");
+        return Ok(());
+    }
     let disk = ctx.debian_disk()?;
     let mut vm = ctx.boot(&disk, false)?;
     vm.select_entry(ENTRY_DEFAULT)?;
