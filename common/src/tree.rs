@@ -237,12 +237,7 @@ pub fn remove_contents(dir: &Path, same_fs_only: bool) -> Result<u64, TreeError>
                     parent.keep = true;
                 }
             } else {
-                unlinkat(&c.fd, name.as_c_str(), UnlinkatFlags::RemoveDir).map_err(|e| {
-                    TreeError::Remove {
-                        path: c.path(&name),
-                        source: e.into(),
-                    }
-                })?;
+                unlink(&c, &name, UnlinkatFlags::RemoveDir)?;
                 removed += 1;
             }
             continue;
@@ -264,12 +259,7 @@ pub fn remove_contents(dir: &Path, same_fs_only: bool) -> Result<u64, TreeError>
                 keep: false,
             });
         } else {
-            unlinkat(&c.fd, name.as_c_str(), UnlinkatFlags::NoRemoveDir).map_err(|e| {
-                TreeError::Remove {
-                    path: c.path(&name),
-                    source: e.into(),
-                }
-            })?;
+            unlink(&c, &name, UnlinkatFlags::NoRemoveDir)?;
             removed += 1;
         }
     }
@@ -355,6 +345,14 @@ impl Id {
             ino: st.st_ino,
         }
     }
+}
+
+/// unlinkat(2) of `name` in the cursor's directory.
+fn unlink(c: &Cursor, name: &CStr, flags: UnlinkatFlags) -> Result<(), TreeError> {
+    unlinkat(&c.fd, name, flags).map_err(|e| TreeError::Remove {
+        path: c.path(name),
+        source: e.into(),
+    })
 }
 
 fn kind_of(st: &FileStat) -> SFlag {

@@ -16,6 +16,10 @@ use crate::modload::Loader;
 use crate::sys::{LinuxSys, Sys};
 use crate::{devices, extras, mounts, switchroot, unpack};
 
+/// For failures that only a broken kernel or initramfs can cause.
+const REBUILD_HINT: &str =
+    "the kernel or initramfs is broken; rebuild the stick (cargo xtask image) and report this message";
+
 /// Where the initramfs carries the saver binary.
 const SAVER_IN_INITRAMFS: &str = "/bin/saver";
 
@@ -37,11 +41,11 @@ pub fn boot() -> Result<Infallible, Failure> {
     // 2. Command line → plan.
     let line = sys
         .read_file(Path::new("/proc/cmdline"))
-        .step("read /proc/cmdline", "")?;
+        .step("read /proc/cmdline", REBUILD_HINT)?;
     let (cfg, problems) = cmdline::parse(&line);
     failure::allow_shell(cfg.shell == ShellPolicy::Auto);
     KmsgLogger::set_debug(cfg.log == cmdline::LogLevel::Debug);
-    let facts = machine_facts(&sys).step("read the kernel version and RAM size", "")?;
+    let facts = machine_facts(&sys).step("read the kernel version and RAM size", REBUILD_HINT)?;
     let plan = make_plan(&cfg, problems, &facts);
     report_problems(&plan)?;
     log::debug!("plan:\n{plan}");
@@ -93,8 +97,7 @@ pub fn boot() -> Result<Infallible, Failure> {
     t.mark("unpack");
 
     // 9-10. Lowers and the overlay.
-    let present = files_on_stick(&mounts::at(root, &plan.persist_mount));
-    let skipped = mounts::mount_lowers(&sys, root, &plan, &present).step(
+    let skipped = mounts::mount_lowers(&sys, root, &plan).step(
         "mount the system images",
         "rebuild the stick (cargo xtask image) or copy the missing image onto its data partition",
     )?;
@@ -123,7 +126,10 @@ pub fn boot() -> Result<Infallible, Failure> {
     }
 
     // 10 (cont.). The saver, boot.json, and the moves into the new root.
-    install_saver(&sys).step("install the saver into /run/ramstick/bin", "")?;
+    install_saver(&sys).step(
+        "install the saver into /run/ramstick/bin",
+        "the initramfs lacks /bin/saver or /run is full; rebuild it (cargo xtask initramfs)",
+    )?;
     let info = BootInfo {
         asked: cfg.boot,
         used: outcome.used,
@@ -135,10 +141,15 @@ pub fn boot() -> Result<Infallible, Failure> {
         upper: upper.clone(),
         problems: plan.problems.iter().map(|p| p.message.clone()).collect(),
     };
-    sys.write_file(Path::new(BOOT_JSON), &info.to_json())
-        .step("write /run/ramstick/boot.json", "")?;
+    sys.write_file(Path::new(BOOT_JSON), &info.to_json()).step(
+        "write /run/ramstick/boot.json",
+        "/run is full or read-only; boot with more RAM",
+    )?;
     log_timings(&info);
-    mounts::hand_over(&sys, root, &plan, &skipped).step("move the mounts into the new root", "")?;
+    mounts::hand_over(&sys, root, &plan, &skipped).step(
+        "move the mounts into the new root",
+        "the rootfs needs directories /persist, /run, /dev, /proc, /sys; rebuild it (cargo xtask image)",
+    )?;
 
     // 12. switch_root.
     switchroot::switch_root(&newroot, &plan.init).step(
@@ -183,20 +194,6 @@ fn machine_facts(sys: &dyn Sys) -> anyhow::Result<Facts> {
         kernel_version,
         mem_total_bytes: mem_total_kib * 1024,
     })
-}
-
-/// Names of the files at the top of the stick's data partition.
-fn files_on_stick(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.file_name().to_string_lossy().to_string())
-                .filter(|n| n != "lost+found")
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 /// Copy the saver from the initramfs to /run/ramstick/bin/saver, so the one

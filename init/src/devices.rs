@@ -80,7 +80,7 @@ pub fn describe(id: &Identity) -> String {
     let mut s = id.path.clone();
     match &id.fs {
         Some(fs) => {
-            s.push_str(&format!(" {:?}", fs.kind));
+            s.push_str(&format!(" {}", fs.kind.name()));
             if let Some(l) = &fs.label {
                 s.push_str(&format!(" LABEL={l}"));
             }

@@ -16,7 +16,6 @@ const MAX_RECORD: usize = 900;
 pub struct KmsgLogger {
     kmsg: Mutex<Option<File>>,
     console_loglevel: u8,
-    max: LevelFilter,
 }
 
 /// Syslog priority for a `log` level.
@@ -58,18 +57,12 @@ impl KmsgLogger {
             .ok()
             .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
             .unwrap_or(4);
-        let max = if debug {
-            LevelFilter::Debug
-        } else {
-            LevelFilter::Info
-        };
         let logger = KmsgLogger {
             kmsg: Mutex::new(kmsg),
             console_loglevel,
-            max,
         };
         if log::set_boxed_logger(Box::new(logger)).is_ok() {
-            log::set_max_level(max);
+            Self::set_debug(debug);
         }
     }
 
@@ -85,7 +78,7 @@ impl KmsgLogger {
 
 impl Log for KmsgLogger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= self.max.max(log::max_level())
+        metadata.level() <= log::max_level()
     }
 
     fn log(&self, record: &Record) {
@@ -106,7 +99,7 @@ impl Log for KmsgLogger {
                 echoed_by_kernel = ok && prio < self.console_loglevel;
             }
         }
-        if !echoed_by_kernel && (record.level() <= Level::Info || self.max >= LevelFilter::Debug) {
+        if !echoed_by_kernel {
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "ramstick: {msg}");
             let _ = out.flush();

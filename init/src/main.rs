@@ -24,6 +24,9 @@ fn pid1() -> ! {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("ramstick: init panicked: {info}");
         log::error!("BOOT FAILED: init panicked: {info}");
+        log::error!(
+            "what to do: this is a bug in ramstick; report this message. The stick is untouched"
+        );
         failure::emergency();
     }));
     match boot::boot() {

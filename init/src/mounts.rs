@@ -6,7 +6,7 @@
 use anyhow::{bail, Context, Result};
 use nix::mount::MsFlags;
 use ramstick_common::cmdline::UpperKind;
-use ramstick_common::plan::Plan;
+use ramstick_common::plan::{overlay_options, Plan};
 use std::path::{Path, PathBuf};
 
 use crate::sys::Sys;
@@ -165,12 +165,7 @@ fn zram_device(sys: &dyn Sys, root: &Path, plan: &Plan) -> Result<String> {
 /// Loop-mount the read-only squashfs lowers. A missing required image is an
 /// error naming it and the files present; a missing optional one is skipped
 /// (its mount point is returned, so the hand-over leaves it alone).
-pub fn mount_lowers(
-    sys: &dyn Sys,
-    root: &Path,
-    plan: &Plan,
-    present: &[String],
-) -> Result<Vec<String>> {
+pub fn mount_lowers(sys: &dyn Sys, root: &Path, plan: &Plan) -> Result<Vec<String>> {
     let persist = at(root, &plan.persist_mount);
     let mut skipped = Vec::new();
     for lower in &plan.lowers {
@@ -178,6 +173,13 @@ pub fn mount_lowers(
         let target = at(root, &lower.target);
         if !sys.exists(&image) {
             if lower.required {
+                let mut present: Vec<String> = sys
+                    .list_dir(&persist)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|n| n != "lost+found")
+                    .collect();
+                present.sort();
                 bail!(
                     "{} is missing on the stick (files present: {})",
                     lower.image,
@@ -226,13 +228,16 @@ pub fn mount_overlay(sys: &dyn Sys, root: &Path, plan: &Plan) -> Result<()> {
     let target = at(root, &plan.overlay_root);
     sys.mkdir_all(&target)
         .with_context(|| format!("cannot create {}", target.display()))?;
-    // The option string names /sysroot paths; under a test root prefix them.
-    let data = if root == Path::new("/") {
-        plan.overlay_options.clone()
-    } else {
-        plan.overlay_options
-            .replace("=/", &format!("={}/", root.display()))
-    };
+    // The same options as the plan's, with the paths taken under `root`.
+    let lower = plan
+        .lowers
+        .first()
+        .map(|l| at(root, &l.target))
+        .unwrap_or_else(|| at(root, "/sysroot/rootfs"));
+    let data = overlay_options(
+        &lower.to_string_lossy(),
+        &at(root, &plan.upper_mount).to_string_lossy(),
+    );
     sys.mount("overlay", &target, "overlay", MsFlags::empty(), &data)
         .with_context(|| format!("cannot mount the overlay at {} ({data})", target.display()))
 }
@@ -372,7 +377,7 @@ mod tests {
                 .insert(PathBuf::from("/sysroot/persist").join(f), String::new());
         }
         let plan = plan_for("");
-        let skipped = mount_lowers(&sys, Path::new("/"), &plan, &[])
+        let skipped = mount_lowers(&sys, Path::new("/"), &plan)
             .map_err(|e| format!("{e:#}"))
             .unwrap();
         assert_eq!(skipped, vec!["/sysroot/firmware"]);
@@ -391,17 +396,16 @@ mod tests {
 
     #[test]
     fn a_missing_rootfs_names_the_image_and_what_is_there() {
-        let sys = RecordingSys::new();
+        let mut sys = RecordingSys::new();
+        sys.files.insert(
+            PathBuf::from("/sysroot/persist/firmware.squashfs"),
+            String::new(),
+        );
         let plan = plan_for("");
-        let err = mount_lowers(
-            &sys,
-            Path::new("/"),
-            &plan,
-            &["firmware.squashfs".to_string()],
-        )
-        .map_err(|e| format!("{e:#}"))
-        .err()
-        .unwrap_or_default();
+        let err = mount_lowers(&sys, Path::new("/"), &plan)
+            .map_err(|e| format!("{e:#}"))
+            .err()
+            .unwrap_or_default();
         assert!(err.contains("rootfs.squashfs is missing"), "{err}");
         assert!(err.contains("files present: firmware.squashfs"), "{err}");
     }

@@ -35,6 +35,8 @@ pub trait Sys {
     fn run(&self, argv: &[&str]) -> io::Result<()>;
     /// Whether a path exists (without following a final symlink).
     fn exists(&self, path: &Path) -> bool;
+    /// The names in a directory.
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
 }
 
 /// The real thing. Attached loop devices stay open here: they are set to
@@ -131,6 +133,12 @@ impl Sys for LinuxSys {
 
     fn exists(&self, path: &Path) -> bool {
         path.symlink_metadata().is_ok()
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        std::fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().to_string()))
+            .collect()
     }
 }
 
@@ -248,5 +256,15 @@ impl Sys for RecordingSys {
 
     fn exists(&self, path: &Path) -> bool {
         self.files.contains_key(path)
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.record(format!("list {}", dir.display()))?;
+        Ok(self
+            .files
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
+            .collect())
     }
 }

@@ -24,7 +24,7 @@ pub struct Outcome {
 /// Human name of the next step after `i` in the chain.
 fn next_name(plan: &Plan, i: usize) -> String {
     match plan.upper_images.get(i + 1) {
-        Some((bt, _)) => format!("{bt:?}").to_lowercase(),
+        Some((bt, _)) => bt.to_string(),
         None => "clean".to_string(),
     }
 }

@@ -187,43 +187,8 @@ impl Scratch {
                 f.set_len(len / 2).map_err(|e| e.to_string())?;
             }
         }
-        // API filesystem stand-ins so hand_over can move them.
-        for api in ["dev", "proc", "sys", "run"] {
-            let d = root.join(api);
-            std::fs::create_dir_all(&d).map_err(|e| e.to_string())?;
-        }
-        mount(
-            Some("/dev"),
-            &root.join("dev"),
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(|e| format!("bind /dev: {e}"))?;
-        mount(
-            Some("/sys"),
-            &root.join("sys"),
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(|e| format!("bind /sys: {e}"))?;
-        mount(
-            Some("proc"),
-            &root.join("proc"),
-            Some("proc"),
-            MsFlags::empty(),
-            None::<&str>,
-        )
-        .map_err(|e| format!("proc: {e}"))?;
-        mount(
-            Some("tmpfs"),
-            &root.join("run"),
-            Some("tmpfs"),
-            MsFlags::empty(),
-            None::<&str>,
-        )
-        .map_err(|e| format!("run: {e}"))?;
+        // The API filesystems, mounted by init's own code, so hand_over can move them.
+        mounts::mount_api_filesystems(&LinuxSys::new(), &root).map_err(|e| format!("{e:#}"))?;
         Ok(Scratch { root })
     }
 }
@@ -254,7 +219,7 @@ fn run_sequence(s: &Scratch, plan: &Plan) -> Result<unpack::Outcome, String> {
     let root = &s.root;
     mounts::setup_upper(&sys, root, plan).map_err(|e| format!("{e:#}"))?;
     let outcome = unpack::fill_upper(&sys, root, plan);
-    let skipped = mounts::mount_lowers(&sys, root, plan, &[]).map_err(|e| format!("{e:#}"))?;
+    let skipped = mounts::mount_lowers(&sys, root, plan).map_err(|e| format!("{e:#}"))?;
     mounts::mount_overlay(&sys, root, plan).map_err(|e| format!("{e:#}"))?;
     mounts::hand_over(&sys, root, plan, &skipped).map_err(|e| format!("{e:#}"))?;
     Ok(outcome)

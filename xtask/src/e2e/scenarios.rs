@@ -93,10 +93,16 @@ const MARKER: &str = "/etc/ramstick-marker";
 
 /// Boot `spec`'s disk with GRUB entry `entry` to the rootfs shell.
 fn boot_to_shell(ctx: &mut Ctx, spec: &DiskSpec, entry: usize, usb: bool) -> Result<Vm> {
+    let mut vm = start(ctx, spec, entry, usb)?;
+    wait_shell(&mut vm)?;
+    Ok(vm)
+}
+
+/// Boot a fresh copy of `spec`'s disk and pick GRUB entry `entry`.
+fn start(ctx: &mut Ctx, spec: &DiskSpec, entry: usize, usb: bool) -> Result<Vm> {
     let disk = ctx.disk(spec)?;
     let mut vm = ctx.boot(&disk, usb)?;
     vm.select_entry(entry)?;
-    wait_shell(&mut vm)?;
     Ok(vm)
 }
 
@@ -233,9 +239,7 @@ fn mentions_millis(line: &str) -> bool {
 }
 
 fn boot_default(ctx: &mut Ctx) -> Result<()> {
-    let disk = ctx.disk(&DiskSpec::default())?;
-    let mut vm = ctx.boot(&disk, false)?;
-    vm.select_entry(ENTRY_DEFAULT)?;
+    let mut vm = start(ctx, &DiskSpec::default(), ENTRY_DEFAULT, false)?;
     vm.expect("no upperfs.squashfs", BOOT)
         .context("a new stick has no upperfs.squashfs and init should say so")?;
     wait_shell(&mut vm)?;
@@ -268,18 +272,9 @@ fn boot_default(ctx: &mut Ctx) -> Result<()> {
 
     vm.run("test -x /run/ramstick/bin/saver", CMD)
         .context("the saver is not executable at /run/ramstick/bin/saver")?;
+    // boot.json and the kmsg timings are checked by wait_shell for every boot.
     let info = boot_info(&mut vm)?;
     ensure!(info.asked == BootType::Default, "boot.json: {info:?}");
-    ensure!(
-        !info.timings_ms.is_empty(),
-        "boot.json has no timings: {info:?}"
-    );
-
-    let log = vm.run("dmesg | grep 'ramstick: '", CMD)?;
-    ensure!(
-        log.lines().any(mentions_millis),
-        "no phase timings among init's kernel log lines:\n{log}"
-    );
     let out = vm.run("echo MARK-$((6*7))", CMD)?;
     ensure!(out.trim() == "MARK-42", "echo printed {out:?}");
     Ok(())
@@ -346,9 +341,7 @@ fn fallback_truncated(ctx: &mut Ctx) -> Result<()> {
         ],
         ..DiskSpec::default()
     };
-    let disk = ctx.disk(&spec)?;
-    let mut vm = ctx.boot(&disk, false)?;
-    vm.select_entry(ENTRY_DEFAULT)?;
+    let mut vm = start(ctx, &spec, ENTRY_DEFAULT, false)?;
     vm.expect("falling back to backup", BOOT)?;
     wait_shell(&mut vm)?;
     let found = marker(&mut vm)?;
@@ -396,9 +389,7 @@ fn missing_rootfs(ctx: &mut Ctx) -> Result<()> {
         omit: vec!["rootfs.squashfs".into()],
         ..DiskSpec::default()
     };
-    let disk = ctx.disk(&spec)?;
-    let mut vm = ctx.boot(&disk, false)?;
-    vm.select_entry(ENTRY_DEFAULT)?;
+    let mut vm = start(ctx, &spec, ENTRY_DEFAULT, false)?;
     expect_emergency_shell(&mut vm, "rootfs.squashfs").map(drop)
 }
 
@@ -407,9 +398,7 @@ fn wrong_persist(ctx: &mut Ctx) -> Result<()> {
         extra_cmdline: "ramstick.persist=LABEL=NOPE ramstick.timeout=3".into(),
         ..DiskSpec::default()
     };
-    let disk = ctx.disk(&spec)?;
-    let mut vm = ctx.boot(&disk, false)?;
-    vm.select_entry(ENTRY_DEFAULT)?;
+    let mut vm = start(ctx, &spec, ENTRY_DEFAULT, false)?;
     expect_emergency_shell(&mut vm, "LABEL=NOPE").map(drop)
 }
 
@@ -418,9 +407,7 @@ fn bad_init(ctx: &mut Ctx) -> Result<()> {
         extra_cmdline: "ramstick.init=/sbin/nope".into(),
         ..DiskSpec::default()
     };
-    let disk = ctx.disk(&spec)?;
-    let mut vm = ctx.boot(&disk, false)?;
-    vm.select_entry(ENTRY_DEFAULT)?;
+    let mut vm = start(ctx, &spec, ENTRY_DEFAULT, false)?;
     let line = expect_emergency_shell(&mut vm, "/sbin/nope does not exist in the new root")?;
     ensure!(
         line.contains("Candidates present: /sbin/init"),
@@ -434,9 +421,7 @@ fn shell_never_reboots(ctx: &mut Ctx) -> Result<()> {
         extra_cmdline: "ramstick.persist=LABEL=NOPE ramstick.timeout=2 ramstick.shell=never".into(),
         ..DiskSpec::default()
     };
-    let disk = ctx.disk(&spec)?;
-    let mut vm = ctx.boot(&disk, false)?;
-    vm.select_entry(ENTRY_DEFAULT)?;
+    let mut vm = start(ctx, &spec, ENTRY_DEFAULT, false)?;
     vm.expect("BOOT FAILED", BOOT)?;
     let next = vm.expect_any(&["rebooting in", "starting emergency shell"], CMD)?;
     ensure!(next == 0, "ramstick.shell=never still started a shell");
