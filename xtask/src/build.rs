@@ -19,8 +19,9 @@ pub struct Binaries {
 /// `cargo build --release --target x86_64-unknown-linux-musl` of init and saver.
 pub fn static_binaries() -> Result<Binaries> {
     deps::ensure_musl_target()?;
-    // loopdev-3 (in init) generates its bindings with bindgen → libclang.
-    deps::ensure_packages(&["libclang-dev"])?;
+    // loopdev-3 (in init) generates its bindings with bindgen → libclang;
+    // zstd-sys (the saver's codec) compiles C for musl → musl-gcc.
+    deps::ensure_packages(&["libclang-dev", "musl-tools"])?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     deps::run(
         Command::new(cargo)

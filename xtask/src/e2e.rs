@@ -12,6 +12,8 @@
 //! not, and overwritten by the next run.
 
 mod cache;
+mod luks;
+mod persist;
 mod scenarios;
 
 use crate::qemu::{self, Machine, Vm};
@@ -71,12 +73,11 @@ pub struct Ctx {
 
 /// Run the scenarios; prints `e2e: N passed, M failed` last.
 pub fn run(a: &Args) -> Result<()> {
-    let selected: Vec<&Scenario> = scenarios::ALL
-        .iter()
+    let selected: Vec<&Scenario> = all_scenarios()
         .filter(|s| a.filter.as_deref().is_none_or(|f| s.name.contains(f)))
         .collect();
     if selected.is_empty() {
-        let names: Vec<&str> = scenarios::ALL.iter().map(|s| s.name).collect();
+        let names: Vec<&str> = all_scenarios().map(|s| s.name).collect();
         bail!(
             "no e2e scenario name contains {:?}; scenarios: {}",
             a.filter.as_deref().unwrap_or(""),
@@ -116,6 +117,11 @@ pub fn run(a: &Args) -> Result<()> {
         bail!("end-to-end tests failed");
     }
     Ok(())
+}
+
+/// Every scenario, in the order they run: boot paths, persistence, LUKS.
+fn all_scenarios() -> impl Iterator<Item = &'static Scenario> {
+    scenarios::ALL.iter().chain(persist::ALL).chain(luks::ALL)
 }
 
 impl Ctx {

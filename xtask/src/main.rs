@@ -1,9 +1,11 @@
 //! `cargo xtask …`: builds the initramfs, the images and a bootable disk, and
 //! boots it in QEMU. The developer's loop and the test harness.
 
+mod bench;
 mod build;
 mod deps;
 mod e2e;
+mod fuzz;
 mod image;
 mod initramfs;
 mod kernel;
@@ -54,8 +56,12 @@ enum Cmd {
     E2e(e2e::Args),
     /// Build a busybox demo stick and boot it in QEMU.
     Demo(qemu::DemoArgs),
-    /// Everything CI runs: fmt, clippy, unit/integration tests, e2e.
+    /// Everything CI runs: fmt, clippy, unit/integration tests, fuzzing, e2e, bench --quick.
     Test(testall::Args),
+    /// Fuzz the squashfs reader (cargo-fuzz on nightly) for a bounded time.
+    Fuzz(fuzz::Args),
+    /// Measure speed, size and writes against the standard tools; prints one table.
+    Bench(bench::Args),
 }
 
 fn main() {
@@ -75,6 +81,8 @@ fn main() {
         Cmd::E2e(a) => e2e::run(&a),
         Cmd::Demo(a) => qemu::demo(&a),
         Cmd::Test(a) => testall::run(&a),
+        Cmd::Fuzz(a) => fuzz::run(&a),
+        Cmd::Bench(a) => bench::run(&a),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

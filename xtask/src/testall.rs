@@ -43,8 +43,9 @@ pub fn run(a: &Args) -> Result<()> {
     step("system packages", || {
         deps::ensure(TOOLS)?;
         deps::ensure_files(FILES)?;
-        // loopdev-3 (in init) generates its bindings with bindgen → libclang.
-        deps::ensure_packages(&["libclang-dev"])?;
+        // loopdev-3 (in init) generates its bindings with bindgen → libclang;
+        // zstd-sys (the saver's codec) compiles C for musl → musl-gcc.
+        deps::ensure_packages(&["libclang-dev", "musl-tools"])?;
         deps::ensure_musl_target()
     })?;
     step("cargo fmt --all -- --check", || {

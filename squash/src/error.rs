@@ -1,0 +1,51 @@
+//! The one error type of the codec: every failure names what it failed on.
+
+use std::io;
+use std::path::PathBuf;
+
+/// A failed pack, unpack or verify.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A system call on a path of the tree or the image failed.
+    #[error("cannot {action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The image is not a valid squashfs 4.0 image (or is damaged).
+    #[error("corrupt image {image}: {what}")]
+    Corrupt { image: PathBuf, what: String },
+    /// A valid image uses a feature this codec does not implement.
+    #[error("unsupported image {image}: {what}")]
+    Unsupported { image: PathBuf, what: String },
+    /// An image entry would be written outside the target directory
+    /// (`..`, `/` in a name, a duplicate name, an existing symlink, …).
+    #[error("refusing to write outside {root}: {what}")]
+    Unsafe { root: PathBuf, what: String },
+    /// The tree cannot be represented in squashfs (name too long, more
+    /// than 65536 owners, a file changed while it was being packed, …).
+    #[error("cannot pack {path}: {what}")]
+    Unpackable { path: PathBuf, what: String },
+    /// A compressor or decompressor failed on a block.
+    #[error("{codec} failed: {what}")]
+    Codec { codec: &'static str, what: String },
+    /// An exclusion pattern is not a valid glob.
+    #[error("invalid exclude pattern {pattern:?}: {what}")]
+    Pattern { pattern: String, what: String },
+}
+
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// Result of the codec.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
