@@ -22,7 +22,7 @@
 //! | `ramstick.user` | `[a-z_][a-z0-9_-]{0,31}` | `user` |
 //! | `ramstick.shell` | `auto`, `never` | `auto` |
 //! | `ramstick.log` | `info`, `debug` | `info` |
-//! | `ramstick.luks` | like `ramstick.persist` (bad: fatal) | none |
+//! | `ramstick.luks` | like `ramstick.persist` (bad: fatal) | none: auto-detect on the persist device |
 //! | `ramstick.luks.keyfile` | absolute path | none (passphrase) |
 //! | `ramstick.luks.tries` | 1..=10 | `3` |
 
@@ -75,7 +75,8 @@ pub enum LogLevel {
     Debug,
 }
 
-/// The LUKS parameters (used by the LUKS issue; parsed here already).
+/// The LUKS parameters. The key file and tries apply to the container
+/// `device` names, or, without it, to a LUKS header found on the persist device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Luks {
     pub device: Option<DeviceSpec>,
@@ -664,8 +665,7 @@ fn apply(cfg: &mut Config, name: &str, value: &str) -> Result<bool, Rejection> {
 /// Returns the configuration, with defaults wherever a parameter is missing
 /// or unusable, and one [`Problem`] per unusable or unknown `ramstick.*`
 /// parameter, in command-line order, then one per parameter that has no effect
-/// (`ramstick.luks.*` without `ramstick.luks`, `ramstick.zram.alg` with a
-/// tmpfs upper). A repeated parameter takes its last value (like the kernel)
+/// (`ramstick.zram.alg` with a tmpfs upper). A repeated parameter takes its last value (like the kernel)
 /// and only that value is checked. Words not starting with `ramstick.` are
 /// ignored except `console=`, whose values are collected. Trailing whitespace
 /// (the newline `/proc/cmdline` ends with) is not part of the command line.
@@ -725,9 +725,6 @@ pub fn parse(cmdline: &str) -> (Config, Vec<Problem>) {
     }
     for (name, value) in taken {
         let needs = match name {
-            "ramstick.luks.keyfile" | "ramstick.luks.tries" if cfg.luks.device.is_none() => {
-                "ramstick.luks=<device>"
-            }
             "ramstick.zram.alg" if cfg.upper != UpperKind::Zram => "ramstick.upper=zram",
             _ => continue,
         };
@@ -1031,8 +1028,9 @@ mod tests {
         let p = one_problem("ramstick.upper=tmpfs ramstick.zram.alg=zstd");
         assert_eq!(p.param, "ramstick.zram.alg");
         assert!(p.message.contains("has no effect"));
+        // The LUKS options also apply to a container found by auto-detection.
         let (_, problems) = parse("ramstick.luks.keyfile=/k ramstick.luks.tries=4");
-        assert_eq!(problems.len(), 2);
+        assert!(problems.is_empty(), "{problems:?}");
         let (_, problems) = parse("ramstick.luks=/dev/sda3 ramstick.luks.keyfile=/k");
         assert!(problems.is_empty());
     }

@@ -9,3 +9,4 @@ pub mod cmdline;
 pub mod modules;
 pub mod plan;
 pub mod tree;
+pub mod xattr;

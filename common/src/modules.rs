@@ -45,10 +45,25 @@ pub const BOOT_MODULES: &[&str] = &[
     "overlay",
     "zram",
     "loop",
+    "dm_mod",
     "dm_crypt",
+    "ecb",
+    "xts",
+    "aesni_intel",
     "nls_cp437",
     "nls_iso8859_1",
 ];
+
+/// What opening a LUKS container with the default cipher (aes-xts-plain64)
+/// needs, in load order. init has no modprobe, so the kernel's own
+/// `request_module("crypto-xts(aes)")` cannot load them: init does. AES and
+/// SHA-256 are built into the Debian kernel; the key slots' argon2id and
+/// AES run in libcryptsetup (user space).
+pub const LUKS_MODULES: &[&str] = &["dm_mod", "dm_crypt", "ecb", "xts"];
+
+/// Faster variants for LUKS that only some CPUs take (AES-NI); a CPU
+/// without them refuses the module and the built-in generic AES is used.
+pub const LUKS_OPTIONAL_MODULES: &[&str] = &["aesni_intel"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModError {
@@ -462,6 +477,13 @@ fn match_class(p: &[char], start: usize, c: char) -> Option<(bool, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_initramfs_carries_the_luks_modules() {
+        for m in LUKS_MODULES.iter().chain(LUKS_OPTIONAL_MODULES) {
+            assert!(BOOT_MODULES.contains(m), "{m} is not in BOOT_MODULES");
+        }
+    }
 
     const DEP: &str = "\
 kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko

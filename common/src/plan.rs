@@ -6,8 +6,10 @@
 //! `init --dry-run` prints them (golden-tested in `tests/golden/`).
 
 use crate::cmdline::{
-    BootType, Config, DeviceSpec, LogLevel, Luks, Problem, ShellPolicy, Size, UpperKind,
+    BootType, Config, DeviceSpec, LogLevel, Problem, ShellPolicy, Size, UpperKind,
+    DEFAULT_PERSIST_LABEL,
 };
+use crate::modules::LUKS_MODULES;
 use serde::Serialize;
 use std::fmt;
 
@@ -28,6 +30,37 @@ pub struct Lower {
     /// Whether boot must stop when the image is missing.
     pub required: bool,
 }
+
+/// How to unlock an encrypted persist partition.
+///
+/// A LUKS container is opened when `ramstick.luks` names one, or when the
+/// device `ramstick.persist` finds has a LUKS header (auto-detection: the
+/// LUKS2 label `RAMSTICK` matches the default `LABEL=RAMSTICK`). Either way
+/// it becomes `/dev/mapper/<mapping>`, which holds the ext4.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LuksPlan {
+    /// `ramstick.luks`: the container to open before looking for the persist
+    /// device. `None`: open only a container the persist spec finds.
+    pub container: Option<DeviceSpec>,
+    /// `ramstick.luks.keyfile`: a key file in the initramfs, tried before asking.
+    pub keyfile: Option<String>,
+    /// How many passphrases to ask for before the boot fails.
+    pub tries: u32,
+    /// The device-mapper name of the opened container.
+    pub mapping: String,
+    /// What the unlock needs loaded (dm-crypt and the cipher's modules).
+    pub modules: Vec<String>,
+}
+
+impl LuksPlan {
+    /// `/dev/mapper/<mapping>`.
+    pub fn mapping_path(&self) -> String {
+        format!("/dev/mapper/{}", self.mapping)
+    }
+}
+
+/// The device-mapper name of the opened LUKS container.
+pub const LUKS_MAPPING: &str = "ramstick";
 
 /// A mount to move before switch_root (`from` in the initramfs, `to` under the new root).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -67,8 +100,8 @@ pub struct Plan {
     pub swappiness: u8,
     pub user: String,
     pub init: String,
-    /// LUKS unlocking, copied from the config (`device: None` = no LUKS).
-    pub luks: Luks,
+    /// LUKS unlocking.
+    pub luks: LuksPlan,
     /// When init may start a rescue shell.
     pub shell: ShellPolicy,
     pub log: LogLevel,
@@ -127,8 +160,23 @@ pub fn make_plan(cfg: &Config, problems: Vec<Problem>, facts: &Facts) -> Plan {
         modules.push("zram".to_string());
     }
     if cfg.luks.device.is_some() {
-        modules.push("dm_crypt".to_string());
+        modules.extend(LUKS_MODULES.iter().map(|m| m.to_string()));
     }
+    let luks = LuksPlan {
+        container: cfg.luks.device.clone(),
+        keyfile: cfg.luks.keyfile.clone(),
+        tries: cfg.luks.tries,
+        mapping: LUKS_MAPPING.to_string(),
+        modules: LUKS_MODULES.iter().map(|m| m.to_string()).collect(),
+    };
+    // With ramstick.luks the persist partition is the opened container,
+    // unless ramstick.persist names another device.
+    let default_persist = DeviceSpec::Label(DEFAULT_PERSIST_LABEL.to_string());
+    let persist_device = if luks.container.is_some() && cfg.persist == default_persist {
+        DeviceSpec::Path(luks.mapping_path())
+    } else {
+        cfg.persist.clone()
+    };
 
     let upper_images = match cfg.boot {
         BootType::Default => vec![
@@ -175,7 +223,7 @@ pub fn make_plan(cfg: &Config, problems: Vec<Problem>, facts: &Facts) -> Plan {
     Plan {
         problems,
         modules,
-        persist_device: cfg.persist.clone(),
+        persist_device,
         device_timeout_secs: cfg.timeout_secs,
         persist_mount: PERSIST_MOUNT.to_string(),
         upper_kind: cfg.upper,
@@ -195,7 +243,7 @@ pub fn make_plan(cfg: &Config, problems: Vec<Problem>, facts: &Facts) -> Plan {
         swappiness: cfg.swappiness,
         user: cfg.user.clone(),
         init: cfg.init.clone(),
-        luks: cfg.luks.clone(),
+        luks,
         shell: cfg.shell,
         log: cfg.log,
         consoles: cfg.consoles.clone(),
@@ -241,16 +289,21 @@ impl fmt::Display for Plan {
             }
         }
         writeln!(f, "modules: {}", self.modules.join(" "))?;
-        match &self.luks.device {
-            None => writeln!(f, "luks: off")?,
-            Some(dev) => {
-                let key = match &self.luks.keyfile {
-                    Some(path) => format!("key file {path}"),
-                    None => "passphrase".to_string(),
-                };
-                writeln!(f, "luks: {dev} ({key}, {} tries)", self.luks.tries)?;
-            }
-        }
+        let key = match &self.luks.keyfile {
+            Some(path) => format!("key file {path}, then passphrase"),
+            None => "passphrase".to_string(),
+        };
+        let container = match &self.luks.container {
+            Some(dev) => dev.to_string(),
+            None => "if the persist device is LUKS".to_string(),
+        };
+        writeln!(
+            f,
+            "luks: {container} -> {} ({key}, {} tries; modules {})",
+            self.luks.mapping_path(),
+            self.luks.tries,
+            self.luks.modules.join(" ")
+        )?;
         writeln!(
             f,
             "persist: {} (wait {} s) -> {}",
@@ -420,10 +473,38 @@ mod tests {
         assert_eq!(plan.zram_alg, None);
         let plan = plan_for("ramstick.zram.alg=lz4 ramstick.luks=LABEL=x");
         assert_eq!(
-            plan.modules,
-            ["loop", "squashfs", "overlay", "ext4", "zram", "dm_crypt"]
+            plan.modules[..5],
+            ["loop", "squashfs", "overlay", "ext4", "zram"]
         );
+        assert_eq!(plan.modules[5..], *LUKS_MODULES);
         assert_eq!(plan.zram_alg.as_deref(), Some("lz4"));
+    }
+
+    #[test]
+    fn luks_container_becomes_the_default_persist_device() {
+        let plan = plan_for("ramstick.luks=PARTLABEL=data ramstick.luks.tries=5");
+        assert_eq!(
+            plan.persist_device,
+            DeviceSpec::Path("/dev/mapper/ramstick".into())
+        );
+        assert_eq!(
+            plan.luks.container,
+            Some(DeviceSpec::PartLabel("data".into()))
+        );
+        assert_eq!(plan.luks.tries, 5);
+        // An explicit persist spec other than the default stays.
+        let plan = plan_for("ramstick.luks=/dev/sda2 ramstick.persist=UUID=ab12");
+        assert_eq!(plan.persist_device, DeviceSpec::Uuid("ab12".into()));
+        // Without ramstick.luks: auto-detection on the persist device, with the
+        // key file and tries given.
+        let plan = plan_for("ramstick.luks.keyfile=/etc/key ramstick.luks.tries=1");
+        assert_eq!(plan.persist_device, DeviceSpec::Label("RAMSTICK".into()));
+        assert_eq!(plan.luks.container, None);
+        assert_eq!(plan.luks.keyfile.as_deref(), Some("/etc/key"));
+        assert_eq!(plan.luks.tries, 1);
+        assert!(plan.problems.is_empty(), "{:?}", plan.problems);
+        assert!(!plan.modules.iter().any(|m| m == "dm_crypt"));
+        assert_eq!(plan.luks.modules, *LUKS_MODULES);
     }
 
     #[test]
@@ -452,7 +533,7 @@ mod tests {
         assert!(text.starts_with("ramstick boot plan\nproblems: none\n"));
         assert!(text.ends_with("consoles: ttyS0\n"));
         assert!(text.contains("\nswap: 1073741824 bytes (1G), swappiness 1\n"));
-        assert!(text.contains("\nluks: /dev/sdb2 (passphrase, 3 tries)\n"));
+        assert!(text.contains("\nluks: /dev/sdb2 -> /dev/mapper/ramstick (passphrase, 3 tries;"));
         assert!(text.lines().all(|l| !l.ends_with(' ') && !l.is_empty()));
     }
 }

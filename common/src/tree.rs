@@ -28,11 +28,12 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::xattr::XTarget;
 use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{openat, readlinkat, AtFlags, OFlag, AT_FDCWD};
@@ -384,8 +385,6 @@ struct Cursor {
     fd: OwnedFd,
     /// Ids of the root, …, the current directory.
     ids: Vec<Id>,
-    /// Whether `/proc/self/fd` can be used to address entries by dirfd.
-    via_proc: bool,
 }
 
 impl Cursor {
@@ -404,7 +403,6 @@ impl Cursor {
             rel: PathBuf::new(),
             fd,
             ids: vec![Id::of(&st)],
-            via_proc: Path::new("/proc/self/fd").is_dir(),
         })
     }
 
@@ -428,15 +426,7 @@ impl Cursor {
 
     /// Path for the l*xattr calls on entry `name` of the current directory.
     fn xattr_path(&self, name: &CStr) -> io::Result<CString> {
-        let mut bytes = if self.via_proc {
-            format!("/proc/self/fd/{}/", self.fd.as_raw_fd()).into_bytes()
-        } else {
-            let mut dir = self.dir_path().into_os_string().into_vec();
-            dir.push(b'/');
-            dir
-        };
-        bytes.extend_from_slice(name.to_bytes());
-        CString::new(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+        crate::xattr::entry_path(self.fd.as_fd(), name.to_bytes(), &self.path(name))
     }
 
     fn fstat(&self) -> Result<FileStat, TreeError> {
@@ -769,135 +759,13 @@ fn read_full(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     Ok(done)
 }
 
-/// Where an extended attribute lives: an open file, or a path that is not
-/// followed if it is a symlink.
-enum XTarget<'a> {
-    Fd(BorrowedFd<'a>),
-    Path(CString),
-}
-
-impl XTarget<'_> {
-    /// Calls `f(buf)` (a list or get syscall returning a length) with an
-    /// exactly sized buffer and returns the filled part.
-    fn read_sized(mut f: impl FnMut(&mut [u8]) -> isize) -> io::Result<Vec<u8>> {
-        loop {
-            let size = f(&mut []);
-            let size = usize::try_from(size).map_err(|_| io::Error::last_os_error())?;
-            let mut buf = vec![0u8; size];
-            let got = f(&mut buf);
-            match usize::try_from(got) {
-                Ok(got) => {
-                    buf.truncate(got);
-                    return Ok(buf);
-                }
-                Err(_) => {
-                    let err = io::Error::last_os_error();
-                    if err.raw_os_error() != Some(libc::ERANGE) {
-                        return Err(err);
-                    }
-                    // It grew between the two calls: ask again.
-                }
-            }
-        }
-    }
-
-    /// The names of all extended attributes (none if unsupported).
-    fn list(&self) -> io::Result<Vec<CString>> {
-        let list = Self::read_sized(|buf| match self {
-            // SAFETY: `buf` is valid for writes of `buf.len()` bytes and the fd is open.
-            XTarget::Fd(fd) => unsafe {
-                libc::flistxattr(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
-            },
-            // SAFETY: `buf` is valid for writes of `buf.len()` bytes and `path` is NUL-terminated.
-            XTarget::Path(path) => unsafe {
-                libc::llistxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-            },
-        });
-        let list = match list {
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(Vec::new()),
-            other => other?,
-        };
-        Ok(list
-            .split(|&b| b == 0)
-            .filter(|name| !name.is_empty())
-            .filter_map(|name| CString::new(name).ok())
-            .collect())
-    }
-
-    /// The value of attribute `name`.
-    fn get(&self, name: &CStr) -> io::Result<Vec<u8>> {
-        Self::read_sized(|buf| match self {
-            // SAFETY: `buf` is valid for writes of `buf.len()` bytes, `name` is NUL-terminated.
-            XTarget::Fd(fd) => unsafe {
-                libc::fgetxattr(
-                    fd.as_raw_fd(),
-                    name.as_ptr(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                )
-            },
-            // SAFETY: as above, and `path` is NUL-terminated.
-            XTarget::Path(path) => unsafe {
-                libc::lgetxattr(
-                    path.as_ptr(),
-                    name.as_ptr(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                )
-            },
-        })
-    }
-
-    /// Sets attribute `name` to `value` (creating or replacing it).
-    fn set(&self, name: &CStr, value: &[u8]) -> io::Result<()> {
-        let ret = match self {
-            // SAFETY: `value` is valid for reads of `value.len()` bytes, `name` is NUL-terminated.
-            XTarget::Fd(fd) => unsafe {
-                libc::fsetxattr(
-                    fd.as_raw_fd(),
-                    name.as_ptr(),
-                    value.as_ptr().cast(),
-                    value.len(),
-                    0,
-                )
-            },
-            // SAFETY: as above, and `path` is NUL-terminated.
-            XTarget::Path(path) => unsafe {
-                libc::lsetxattr(
-                    path.as_ptr(),
-                    name.as_ptr(),
-                    value.as_ptr().cast(),
-                    value.len(),
-                    0,
-                )
-            },
-        };
-        if ret == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    }
-}
-
 /// All extended attributes of `target`, sorted by name; `path` is for messages.
 fn read_xattrs(target: &XTarget, path: &Path) -> Result<Vec<(CString, Vec<u8>)>, TreeError> {
-    let xattr_err = |name: &CStr, e| TreeError::Xattr {
+    target.read_all().map_err(|(name, e)| TreeError::Xattr {
         path: path.to_path_buf(),
         name: name.to_string_lossy().into_owned(),
         source: e,
-    };
-    let mut names = target.list().map_err(|e| xattr_err(c"*", e))?;
-    names.sort();
-    let mut xattrs = Vec::with_capacity(names.len());
-    for name in names {
-        match target.get(&name) {
-            Ok(value) => xattrs.push((name, value)),
-            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {} // removed meanwhile
-            Err(e) => return Err(xattr_err(&name, e)),
-        }
-    }
-    Ok(xattrs)
+    })
 }
 
 /// Progress reporting state of a [`copy_tree`] run.

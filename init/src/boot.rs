@@ -8,13 +8,13 @@ use ramstick_common::plan::{make_plan, Facts, Plan};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::failure::{self, Failure, Step};
 use crate::kmsg::KmsgLogger;
 use crate::modload::Loader;
 use crate::sys::{LinuxSys, Sys};
-use crate::{devices, extras, mounts, switchroot, unpack};
+use crate::{extras, luks, mounts, switchroot, unpack};
 
 /// For failures that only a broken kernel or initramfs can cause.
 const REBUILD_HINT: &str =
@@ -64,17 +64,13 @@ pub fn boot() -> Result<Infallible, Failure> {
     loader.autoload_hardware();
     t.mark("modules");
 
-    // 4-5. The persist device.
-    let (device, _) = devices::wait_for(
-        &plan.persist_device,
-        Duration::from_secs(u64::from(plan.device_timeout_secs)),
+    // 4-5. The persist device (opening it first when it is encrypted).
+    let device = luks::find_persist(
+        &sys,
+        &plan,
         &mut loader,
         Path::new("/sys"),
         Path::new("/dev"),
-    )
-    .step(
-        "find the persist device",
-        "plug the stick in, or boot with ramstick.persist=LABEL=...|UUID=...|/dev/... naming its data partition",
     )?;
     log::info!("persist device: {}", device.display());
     t.mark("device_wait");

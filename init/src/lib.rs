@@ -6,6 +6,7 @@ pub mod devices;
 pub mod extras;
 pub mod failure;
 pub mod kmsg;
+pub mod luks;
 pub mod modload;
 pub mod mounts;
 pub mod switchroot;

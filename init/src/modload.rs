@@ -156,16 +156,14 @@ pub fn decompress(path: &Path, data: &[u8]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     match Compression::of(path) {
         Some(Compression::Zstd) => {
-            let mut decoder = ruzstd::decoding::StreamingDecoder::new(data)
-                .map_err(|e| anyhow::anyhow!("cannot unzstd {}: {e}", path.display()))?;
-            decoder
-                .read_to_end(&mut out)
+            zstd::stream::read::Decoder::new(data)
+                .and_then(|mut d| d.read_to_end(&mut out))
                 .with_context(|| format!("cannot unzstd {}", path.display()))?;
         }
         Some(Compression::Xz) => {
-            let mut input = std::io::BufReader::new(data);
-            lzma_rs::xz_decompress(&mut input, &mut out)
-                .map_err(|e| anyhow::anyhow!("cannot unxz {}: {e:?}", path.display()))?;
+            xz2::read::XzDecoder::new(data)
+                .read_to_end(&mut out)
+                .with_context(|| format!("cannot unxz {}", path.display()))?;
         }
         Some(Compression::Gzip) => {
             flate2::read::GzDecoder::new(data)
@@ -212,11 +210,12 @@ mod tests {
         let zst = zstd::stream::encode_all(MODULE, 3).unwrap();
         assert_eq!(decompress(Path::new("m.ko.zst"), &zst).unwrap(), MODULE);
 
-        let mut xz = Vec::new();
-        lzma_rs::xz_compress(&mut std::io::BufReader::new(MODULE), &mut xz).unwrap();
+        use std::io::Write;
+        let mut xz = xz2::write::XzEncoder::new(Vec::new(), 6);
+        xz.write_all(MODULE).unwrap();
+        let xz = xz.finish().unwrap();
         assert_eq!(decompress(Path::new("m.ko.xz"), &xz).unwrap(), MODULE);
 
-        use std::io::Write;
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         gz.write_all(MODULE).unwrap();
         let gz = gz.finish().unwrap();

@@ -33,6 +33,9 @@ pub trait Sys {
     fn read_file(&self, path: &Path) -> io::Result<String>;
     /// Run a helper program from the initramfs and wait; non-zero exit is an error.
     fn run(&self, argv: &[&str]) -> io::Result<()>;
+    /// Run a program that talks to the user on the console (stdio inherited)
+    /// with extra environment `env`; returns its exit status (-1: killed).
+    fn run_console(&self, argv: &[&str], env: &[(&str, &str)]) -> io::Result<i32>;
     /// Whether a path exists (without following a final symlink).
     fn exists(&self, path: &Path) -> bool;
     /// The names in a directory.
@@ -129,6 +132,17 @@ impl Sys for LinuxSys {
                 String::from_utf8_lossy(&out.stderr).trim()
             )))
         }
+    }
+
+    fn run_console(&self, argv: &[&str], env: &[(&str, &str)]) -> io::Result<i32> {
+        let (prog, args) = argv
+            .split_first()
+            .ok_or_else(|| io::Error::other("empty command"))?;
+        let status = std::process::Command::new(prog)
+            .args(args)
+            .envs(env.iter().copied())
+            .status()?;
+        Ok(status.code().unwrap_or(-1))
     }
 
     fn exists(&self, path: &Path) -> bool {
@@ -252,6 +266,12 @@ impl Sys for RecordingSys {
 
     fn run(&self, argv: &[&str]) -> io::Result<()> {
         self.record(format!("run {}", argv.join(" ")))
+    }
+
+    fn run_console(&self, argv: &[&str], env: &[(&str, &str)]) -> io::Result<i32> {
+        let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        self.record(format!("run-console {} {}", env.join(" "), argv.join(" ")))
+            .map(|()| 0)
     }
 
     fn exists(&self, path: &Path) -> bool {

@@ -1,15 +1,17 @@
 //! Filling the RAM upper from the chosen image, with the fallback chain
-//! default → backup → clean. The image is loop-mounted read-only (the
-//! kernel's squashfs reader keeps xattrs, hardlinks and device nodes) and
-//! copied with full fidelity; a read error wipes the partial copy.
+//! default → backup → clean. The image is unpacked by `ramstick_squash`
+//! (parallel decompression, full fidelity: xattrs, hardlinks, device nodes,
+//! sparse files; never writing outside the upper); any error — a damaged
+//! image included — wipes the partial copy and moves on down the chain.
 
 use anyhow::{Context, Result};
 use ramstick_common::cmdline::BootType;
 use ramstick_common::plan::Plan;
 use ramstick_common::tree;
+use ramstick_squash::{UnpackOptions, UnpackStats};
 use std::path::Path;
 
-use crate::mounts::{at, mount_squashfs};
+use crate::mounts::at;
 use crate::sys::Sys;
 
 /// What the chain ended with.
@@ -33,7 +35,6 @@ fn next_name(plan: &Plan, i: usize) -> String {
 pub fn fill_upper(sys: &dyn Sys, root: &Path, plan: &Plan) -> Outcome {
     let persist = at(root, &plan.persist_mount);
     let upperdir = at(root, &plan.upper_mount).join("upper");
-    let mnt = at(root, "/run/ramstick/unpack");
     let mut reasons = Vec::new();
     let none_present = plan
         .upper_images
@@ -65,13 +66,11 @@ pub fn fill_upper(sys: &dyn Sys, root: &Path, plan: &Plan) -> Outcome {
             reasons.push(format!("{name}: not on the stick"));
             continue;
         };
-        match copy_image(sys, &image, &mnt, &upperdir) {
+        match unpack_image(&image, &upperdir) {
             Ok(stats) => {
                 log::info!(
-                    "unpacked {name}: {} files, {} dirs, {} links, {} bytes",
-                    stats.files,
-                    stats.dirs,
-                    stats.symlinks + stats.hardlinks,
+                    "unpacked {name}: {} entries, {} bytes of file data",
+                    stats.entries,
                     stats.bytes
                 );
                 return Outcome {
@@ -104,13 +103,7 @@ pub fn fill_upper(sys: &dyn Sys, root: &Path, plan: &Plan) -> Outcome {
     }
 }
 
-fn copy_image(sys: &dyn Sys, image: &Path, mnt: &Path, upperdir: &Path) -> Result<tree::CopyStats> {
-    mount_squashfs(sys, image, mnt)?;
-    let result = tree::copy_tree(mnt, upperdir, &mut |_| {})
-        .with_context(|| format!("cannot copy {} into the upper", image.display()));
-    // Lazy unmount: a read error must not leave the boot stuck on a busy mount.
-    if let Err(e) = sys.umount(mnt, true) {
-        log::warn!("cannot unmount {}: {e}", mnt.display());
-    }
-    result
+fn unpack_image(image: &Path, upperdir: &Path) -> Result<UnpackStats> {
+    ramstick_squash::unpack(image, upperdir, &UnpackOptions::default())
+        .with_context(|| format!("cannot unpack {} into the upper", image.display()))
 }

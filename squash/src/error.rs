@@ -7,12 +7,11 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A system call on a path of the tree or the image failed.
-    #[error("cannot {action} {path}: {source}")]
+    #[error("cannot {action} {path}: {error}")]
     Io {
         action: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     /// The image is not a valid squashfs 4.0 image (or is damaged).
     #[error("corrupt image {image}: {what}")]
@@ -28,6 +27,10 @@ pub enum Error {
     /// than 65536 owners, a file changed while it was being packed, …).
     #[error("cannot pack {path}: {what}")]
     Unpackable { path: PathBuf, what: String },
+    /// A file of the tree changed while it was being packed (something still
+    /// writes to it); a later attempt may find it at rest.
+    #[error("{path} changed while being packed: {what}")]
+    Changed { path: PathBuf, what: String },
     /// A compressor or decompressor failed on a block.
     #[error("{codec} failed: {what}")]
     Codec { codec: &'static str, what: String },
@@ -38,11 +41,11 @@ pub enum Error {
 
 impl Error {
     /// An [`Error::Io`] for `path`.
-    pub fn io(action: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+    pub fn io(action: &'static str, path: impl Into<PathBuf>, error: io::Error) -> Self {
         Error::Io {
             action,
             path: path.into(),
-            source,
+            error,
         }
     }
 }

@@ -96,6 +96,9 @@ pub struct PackStats {
     pub bytes_in: u64,
     /// Size of the image file (padded).
     pub image_size: u64,
+    /// Xattrs left out because squashfs cannot hold their namespace
+    /// (`system.*`, e.g. POSIX ACLs; mksquashfs skips them too).
+    pub skipped_xattrs: u64,
 }
 
 /// How [`unpack`] works.

@@ -1,6 +1,8 @@
 //! Builds the static musl `init` and `saver` binaries and checks that they
 //! really are static (no `PT_INTERP`, no `DT_NEEDED`): the initramfs has no
-//! dynamic loader and no libc.
+//! dynamic loader and no libc. Also builds the glibc `ramstick-unlock` for
+//! LUKS images, whose shared libraries [`needed_libraries`] reads from its
+//! ELF dynamic section.
 
 use crate::deps;
 use anyhow::{bail, Context, Result};
@@ -39,6 +41,26 @@ pub fn static_binaries() -> Result<Binaries> {
     Ok(bins)
 }
 
+/// `cargo build --release -p ramstick-unlock` for the host (glibc) target:
+/// libcryptsetup has no static library on Debian, so this one binary is
+/// dynamically linked and the initramfs carries its libraries.
+pub fn unlock_binary() -> Result<PathBuf> {
+    // libcryptsetup-rs-sys: bindgen (libclang) over libcryptsetup.h.
+    deps::ensure_packages(&["libclang-dev", "libcryptsetup-dev"])?;
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    deps::run(
+        Command::new(cargo)
+            .current_dir(crate::workspace_root())
+            .args(["build", "--release", "-p", "ramstick-unlock"]),
+    )?;
+    let bin = crate::target_dir().join("release/ramstick-unlock");
+    let bytes = std::fs::read(&bin).with_context(|| format!("cannot read {}", bin.display()))?;
+    if dynamic_reasons(&bytes)?.is_empty() {
+        bail!("{} is static: expected a glibc binary", bin.display());
+    }
+    Ok(bin)
+}
+
 /// Fails unless `path` is a statically linked ELF executable.
 pub fn check_static(path: &Path) -> Result<()> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -50,10 +72,12 @@ pub fn check_static(path: &Path) -> Result<()> {
     Ok(())
 }
 
+const PT_LOAD: u32 = 1;
 const PT_DYNAMIC: u32 = 2;
 const PT_INTERP: u32 = 3;
 const DT_NULL: u64 = 0;
 const DT_NEEDED: u64 = 1;
+const DT_STRTAB: u64 = 5;
 
 /// `N` bytes at `off`, or `None` past the end (overflow-safe).
 fn field<const N: usize>(b: &[u8], off: usize) -> Option<[u8; N]> {
@@ -76,48 +100,127 @@ fn usize_at(b: &[u8], off: usize) -> Option<usize> {
     usize::try_from(u64_at(b, off)?).ok()
 }
 
-/// Why a 64-bit little-endian ELF file would need a dynamic loader: its
-/// `PT_INTERP` and each `DT_NEEDED` entry. Empty means static.
-pub fn dynamic_reasons(b: &[u8]) -> Result<Vec<String>> {
+fn truncated() -> anyhow::Error {
+    anyhow::anyhow!("truncated ELF headers")
+}
+
+/// One program header.
+struct Segment {
+    p_type: u32,
+    offset: usize,
+    vaddr: u64,
+    /// Size in the file.
+    size: usize,
+}
+
+impl Segment {
+    fn bytes<'a>(&self, b: &'a [u8]) -> Result<&'a [u8]> {
+        let end = self.offset.checked_add(self.size).ok_or_else(truncated)?;
+        b.get(self.offset..end).ok_or_else(truncated)
+    }
+}
+
+/// The program headers of a 64-bit little-endian ELF file.
+fn segments(b: &[u8]) -> Result<Vec<Segment>> {
     if b.get(0..4) != Some(b"\x7fELF".as_slice()) {
         bail!("no ELF magic");
     }
     if b.get(4) != Some(&2) || b.get(5) != Some(&1) {
         bail!("not a 64-bit little-endian ELF");
     }
-    let truncated = || anyhow::anyhow!("truncated ELF headers");
     let phoff = usize_at(b, 0x20).ok_or_else(truncated)?;
     let phentsize = usize::from(u16_at(b, 0x36).ok_or_else(truncated)?);
     let phnum = usize::from(u16_at(b, 0x38).ok_or_else(truncated)?);
-    let mut reasons = Vec::new();
+    let mut out = Vec::new();
     for i in 0..phnum {
         let ph = i
             .checked_mul(phentsize)
             .and_then(|x| x.checked_add(phoff))
             .ok_or_else(truncated)?;
         // Reading p_type proves `ph` is inside `b`, so `ph + 0x20` cannot overflow.
-        let p_type = u32_at(b, ph).ok_or_else(truncated)?;
-        let offset = usize_at(b, ph + 8).ok_or_else(truncated)?;
-        let size = usize_at(b, ph + 0x20).ok_or_else(truncated)?;
-        let end = offset.checked_add(size).ok_or_else(truncated)?;
-        if p_type == PT_INTERP {
-            let interp = b.get(offset..end).ok_or_else(truncated)?;
-            let interp = String::from_utf8_lossy(interp);
-            reasons.push(format!("PT_INTERP {}", interp.trim_end_matches('\0')));
-        }
-        if p_type == PT_DYNAMIC {
-            for entry in (offset..end).step_by(16) {
-                let tag = u64_at(b, entry).ok_or_else(truncated)?;
-                if tag == DT_NULL {
-                    break;
-                }
-                if tag == DT_NEEDED {
-                    reasons.push("DT_NEEDED entry".to_string());
-                }
+        out.push(Segment {
+            p_type: u32_at(b, ph).ok_or_else(truncated)?,
+            offset: usize_at(b, ph + 8).ok_or_else(truncated)?,
+            vaddr: u64_at(b, ph + 0x10).ok_or_else(truncated)?,
+            size: usize_at(b, ph + 0x20).ok_or_else(truncated)?,
+        });
+    }
+    Ok(out)
+}
+
+/// The `(tag, value)` entries of the dynamic section, up to `DT_NULL`.
+fn dynamic_entries(b: &[u8], segs: &[Segment]) -> Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    for seg in segs.iter().filter(|s| s.p_type == PT_DYNAMIC) {
+        let bytes = seg.bytes(b)?;
+        for entry in bytes.chunks(16) {
+            let tag = u64_at(entry, 0).ok_or_else(truncated)?;
+            if tag == DT_NULL {
+                break;
             }
+            out.push((tag, u64_at(entry, 8).ok_or_else(truncated)?));
         }
     }
+    Ok(out)
+}
+
+/// The program interpreter (dynamic loader) path, if any.
+pub fn interpreter(b: &[u8]) -> Result<Option<String>> {
+    let segs = segments(b)?;
+    let Some(seg) = segs.iter().find(|s| s.p_type == PT_INTERP) else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(seg.bytes(b)?);
+    Ok(Some(text.trim_end_matches('\0').to_string()))
+}
+
+/// Why a 64-bit little-endian ELF file would need a dynamic loader: its
+/// `PT_INTERP` and each `DT_NEEDED` entry. Empty means static.
+pub fn dynamic_reasons(b: &[u8]) -> Result<Vec<String>> {
+    let mut reasons = Vec::new();
+    if let Some(interp) = interpreter(b)? {
+        reasons.push(format!("PT_INTERP {interp}"));
+    }
+    let needed = dynamic_entries(b, &segments(b)?)?
+        .iter()
+        .filter(|(tag, _)| *tag == DT_NEEDED)
+        .count();
+    reasons.extend(std::iter::repeat_n("DT_NEEDED entry".to_string(), needed));
     Ok(reasons)
+}
+
+/// The `DT_NEEDED` library names (sonames) of an ELF file, in order. The
+/// names are in the string table `DT_STRTAB` points to, a virtual address
+/// mapped to the file through the `PT_LOAD` segment holding it.
+pub fn needed_libraries(b: &[u8]) -> Result<Vec<String>> {
+    let segs = segments(b)?;
+    let entries = dynamic_entries(b, &segs)?;
+    let needed: Vec<u64> = entries
+        .iter()
+        .filter(|(tag, _)| *tag == DT_NEEDED)
+        .map(|(_, v)| *v)
+        .collect();
+    if needed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let strtab = entries
+        .iter()
+        .find(|(tag, _)| *tag == DT_STRTAB)
+        .map(|(_, v)| *v)
+        .context("DT_NEEDED entries without a DT_STRTAB")?;
+    let load = segs
+        .iter()
+        .find(|s| s.p_type == PT_LOAD && s.vaddr <= strtab && strtab - s.vaddr < s.size as u64)
+        .context("DT_STRTAB is outside every PT_LOAD segment")?;
+    let table = &load.bytes(b)?[usize::try_from(strtab - load.vaddr)?..];
+    needed
+        .iter()
+        .map(|&off| {
+            let name = table.get(usize::try_from(off)?..).ok_or_else(truncated)?;
+            let end = name.iter().position(|&c| c == 0).ok_or_else(truncated)?;
+            Ok(String::from_utf8_lossy(&name[..end]).into_owned())
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -179,6 +282,59 @@ mod tests {
                 "DT_NEEDED entry"
             ]
         );
+    }
+
+    #[test]
+    fn needed_names_come_from_the_string_table() {
+        // One PT_LOAD mapping file offset 0 at vaddr 0x1000, with the string
+        // table at file offset 0x300 (vaddr 0x1300).
+        let mut b = elf(&[
+            (PT_LOAD, vec![]),
+            (
+                PT_DYNAMIC,
+                dyn_entries(&[DT_NEEDED, DT_NEEDED, DT_STRTAB, DT_NULL]),
+            ),
+        ]);
+        // Values of the dynamic entries: string offsets 1 and 11, table at 0x1300.
+        let dyn_off = 64 + 2 * 56;
+        b[dyn_off + 8..dyn_off + 16].copy_from_slice(&1u64.to_le_bytes());
+        b[dyn_off + 24..dyn_off + 32].copy_from_slice(&11u64.to_le_bytes());
+        b[dyn_off + 40..dyn_off + 48].copy_from_slice(&0x1300u64.to_le_bytes());
+        b.resize(0x400, 0);
+        b[0x300..0x315].copy_from_slice(b"\0libc.so.6\0libm.so.6\0");
+        let load = 64;
+        b[load + 8..load + 16].copy_from_slice(&0u64.to_le_bytes());
+        b[load + 0x10..load + 0x18].copy_from_slice(&0x1000u64.to_le_bytes());
+        b[load + 0x20..load + 0x28].copy_from_slice(&0x400u64.to_le_bytes());
+        assert_eq!(needed_libraries(&b).unwrap(), ["libc.so.6", "libm.so.6"]);
+        // A string table outside the loaded bytes is an error, not a guess.
+        b[dyn_off + 40..dyn_off + 48].copy_from_slice(&0x9000u64.to_le_bytes());
+        assert!(needed_libraries(&b).is_err());
+        // Static: nothing needed.
+        assert!(needed_libraries(&elf(&[(PT_LOAD, vec![0; 8])]))
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn host_needed_libraries_match_ldd() {
+        let path = Path::new("/bin/sh");
+        let (Ok(bytes), Ok(out)) = (std::fs::read(path), Command::new("ldd").arg(path).output())
+        else {
+            println!("skipped: no /bin/sh or ldd");
+            return;
+        };
+        let ldd = String::from_utf8_lossy(&out.stdout).into_owned();
+        let needed = needed_libraries(&bytes).unwrap();
+        assert!(needed.iter().any(|n| n == "libc.so.6"), "{needed:?}");
+        for name in &needed {
+            assert!(
+                ldd.contains(&format!("{name} => ")),
+                "{name} not in ldd: {ldd}"
+            );
+        }
+        let interp = interpreter(&bytes).unwrap().expect("dynamic /bin/sh");
+        assert!(ldd.contains(&interp), "{interp} not in ldd: {ldd}");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! not, and overwritten by the next run.
 
 mod cache;
+mod guest;
 mod luks;
 mod persist;
 mod scenarios;
@@ -219,23 +220,37 @@ impl Ctx {
 
     /// A fresh copy of the disk image for `spec`, building it into the cache first if needed.
     pub fn disk(&mut self, spec: &DiskSpec) -> Result<PathBuf> {
-        let cached = self
-            .cache
-            .join(format!("{}-{:016x}.img", self.inputs, spec_hash(spec)?));
+        let name = format!("{:016x}", spec_hash(spec)?);
+        self.cached_disk(&name, |ctx, out| image::build(&ctx.image_spec(spec, out)))
+    }
+
+    /// The image builder's spec for `spec`, written to `out`.
+    pub fn image_spec(&self, spec: &DiskSpec, out: &Path) -> image::Spec {
+        image::Spec {
+            rootfs: self.rootfs.clone(),
+            out: out.to_path_buf(),
+            size: None,
+            kernel: self.kernel.clone(),
+            bins: self.bins.clone(),
+            extra_cmdline: spec.extra_cmdline.clone(),
+            persist_extra: spec.persist_extra.clone(),
+            omit: spec.omit.clone(),
+        }
+    }
+
+    /// A fresh sparse copy (in `target/e2e/run/`) of the cached image `name`
+    /// (unique per content, under the inputs hash), which `build` writes to
+    /// the path it is given when the cache does not hold it yet.
+    pub fn cached_disk(
+        &mut self,
+        name: &str,
+        build: impl FnOnce(&Ctx, &Path) -> Result<()>,
+    ) -> Result<PathBuf> {
+        let cached = self.cache.join(format!("{}-{name}.img", self.inputs));
         if !cached.exists() {
             let partial = cached.with_extension("partial.img");
             println!("e2e: building disk image {}", cached.display());
-            image::build(&image::Spec {
-                rootfs: self.rootfs.clone(),
-                out: partial.clone(),
-                size: None,
-                kernel: self.kernel.clone(),
-                bins: self.bins.clone(),
-                extra_cmdline: spec.extra_cmdline.clone(),
-                persist_extra: spec.persist_extra.clone(),
-                omit: spec.omit.clone(),
-            })
-            .with_context(|| format!("building {}", partial.display()))?;
+            build(self, &partial).with_context(|| format!("building {}", partial.display()))?;
             fs::rename(&partial, &cached).with_context(|| {
                 format!("renaming {} to {}", partial.display(), cached.display())
             })?;

@@ -10,6 +10,13 @@
 //!   `lib/modules/<kver>`), `firmware.squashfs` (the content of
 //!   `lib/firmware`) and an empty `user/`.
 //!
+//! With `--luks-passphrase-file` partition 2 is a LUKS2 container (label
+//! `RAMSTICK`, argon2id) holding that ext4: the ext4 is made 16 MiB smaller
+//! than the partition and `cryptsetup reencrypt --encrypt
+//! --reduce-device-size 16M` encrypts the file in place, in user space (no
+//! device-mapper, no root). The initramfs then carries the unlock program
+//! (see [`initramfs::Luks`]); init finds the container by its label.
+//!
 //! The partition table is written by `sfdisk` on the image file and the two
 //! filesystems are copied in at their offsets. Everything is built in a
 //! scratch directory under `target/` and `<out>.partial`; only a complete
@@ -27,11 +34,11 @@ use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-const MIB: u64 = 1 << 20;
+pub(crate) const MIB: u64 = 1 << 20;
 /// The smallest ESP (FAT32 needs ≥ 33 MiB; 64 leaves room for kernels).
 const ESP_MIN: u64 = 64 * MIB;
 /// Space before the first partition and after the last (GPT backup).
-const GPT_GAP: u64 = MIB;
+pub(crate) const GPT_GAP: u64 = MIB;
 const GRUB_TEMPLATE: &str = include_str!("../../grub/grub.cfg");
 const GRUB_STUB: &str = include_str!("../../grub/stub.cfg");
 const GRUB_MODULES: &str = "part_gpt fat ext2 search search_fs_file search_label normal linux \
@@ -63,11 +70,49 @@ pub struct Args {
     /// Total image size, e.g. 512M or 2G (default: just what is needed).
     #[arg(long)]
     pub size: Option<String>,
-    /// Encrypt the persist partition with this passphrase (not supported yet).
+    /// Encrypt the persist partition (LUKS2) with the passphrase in this
+    /// file (one trailing newline is not part of it).
     #[arg(long)]
     pub luks_passphrase_file: Option<PathBuf>,
+    /// Also unlock with this key file, carried in the initramfs at
+    /// /etc/ramstick/luks.key (whoever can read the ESP can read it).
+    #[arg(long, requires = "luks_passphrase_file")]
+    pub luks_keyfile_in_initramfs: Option<PathBuf>,
+    /// argon2id memory cost of the key slots in KiB.
+    #[arg(long, default_value_t = LUKS_TEST_MEMORY_KIB, requires = "luks_passphrase_file")]
+    pub luks_pbkdf_memory: u32,
+    /// argon2id time cost (passes) of the key slots; ignored with --luks-iter-time.
+    #[arg(long, default_value_t = LUKS_TEST_ITERATIONS, requires = "luks_passphrase_file")]
+    pub luks_pbkdf_iterations: u32,
+    /// Let cryptsetup benchmark this machine for a key derivation of this
+    /// many ms instead of a fixed time cost (e.g. 2000 for a real stick).
+    #[arg(long, requires = "luks_passphrase_file")]
+    pub luks_iter_time: Option<u32>,
     #[command(flatten)]
     pub kernel: crate::KernelArgs,
+}
+
+/// The default argon2id memory cost (KiB): small, so that unlocking in QEMU
+/// without KVM takes about a second. A real stick should use more (README).
+pub const LUKS_TEST_MEMORY_KIB: u32 = 16 * 1024;
+/// The default argon2id time cost (passes), see [`LUKS_TEST_MEMORY_KIB`].
+pub const LUKS_TEST_ITERATIONS: u32 = 4;
+/// The room the LUKS2 header takes at the start of the partition.
+const LUKS_HEADER: u64 = 16 * MIB;
+
+/// How to encrypt the persist partition.
+#[derive(Debug, Clone)]
+pub struct LuksSpec {
+    /// The passphrase (without a trailing newline).
+    pub passphrase_file: PathBuf,
+    /// A second key slot opened by this file, which the initramfs carries.
+    pub keyfile_in_initramfs: Option<PathBuf>,
+    pub pbkdf_memory_kib: u32,
+    /// `None`: `iterations` passes; `Some(ms)`: cryptsetup's benchmark.
+    pub iter_time_ms: Option<u32>,
+    pub iterations: u32,
+    /// The glibc unlock program (see [`build::unlock_binary`]).
+    pub unlock: PathBuf,
 }
 
 /// Everything [`build`] needs (the e2e harness fills it directly).
@@ -90,9 +135,17 @@ pub struct Spec {
 
 /// `cargo xtask image`.
 pub fn run(a: &Args) -> Result<()> {
-    if a.luks_passphrase_file.is_some() {
-        bail!("LUKS images are not supported yet (issue 6)");
-    }
+    let luks = match &a.luks_passphrase_file {
+        None => None,
+        Some(file) => Some(LuksSpec {
+            passphrase_file: file.clone(),
+            keyfile_in_initramfs: a.luks_keyfile_in_initramfs.clone(),
+            pbkdf_memory_kib: a.luks_pbkdf_memory,
+            iter_time_ms: a.luks_iter_time,
+            iterations: a.luks_pbkdf_iterations,
+            unlock: build::unlock_binary()?,
+        }),
+    };
     let size = a.size.as_deref().map(parse_size).transpose()?;
     check_rootfs(&a.rootfs)?;
     let kernel = match kernel::from_rootfs(&a.rootfs) {
@@ -109,7 +162,7 @@ pub fn run(a: &Args) -> Result<()> {
         None => kernel::resolve(&a.kernel)?,
     };
     let bins = build::static_binaries()?;
-    build(&Spec {
+    let spec = Spec {
         rootfs: a.rootfs.clone(),
         out: a.out.clone(),
         size,
@@ -118,7 +171,8 @@ pub fn run(a: &Args) -> Result<()> {
         extra_cmdline: String::new(),
         persist_extra: Vec::new(),
         omit: Vec::new(),
-    })?;
+    };
+    build_encrypted(&spec, luks.as_ref())?;
     println!("disk image: {}", a.out.display());
     Ok(())
 }
@@ -185,7 +239,16 @@ impl Drop for Scratch {
 
 /// Builds the disk image described by `spec`.
 pub fn build(spec: &Spec) -> Result<()> {
+    build_encrypted(spec, None)
+}
+
+/// Builds the disk image described by `spec`, with the persist partition
+/// encrypted when `luks` is given.
+pub fn build_encrypted(spec: &Spec, luks: Option<&LuksSpec>) -> Result<()> {
     check_rootfs(&spec.rootfs)?;
+    if luks.is_some() {
+        deps::ensure(&[("cryptsetup", "cryptsetup-bin")])?;
+    }
     deps::ensure(TOOLS)?;
     deps::ensure_files(&[(GRUB_DIR, "grub-efi-amd64-bin")])?;
     let kernel = kernel::from_rootfs(&spec.rootfs).unwrap_or_else(|| spec.kernel.clone());
@@ -210,13 +273,31 @@ pub fn build(spec: &Spec) -> Result<()> {
     let work = &scratch.dir;
 
     let initrd = work.join("initramfs.img");
-    initramfs::build(&spec.bins, &kernel.modules_dir, &kernel.version, &initrd)?;
+    let initramfs_luks = luks.map(|l| initramfs::Luks {
+        unlock: l.unlock.clone(),
+        keyfile: l.keyfile_in_initramfs.clone(),
+    });
+    initramfs::build_with(
+        &spec.bins,
+        &kernel.modules_dir,
+        &kernel.version,
+        &initrd,
+        initramfs_luks.as_ref(),
+    )?;
     let persist = work.join("persist");
     stage_persist(spec, &kernel, work, &persist)?;
     let esp = work.join("esp.img");
-    let esp_size = make_esp(&esp, work, &kernel, &initrd, &spec.extra_cmdline)?;
+    let mut cmdline = spec.extra_cmdline.clone();
+    if luks.is_some_and(|l| l.keyfile_in_initramfs.is_some()) {
+        cmdline = format!(
+            "ramstick.luks.keyfile=/{} {cmdline}",
+            initramfs::KEYFILE_IN_ARCHIVE
+        );
+    }
+    let esp_size = make_esp(&esp, work, &kernel, &initrd, &cmdline)?;
 
-    let persist_min = round_up_mib(dir_size(&persist)? * 13 / 10) + 64 * MIB;
+    let header = if luks.is_some() { LUKS_HEADER } else { 0 };
+    let persist_min = round_up_mib(dir_size(&persist)? * 13 / 10) + 64 * MIB + header;
     let needed = GPT_GAP + esp_size + persist_min + GPT_GAP;
     let total = match spec.size {
         None => needed,
@@ -229,7 +310,10 @@ pub fn build(spec: &Spec) -> Result<()> {
     };
     let persist_size = total - 2 * GPT_GAP - esp_size;
     let ext4 = work.join("persist.img");
-    make_ext4(&ext4, persist_size, &persist)?;
+    make_ext4(&ext4, persist_size - header, &persist)?;
+    if let Some(luks) = luks {
+        encrypt(&ext4, persist_size, luks, work)?;
+    }
 
     let layout = Layout {
         total,
@@ -255,12 +339,12 @@ pub fn build(spec: &Spec) -> Result<()> {
     Ok(())
 }
 
-fn round_up_mib(bytes: u64) -> u64 {
+pub(crate) fn round_up_mib(bytes: u64) -> u64 {
     bytes.div_ceil(MIB) * MIB
 }
 
 /// Total size of the regular files below `dir`.
-fn dir_size(dir: &Path) -> Result<u64> {
+pub(crate) fn dir_size(dir: &Path) -> Result<u64> {
     let mut total = 0;
     for entry in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
@@ -413,7 +497,13 @@ fn render_grub_cfg(kver: &str, extra: &str) -> String {
 }
 
 /// Builds the FAT32 ESP image at `esp`; returns its size.
-fn make_esp(esp: &Path, work: &Path, kernel: &Kernel, initrd: &Path, extra: &str) -> Result<u64> {
+pub(crate) fn make_esp(
+    esp: &Path,
+    work: &Path,
+    kernel: &Kernel,
+    initrd: &Path,
+    extra: &str,
+) -> Result<u64> {
     let grub = grub_efi()?;
     let cfg = work.join("grub.cfg");
     fs::write(&cfg, render_grub_cfg(&kernel.version, extra))
@@ -511,7 +601,7 @@ fn grub_efi() -> Result<PathBuf> {
 }
 
 /// `mkfs.ext4 -d content` into a new `size`-byte image file.
-fn make_ext4(image: &Path, size: u64, content: &Path) -> Result<()> {
+pub(crate) fn make_ext4(image: &Path, size: u64, content: &Path) -> Result<()> {
     File::create(image)
         .and_then(|f| f.set_len(size))
         .with_context(|| format!("cannot create {}", image.display()))?;
@@ -523,11 +613,90 @@ fn make_ext4(image: &Path, size: u64, content: &Path) -> Result<()> {
     )
 }
 
+/// Encrypts the ext4 image file `image` in place into a LUKS2 container of
+/// `size` bytes (the file grows to it: the header takes the room the ext4
+/// left free), with the label `RAMSTICK` that init's auto-detection matches.
+fn encrypt(image: &Path, size: u64, luks: &LuksSpec, work: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let text = fs::read(&luks.passphrase_file)
+        .with_context(|| format!("cannot read {}", luks.passphrase_file.display()))?;
+    let passphrase = strip_newline(&text);
+    if passphrase.is_empty() {
+        bail!(
+            "the passphrase file {} is empty",
+            luks.passphrase_file.display()
+        );
+    }
+    // cryptsetup takes a key file byte for byte: write the passphrase as typed.
+    let key = work.join("luks-passphrase");
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, passphrase))
+        .with_context(|| format!("cannot write {}", key.display()))?;
+    File::options()
+        .write(true)
+        .open(image)
+        .and_then(|f| f.set_len(size))
+        .with_context(|| format!("cannot grow {}", image.display()))?;
+    let cost = pbkdf_args(luks);
+    let result = deps::run(
+        deps::cmd("cryptsetup")
+            .args(["reencrypt", "--encrypt", "--type", "luks2", "--batch-mode"])
+            .args(["--reduce-device-size", &format!("{}M", LUKS_HEADER / MIB)])
+            .args(["--label", "RAMSTICK", "--key-file"])
+            .arg(&key)
+            .args(&cost)
+            .arg(image),
+    )
+    .and_then(|()| match &luks.keyfile_in_initramfs {
+        None => Ok(()),
+        Some(keyfile) => deps::run(
+            deps::cmd("cryptsetup")
+                .args(["luksAddKey", "--batch-mode", "--key-file"])
+                .arg(&key)
+                .args(&cost)
+                .arg(image)
+                .arg(keyfile),
+        ),
+    });
+    fs::remove_file(&key).with_context(|| format!("cannot remove {}", key.display()))?;
+    result.with_context(|| format!("cannot encrypt {}", image.display()))
+}
+
+/// `text` without one trailing `\n` or `\r\n`.
+fn strip_newline(text: &[u8]) -> &[u8] {
+    let text = text.strip_suffix(b"\n").unwrap_or(text);
+    text.strip_suffix(b"\r").unwrap_or(text)
+}
+
+/// cryptsetup's key-slot cost options for `luks`.
+fn pbkdf_args(luks: &LuksSpec) -> Vec<String> {
+    let mut args = vec![
+        "--pbkdf".to_string(),
+        "argon2id".to_string(),
+        "--pbkdf-memory".to_string(),
+        luks.pbkdf_memory_kib.to_string(),
+        "--pbkdf-parallel".to_string(),
+        "1".to_string(),
+    ];
+    match luks.iter_time_ms {
+        Some(ms) => args.extend(["--iter-time".to_string(), ms.to_string()]),
+        None => args.extend([
+            "--pbkdf-force-iterations".to_string(),
+            luks.iterations.to_string(),
+        ]),
+    }
+    args
+}
+
 /// Partition sizes in bytes (all MiB multiples).
-struct Layout {
-    total: u64,
-    esp_size: u64,
-    persist_size: u64,
+pub(crate) struct Layout {
+    pub(crate) total: u64,
+    pub(crate) esp_size: u64,
+    pub(crate) persist_size: u64,
 }
 
 impl Layout {
@@ -556,7 +725,7 @@ impl Layout {
 }
 
 /// Creates the GPT disk `path` and copies the filesystems in.
-fn write_disk(path: &Path, layout: &Layout, esp: &Path, ext4: &Path) -> Result<()> {
+pub(crate) fn write_disk(path: &Path, layout: &Layout, esp: &Path, ext4: &Path) -> Result<()> {
     let disk = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     disk.set_len(layout.total)
         .with_context(|| format!("cannot size {}", path.display()))?;
@@ -610,6 +779,30 @@ fn copy_at(disk: &File, offset: u64, src: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn luks_options() {
+        assert_eq!(strip_newline(b"secret\n"), b"secret");
+        assert_eq!(strip_newline(b"secret\r\n"), b"secret");
+        assert_eq!(strip_newline(b"secret\n\n"), b"secret\n");
+        assert_eq!(strip_newline(b"secret"), b"secret");
+        let mut luks = LuksSpec {
+            passphrase_file: PathBuf::from("p"),
+            keyfile_in_initramfs: None,
+            pbkdf_memory_kib: 1024,
+            iter_time_ms: None,
+            iterations: 4,
+            unlock: PathBuf::from("u"),
+        };
+        assert_eq!(
+            pbkdf_args(&luks).join(" "),
+            "--pbkdf argon2id --pbkdf-memory 1024 --pbkdf-parallel 1 --pbkdf-force-iterations 4"
+        );
+        luks.iter_time_ms = Some(2000);
+        assert!(pbkdf_args(&luks)
+            .join(" ")
+            .ends_with("--pbkdf-parallel 1 --iter-time 2000"));
+    }
 
     #[test]
     fn sizes_parse() {

@@ -6,6 +6,13 @@
 //! [`BOOT_MODULES`](ramstick_common::modules::BOOT_MODULES) plus
 //! module-index files restricted to it.
 //!
+//! For a LUKS image ([`Luks`]) it also holds `/bin/ramstick-unlock` (glibc,
+//! dynamically linked), its shared-library closure in
+//! `lib/x86_64-linux-gnu/` (found by following the `DT_NEEDED` entries of
+//! the binary and of every library, resolved in [`LIBRARY_DIRS`] like the
+//! dynamic loader does), the loader itself at its `PT_INTERP` path, and an
+//! optional key file.
+//!
 //! The archive is reproducible: members sorted by path, uid/gid 0, mtime 0
 //! (or `$SOURCE_DATE_EPOCH`), sequential inode numbers, a fixed zstd level.
 
@@ -16,6 +23,31 @@ use ramstick_common::modules::{ModDb, BOOT_MODULES};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+/// Where the host's libraries are looked up, in order (Debian multiarch).
+const LIBRARY_DIRS: &[&str] = &[
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+    "/lib",
+    "/usr/lib",
+];
+/// Where the unlock program's libraries go in the archive (init points
+/// `LD_LIBRARY_PATH` there).
+const LIBRARY_DIR_IN_ARCHIVE: &str = "lib/x86_64-linux-gnu";
+/// Where a LUKS key file goes in the archive (`ramstick.luks.keyfile=/` this).
+pub const KEYFILE_IN_ARCHIVE: &str = "etc/ramstick/luks.key";
+
+/// What a LUKS initramfs carries besides the usual.
+#[derive(Debug, Clone)]
+pub struct Luks {
+    /// The glibc `ramstick-unlock` binary.
+    pub unlock: PathBuf,
+    /// A key file to carry at [`KEYFILE_IN_ARCHIVE`] (readable by anyone who
+    /// reads the ESP: for setups where the ESP is protected otherwise).
+    pub keyfile: Option<PathBuf>,
+}
 
 /// zstd level of the archive (fixed for reproducibility).
 const ZSTD_LEVEL: i32 = 12;
@@ -77,11 +109,104 @@ fn dir_name(dir: &Path) -> Result<String> {
 
 /// Writes the initramfs for kernel `kver` with modules from `modules_dir` to `out`.
 pub fn build(bins: &Binaries, modules_dir: &Path, kver: &str, out: &Path) -> Result<()> {
+    build_with(bins, modules_dir, kver, out, None)
+}
+
+/// [`build`], plus the LUKS unlock program and its libraries when `luks` is given.
+pub fn build_with(
+    bins: &Binaries,
+    modules_dir: &Path,
+    kver: &str,
+    out: &Path,
+    luks: Option<&Luks>,
+) -> Result<()> {
     let busybox = deps::busybox_static()?;
     let skel = crate::workspace_root().join("initramfs-skel");
-    let tree = contents(bins, &busybox, &skel, modules_dir, kver)?;
+    let mut tree = contents(bins, &busybox, &skel, modules_dir, kver)?;
+    if let Some(luks) = luks {
+        add_luks(&mut tree, luks, LIBRARY_DIRS)?;
+        add_parents(&mut tree);
+    }
     let bytes = archive(&tree, mtime())?;
     write_atomically(out, &bytes)
+}
+
+/// The unlock program, the dynamic loader, the library closure and the key file.
+fn add_luks(tree: &mut Tree, luks: &Luks, dirs: &[&str]) -> Result<()> {
+    let bytes = std::fs::read(&luks.unlock)
+        .with_context(|| format!("cannot read {}", luks.unlock.display()))?;
+    let interp = build::interpreter(&bytes)
+        .with_context(|| format!("{} is not a valid ELF", luks.unlock.display()))?
+        .with_context(|| format!("{} has no dynamic loader", luks.unlock.display()))?;
+    let interp_host = Path::new(&interp)
+        .canonicalize()
+        .with_context(|| format!("cannot resolve the dynamic loader {interp}"))?;
+    add(
+        tree,
+        interp.trim_start_matches('/'),
+        0o755,
+        Body::File(interp_host),
+    );
+    add(
+        tree,
+        "bin/ramstick-unlock",
+        0o755,
+        Body::File(luks.unlock.clone()),
+    );
+    for (soname, host) in library_closure(&luks.unlock, dirs, &interp)? {
+        add(
+            tree,
+            &format!("{LIBRARY_DIR_IN_ARCHIVE}/{soname}"),
+            0o755,
+            Body::File(host),
+        );
+    }
+    if let Some(keyfile) = &luks.keyfile {
+        add(tree, KEYFILE_IN_ARCHIVE, 0o400, Body::File(keyfile.clone()));
+    }
+    Ok(())
+}
+
+/// Every shared library `binary` needs, directly or through other libraries:
+/// `(soname, resolved host file)`, sorted by soname. Each soname is looked up
+/// in `dirs` in order (the first existing file wins, symlinks resolved). The
+/// dynamic loader `interp` (which libc lists too) is left out: it is carried
+/// at its own path.
+fn library_closure(
+    binary: &Path,
+    dirs: &[&str],
+    interp: &str,
+) -> Result<BTreeMap<String, PathBuf>> {
+    let loader = Path::new(interp).file_name();
+    let mut found = BTreeMap::new();
+    let mut queue = vec![binary.to_path_buf()];
+    while let Some(file) = queue.pop() {
+        let bytes =
+            std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        let needed = build::needed_libraries(&bytes)
+            .with_context(|| format!("cannot read the dynamic section of {}", file.display()))?;
+        for soname in needed {
+            if found.contains_key(&soname) || loader == Some(std::ffi::OsStr::new(&soname)) {
+                continue;
+            }
+            let host = dirs
+                .iter()
+                .map(|d| Path::new(d).join(&soname))
+                .find(|p| p.is_file())
+                .with_context(|| {
+                    format!(
+                        "{} needs {soname}, which is in none of {}",
+                        file.display(),
+                        dirs.join(", ")
+                    )
+                })?
+                .canonicalize()
+                .with_context(|| format!("cannot resolve {soname}"))?;
+            queue.push(host.clone());
+            found.insert(soname, host);
+        }
+    }
+    Ok(found)
 }
 
 /// Writes `bytes` to `<out>.partial`, then renames it to `out`.
@@ -521,6 +646,65 @@ mod tests {
             .any(|n| *n == "lib/modules/6.1.0-test/kernel/fs"));
         let inos: Vec<u32> = members.iter().map(|m| m.2).collect();
         assert_eq!(inos, (1..=members.len() as u32).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn library_closure_matches_ldd() {
+        // A glibc program of the host stands in for ramstick-unlock.
+        let bin = Path::new("/usr/sbin/cryptsetup");
+        let Ok(out) = std::process::Command::new("ldd").arg(bin).output() else {
+            println!("skipped: no ldd");
+            return;
+        };
+        if !bin.is_file() {
+            println!("skipped: no {}", bin.display());
+            return;
+        }
+        let ldd = String::from_utf8_lossy(&out.stdout).into_owned();
+        // ldd lists every library of the closure as `soname => path (addr)`.
+        let mut expected: Vec<String> = ldd
+            .lines()
+            .filter_map(|l| {
+                l.trim()
+                    .split_once(" => ")
+                    .map(|(name, _)| name.to_string())
+            })
+            .collect();
+        expected.sort();
+        let interp = "/lib64/ld-linux-x86-64.so.2";
+        let closure = library_closure(bin, LIBRARY_DIRS, interp).unwrap();
+        let got: Vec<String> = closure.keys().cloned().collect();
+        assert_eq!(got, expected);
+        assert!(closure.values().all(|p| p.is_file() && p.is_absolute()));
+        // A library in no directory is an error naming it.
+        let err = library_closure(bin, &["/nonexistent"], interp).unwrap_err();
+        assert!(format!("{err:#}").contains("which is in none of /nonexistent"));
+    }
+
+    #[test]
+    fn luks_members_are_added() {
+        let bin = Path::new("/usr/sbin/cryptsetup");
+        if !bin.is_file() {
+            println!("skipped: no {}", bin.display());
+            return;
+        }
+        let fixture = Fixture::new("initramfs-luks");
+        let key = fixture.root.join("key");
+        fs::write(&key, "k").unwrap();
+        let luks = Luks {
+            unlock: bin.to_path_buf(),
+            keyfile: Some(key.clone()),
+        };
+        let mut tree = Tree::new();
+        add_luks(&mut tree, &luks, LIBRARY_DIRS).unwrap();
+        assert_eq!(
+            tree["bin/ramstick-unlock"].body,
+            Body::File(bin.to_path_buf())
+        );
+        assert_eq!(tree[KEYFILE_IN_ARCHIVE].perm, 0o400);
+        assert!(tree.contains_key("lib64/ld-linux-x86-64.so.2"));
+        assert!(tree.contains_key("lib/x86_64-linux-gnu/libc.so.6"));
+        assert!(tree.contains_key("lib/x86_64-linux-gnu/libcryptsetup.so.12"));
     }
 
     #[test]

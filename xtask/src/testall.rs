@@ -1,8 +1,10 @@
 //! `cargo xtask test`: everything CI runs, in order, stopping at the first
 //! failure: system packages, rustfmt, clippy, the unit and integration tests,
-//! then the QEMU end-to-end suite.
+//! 60 s of fuzzing the squashfs reader, then the QEMU end-to-end suite and
+//! `bench --quick` (which checks only that every bench row produces a
+//! figure).
 
-use crate::{deps, e2e, workspace_root};
+use crate::{bench, deps, e2e, fuzz, workspace_root};
 use anyhow::Result;
 use std::process::Command;
 use std::time::Instant;
@@ -45,7 +47,12 @@ pub fn run(a: &Args) -> Result<()> {
         deps::ensure_files(FILES)?;
         // loopdev-3 (in init) generates its bindings with bindgen → libclang;
         // zstd-sys (the saver's codec) compiles C for musl → musl-gcc.
-        deps::ensure_packages(&["libclang-dev", "musl-tools"])?;
+        deps::ensure_packages(&[
+            "libclang-dev",
+            "musl-tools",
+            "libcryptsetup-dev",
+            "cryptsetup-bin",
+        ])?;
         deps::ensure_musl_target()
     })?;
     step("cargo fmt --all -- --check", || {
@@ -65,10 +72,17 @@ pub fn run(a: &Args) -> Result<()> {
         },
     )?;
     step("cargo test --workspace", || cargo(&["test", "--workspace"]))?;
+    step("cargo xtask fuzz --seconds 60", || {
+        fuzz::run(&fuzz::Args { seconds: 60 })
+    })?;
     if a.no_e2e {
         println!("\n==> e2e: skipped (--no-e2e)");
+        println!("\n==> bench --quick: skipped (--no-e2e)");
     } else {
         step("cargo xtask e2e", || e2e::run(&e2e::Args::default()))?;
+        step("cargo xtask bench --quick", || {
+            bench::run(&bench::Args { quick: true })
+        })?;
     }
     println!("\ntest: all passed in {:.1} s", all.elapsed().as_secs_f64());
     Ok(())

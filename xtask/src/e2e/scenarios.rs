@@ -1,9 +1,9 @@
 //! The e2e scenarios: each boots a disk image and checks what the guest sees.
 
+use super::guest::*;
 use super::{Ctx, DiskSpec, Scenario};
 use crate::qemu::Vm;
 use anyhow::{bail, ensure, Context, Result};
-use ramstick_common::bootinfo::BootInfo;
 use ramstick_common::cmdline::BootType;
 use std::time::Duration;
 
@@ -75,20 +75,6 @@ pub const ALL: &[Scenario] = &[
     },
 ];
 
-/// From the GRUB menu to a shell prompt under TCG (GRUB ~5 s, kernel + init 15-40 s).
-const BOOT: Duration = Duration::from_secs(180);
-/// One shell command.
-const CMD: Duration = Duration::from_secs(30);
-/// The busybox rootfs's root shell prompt on ttyS0 (PS1 'ramstick:\w# ' in /).
-const PROMPT: &str = "ramstick:/# ";
-/// The prompt of init's emergency shell.
-const EMERGENCY_PROMPT: &str = "(initramfs) # ";
-/// GRUB menu entries, in menu order.
-const ENTRY_DEFAULT: usize = 0;
-const ENTRY_BACKUP: usize = 1;
-const ENTRY_CLEAN: usize = 2;
-const ENTRY_TMPFS: usize = 3;
-/// The file the test upper images carry.
 const MARKER: &str = "/etc/ramstick-marker";
 
 /// Boot `spec`'s disk with GRUB entry `entry` to the rootfs shell.
@@ -104,61 +90,6 @@ fn start(ctx: &mut Ctx, spec: &DiskSpec, entry: usize, usb: bool) -> Result<Vm> 
     let mut vm = ctx.boot(&disk, usb)?;
     vm.select_entry(entry)?;
     Ok(vm)
-}
-
-/// Wait for the rootfs shell prompt; fail early on a failed boot.
-fn wait_shell(vm: &mut Vm) -> Result<()> {
-    let seen = vm.expect_any(
-        &[PROMPT, "BOOT FAILED", "Kernel panic", "rebooting in"],
-        BOOT,
-    )?;
-    if seen == 0 {
-        return check_boot_record(vm);
-    }
-    let rest = vm.expect("\n", CMD).unwrap_or_default();
-    let what = ["", "BOOT FAILED", "Kernel panic", "rebooting in"][seen];
-    bail!(
-        "boot did not reach the shell: {what}{} (console log {})",
-        rest.trim_end(),
-        vm.log_path().display()
-    );
-}
-
-/// Every boot leaves boot.json with the phase timings, and the timings in kmsg.
-fn check_boot_record(vm: &mut Vm) -> Result<()> {
-    let info = boot_info(vm)?;
-    for phase in ["modules", "device_wait", "unpack", "mounts", "total"] {
-        ensure!(
-            info.timings_ms.contains_key(phase),
-            "boot.json has no {phase} timing: {info:?}"
-        );
-    }
-    let log = vm.run("dmesg | grep 'ramstick: '", CMD)?;
-    ensure!(
-        log.lines()
-            .any(|l| l.contains("timings:") && mentions_millis(l)),
-        "no phase timings among init's kernel log lines:\n{log}"
-    );
-    Ok(())
-}
-
-/// Expect init to fail with a line containing `mention`, then use its
-/// emergency shell. Returns the failure line.
-fn expect_emergency_shell(vm: &mut Vm, mention: &str) -> Result<String> {
-    let line = vm.expect_line("BOOT FAILED", BOOT)?;
-    ensure!(
-        line.contains(mention),
-        "the failure line does not mention {mention:?}: {line:?}"
-    );
-    let next = vm.expect_any(&["starting emergency shell", "rebooting in"], CMD)?;
-    ensure!(
-        next == 0,
-        "init reboots instead of starting the emergency shell"
-    );
-    vm.expect(EMERGENCY_PROMPT, CMD)?;
-    let out = vm.run("echo EMERG-$((2+3))", CMD)?;
-    ensure!(out.trim() == "EMERG-5", "emergency shell printed {out:?}");
-    Ok(line)
 }
 
 /// `/proc/cmdline` must contain every one of `params`.
@@ -215,27 +146,10 @@ fn mount_at<'a>(mounts: &'a [Mount], target: &str, fstype: Option<&str>) -> Resu
     Ok(m)
 }
 
-fn boot_info(vm: &mut Vm) -> Result<BootInfo> {
-    let json = vm.run("cat /run/ramstick/boot.json", CMD)?;
-    BootInfo::from_json(&json).with_context(|| format!("parsing boot.json: {json}"))
-}
-
 /// The marker file's content, or `None` when it does not exist.
 fn marker(vm: &mut Vm) -> Result<Option<String>> {
     let (rc, out) = vm.run_status(&format!("cat {MARKER}"), CMD)?;
     Ok((rc == 0).then(|| out.trim().to_string()))
-}
-
-/// True when `line` has a number followed by "ms" (like "modules: 120 ms" or "120ms").
-fn mentions_millis(line: &str) -> bool {
-    let b = line.as_bytes();
-    (0..b.len()).any(|i| {
-        b[i..].starts_with(b"ms")
-            && b[..i]
-                .trim_ascii_end()
-                .last()
-                .is_some_and(u8::is_ascii_digit)
-    })
 }
 
 fn boot_default(ctx: &mut Ctx) -> Result<()> {
@@ -573,13 +487,5 @@ mod tests {
     fn topmost_mount_wins() {
         let m = parse_mounts("rootfs / rootfs rw 0 0\noverlay / overlay rw 0 0\n");
         assert_eq!(mount_at(&m, "/", None).unwrap().fstype, "overlay");
-    }
-
-    #[test]
-    fn recognises_millisecond_timings() {
-        assert!(mentions_millis("[ 3.1] ramstick: modules loaded in 120 ms"));
-        assert!(mentions_millis("ramstick: timings: total=830ms"));
-        assert!(!mentions_millis("ramstick: mounting /persist (ms-dos?)"));
-        assert!(!mentions_millis("ramstick: starting"));
     }
 }

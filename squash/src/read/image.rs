@@ -1,0 +1,854 @@
+//! An opened image: superblock, decompressed inode and directory tables, id,
+//! fragment and xattr tables, and bounded readers for inodes, directory
+//! listings and data blocks. Every offset, count and size read from the image
+//! is checked before use; a failed check is an [`Error::Corrupt`]. No
+//! allocation is larger than what the image's own bytes can describe.
+
+use super::decompress::{Codec, Decoder};
+use crate::format::{
+    self, inode as itype, split_meta_ref, Superblock, DATA_UNCOMPRESSED, METADATA_SIZE,
+    METADATA_UNCOMPRESSED, NONE_U32, NONE_U64, SUPERBLOCK_SIZE,
+};
+use crate::{Error, Result};
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// A decompressed metadata table and where each of its blocks starts.
+#[derive(Default)]
+struct Table {
+    data: Vec<u8>,
+    /// Block start relative to the table's start → offset in `data`.
+    starts: HashMap<u64, usize>,
+}
+
+/// One fragment block: where it is and its stored size word.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Fragment {
+    pub start: u64,
+    pub size: u32,
+}
+
+/// What an inode is, with the type-specific fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Dir {
+        block: u32,
+        offset: u16,
+        /// Listing bytes (the stored size minus 3).
+        size: u32,
+    },
+    File(FileData),
+    Symlink(Vec<u8>),
+    BlockDev(u32),
+    CharDev(u32),
+    Fifo,
+    Socket,
+}
+
+/// Where a regular file's contents are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FileData {
+    pub size: u64,
+    /// Absolute offset of the first data block.
+    pub start: u64,
+    /// Size words of the full blocks (0 = a hole).
+    pub blocks: Vec<u32>,
+    /// (fragment index, offset in it) of the tail.
+    pub fragment: Option<(u32, u32)>,
+}
+
+/// A parsed inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Inode {
+    pub number: u32,
+    /// Permission bits (07777).
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: u32,
+    pub nlink: u32,
+    /// Index into the xattr id table, or [`NONE_U32`].
+    pub xattr: u32,
+    pub kind: Kind,
+}
+
+impl Inode {
+    /// The basic inode type (as directory entries store it).
+    pub(crate) fn basic_type(&self) -> u16 {
+        match self.kind {
+            Kind::Dir { .. } => itype::DIR,
+            Kind::File(_) => itype::FILE,
+            Kind::Symlink(_) => itype::SYMLINK,
+            Kind::BlockDev(_) => itype::BLOCK_DEV,
+            Kind::CharDev(_) => itype::CHAR_DEV,
+            Kind::Fifo => itype::FIFO,
+            Kind::Socket => itype::SOCKET,
+        }
+    }
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub name: Vec<u8>,
+    pub inode_ref: u64,
+    pub number: u32,
+    pub basic_type: u16,
+}
+
+/// A cursor over bytes; errors say which table ended early.
+struct Cur<'a> {
+    data: &'a [u8],
+    pos: usize,
+    what: &'static str,
+}
+
+impl<'a> Cur<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
+        match end {
+            Some(end) => {
+                let s = &self.data[self.pos..end];
+                self.pos = end;
+                Ok(s)
+            }
+            None => Err(format!(
+                "{} ends inside a record ({} bytes needed at {} of {})",
+                self.what,
+                n,
+                self.pos,
+                self.data.len()
+            )),
+        }
+    }
+
+    fn u16(&mut self) -> Result<u16, String> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        let b = self.take(8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    fn remaining(&self) -> usize {
+        self.data.len() - self.pos
+    }
+}
+
+/// An opened, checked image.
+pub(crate) struct Image {
+    pub path: PathBuf,
+    file: File,
+    pub sb: Superblock,
+    pub codec: Codec,
+    inodes: Table,
+    dirs: Table,
+    ids: Vec<u32>,
+    fragments: Vec<Fragment>,
+    xattr_ids: Vec<(u64, u32)>,
+    xattr_kv: Table,
+}
+
+impl Image {
+    /// Opens `path` and reads every table.
+    pub(crate) fn open(path: &Path) -> Result<Image> {
+        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("stat", path, e))?
+            .len();
+        let corrupt = |what: String| Error::Corrupt {
+            image: path.to_path_buf(),
+            what,
+        };
+        let mut head = [0u8; SUPERBLOCK_SIZE];
+        let got = read_full_at(&file, &mut head, 0).map_err(|e| Error::io("read", path, e))?;
+        let sb = Superblock::parse(&head[..got]).map_err(corrupt)?;
+        if sb.bytes_used > len {
+            return Err(corrupt(format!(
+                "truncated: {len} bytes, the superblock says {}",
+                sb.bytes_used
+            )));
+        }
+        let codec = Codec::from_id(sb.compressor).map_err(|(known, what)| {
+            if known {
+                Error::Unsupported {
+                    image: path.to_path_buf(),
+                    what,
+                }
+            } else {
+                Error::Corrupt {
+                    image: path.to_path_buf(),
+                    what,
+                }
+            }
+        })?;
+        let mut img = Image {
+            path: path.to_path_buf(),
+            file,
+            sb,
+            codec,
+            inodes: Table::default(),
+            dirs: Table::default(),
+            ids: Vec::new(),
+            fragments: Vec::new(),
+            xattr_ids: Vec::new(),
+            xattr_kv: Table::default(),
+        };
+        let mut dec = Decoder::new(codec);
+        img.read_ids(&mut dec)?;
+        img.read_fragments(&mut dec)?;
+        let xattr_end = img.read_xattrs(&mut dec)?;
+        // The directory table ends where the next table's first block starts.
+        let mut ends = vec![sb.bytes_used, sb.id_table, img.index_first(sb.id_table)?];
+        for t in [sb.fragment_table, sb.export_table, sb.xattr_id_table] {
+            if t != NONE_U64 {
+                ends.push(t);
+                ends.push(img.index_first(t).unwrap_or(t));
+            }
+        }
+        if let Some(x) = xattr_end {
+            ends.push(x);
+        }
+        let dir_end = ends
+            .into_iter()
+            .filter(|&e| e > sb.directory_table)
+            .min()
+            .unwrap_or(sb.bytes_used);
+        img.inodes = img.read_table(&mut dec, sb.inode_table, sb.directory_table, "inode table")?;
+        img.dirs = img.read_table(&mut dec, sb.directory_table, dir_end, "directory table")?;
+        Ok(img)
+    }
+
+    pub(crate) fn corrupt(&self, what: impl Into<String>) -> Error {
+        Error::Corrupt {
+            image: self.path.clone(),
+            what: what.into(),
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `offset`, which must lie inside the image.
+    fn read_at(&self, buf: &mut [u8], offset: u64, what: &str) -> Result<()> {
+        let end = offset.checked_add(buf.len() as u64);
+        if end.is_none_or(|e| e > self.sb.bytes_used) {
+            return Err(self.corrupt(format!(
+                "{what} at {offset} (+{}) lies past the end ({})",
+                buf.len(),
+                self.sb.bytes_used
+            )));
+        }
+        let got =
+            read_full_at(&self.file, buf, offset).map_err(|e| Error::io("read", &self.path, e))?;
+        if got != buf.len() {
+            return Err(self.corrupt(format!("{what} at {offset}: image file ends early")));
+        }
+        Ok(())
+    }
+
+    /// The first u64 of an index (a table's first metadata block).
+    fn index_first(&self, at: u64) -> Result<u64> {
+        let mut b = [0u8; 8];
+        self.read_at(&mut b, at, "table index")?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Reads the metadata block at `pos` (which must end by `end`) into
+    /// `out`; returns the position after it.
+    fn meta_block(
+        &self,
+        dec: &mut Decoder,
+        pos: u64,
+        end: u64,
+        out: &mut Vec<u8>,
+        what: &str,
+    ) -> Result<u64> {
+        let mut h = [0u8; 2];
+        if pos.checked_add(2).is_none_or(|p| p > end) {
+            return Err(self.corrupt(format!("{what}: metadata block at {pos} past its end")));
+        }
+        self.read_at(&mut h, pos, what)?;
+        let h = u16::from_le_bytes(h);
+        let len = usize::from(h & !METADATA_UNCOMPRESSED);
+        let next = pos + 2 + len as u64;
+        if len == 0 || len > METADATA_SIZE || next > end {
+            return Err(self.corrupt(format!(
+                "{what}: metadata block at {pos} has bad length {len}"
+            )));
+        }
+        let mut raw = vec![0u8; len];
+        self.read_at(&mut raw, pos + 2, what)?;
+        if h & METADATA_UNCOMPRESSED != 0 {
+            *out = raw;
+        } else {
+            dec.decompress(&raw, out, METADATA_SIZE)
+                .map_err(|e| self.corrupt(format!("{what}: metadata block at {pos}: {e}")))?;
+        }
+        Ok(next)
+    }
+
+    /// Reads all metadata blocks in `[start, end)`.
+    fn read_table(&self, dec: &mut Decoder, start: u64, end: u64, what: &str) -> Result<Table> {
+        let mut t = Table::default();
+        let mut pos = start;
+        let mut block = Vec::new();
+        while pos < end {
+            t.starts.insert(pos - start, t.data.len());
+            pos = self.meta_block(dec, pos, end, &mut block, what)?;
+            t.data.extend_from_slice(&block);
+        }
+        Ok(t)
+    }
+
+    /// Reads `len` bytes of a table stored as metadata blocks listed by the
+    /// u64 index at `index` (blocks must lie before `index`).
+    fn read_indexed(
+        &self,
+        dec: &mut Decoder,
+        index: u64,
+        len: usize,
+        what: &str,
+    ) -> Result<Vec<u8>> {
+        let n = len.div_ceil(METADATA_SIZE);
+        let mut raw = vec![0u8; 8 * n.min(self.sb.bytes_used as usize / 8 + 1)];
+        if raw.len() != 8 * n {
+            return Err(self.corrupt(format!("{what}: index of {n} blocks cannot fit")));
+        }
+        self.read_at(&mut raw, index, what)?;
+        let mut data = Vec::new();
+        let mut block = Vec::new();
+        for (i, p) in raw.chunks_exact(8).enumerate() {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(p);
+            let pos = u64::from_le_bytes(a);
+            self.meta_block(dec, pos, index, &mut block, what)?;
+            if i + 1 < n && block.len() != METADATA_SIZE {
+                return Err(self.corrupt(format!("{what}: short metadata block {i}")));
+            }
+            data.extend_from_slice(&block);
+        }
+        if data.len() < len {
+            return Err(self.corrupt(format!("{what}: {} bytes, {len} needed", data.len())));
+        }
+        data.truncate(len);
+        Ok(data)
+    }
+
+    fn read_ids(&mut self, dec: &mut Decoder) -> Result<()> {
+        let n = usize::from(self.sb.id_count);
+        if n == 0 {
+            return Err(self.corrupt("id table is empty"));
+        }
+        let raw = self.read_indexed(dec, self.sb.id_table, n * 4, "id table")?;
+        self.ids = raw
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Ok(())
+    }
+
+    fn read_fragments(&mut self, dec: &mut Decoder) -> Result<()> {
+        let n = self.sb.fragment_count as usize;
+        if self.sb.fragment_table == NONE_U64 || n == 0 {
+            return Ok(());
+        }
+        // 16 bytes per entry, each needing at least its share of the image.
+        if n as u64 > self.sb.bytes_used {
+            return Err(self.corrupt(format!("{n} fragments cannot fit")));
+        }
+        let raw = self.read_indexed(dec, self.sb.fragment_table, n * 16, "fragment table")?;
+        let mut c = Cur {
+            data: &raw,
+            pos: 0,
+            what: "fragment table",
+        };
+        for _ in 0..n {
+            let start = c.u64().map_err(|e| self.corrupt(e))?;
+            let size = c.u32().map_err(|e| self.corrupt(e))?;
+            c.u32().map_err(|e| self.corrupt(e))?;
+            self.fragments.push(Fragment { start, size });
+        }
+        Ok(())
+    }
+
+    /// Reads the xattr tables; returns where the key/value blocks start.
+    fn read_xattrs(&mut self, dec: &mut Decoder) -> Result<Option<u64>> {
+        let at = self.sb.xattr_id_table;
+        if at == NONE_U64 {
+            return Ok(None);
+        }
+        let mut h = [0u8; 16];
+        self.read_at(&mut h, at, "xattr id table")?;
+        let mut c = Cur {
+            data: &h,
+            pos: 0,
+            what: "xattr id table header",
+        };
+        let kv_start = c.u64().map_err(|e| self.corrupt(e))?;
+        let n = c.u32().map_err(|e| self.corrupt(e))? as usize;
+        if n == 0 {
+            return Ok(Some(kv_start));
+        }
+        if n as u64 > self.sb.bytes_used {
+            return Err(self.corrupt(format!("{n} xattr ids cannot fit")));
+        }
+        let raw = self.read_indexed(dec, at + 16, n * 16, "xattr id table")?;
+        let mut c = Cur {
+            data: &raw,
+            pos: 0,
+            what: "xattr id table",
+        };
+        for _ in 0..n {
+            let r = c.u64().map_err(|e| self.corrupt(e))?;
+            let count = c.u32().map_err(|e| self.corrupt(e))?;
+            c.u32().map_err(|e| self.corrupt(e))?;
+            self.xattr_ids.push((r, count));
+        }
+        let kv_end = self.index_first(at + 16)?;
+        if kv_start >= kv_end || kv_start < self.sb.directory_table {
+            return Err(self.corrupt("xattr table offsets out of order"));
+        }
+        self.xattr_kv = self.read_table(dec, kv_start, kv_end, "xattr table")?;
+        Ok(Some(kv_start))
+    }
+
+    /// Position in a table's data of a metadata reference.
+    fn locate(&self, t: &Table, r: u64, what: &str) -> Result<usize> {
+        locate(t, r, what).map_err(|e| self.corrupt(e))
+    }
+
+    /// The root directory's inode.
+    pub(crate) fn root(&self) -> Result<Inode> {
+        let root = self.inode(self.sb.root_inode)?;
+        if !matches!(root.kind, Kind::Dir { .. }) {
+            return Err(self.corrupt("the root inode is not a directory"));
+        }
+        Ok(root)
+    }
+
+    fn id(&self, index: u16) -> Result<u32, String> {
+        self.ids
+            .get(usize::from(index))
+            .copied()
+            .ok_or_else(|| format!("id index {index} out of range"))
+    }
+
+    /// Parses the inode at a metadata reference.
+    pub(crate) fn inode(&self, r: u64) -> Result<Inode> {
+        let pos = self.locate(&self.inodes, r, "inode")?;
+        let mut c = Cur {
+            data: &self.inodes.data,
+            pos,
+            what: "inode table",
+        };
+        self.parse_inode(&mut c).map_err(|e| self.corrupt(e))
+    }
+
+    fn parse_inode(&self, c: &mut Cur) -> Result<Inode, String> {
+        let typ = c.u16()?;
+        let mode = c.u16()?;
+        let uid = c.u16()?;
+        let gid = c.u16()?;
+        let mtime = c.u32()?;
+        let number = c.u32()?;
+        let mut xattr = NONE_U32;
+        let (nlink, kind) = match typ {
+            itype::DIR => {
+                let block = c.u32()?;
+                let nlink = c.u32()?;
+                let size = u32::from(c.u16()?);
+                let offset = c.u16()?;
+                c.u32()?; // parent
+                (nlink, dir_kind(block, offset, size)?)
+            }
+            itype::EXT_DIR => {
+                let nlink = c.u32()?;
+                let size = c.u32()?;
+                let block = c.u32()?;
+                c.u32()?; // parent
+                c.u16()?; // index count
+                let offset = c.u16()?;
+                xattr = c.u32()?;
+                (nlink, dir_kind(block, offset, size)?)
+            }
+            itype::FILE => {
+                let start = u64::from(c.u32()?);
+                let frag = c.u32()?;
+                let frag_off = c.u32()?;
+                let size = u64::from(c.u32()?);
+                (
+                    1,
+                    Kind::File(self.file_data(c, start, size, frag, frag_off)?),
+                )
+            }
+            itype::EXT_FILE => {
+                let start = c.u64()?;
+                let size = c.u64()?;
+                c.u64()?; // sparse bytes
+                let nlink = c.u32()?;
+                let frag = c.u32()?;
+                let frag_off = c.u32()?;
+                xattr = c.u32()?;
+                (
+                    nlink,
+                    Kind::File(self.file_data(c, start, size, frag, frag_off)?),
+                )
+            }
+            itype::SYMLINK | itype::EXT_SYMLINK => {
+                let nlink = c.u32()?;
+                let len = c.u32()? as usize;
+                let target = c.take(len)?.to_vec();
+                if typ == itype::EXT_SYMLINK {
+                    xattr = c.u32()?;
+                }
+                if target.is_empty() || target.contains(&0) {
+                    return Err("symlink target empty or containing NUL".into());
+                }
+                (nlink, Kind::Symlink(target))
+            }
+            itype::BLOCK_DEV | itype::CHAR_DEV | itype::EXT_BLOCK_DEV | itype::EXT_CHAR_DEV => {
+                let nlink = c.u32()?;
+                let rdev = c.u32()?;
+                if typ > itype::SOCKET {
+                    xattr = c.u32()?;
+                }
+                let kind = if typ % itype::EXT == itype::BLOCK_DEV {
+                    Kind::BlockDev(rdev)
+                } else {
+                    Kind::CharDev(rdev)
+                };
+                (nlink, kind)
+            }
+            itype::FIFO | itype::SOCKET | itype::EXT_FIFO | itype::EXT_SOCKET => {
+                let nlink = c.u32()?;
+                if typ > itype::SOCKET {
+                    xattr = c.u32()?;
+                }
+                let kind = if typ % itype::EXT == itype::FIFO {
+                    Kind::Fifo
+                } else {
+                    Kind::Socket
+                };
+                (nlink, kind)
+            }
+            other => return Err(format!("unknown inode type {other}")),
+        };
+        if xattr != NONE_U32 && xattr as usize >= self.xattr_ids.len() {
+            return Err(format!("xattr index {xattr} out of range"));
+        }
+        Ok(Inode {
+            number,
+            perm: u32::from(mode) & 0o7777,
+            uid: self.id(uid)?,
+            gid: self.id(gid)?,
+            mtime,
+            nlink,
+            xattr,
+            kind,
+        })
+    }
+
+    fn file_data(
+        &self,
+        c: &mut Cur,
+        start: u64,
+        size: u64,
+        frag: u32,
+        frag_off: u32,
+    ) -> Result<FileData, String> {
+        let bs = u64::from(self.sb.block_size);
+        let tail = size % bs;
+        let has_frag = frag != NONE_U32;
+        let n = if has_frag {
+            size / bs
+        } else {
+            size.div_ceil(bs)
+        };
+        if n > (c.remaining() / 4) as u64 {
+            return Err(format!("file of {size} bytes: block list past the table"));
+        }
+        let mut blocks = Vec::with_capacity(n as usize);
+        let mut end = start;
+        for _ in 0..n {
+            let w = c.u32()?;
+            let len = u64::from(w & !DATA_UNCOMPRESSED);
+            if w & !DATA_UNCOMPRESSED & !(DATA_UNCOMPRESSED - 1) != 0 || len > bs {
+                return Err(format!("data block size word {w:#x} invalid"));
+            }
+            end = end.checked_add(len).ok_or("file data offsets overflow")?;
+            blocks.push(w);
+        }
+        if end > self.sb.bytes_used {
+            return Err(format!("file data at {start}..{end} lies past the end"));
+        }
+        let fragment = if has_frag {
+            let f = self
+                .fragments
+                .get(frag as usize)
+                .ok_or(format!("fragment index {frag} out of range"))?;
+            if tail == 0
+                || u64::from(frag_off) + tail > bs
+                || f.size & !DATA_UNCOMPRESSED > self.sb.block_size
+            {
+                return Err(format!("fragment {frag} offset {frag_off} invalid"));
+            }
+            Some((frag, frag_off))
+        } else {
+            None
+        };
+        Ok(FileData {
+            size,
+            start,
+            blocks,
+            fragment,
+        })
+    }
+
+    /// The entries of a directory inode, in stored (sorted) order. Names are
+    /// returned as stored; callers check them.
+    pub(crate) fn entries(&self, dir: &Inode) -> Result<Vec<Entry>> {
+        let Kind::Dir {
+            block,
+            offset,
+            size,
+        } = dir.kind
+        else {
+            return Err(self.corrupt("listing a non-directory"));
+        };
+        if size == 0 {
+            return Ok(Vec::new());
+        }
+        let pos = self.locate(
+            &self.dirs,
+            format::meta_ref(u64::from(block), offset),
+            "directory",
+        )?;
+        let end = pos
+            .checked_add(size as usize)
+            .filter(|&e| e <= self.dirs.data.len())
+            .ok_or_else(|| self.corrupt("directory listing past the directory table"))?;
+        let mut c = Cur {
+            data: &self.dirs.data[..end],
+            pos,
+            what: "directory listing",
+        };
+        let mut out = Vec::new();
+        while c.remaining() > 0 {
+            self.parse_dir_run(&mut c, &mut out)
+                .map_err(|e| self.corrupt(e))?;
+        }
+        Ok(out)
+    }
+
+    fn parse_dir_run(&self, c: &mut Cur, out: &mut Vec<Entry>) -> Result<(), String> {
+        let count = c.u32()? as usize + 1;
+        let start = c.u32()?;
+        let base = c.u32()?;
+        if count > format::DIR_HEADER_MAX_ENTRIES {
+            return Err(format!("directory header with {count} entries"));
+        }
+        for _ in 0..count {
+            let offset = c.u16()?;
+            let delta = c.u16()? as i16;
+            let basic_type = c.u16()?;
+            let name_len = usize::from(c.u16()?) + 1;
+            if name_len > format::MAX_NAME {
+                return Err(format!("name of {name_len} bytes"));
+            }
+            let name = c.take(name_len)?.to_vec();
+            out.push(Entry {
+                name,
+                inode_ref: format::meta_ref(u64::from(start), offset),
+                number: base.wrapping_add_signed(i32::from(delta)),
+                basic_type,
+            });
+        }
+        Ok(())
+    }
+
+    /// The xattrs (full name, value) of an inode, in stored order.
+    pub(crate) fn xattrs(&self, inode: &Inode) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if inode.xattr == NONE_U32 {
+            return Ok(Vec::new());
+        }
+        let (r, count) = self.xattr_ids[inode.xattr as usize];
+        let pos = self.locate(&self.xattr_kv, r, "xattr")?;
+        let mut c = Cur {
+            data: &self.xattr_kv.data,
+            pos,
+            what: "xattr table",
+        };
+        let mut out = Vec::new();
+        for _ in 0..count {
+            out.push(self.parse_xattr(&mut c).map_err(|e| self.corrupt(e))?);
+        }
+        Ok(out)
+    }
+
+    fn parse_xattr(&self, c: &mut Cur) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let typ = c.u16()?;
+        let name_len = usize::from(c.u16()?);
+        let prefix = format::xattr::PREFIXES
+            .iter()
+            .find(|(t, _)| *t == typ & !format::xattr::VALUE_OOL)
+            .map(|(_, p)| *p)
+            .ok_or(format!("xattr type {typ:#x} unknown"))?;
+        let mut name = prefix.as_bytes().to_vec();
+        name.extend_from_slice(c.take(name_len)?);
+        if name_len == 0 || name.contains(&0) {
+            return Err("xattr name empty or containing NUL".into());
+        }
+        let vlen = c.u32()? as usize;
+        let value = c.take(vlen)?;
+        if typ & format::xattr::VALUE_OOL == 0 {
+            return Ok((name, value.to_vec()));
+        }
+        if vlen != 8 {
+            return Err("out-of-line xattr reference of a bad size".into());
+        }
+        let mut a = [0u8; 8];
+        a.copy_from_slice(value);
+        let pos = locate(&self.xattr_kv, u64::from_le_bytes(a), "xattr value")?;
+        let mut v = Cur {
+            data: &self.xattr_kv.data,
+            pos,
+            what: "xattr table",
+        };
+        let vlen = v.u32()? as usize;
+        Ok((name, v.take(vlen)?.to_vec()))
+    }
+
+    /// Calls `f(offset, bytes)` for each piece of a file's contents in
+    /// order; holes are passed as `None` with their length. `buf`/`raw` are
+    /// scratch buffers reused between calls.
+    pub(crate) fn read_blocks(
+        &self,
+        dec: &mut Decoder,
+        file: &FileData,
+        range: std::ops::Range<usize>,
+        scratch: &mut Scratch,
+        mut f: impl FnMut(u64, Piece) -> Result<()>,
+    ) -> Result<()> {
+        let bs = u64::from(self.sb.block_size);
+        let mut pos = file.start;
+        for w in &file.blocks[..range.start] {
+            pos += u64::from(w & !DATA_UNCOMPRESSED);
+        }
+        for i in range {
+            let w = file.blocks[i];
+            let offset = i as u64 * bs;
+            let expect = (file.size - offset).min(bs) as usize;
+            let len = u64::from(w & !DATA_UNCOMPRESSED);
+            if len == 0 {
+                f(offset, Piece::Hole(expect as u64))?;
+                continue;
+            }
+            self.block(dec, pos, w, bs as usize, scratch)?;
+            pos += len;
+            if scratch.out.len() != expect {
+                return Err(self.corrupt(format!(
+                    "data block at {offset} of a file decompresses to {} bytes, {expect} expected",
+                    scratch.out.len()
+                )));
+            }
+            f(offset, Piece::Data(&scratch.out))?;
+        }
+        Ok(())
+    }
+
+    /// Reads and decompresses one data or fragment block into `scratch.out`.
+    pub(crate) fn block(
+        &self,
+        dec: &mut Decoder,
+        pos: u64,
+        word: u32,
+        limit: usize,
+        scratch: &mut Scratch,
+    ) -> Result<()> {
+        let len = (word & !DATA_UNCOMPRESSED) as usize;
+        scratch.raw.resize(len, 0);
+        self.read_at(&mut scratch.raw, pos, "data block")?;
+        if word & DATA_UNCOMPRESSED != 0 {
+            std::mem::swap(&mut scratch.raw, &mut scratch.out);
+            return Ok(());
+        }
+        dec.decompress(&scratch.raw, &mut scratch.out, limit)
+            .map_err(|e| self.corrupt(format!("data block at {pos}: {e}")))
+    }
+
+    /// Decompresses a whole fragment block.
+    pub(crate) fn fragment(&self, dec: &mut Decoder, index: u32) -> Result<Vec<u8>> {
+        let f = self.fragments[index as usize];
+        let mut s = Scratch::default();
+        self.block(dec, f.start, f.size, self.sb.block_size as usize, &mut s)?;
+        Ok(s.out)
+    }
+
+    /// The tail of a file from its fragment block.
+    pub(crate) fn tail<'a>(&self, file: &FileData, frag: &'a [u8]) -> Result<&'a [u8]> {
+        let bs = u64::from(self.sb.block_size);
+        let tail = (file.size % bs) as usize;
+        let off = file.fragment.map_or(0, |(_, o)| o as usize);
+        frag.get(off..off + tail)
+            .ok_or_else(|| self.corrupt(format!("file tail {off}+{tail} past its fragment")))
+    }
+}
+
+/// A piece of file contents.
+pub(crate) enum Piece<'a> {
+    Data(&'a [u8]),
+    Hole(u64),
+}
+
+/// Reusable buffers for block reads.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    raw: Vec<u8>,
+    pub out: Vec<u8>,
+}
+
+/// Position in a table's data of a metadata reference.
+fn locate(t: &Table, r: u64, what: &str) -> Result<usize, String> {
+    let (block, offset) = split_meta_ref(r);
+    let pos = t
+        .starts
+        .get(&block)
+        .map(|&s| s + usize::from(offset))
+        .filter(|&p| p < t.data.len());
+    pos.ok_or_else(|| format!("{what} reference {block}:{offset} is invalid"))
+}
+
+fn dir_kind(block: u32, offset: u16, size: u32) -> Result<Kind, String> {
+    if size < 3 {
+        return Err(format!("directory size {size} below 3"));
+    }
+    Ok(Kind::Dir {
+        block,
+        offset,
+        size: size - 3,
+    })
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+pub(crate) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}

@@ -1,0 +1,552 @@
+//! The writer's data pass: file contents stream through a pipeline of
+//!
+//! * one reader thread, which reads files in inode order, cuts them into
+//!   blocks, recognises all-zero blocks (stored as holes: size 0, no data),
+//!   packs file tails shorter than a block into shared fragment blocks and
+//!   skips files whose content was packed already (duplicates);
+//! * N compression threads (one per core by default);
+//! * the calling thread, which writes blocks in order (a reorder buffer
+//!   puts them back into sequence) and reports progress.
+//!
+//! Memory stays bounded: a block enters the pipeline only with one of a
+//! fixed number of tokens, which the writer hands back once the block is on
+//! disk, so at most `4 × threads + 4` blocks are in flight.
+//!
+//! Duplicates: only files whose size equals another file's can be
+//! duplicates; those are hashed first (SipHash over the content) and a hash
+//! match is confirmed by comparing the bytes of both files, so identical
+//! content is stored once and different content never shared.
+
+use super::codec::Codec;
+use super::scan::{Kind, Tree};
+use crate::format::NONE_U32;
+use crate::{Compressor, Error, Progress, ProgressFn, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::hash::Hasher;
+use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Where a file's data went.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct FileData {
+    /// Image offset of the first block.
+    pub start: u64,
+    /// Size word of each full block (0 = hole).
+    pub sizes: Vec<u32>,
+    /// Fragment block index and offset of the tail, or `NONE_U32`.
+    pub fragment: u32,
+    pub offset: u32,
+    /// Bytes stored as holes.
+    pub sparse: u64,
+}
+
+/// The output of the data pass.
+pub(crate) struct Data {
+    /// By node index (regular files only).
+    pub files: HashMap<usize, FileData>,
+    /// (image offset, size word) of each fragment block.
+    pub fragments: Vec<(u64, u32)>,
+    pub bytes_in: u64,
+}
+
+/// The image file being written, with its current offset.
+pub(crate) struct Out {
+    pub file: BufWriter<File>,
+    pub pos: u64,
+    pub path: PathBuf,
+}
+
+impl Out {
+    pub(crate) fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.file
+            .write_all(bytes)
+            .map_err(|e| Error::io("write", &self.path, e))?;
+        self.pos += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+/// How the data pass runs.
+pub(crate) struct Settings<'a> {
+    pub compressor: Compressor,
+    pub block_size: u32,
+    pub threads: usize,
+    pub progress: Option<ProgressFn<'a>>,
+}
+
+/// What a block is.
+#[derive(Clone, Copy)]
+enum Target {
+    /// A full block of a file (node index); `hole`: all zeros.
+    Block {
+        node: usize,
+        hole: bool,
+    },
+    Fragment,
+}
+
+/// A block on its way to the writer.
+struct Job {
+    seq: u64,
+    target: Target,
+    data: Vec<u8>,
+    /// Uncompressed length.
+    raw_len: u32,
+    /// Size word once compressed (0 for a hole).
+    size_word: u32,
+}
+
+/// What the reader decided besides the blocks.
+#[derive(Default)]
+struct ReaderOut {
+    /// node → (fragment index, offset) of its tail.
+    tails: HashMap<usize, (u32, u32)>,
+    /// node → node whose data it shares.
+    duplicates: HashMap<usize, usize>,
+}
+
+/// Writes the contents of every regular file of `tree` to `out`.
+pub(crate) fn write_data(tree: &Tree, out: &mut Out, settings: &Settings) -> Result<Data> {
+    let threads = match settings.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let in_flight = 4 * threads + 4;
+    let (job_tx, job_rx) = sync_channel::<Job>(in_flight);
+    let job_rx = Mutex::new(job_rx);
+    let (done_tx, done_rx) = sync_channel::<Result<Job>>(in_flight);
+    let (token_tx, token_rx) = sync_channel::<()>(in_flight);
+    for _ in 0..in_flight {
+        // Cannot fail: the channel has room for every token.
+        let _ = token_tx.try_send(());
+    }
+    let files_done = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        let reader =
+            s.spawn(|| read_files(tree, settings.block_size, job_tx, token_rx, &files_done));
+        for _ in 0..threads {
+            let done_tx = done_tx.clone();
+            let job_rx = &job_rx;
+            s.spawn(move || compress_blocks(settings, job_rx, done_tx));
+        }
+        drop(done_tx);
+        let written = write_blocks(out, done_rx, token_tx, settings, tree, &files_done);
+        let read = reader.join().unwrap_or_else(|_| {
+            Err(Error::Codec {
+                codec: "reader",
+                what: "thread panicked".into(),
+            })
+        });
+        // A writer error stops the reader: report the writer's.
+        let (mut data, read) = match (written, read) {
+            (Err(e), _) | (Ok(_), Err(e)) => return Err(e),
+            (Ok(data), Ok(read)) => (data, read),
+        };
+        for (node, (index, offset)) in read.tails {
+            let entry = data.files.entry(node).or_default();
+            entry.fragment = index;
+            entry.offset = offset;
+        }
+        for (node, original) in read.duplicates {
+            let shared = data.files.get(&original).cloned().unwrap_or_default();
+            data.files.insert(node, shared);
+        }
+        Ok(data)
+    })
+}
+
+/// Compression thread: compresses jobs until the reader is done.
+fn compress_blocks(
+    settings: &Settings,
+    jobs: &Mutex<Receiver<Job>>,
+    done: SyncSender<Result<Job>>,
+) {
+    let mut codec = match Codec::new(settings.compressor, settings.block_size) {
+        Ok(codec) => codec,
+        Err(e) => {
+            let _ = done.send(Err(e));
+            return;
+        }
+    };
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(mut job) = job else { return };
+        let result = match job.target {
+            Target::Block { hole: true, .. } => Ok(job),
+            _ => codec
+                .data_block(std::mem::take(&mut job.data))
+                .map(|(bytes, size)| {
+                    job.data = bytes;
+                    job.size_word = size;
+                    job
+                }),
+        };
+        if done.send(result).is_err() {
+            return;
+        }
+    }
+}
+
+/// The writer: puts compressed blocks into the image in sequence.
+fn write_blocks(
+    out: &mut Out,
+    done: Receiver<Result<Job>>,
+    tokens: SyncSender<()>,
+    settings: &Settings,
+    tree: &Tree,
+    files_done: &AtomicU64,
+) -> Result<Data> {
+    let mut data = Data {
+        files: HashMap::new(),
+        fragments: Vec::new(),
+        bytes_in: 0,
+    };
+    let mut pending = BTreeMap::new();
+    let mut next = 0u64;
+    let mut last_report = Instant::now();
+    let block_size = u64::from(settings.block_size);
+    for job in done {
+        let job = job?;
+        pending.insert(job.seq, job);
+        while let Some(job) = pending.remove(&next) {
+            next += 1;
+            match job.target {
+                Target::Block { node, hole } => {
+                    let file = data.files.entry(node).or_insert_with(|| FileData {
+                        start: out.pos,
+                        fragment: NONE_U32,
+                        ..FileData::default()
+                    });
+                    file.sizes.push(job.size_word);
+                    if hole {
+                        file.sparse += block_size;
+                    }
+                }
+                Target::Fragment => data.fragments.push((out.pos, job.size_word)),
+            }
+            data.bytes_in += u64::from(job.raw_len);
+            out.write(&job.data)?;
+            // Cannot fail while the reader holds fewer tokens than capacity.
+            let _ = tokens.try_send(());
+        }
+        if let Some(progress) = settings.progress {
+            if last_report.elapsed() >= Duration::from_millis(250) {
+                last_report = Instant::now();
+                progress(&Progress {
+                    entries: files_done.load(Ordering::Relaxed),
+                    bytes: data.bytes_in,
+                    total_bytes: Some(tree.total_bytes),
+                });
+            }
+        }
+    }
+    if !pending.is_empty() {
+        return Err(Error::Codec {
+            codec: "writer",
+            what: format!("block {next} never arrived"),
+        });
+    }
+    Ok(data)
+}
+
+/// Reader state.
+struct Reader {
+    block_size: usize,
+    jobs: SyncSender<Job>,
+    tokens: Receiver<()>,
+    seq: u64,
+    fragments: Fragments,
+    out: ReaderOut,
+}
+
+/// The reader thread: streams every distinct file's blocks into the
+/// pipeline, in writing order.
+fn read_files(
+    tree: &Tree,
+    block_size: u32,
+    jobs: SyncSender<Job>,
+    tokens: Receiver<()>,
+    files_done: &AtomicU64,
+) -> Result<ReaderOut> {
+    let mut r = Reader {
+        block_size: block_size as usize,
+        jobs,
+        tokens,
+        seq: 0,
+        fragments: Fragments::new(block_size as usize),
+        out: ReaderOut::default(),
+    };
+    let mut size_count: HashMap<u64, u32> = HashMap::new();
+    for node in &tree.nodes {
+        if let Kind::File { size, .. } = node.kind {
+            *size_count.entry(size).or_default() += 1;
+        }
+    }
+    // (size, content hash) → nodes packed with that content.
+    let mut seen: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
+    for &node in &tree.order {
+        let Kind::File { path, size } = &tree.nodes[node].kind else {
+            continue;
+        };
+        files_done.fetch_add(1, Ordering::Relaxed);
+        if *size == 0 {
+            continue;
+        }
+        if size_count.get(size).copied().unwrap_or(0) > 1 {
+            let key = (*size, hash_file(path, *size)?);
+            let candidates = seen.entry(key).or_default();
+            let mut original = None;
+            for &cand in candidates.iter() {
+                if let Kind::File { path: other, .. } = &tree.nodes[cand].kind {
+                    if same_content(path, other)? {
+                        original = Some(cand);
+                        break;
+                    }
+                }
+            }
+            if let Some(original) = original {
+                r.out.duplicates.insert(node, original);
+                continue;
+            }
+            candidates.push(node);
+        }
+        r.read_file(node, path, *size)?;
+    }
+    if let Some(last) = r.fragments.finish() {
+        r.send_fragment(last)?;
+    }
+    Ok(r.out)
+}
+
+impl Reader {
+    /// Queues a block, waiting for a token.
+    fn send(&mut self, target: Target, data: Vec<u8>, raw_len: u32) -> Result<()> {
+        let stopped = || Error::Codec {
+            codec: "writer",
+            what: "stopped".into(),
+        };
+        self.tokens.recv().map_err(|_| stopped())?;
+        let job = Job {
+            seq: self.seq,
+            target,
+            data,
+            raw_len,
+            size_word: 0,
+        };
+        self.seq += 1;
+        self.jobs.send(job).map_err(|_| stopped())
+    }
+
+    fn send_fragment(&mut self, data: Vec<u8>) -> Result<()> {
+        let len = data.len() as u32;
+        self.send(Target::Fragment, data, len)
+    }
+
+    /// Streams one file: full blocks to the compressors, the tail into
+    /// the fragment block.
+    fn read_file(&mut self, node: usize, path: &Path, size: u64) -> Result<()> {
+        let mut file = open_nofollow(path)?;
+        let mut left = size;
+        while left > 0 {
+            let len = left.min(self.block_size as u64) as usize;
+            let mut block = vec![0u8; len];
+            read_full(&mut file, &mut block, path, size)?;
+            left -= len as u64;
+            if len < self.block_size {
+                let (place, full) = self.fragments.add(&block);
+                if let Some(full) = full {
+                    self.send_fragment(full)?;
+                }
+                self.out.tails.insert(node, place);
+            } else {
+                let hole = block.iter().all(|&b| b == 0);
+                let data = if hole { Vec::new() } else { block };
+                self.send(Target::Block { node, hole }, data, len as u32)?;
+            }
+        }
+        let mut extra = [0u8; 1];
+        if file
+            .read(&mut extra)
+            .map_err(|e| Error::io("read", path, e))?
+            != 0
+        {
+            return Err(changed(path, size));
+        }
+        Ok(())
+    }
+}
+
+/// Packs file tails into fragment blocks, in order, back to back: a block
+/// is closed when the next tail does not fit, so only its unused end (not
+/// stored: blocks are as long as their content) separates tails.
+struct Fragments {
+    block_size: usize,
+    /// The block being filled and its index.
+    current: Vec<u8>,
+    index: u32,
+}
+
+impl Fragments {
+    fn new(block_size: usize) -> Self {
+        Fragments {
+            block_size,
+            current: Vec::new(),
+            index: 0,
+        }
+    }
+
+    /// Adds a tail (shorter than a block): returns its (fragment index,
+    /// offset) and the block closed to make room, if any.
+    fn add(&mut self, tail: &[u8]) -> ((u32, u32), Option<Vec<u8>>) {
+        let mut full = None;
+        if self.current.len() + tail.len() > self.block_size {
+            full = Some(std::mem::take(&mut self.current));
+            self.index += 1;
+        }
+        // Offsets are below the block size (at most 1 MiB).
+        let place = (self.index, self.current.len() as u32);
+        self.current.extend_from_slice(tail);
+        (place, full)
+    }
+
+    /// The last, partly filled block, if any.
+    fn finish(&mut self) -> Option<Vec<u8>> {
+        (!self.current.is_empty()).then(|| std::mem::take(&mut self.current))
+    }
+}
+
+/// Opens a regular file for reading without following a symlink.
+fn open_nofollow(path: &Path) -> Result<File> {
+    let file = File::options()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| Error::io("open", path, e))?;
+    let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+    if !meta.is_file() {
+        return Err(Error::Changed {
+            path: path.to_path_buf(),
+            what: "no longer a regular file".into(),
+        });
+    }
+    Ok(file)
+}
+
+fn changed(path: &Path, size: u64) -> Error {
+    Error::Changed {
+        path: path.to_path_buf(),
+        what: format!("its size changed (was {size} bytes)"),
+    }
+}
+
+/// Fills `buf` from `file`; a short file changed size (from `size`).
+fn read_full(file: &mut File, buf: &mut [u8], path: &Path, size: u64) -> Result<()> {
+    let mut at = 0;
+    while at < buf.len() {
+        match file.read(&mut buf[at..]) {
+            Ok(0) => return Err(changed(path, size)),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("read", path, e)),
+        }
+    }
+    Ok(())
+}
+
+/// SipHash of a file's first `size` bytes.
+fn hash_file(path: &Path, size: u64) -> Result<u64> {
+    let mut file = open_nofollow(path)?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut left = size;
+    while left > 0 {
+        let len = left.min(buf.len() as u64) as usize;
+        read_full(&mut file, &mut buf[..len], path, size)?;
+        hasher.write(&buf[..len]);
+        left -= len as u64;
+    }
+    Ok(hasher.finish())
+}
+
+/// Whether two files (of equal size) have the same bytes.
+fn same_content(a: &Path, b: &Path) -> Result<bool> {
+    let (mut fa, mut fb) = (open_nofollow(a)?, open_nofollow(b)?);
+    let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    loop {
+        let na = read_some(&mut fa, &mut ba, a)?;
+        if na == 0 {
+            return Ok(read_some(&mut fb, &mut bb[..1], b)? == 0);
+        }
+        let mut nb = 0;
+        while nb < na {
+            let got = read_some(&mut fb, &mut bb[nb..na], b)?;
+            if got == 0 {
+                return Ok(false);
+            }
+            nb += got;
+        }
+        if ba[..na] != bb[..na] {
+            return Ok(false);
+        }
+    }
+}
+
+fn read_some(file: &mut File, buf: &mut [u8], path: &Path) -> Result<usize> {
+    loop {
+        match file.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            other => return other.map_err(|e| Error::io("read", path, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tails_pack_back_to_back_into_fragments() {
+        let mut f = Fragments::new(100);
+        assert_eq!(f.add(&[1; 30]), ((0, 0), None));
+        assert_eq!(f.add(&[2; 70]), ((0, 30), None), "fills exactly");
+        let (place, full) = f.add(&[3; 1]);
+        assert_eq!(place, (1, 0));
+        let full = full.unwrap();
+        assert_eq!(full.len(), 100);
+        assert_eq!((full[29], full[30], full[99]), (1, 2, 2));
+        assert_eq!(f.add(&[4; 60]), ((1, 1), None));
+        let (place, full) = f.add(&[5; 40]);
+        assert_eq!(place, (2, 0), "61 + 40 > 100");
+        assert_eq!(full.map(|b| b.len()), Some(61));
+        assert_eq!(f.finish(), Some(vec![5; 40]));
+        assert_eq!(f.finish(), None);
+    }
+
+    #[test]
+    fn duplicates_are_confirmed_byte_by_byte() {
+        let dir = std::env::temp_dir().join(format!("ramstick-dup-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (a, b, c) = (dir.join("a"), dir.join("b"), dir.join("c"));
+        let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&a, &content).unwrap();
+        std::fs::write(&b, &content).unwrap();
+        let mut other = content.clone();
+        other[199_999] ^= 1;
+        std::fs::write(&c, &other).unwrap();
+        let size = content.len() as u64;
+        assert_eq!(hash_file(&a, size).unwrap(), hash_file(&b, size).unwrap());
+        assert_ne!(hash_file(&a, size).unwrap(), hash_file(&c, size).unwrap());
+        assert!(same_content(&a, &b).unwrap());
+        assert!(!same_content(&a, &c).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

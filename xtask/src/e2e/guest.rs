@@ -1,0 +1,134 @@
+//! What every e2e scenario shares about the guest: timeouts, prompts, GRUB
+//! entries, and the checks of a boot (shell reached, boot record, emergency
+//! shell, a poweroff that saves).
+
+use super::Ctx;
+use crate::qemu::Vm;
+use anyhow::{bail, ensure, Context, Result};
+use ramstick_common::bootinfo::BootInfo;
+use std::path::Path;
+use std::time::Duration;
+
+/// From the GRUB menu to a shell prompt under TCG (GRUB ~5 s, kernel + init 15-40 s).
+pub const BOOT: Duration = Duration::from_secs(180);
+/// One shell command.
+pub const CMD: Duration = Duration::from_secs(60);
+/// The busybox rootfs's root shell prompt on ttyS0 (PS1 'ramstick:\w# ' in /).
+pub const PROMPT: &str = "ramstick:/# ";
+/// The prompt of init's emergency shell.
+pub const EMERGENCY_PROMPT: &str = "(initramfs) # ";
+/// GRUB menu entries, in menu order.
+pub const ENTRY_DEFAULT: usize = 0;
+pub const ENTRY_BACKUP: usize = 1;
+pub const ENTRY_CLEAN: usize = 2;
+pub const ENTRY_TMPFS: usize = 3;
+/// The file the test upper images carry.
+/// A save of a small session under TCG, then the machine's power-off.
+pub const SAVE: Duration = Duration::from_secs(300);
+/// Where init puts the saver in the running system.
+pub const SAVER: &str = "/run/ramstick/bin/saver";
+/// What the saver prints after writing the session image.
+pub const SAVED: &str = "saver: saved the session";
+
+/// Boot `disk` with GRUB entry `entry` and wait for the rootfs shell.
+pub fn boot_to_shell(ctx: &mut Ctx, disk: &Path, entry: usize) -> Result<Vm> {
+    let mut vm = ctx.boot(disk, false)?;
+    vm.select_entry(entry)?;
+    wait_shell(&mut vm)?;
+    Ok(vm)
+}
+
+/// `poweroff`, expecting `message` from the saver on the console on the way down.
+pub fn poweroff_expecting(vm: &mut Vm, message: &str) -> Result<()> {
+    vm.sendline("poweroff")?;
+    vm.expect(message, SAVE)
+        .with_context(|| format!("the saver did not print {message:?} at poweroff"))?;
+    let status = vm.wait_exit(SAVE)?;
+    ensure!(status.success(), "QEMU exited with {status}");
+    Ok(())
+}
+
+/// Wait for the rootfs shell prompt; fail early on a failed boot.
+pub fn wait_shell(vm: &mut Vm) -> Result<()> {
+    let seen = vm.expect_any(
+        &[PROMPT, "BOOT FAILED", "Kernel panic", "rebooting in"],
+        BOOT,
+    )?;
+    if seen == 0 {
+        return check_boot_record(vm);
+    }
+    let rest = vm.expect("\n", CMD).unwrap_or_default();
+    let what = ["", "BOOT FAILED", "Kernel panic", "rebooting in"][seen];
+    bail!(
+        "boot did not reach the shell: {what}{} (console log {})",
+        rest.trim_end(),
+        vm.log_path().display()
+    );
+}
+
+/// Every boot leaves boot.json with the phase timings, and the timings in kmsg.
+pub fn check_boot_record(vm: &mut Vm) -> Result<()> {
+    let info = boot_info(vm)?;
+    for phase in ["modules", "device_wait", "unpack", "mounts", "total"] {
+        ensure!(
+            info.timings_ms.contains_key(phase),
+            "boot.json has no {phase} timing: {info:?}"
+        );
+    }
+    let log = vm.run("dmesg | grep 'ramstick: '", CMD)?;
+    ensure!(
+        log.lines()
+            .any(|l| l.contains("timings:") && mentions_millis(l)),
+        "no phase timings among init's kernel log lines:\n{log}"
+    );
+    Ok(())
+}
+
+/// Expect init to fail with a line containing `mention`, then use its
+/// emergency shell. Returns the failure line.
+pub fn expect_emergency_shell(vm: &mut Vm, mention: &str) -> Result<String> {
+    let line = vm.expect_line("BOOT FAILED", BOOT)?;
+    ensure!(
+        line.contains(mention),
+        "the failure line does not mention {mention:?}: {line:?}"
+    );
+    let next = vm.expect_any(&["starting emergency shell", "rebooting in"], CMD)?;
+    ensure!(
+        next == 0,
+        "init reboots instead of starting the emergency shell"
+    );
+    vm.expect(EMERGENCY_PROMPT, CMD)?;
+    let out = vm.run("echo EMERG-$((2+3))", CMD)?;
+    ensure!(out.trim() == "EMERG-5", "emergency shell printed {out:?}");
+    Ok(line)
+}
+
+pub fn boot_info(vm: &mut Vm) -> Result<BootInfo> {
+    let json = vm.run("cat /run/ramstick/boot.json", CMD)?;
+    BootInfo::from_json(&json).with_context(|| format!("parsing boot.json: {json}"))
+}
+
+/// True when `line` has a number followed by "ms" (like "modules: 120 ms" or "120ms").
+fn mentions_millis(line: &str) -> bool {
+    let b = line.as_bytes();
+    (0..b.len()).any(|i| {
+        b[i..].starts_with(b"ms")
+            && b[..i]
+                .trim_ascii_end()
+                .last()
+                .is_some_and(u8::is_ascii_digit)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_millisecond_timings() {
+        assert!(mentions_millis("[ 3.1] ramstick: modules loaded in 120 ms"));
+        assert!(mentions_millis("ramstick: timings: total=830ms"));
+        assert!(!mentions_millis("ramstick: mounting /persist (ms-dos?)"));
+        assert!(!mentions_millis("ramstick: starting"));
+    }
+}
