@@ -372,7 +372,10 @@ fn squashfs_first_half(image: &[u8]) -> Result<&[u8]> {
 
 /// The xtask sources that decide how images are built: all but the QEMU/e2e/test runners.
 fn is_image_source(name: &str) -> bool {
-    !matches!(name, "qemu.rs" | "e2e.rs" | "testall.rs" | "e2e")
+    !matches!(
+        name,
+        "qemu.rs" | "e2e.rs" | "testall.rs" | "e2e" | "bench.rs" | "bench" | "fuzz.rs"
+    )
 }
 
 /// Hash of everything every e2e image is built from.
