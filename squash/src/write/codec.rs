@@ -159,15 +159,7 @@ mod tests {
         let (packed, size) = c.data_block(text.clone()).unwrap();
         assert_eq!(size as usize, packed.len());
         assert!(packed.len() < text.len());
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let noise: Vec<u8> = (0..4096)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let noise = ramstick_testkit::noise(4096, false);
         let (raw, size) = c.data_block(noise.clone()).unwrap();
         assert!(raw == noise, "noise was not stored as is");
         assert_eq!(size, 4096 | DATA_UNCOMPRESSED);

@@ -205,15 +205,7 @@ mod tests {
         m.push(&text, &mut c).unwrap();
         let (block, offset) = m.position();
         assert_eq!(offset as usize, 10_000 - METADATA_SIZE);
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let noise: Vec<u8> = (0..9000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let noise = ramstick_testkit::noise(9000, false);
         m.push(&noise, &mut c).unwrap();
         let (out, starts) = m.finish(&mut c).unwrap();
         assert_eq!(starts.len(), 3);
