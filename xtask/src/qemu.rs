@@ -26,8 +26,10 @@ const SMP: &str = "2";
 pub const GRUB_FIRST_ENTRY: &str = "ramstick (default)";
 /// How long GRUB may take to show its menu (OVMF under TCG is slow).
 const MENU_TIMEOUT: Duration = Duration::from_secs(120);
-/// The Down-arrow key as a VT100 terminal sends it.
-const KEY_DOWN: &str = "\x1b[B";
+/// GRUB's menu key for "next entry". Not the Down arrow: its escape sequence
+/// can reach GRUB split under load, and a lone ESC leaves the menu for the
+/// GRUB command line.
+const KEY_DOWN: &str = "v";
 /// How many bytes of output an error message shows.
 const TAIL_BYTES: usize = 2000;
 
