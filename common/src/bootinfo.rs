@@ -1,30 +1,61 @@
 //! `/run/ramstick/boot.json`: what init did, for the saver and `saver status`.
 
-use crate::cmdline::BootType;
+use crate::chain::LayerFailure;
+use crate::cmdline::{BootType, LayersMode};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Where init records the boot for the saver.
 pub const BOOT_JSON: &str = "/run/ramstick/boot.json";
 
+/// What the stick held of the saved state when it booted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum SavedState {
+    /// The layered layout; the manifest generation that was read.
+    Manifest { generation: u64 },
+    /// `upperfs.squashfs` / `upperfs-backup.squashfs` (converted by the first save).
+    Legacy,
+    /// A manifest that could not be read: nothing may be saved over it.
+    Damaged { why: String },
+    /// Nothing saved yet.
+    Nothing,
+}
+
+/// One layer the boot uses, bottom first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsedLayer {
+    pub name: String,
+    /// Path relative to /persist.
+    pub file: String,
+    pub size: u64,
+    /// Loop-mounted from the stick, or unpacked into RAM.
+    pub how: LayersMode,
+}
+
 /// The record init writes at the end of a boot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BootInfo {
     /// Boot type asked on the command line.
     pub asked: BootType,
-    /// Boot type actually used after the fallback chain.
+    /// The boot type whose chain is used (`clean` when no layer is).
     pub used: BootType,
-    /// Image unpacked into the upper (relative to /persist), if any.
-    pub image: Option<String>,
-    /// Size in bytes of that image.
-    pub image_size: Option<u64>,
-    /// Why an image was skipped, in fallback order (e.g. "upperfs.squashfs: missing").
-    pub reasons: Vec<String>,
+    /// How the command line asked the layers to be assembled.
+    pub layers_mode: LayersMode,
+    pub saved: SavedState,
+    /// The chain the asked boot type names (bottom first).
+    pub asked_chain: Vec<String>,
+    /// The layers in use (the longest prefix that worked).
+    pub layers: Vec<UsedLayer>,
+    /// Layers tried and not used, with the failure class of each.
+    pub failures: Vec<LayerFailure>,
+    /// Other notes on the boot, for people (e.g. a fall back from ram to mount).
+    pub notes: Vec<String>,
     /// Milliseconds spent in each phase, plus "total".
     pub timings_ms: BTreeMap<String, u64>,
     /// Kernel version the boot ran.
     pub kernel: String,
-    /// "zram" or "tmpfs".
+    /// "zram0", "tmpfs", …
     pub upper: String,
     /// Command-line problems reported during the boot.
     pub problems: Vec<String>,
@@ -39,11 +70,22 @@ impl BootInfo {
     pub fn from_json(s: &str) -> Result<Self, serde_json::Error> {
         serde_json::from_str(s)
     }
+
+    /// The names of the layers in use, bottom first.
+    pub fn layer_names(&self) -> Vec<String> {
+        self.layers.iter().map(|l| l.name.clone()).collect()
+    }
+
+    /// True when boot used less than the asked chain (a layer failed).
+    pub fn partial(&self) -> bool {
+        !self.failures.is_empty()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain::FailureClass;
 
     #[test]
     fn round_trips_through_json() {
@@ -51,17 +93,32 @@ mod tests {
         timings.insert("modules".to_string(), 120);
         let info = BootInfo {
             asked: BootType::Default,
-            used: BootType::Backup,
-            image: Some("upperfs-backup.squashfs".into()),
-            image_size: Some(4096),
-            reasons: vec!["upperfs.squashfs: cannot read: Input/output error".into()],
+            used: BootType::Default,
+            layers_mode: LayersMode::Mount,
+            saved: SavedState::Manifest { generation: 4 },
+            asked_chain: vec!["layer-000001.squashfs".into(), "layer-000002.squashfs".into()],
+            layers: vec![UsedLayer {
+                name: "layer-000001.squashfs".into(),
+                file: "layers/layer-000001.squashfs".into(),
+                size: 4096,
+                how: LayersMode::Ram,
+            }],
+            failures: vec![LayerFailure {
+                layer: "layer-000002.squashfs".into(),
+                class: FailureClass::Corrupt,
+                message: "metadata digest mismatch".into(),
+            }],
+            notes: vec![],
             timings_ms: timings,
             kernel: "6.1.0-56-amd64".into(),
-            upper: "zram".into(),
+            upper: "zram0".into(),
             problems: vec![],
         };
         let json = info.to_json();
-        assert!(json.contains("\"used\": \"backup\""), "{json}");
+        assert!(json.contains("\"class\": \"corrupt\""), "{json}");
+        assert!(json.contains("\"kind\": \"manifest\""), "{json}");
+        assert!(info.partial());
+        assert_eq!(info.layer_names(), ["layer-000001.squashfs"]);
         assert_eq!(BootInfo::from_json(&json).ok(), Some(info));
     }
 }

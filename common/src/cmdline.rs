@@ -54,6 +54,23 @@ pub enum UpperKind {
     Tmpfs,
 }
 
+/// How the saved layers are assembled at boot (`ramstick.layers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayersMode {
+    Mount,
+    Ram,
+}
+
+impl fmt::Display for LayersMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LayersMode::Mount => "mount",
+            LayersMode::Ram => "ram",
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Size {
     Bytes(u64),
@@ -100,6 +117,9 @@ pub struct Config {
     pub shell: ShellPolicy,
     pub log: LogLevel,
     pub luks: Luks,
+    pub layers: LayersMode,
+    /// `None` = `ramstick.checkpoint=off`.
+    pub checkpoint_minutes: Option<u32>,
     /// `console=` values seen (informational; the kernel handles them).
     pub consoles: Vec<String>,
 }
@@ -137,6 +157,8 @@ pub const PARAMS: &[&str] = &[
     "ramstick.luks",
     "ramstick.luks.keyfile",
     "ramstick.luks.tries",
+    "ramstick.layers",
+    "ramstick.checkpoint",
 ];
 
 /// The accepted forms of a device parameter, as said in problem messages.
@@ -163,6 +185,8 @@ impl Default for Config {
                 keyfile: None,
                 tries: 3,
             },
+            layers: LayersMode::Mount,
+            checkpoint_minutes: Some(15),
             consoles: Vec::new(),
         }
     }
@@ -619,6 +643,22 @@ fn apply(cfg: &mut Config, name: &str, value: &str) -> Result<bool, Rejection> {
                 )
             })?;
         }
+        // Interim parsing (the declarative table replaces it).
+        "ramstick.layers" => {
+            cfg.layers = match value {
+                "mount" => LayersMode::Mount,
+                "ram" => LayersMode::Ram,
+                _ => return Err(Rejection::new("use mount or ram", "using mount")),
+            };
+        }
+        "ramstick.checkpoint" => {
+            cfg.checkpoint_minutes = match value {
+                "off" => None,
+                v => Some(parse_in_range(v, 1..=1440).ok_or_else(|| {
+                    Rejection::new("use off or minutes from 1 to 1440", "using 15").numeric("")
+                })?),
+            };
+        }
         "ramstick.log" => {
             cfg.log = keyword(value).ok_or_else(|| {
                 Rejection::new(
@@ -945,6 +985,8 @@ mod tests {
                 keyfile: Some("/key".into()),
                 tries: 10,
             },
+            layers: LayersMode::Mount,
+            checkpoint_minutes: Some(15),
             consoles: vec!["ttyS0".into(), "tty1".into()],
         };
         assert_eq!(cfg, expected);

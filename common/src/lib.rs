@@ -5,7 +5,10 @@
 
 pub mod blkid;
 pub mod bootinfo;
+pub mod chain;
 pub mod cmdline;
+pub mod digest;
+pub mod manifest;
 pub mod modules;
 pub mod plan;
 pub mod tree;

@@ -6,9 +6,10 @@
 //! `init --dry-run` prints them (golden-tested in `tests/golden/`).
 
 use crate::cmdline::{
-    BootType, Config, DeviceSpec, LogLevel, Problem, ShellPolicy, Size, UpperKind,
+    BootType, Config, DeviceSpec, LayersMode, LogLevel, Problem, ShellPolicy, Size, UpperKind,
     DEFAULT_PERSIST_LABEL,
 };
+use crate::manifest::{LAYERS_DIR, LEGACY_BACKUP_IMAGE, LEGACY_IMAGE, MANIFEST};
 use crate::modules::LUKS_MODULES;
 use serde::Serialize;
 use std::fmt;
@@ -62,6 +63,34 @@ impl LuksPlan {
 /// The device-mapper name of the opened LUKS container.
 pub const LUKS_MAPPING: &str = "ramstick";
 
+/// How the saved layers are found and assembled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LayersPlan {
+    /// `ramstick.layers`: loop-mount each layer, or unpack each into RAM.
+    pub mode: LayersMode,
+    /// The manifest, in the initramfs (`/sysroot/persist/layers/manifest.json`).
+    pub manifest: String,
+    /// The legacy images read when there is no manifest (default, backup).
+    pub legacy: [String; 2],
+    /// Where a layer is loop-mounted: `<dir>/<layer name without .squashfs>`.
+    /// Under /run, so the mounts move into the new root with /run.
+    pub mount_dir: String,
+    /// Where a layer is unpacked in `ram` mode (in the upper filesystem, beside
+    /// the overlay's upperdir and workdir).
+    pub ram_dir: String,
+}
+
+impl LayersPlan {
+    /// Where the layer `name` goes when assembled `how`.
+    pub fn target(&self, name: &str, how: LayersMode) -> String {
+        let stem = name.strip_suffix(".squashfs").unwrap_or(name);
+        match how {
+            LayersMode::Mount => format!("{}/{stem}", self.mount_dir),
+            LayersMode::Ram => format!("{}/{stem}", self.ram_dir),
+        }
+    }
+}
+
 /// A mount to move before switch_root (`from` in the initramfs, `to` under the new root).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Move {
@@ -83,15 +112,16 @@ pub struct Plan {
     pub zram_alg: Option<String>,
     /// `/sysroot/upper`
     pub upper_mount: String,
-    /// Boot type asked on the command line.
+    /// Boot type asked on the command line: which saved chain is used (see
+    /// [`crate::chain`]).
     pub boot_asked: BootType,
-    /// Images to try for the upper, in order: e.g. `[upperfs.squashfs, upperfs-backup.squashfs]`
-    /// for default, `[upperfs-backup.squashfs]` for backup, `[]` for clean. When all fail: clean.
-    pub upper_images: Vec<(BootType, String)>,
+    pub layers: LayersPlan,
+    /// The rootfs first: the overlay's lowest layer.
     pub lowers: Vec<Lower>,
     /// `/sysroot/overlay_root`
     pub overlay_root: String,
-    /// The overlay mount option string.
+    /// The overlay mount option string with no saved layer (a chain's layers
+    /// go above the rootfs: [`Plan::overlay_options_with`]).
     pub overlay_options: String,
     /// In order. A move whose `from` is the target of an optional lower that
     /// was not mounted is skipped.
@@ -115,15 +145,13 @@ pub const PERSIST_MOUNT: &str = "/sysroot/persist";
 pub const UPPER_MOUNT: &str = "/sysroot/upper";
 /// Where the overlay (the new root) is mounted in the initramfs.
 pub const OVERLAY_ROOT: &str = "/sysroot/overlay_root";
-/// The saved upper of the last shutdown, on the persist partition.
-pub const UPPER_IMAGE: &str = "upperfs.squashfs";
-/// The upper saved before that, on the persist partition.
-pub const UPPER_BACKUP_IMAGE: &str = "upperfs-backup.squashfs";
+/// Where loop-mounted layers go (moves into the new root with /run).
+pub const LAYER_MOUNTS: &str = "/run/ramstick/layers";
 /// Upper sizes are rounded down to whole pages of this size.
 pub const PAGE_SIZE: u64 = 4096;
 
-/// The overlay mount options for a lower at `lower` and an upper filesystem
-/// mounted at `upper_mount`.
+/// The overlay mount options for the lower layers `lowers` (top first, the
+/// rootfs last) and an upper filesystem mounted at `upper_mount`.
 ///
 /// Besides the three directories the options pin three features off, whatever
 /// the kernel's build defaults are, because the upper is saved to a squashfs at
@@ -138,10 +166,15 @@ pub const PAGE_SIZE: u64 = 4096;
 ///
 /// `xino` stays at the kernel default (off on Debian): it only changes the
 /// inode numbers that `stat` reports.
-pub fn overlay_options(lower: &str, upper_mount: &str) -> String {
+///
+/// The saved layers are lowers too: a layer holds an upperdir as it was
+/// saved (whiteouts, opaque directories), which overlayfs honours in lower
+/// layers as well, so the stack shows the saved system.
+pub fn overlay_options(lowers: &[&str], upper_mount: &str) -> String {
     format!(
-        "lowerdir={lower},upperdir={upper_mount}/upper,workdir={upper_mount}/work,\
-         index=off,metacopy=off,redirect_dir=off"
+        "lowerdir={},upperdir={upper_mount}/upper,workdir={upper_mount}/work,\
+         index=off,metacopy=off,redirect_dir=off",
+        lowers.join(":")
     )
 }
 
@@ -178,13 +211,12 @@ pub fn make_plan(cfg: &Config, problems: Vec<Problem>, facts: &Facts) -> Plan {
         cfg.persist.clone()
     };
 
-    let upper_images = match cfg.boot {
-        BootType::Default => vec![
-            (BootType::Default, UPPER_IMAGE.to_string()),
-            (BootType::Backup, UPPER_BACKUP_IMAGE.to_string()),
-        ],
-        BootType::Backup => vec![(BootType::Backup, UPPER_BACKUP_IMAGE.to_string())],
-        BootType::Clean => Vec::new(),
+    let layers = LayersPlan {
+        mode: cfg.layers,
+        manifest: format!("{PERSIST_MOUNT}/{LAYERS_DIR}/{MANIFEST}"),
+        legacy: [LEGACY_IMAGE.to_string(), LEGACY_BACKUP_IMAGE.to_string()],
+        mount_dir: LAYER_MOUNTS.to_string(),
+        ram_dir: format!("{UPPER_MOUNT}/layers"),
     };
 
     let rootfs = Lower {
@@ -234,9 +266,9 @@ pub fn make_plan(cfg: &Config, problems: Vec<Problem>, facts: &Facts) -> Plan {
         },
         upper_mount: UPPER_MOUNT.to_string(),
         boot_asked: cfg.boot,
-        upper_images,
+        layers,
         overlay_root: OVERLAY_ROOT.to_string(),
-        overlay_options: overlay_options(&rootfs.target, UPPER_MOUNT),
+        overlay_options: overlay_options(&[&rootfs.target], UPPER_MOUNT),
         lowers: vec![rootfs, kernel_modules, firmware],
         moves,
         swap_bytes: cfg.swap,
@@ -261,6 +293,14 @@ impl Plan {
     /// Whether a problem stops the boot.
     pub fn has_fatal(&self) -> bool {
         self.problems.iter().any(|p| p.fatal)
+    }
+
+    /// The overlay options with the saved layers at `layer_dirs` (bottom
+    /// first, as a chain lists them) above the rootfs.
+    pub fn overlay_options_with(&self, layer_dirs: &[String]) -> String {
+        let mut lowers: Vec<&str> = layer_dirs.iter().rev().map(String::as_str).collect();
+        lowers.extend(self.lowers.first().map(|l| l.target.as_str()));
+        overlay_options(&lowers, &self.upper_mount)
     }
 }
 
@@ -321,15 +361,33 @@ impl fmt::Display for Plan {
             bytes_text(self.upper_size_bytes),
             self.upper_mount
         )?;
-        if self.upper_images.is_empty() {
-            writeln!(f, "upper images: none, start clean")?;
-        } else {
-            let images: Vec<String> = self
-                .upper_images
-                .iter()
-                .map(|(kind, image)| format!("{kind}:{image}"))
-                .collect();
-            writeln!(f, "upper images: {}, then clean", images.join(", "))?;
+        let l = &self.layers;
+        match self.boot_asked {
+            BootType::Clean => writeln!(f, "saved layers: none (clean boot; nothing is saved)")?,
+            asked => {
+                let chain = match asked {
+                    BootType::Backup => "the backup chain",
+                    _ => "the current chain (then the backup chain if its first layer differs)",
+                };
+                writeln!(
+                    f,
+                    "saved layers: {asked}: {chain} of {}, longest valid prefix; \
+                     without a manifest {}; else clean",
+                    l.manifest,
+                    match asked {
+                        BootType::Backup => l.legacy[1].clone(),
+                        _ => format!("{}, then {}", l.legacy[0], l.legacy[1]),
+                    }
+                )?;
+                let how = match l.mode {
+                    LayersMode::Mount => format!("loop-mounted read-only at {}/<name>", l.mount_dir),
+                    LayersMode::Ram => format!(
+                        "unpacked into {}/<name> (loop-mounted at {}/<name> when RAM is short)",
+                        l.ram_dir, l.mount_dir
+                    ),
+                };
+                writeln!(f, "layers: {}, {how}, above the rootfs", l.mode)?;
+            }
         }
         for lower in &self.lowers {
             let need = if lower.required {
@@ -391,12 +449,15 @@ mod tests {
         assert_eq!(plan.device_timeout_secs, 30);
         assert_eq!(plan.upper_kind, UpperKind::Zram);
         assert_eq!(plan.upper_size_bytes, 1 << 30);
+        assert_eq!(plan.layers.mode, LayersMode::Mount);
+        assert_eq!(plan.layers.manifest, "/sysroot/persist/layers/manifest.json");
         assert_eq!(
-            plan.upper_images,
-            [
-                (BootType::Default, "upperfs.squashfs".to_string()),
-                (BootType::Backup, "upperfs-backup.squashfs".to_string()),
-            ]
+            plan.layers.target("layer-000003.squashfs", LayersMode::Mount),
+            "/run/ramstick/layers/layer-000003"
+        );
+        assert_eq!(
+            plan.layers.target("upperfs.squashfs", LayersMode::Ram),
+            "/sysroot/upper/layers/upperfs"
         );
         let lowers: Vec<(&str, &str, bool)> = plan
             .lowers
@@ -456,14 +517,24 @@ mod tests {
     }
 
     #[test]
-    fn boot_types_choose_upper_images() {
-        let images = |cmdline| plan_for(cmdline).upper_images;
-        assert_eq!(
-            images("ramstick.boot=backup"),
-            [(BootType::Backup, "upperfs-backup.squashfs".to_string())]
-        );
-        assert_eq!(images("ramstick.boot=clean"), []);
+    fn boot_types_are_shown_with_their_chain() {
+        let text = plan_for("ramstick.boot=backup").to_string();
+        assert!(text.contains("saved layers: backup: the backup chain of "), "{text}");
+        assert!(text.contains("without a manifest upperfs-backup.squashfs; else clean"));
+        let text = plan_for("ramstick.boot=clean").to_string();
+        assert!(text.contains("saved layers: none (clean boot; nothing is saved)\n"));
+        assert!(!text.contains("\nlayers: "));
         assert_eq!(plan_for("ramstick.boot=clean").boot_asked, BootType::Clean);
+    }
+
+    #[test]
+    fn layers_go_above_the_rootfs_top_first() {
+        let plan = plan_for("");
+        let dirs = ["/a/l1".to_string(), "/a/l2".to_string()];
+        assert!(plan
+            .overlay_options_with(&dirs)
+            .starts_with("lowerdir=/a/l2:/a/l1:/sysroot/rootfs,upperdir=/sysroot/upper/upper,"));
+        assert_eq!(plan.overlay_options_with(&[]), plan.overlay_options);
     }
 
     #[test]

@@ -14,7 +14,8 @@ use crate::failure::{self, Failure, Step};
 use crate::kmsg::KmsgLogger;
 use crate::modload::Loader;
 use crate::sys::{LinuxSys, Sys};
-use crate::{extras, luks, mounts, switchroot, unpack};
+use crate::images::LinuxImages;
+use crate::{extras, layers, luks, mounts, switchroot};
 
 /// For failures that only a broken kernel or initramfs can cause.
 const REBUILD_HINT: &str =
@@ -88,16 +89,17 @@ pub fn boot() -> Result<Infallible, Failure> {
     log::info!("upper: {upper}, {} bytes", plan.upper_size_bytes);
     t.mark("upper");
 
-    // 7-8. Unpack the chosen image, falling back default → backup → clean.
-    let outcome = unpack::fill_upper(&sys, root, &plan);
-    t.mark("unpack");
+    // 7-8. The saved layers of the boot type's chain: checked, then mounted
+    // or unpacked into RAM; the longest valid prefix is used.
+    let chain = layers::assemble(&sys, &LinuxImages, root, &plan);
+    t.mark("layers");
 
     // 9-10. Lowers and the overlay.
     let skipped = mounts::mount_lowers(&sys, root, &plan).step(
         "mount the system images",
         "rebuild the stick (cargo xtask image) or copy the missing image onto its data partition",
     )?;
-    mounts::mount_overlay(&sys, root, &plan).step(
+    mounts::mount_overlay(&sys, root, &plan, &chain.dirs).step(
         "mount the overlay root",
         "boot with ramstick.boot=clean; if that fails too, rebuild the stick",
     )?;
@@ -127,11 +129,14 @@ pub fn boot() -> Result<Infallible, Failure> {
         "the initramfs lacks /bin/saver or /run is full; rebuild it (cargo xtask initramfs)",
     )?;
     let info = BootInfo {
-        asked: cfg.boot,
-        used: outcome.used,
-        image: outcome.image.clone(),
-        image_size: outcome.image_size,
-        reasons: outcome.reasons.clone(),
+        asked: plan.boot_asked,
+        used: chain.used,
+        layers_mode: plan.layers.mode,
+        saved: chain.saved,
+        asked_chain: chain.asked_chain,
+        layers: chain.layers,
+        failures: chain.failures,
+        notes: chain.notes,
         timings_ms: t.finish(uptime_at_start),
         kernel: facts.kernel_version.clone(),
         upper: upper.clone(),

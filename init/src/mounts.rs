@@ -223,21 +223,27 @@ fn mount_squashfs(sys: &dyn Sys, image: &Path, target: &Path) -> Result<()> {
     })
 }
 
-/// The overlay root: rootfs below, the RAM upper on top.
-pub fn mount_overlay(sys: &dyn Sys, root: &Path, plan: &Plan) -> Result<()> {
+/// The overlay root: the rootfs lowest, the saved layers at `layer_dirs`
+/// (bottom first) above it, the RAM upper on top.
+pub fn mount_overlay(sys: &dyn Sys, root: &Path, plan: &Plan, layer_dirs: &[String]) -> Result<()> {
     let target = at(root, &plan.overlay_root);
     sys.mkdir_all(&target)
         .with_context(|| format!("cannot create {}", target.display()))?;
-    // The same options as the plan's, with the paths taken under `root`.
-    let lower = plan
+    // The plan's options, with the paths taken under `root`.
+    let rootfs = plan
         .lowers
         .first()
         .map(|l| at(root, &l.target))
-        .unwrap_or_else(|| at(root, "/sysroot/rootfs"));
-    let data = overlay_options(
-        &lower.to_string_lossy(),
-        &at(root, &plan.upper_mount).to_string_lossy(),
-    );
+        .context("the plan has no rootfs lower")?;
+    let lowers: Vec<String> = layer_dirs
+        .iter()
+        .rev()
+        .map(|d| at(root, d))
+        .chain([rootfs])
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let lowers: Vec<&str> = lowers.iter().map(String::as_str).collect();
+    let data = overlay_options(&lowers, &at(root, &plan.upper_mount).to_string_lossy());
     sys.mount("overlay", &target, "overlay", MsFlags::empty(), &data)
         .with_context(|| format!("cannot mount the overlay at {} ({data})", target.display()))
 }
@@ -433,10 +439,33 @@ mod tests {
     }
 
     #[test]
+    fn saved_layers_go_between_the_rootfs_and_the_upper() {
+        let sys = RecordingSys::new();
+        let plan = plan_for("");
+        let dirs = [
+            "/run/ramstick/layers/layer-000001".to_string(),
+            "/sysroot/upper/layers/layer-000002".to_string(),
+        ];
+        mount_overlay(&sys, Path::new("/"), &plan, &dirs)
+            .map_err(|e| format!("{e:#}"))
+            .unwrap();
+        assert_eq!(
+            sys.calls()[1],
+            format!(
+                "mount overlay overlay /sysroot/overlay_root - {}",
+                plan.overlay_options_with(&dirs)
+            )
+        );
+        assert!(sys.calls()[1].contains(
+            "lowerdir=/sysroot/upper/layers/layer-000002:/run/ramstick/layers/layer-000001:/sysroot/rootfs,"
+        ));
+    }
+
+    #[test]
     fn overlay_and_hand_over_follow_the_plan() {
         let sys = RecordingSys::new();
         let plan = plan_for("");
-        mount_overlay(&sys, Path::new("/"), &plan)
+        mount_overlay(&sys, Path::new("/"), &plan, &[])
             .map_err(|e| format!("{e:#}"))
             .unwrap();
         hand_over(&sys, Path::new("/"), &plan, &[])

@@ -8,10 +8,14 @@
 
 pub mod clock;
 pub mod codec;
+pub mod commit;
+pub mod compact;
+#[cfg(test)]
+mod crashtest;
 pub mod daemon;
 pub mod progress;
-pub mod rotate;
 pub mod save;
+pub mod saveplan;
 pub mod session;
 pub mod space;
 pub mod status;

@@ -12,6 +12,7 @@
 //!
 //! [`format`] holds the on-disk constants shared by [`write`] and [`read`].
 
+pub mod digest;
 pub mod error;
 pub mod exclude;
 pub mod format;
@@ -21,6 +22,7 @@ pub mod write;
 
 use std::path::Path;
 
+pub use digest::{digests, meta_digest, probe, Digests};
 pub use error::{Error, Result};
 pub use exclude::Exclude;
 pub use verify::Difference;
