@@ -75,6 +75,16 @@ pub enum LogLevel {
     Debug,
 }
 
+/// How the saved layers are assembled at boot (`ramstick.layers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayersMode {
+    /// Each saved layer is loop-mounted read-only as an overlay lower.
+    Mount,
+    /// Every layer is unpacked into the RAM upper filesystem first.
+    Ram,
+}
+
 /// The LUKS parameters. The key file and tries apply to the container
 /// `device` names, or, without it, to a LUKS header found on the persist device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -102,6 +112,10 @@ pub struct Config {
     pub shell: ShellPolicy,
     pub log: LogLevel,
     pub luks: Luks,
+    pub layers: LayersMode,
+    /// Minutes between the saver daemon's checkpoints; `None` =
+    /// `ramstick.checkpoint=off` (saves only at shutdown or on demand).
+    pub checkpoint_minutes: Option<u32>,
     /// `console=` values seen (informational; the kernel handles them).
     pub consoles: Vec<String>,
 }
@@ -145,6 +159,8 @@ impl Default for Config {
                 keyfile: LUKS_KEYFILE.default_value(),
                 tries: LUKS_TRIES.default_value(),
             },
+            layers: LAYERS.default_value(),
+            checkpoint_minutes: CHECKPOINT.default_value(),
             consoles: Vec::new(),
         }
     }
@@ -180,6 +196,7 @@ keywords!(BootType { Default => "default", Backup => "backup", Clean => "clean" 
 keywords!(UpperKind { Zram => "zram", Tmpfs => "tmpfs" });
 keywords!(ShellPolicy { Auto => "auto", Never => "never" });
 keywords!(LogLevel { Info => "info", Debug => "debug" });
+keywords!(LayersMode { Mount => "mount", Ram => "ram" });
 
 /// Parses a kernel command line (e.g. the contents of `/proc/cmdline`).
 ///

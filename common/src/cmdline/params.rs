@@ -17,7 +17,8 @@ use super::syntax::{
     Syntax, Text, Unset, Words,
 };
 use super::{
-    BootType, Config, DeviceSpec, LogLevel, ShellPolicy, Size, UpperKind, DEFAULT_PERSIST_LABEL,
+    BootType, Config, DeviceSpec, LayersMode, LogLevel, ShellPolicy, Size, UpperKind,
+    DEFAULT_PERSIST_LABEL,
 };
 
 /// One boot parameter whose value is a `T`.
@@ -148,6 +149,8 @@ table!(
     LUKS,
     LUKS_KEYFILE,
     LUKS_TRIES,
+    LAYERS,
+    CHECKPOINT,
 );
 
 pub(super) const PERSIST: Param<DeviceSpec> = Param {
@@ -344,4 +347,33 @@ pub(super) const LUKS_TRIES: Param<u32> = Param {
     on_bad: OnBad::UseDefault,
     only_with: None,
     field: |c| &mut c.luks.tries,
+};
+
+pub(super) const LAYERS: Param<LayersMode> = Param {
+    name: "ramstick.layers",
+    syntax: &Words::<LayersMode>::new(),
+    default: || LayersMode::Mount,
+    help: "How the saved layers are assembled at boot: `mount` loop-mounts each saved layer \
+           read-only as an overlay lower (boot time and RAM use do not grow with the saved \
+           state), `ram` unpacks every layer into the RAM upper filesystem first (the stick is \
+           idle during the session; boot time and RAM grow with the state).",
+    on_bad: OnBad::UseDefault,
+    only_with: None,
+    field: |c| &mut c.layers,
+};
+
+pub(super) const CHECKPOINT: Param<Option<u32>> = Param {
+    name: "ramstick.checkpoint",
+    syntax: &OffOr(Number::<u32> {
+        min: 1,
+        max: 1440,
+        unit: Some("minutes"),
+    }),
+    default: || Some(15),
+    help: "The saver daemon saves every N minutes when something changed (a checkpoint \
+           replaces this session's layer, so a power cut loses at most N minutes); `off` saves \
+           only at shutdown or on demand.",
+    on_bad: OnBad::UseDefault,
+    only_with: None,
+    field: |c| &mut c.checkpoint_minutes,
 };

@@ -219,7 +219,7 @@ fn documented_defaults_parse_to_the_default() {
         assert!(problems.is_empty(), "{}: {problems:?}", param.name());
         assert_eq!(cfg, Config::default(), "{}={form}", param.name());
     }
-    assert!(with_form >= 12, "{with_form}");
+    assert!(with_form >= 14, "{with_form}");
 }
 
 #[test]
@@ -229,7 +229,8 @@ fn all_parameters_set_their_fields() {
          ramstick.upper.size=25% ramstick.timeout=7 ramstick.init=/bin/init \
          ramstick.swap=2G ramstick.swappiness=0 ramstick.user=bob ramstick.shell=never \
          ramstick.log=debug ramstick.luks=UUID=AB ramstick.luks.keyfile=/key \
-         ramstick.luks.tries=10 console=ttyS0 console=tty1",
+         ramstick.luks.tries=10 ramstick.layers=ram ramstick.checkpoint=off \
+         console=ttyS0 console=tty1",
     );
     assert!(problems.is_empty(), "{problems:?}");
     let expected = Config {
@@ -250,6 +251,8 @@ fn all_parameters_set_their_fields() {
             keyfile: Some("/key".into()),
             tries: 10,
         },
+        layers: LayersMode::Ram,
+        checkpoint_minutes: None,
         consoles: vec!["ttyS0".into(), "tty1".into()],
     };
     assert_eq!(cfg, expected);
@@ -379,4 +382,55 @@ fn paths_must_be_absolute_without_control_characters() {
     assert!(!is_abs_path("sbin/init"));
     assert!(!is_abs_path("/sbin/in\nit"));
     assert!(is_abs_path("/"));
+}
+
+#[test]
+fn layers_forms() {
+    assert_eq!(Config::default().layers, LayersMode::Mount);
+    assert_eq!(parse("ramstick.layers=ram").0.layers, LayersMode::Ram);
+    assert_eq!(parse("ramstick.layers=mount").0.layers, LayersMode::Mount);
+    assert_eq!(LayersMode::Ram.to_string(), "ram");
+    let (cfg, problems) = parse("ramstick.layers=RAM");
+    assert_eq!(cfg.layers, LayersMode::Mount);
+    assert_eq!(
+        problems,
+        vec![Problem {
+            param: "ramstick.layers".into(),
+            value: "RAM".into(),
+            message: "`ramstick.layers=RAM` is not valid: use mount or ram; using mount".into(),
+            fatal: false,
+        }]
+    );
+}
+
+#[test]
+fn checkpoint_forms() {
+    assert_eq!(Config::default().checkpoint_minutes, Some(15));
+    for (value, minutes) in [
+        ("off", None),
+        ("1", Some(1)),
+        ("60", Some(60)),
+        ("1440", Some(1440)),
+    ] {
+        let (cfg, problems) = parse(&format!("ramstick.checkpoint={value}"));
+        assert!(problems.is_empty(), "{value}: {problems:?}");
+        assert_eq!(cfg.checkpoint_minutes, minutes, "{value}");
+    }
+    for value in ["0", "1441", "99999999999999999999"] {
+        let p = one_problem(&format!("ramstick.checkpoint={value}"));
+        assert_eq!(
+            p.message,
+            format!(
+                "`ramstick.checkpoint={value}` is out of range: use off or a number of minutes \
+                 from 1 to 1440; using 15"
+            )
+        );
+        assert!(!p.fatal);
+    }
+    for value in ["15m", "-1", "OFF", "1.5"] {
+        let (cfg, problems) = parse(&format!("ramstick.checkpoint={value}"));
+        assert_eq!(cfg.checkpoint_minutes, Some(15));
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].message.contains(" is not valid: "), "{value}");
+    }
 }
