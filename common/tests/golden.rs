@@ -7,11 +7,14 @@
 //! `6.1.0-56-amd64` and 2 GiB of RAM. The expected files are the
 //! specification: review every change to them by eye.
 //!
-//! To (re)write the expected files after an intended change, run
-//! `RAMSTICK_BLESS=1 cargo test -p ramstick-common --test golden`
-//! and review the result with `git diff tests/golden`.
+//! README.md's "Boot parameters" table is also checked here: it must be the
+//! one generated from the parameter table (`common/src/cmdline/params.rs`).
+//!
+//! To (re)write the expected files and the README table after an intended
+//! change, run `RAMSTICK_BLESS=1 cargo test -p ramstick-common --test golden`
+//! and review the result with `git diff tests/golden README.md`.
 
-use ramstick_common::cmdline::parse;
+use ramstick_common::cmdline::{markdown_table, parse};
 use ramstick_common::plan::{make_plan, Facts};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -22,6 +25,11 @@ fn facts() -> Facts {
         kernel_version: "6.1.0-56-amd64".to_string(),
         mem_total_bytes: 2 << 30,
     }
+}
+
+/// Whether to rewrite the expected output instead of comparing with it.
+fn bless() -> bool {
+    std::env::var_os("RAMSTICK_BLESS").is_some_and(|v| v == "1")
 }
 
 fn golden_dir() -> PathBuf {
@@ -54,7 +62,7 @@ fn diff(expected: &str, actual: &str) -> String {
 
 #[test]
 fn golden_cmdline_plans() {
-    let bless = std::env::var_os("RAMSTICK_BLESS").is_some_and(|v| v == "1");
+    let bless = bless();
     let dir = golden_dir();
     let mut entries: Vec<PathBuf> = fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
@@ -117,4 +125,75 @@ fn diff_marks_changed_lines() {
     let d = diff("a\nb\nc\n", "a\nx\nc\nd\n");
     assert_eq!(d, "   a\n - b\n + x\n   c\n + d\n");
     assert!(diff("a", "a\n").contains("final newline"));
+}
+
+/// The README section whose table is generated.
+const README_SECTION: &str = "## Boot parameters";
+
+/// The byte range of the first Markdown table (a run of lines starting with
+/// `|`, each with its newline) in the section headed by the line `heading`.
+fn table_span(text: &str, heading: &str) -> Result<(usize, usize), String> {
+    let mut offset = 0;
+    let mut in_section = false;
+    let mut table: Option<(usize, usize)> = None;
+    for line in text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let content = line.trim_end_matches('\n');
+        if content.starts_with("## ") || content.starts_with("# ") {
+            if in_section {
+                break;
+            }
+            in_section = content == heading;
+            continue;
+        }
+        if !in_section {
+            continue;
+        }
+        match (&mut table, content.starts_with('|')) {
+            (None, true) => table = Some((start, offset)),
+            (Some((_, end)), true) if *end == start => *end = offset,
+            (Some(_), _) => break,
+            (None, false) => {}
+        }
+    }
+    table.ok_or_else(|| format!("no table under a line {heading:?}"))
+}
+
+#[test]
+fn readme_boot_parameters_table_is_generated() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme =
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let fresh = markdown_table();
+    let (start, end) =
+        table_span(&readme, README_SECTION).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let current = &readme[start..end];
+    if current == fresh {
+        return;
+    }
+    if bless() {
+        let updated = format!("{}{fresh}{}", &readme[..start], &readme[end..]);
+        fs::write(&path, updated).expect("write README.md");
+        return;
+    }
+    panic!(
+        "the table under {README_SECTION:?} in {} is not the one generated from \
+         common/src/cmdline/params.rs (- README, + generated):\n{}\n\
+         Rerun with RAMSTICK_BLESS=1 to rewrite it, or paste this table:\n\n{fresh}",
+        path.display(),
+        diff(current, &fresh)
+    );
+}
+
+#[test]
+fn table_span_finds_the_sections_first_table() {
+    let text = "# T\n| a |\n## S\ntext\n| b |\n|---|\n| c |\n\nmore\n| d |\n## U\n| e |\n";
+    let (start, end) = table_span(text, "## S").expect("found");
+    assert_eq!(&text[start..end], "| b |\n|---|\n| c |\n");
+    assert!(table_span(text, "## X").is_err());
+    assert!(table_span("## S\ntext\n## U\n| e |\n", "## S").is_err());
+    // A table that ends the file without a final newline.
+    let (start, end) = table_span("## S\n| b |", "## S").expect("found");
+    assert_eq!(end - start, "| b |".len());
 }

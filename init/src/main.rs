@@ -2,10 +2,12 @@
 //!
 //! As PID 1 it boots (see `boot.rs`) and never exits: any failure, even a
 //! panic, ends in the emergency shell or a reboot. Run as a normal program
-//! it only supports `--dry-run`, which prints the boot plan:
+//! it only supports `--dry-run`, which prints the boot plan, and `--params`,
+//! which lists the boot parameters:
 //!
 //! ```text
 //! init --dry-run [--cmdline 'LINE' | --root DIR] [--mem BYTES] [--kernel-version V]
+//! init --params
 //! ```
 //! `--root DIR` reads `DIR/proc/cmdline` (and `DIR/proc/meminfo` for the RAM size).
 
@@ -37,7 +39,9 @@ fn pid1() -> ! {
 
 const USAGE: &str =
     "usage: init --dry-run [--cmdline LINE | --root DIR] [--mem BYTES] [--kernel-version V]
-  As PID 1 (in the initramfs) it boots ramstick; otherwise it only prints the boot plan.";
+       init --params
+  As PID 1 (in the initramfs) it boots ramstick; otherwise it only prints the boot plan
+  (--dry-run) or the boot parameters with their values, defaults and meaning (--params).";
 
 fn cli(args: Vec<String>) -> i32 {
     let mut dry_run = false;
@@ -61,6 +65,10 @@ fn cli(args: Vec<String>) -> i32 {
                     .map_err(|_| format!("--mem {v}: not a number of bytes"))
             }),
             "--kernel-version" => value("--kernel-version").map(|v| kver = v),
+            "--params" => {
+                print!("{}", cmdline::console_table());
+                return 0;
+            }
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return 0;
@@ -73,7 +81,7 @@ fn cli(args: Vec<String>) -> i32 {
         }
     }
     if !dry_run {
-        eprintln!("init: not PID 1; only --dry-run is available here\n{USAGE}");
+        eprintln!("init: not PID 1; only --dry-run and --params are available here\n{USAGE}");
         return 2;
     }
     if let Some(dir) = &root {
@@ -113,5 +121,22 @@ fn cli(args: Vec<String>) -> i32 {
         1
     } else {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cli;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn params_lists_without_dry_run_and_bad_arguments_fail() {
+        assert_eq!(cli(args(&["--params"])), 0);
+        assert_eq!(cli(args(&["--dry-run", "--params"])), 0);
+        assert_eq!(cli(args(&[])), 2);
+        assert_eq!(cli(args(&["--dry-run", "--bogus"])), 2);
     }
 }
