@@ -34,6 +34,25 @@ pub enum Saved {
     Nothing,
 }
 
+impl Saved {
+    /// Interprets what was read: the manifest file's text (or the error
+    /// reading it) and which legacy images exist. `where_` names the file
+    /// in messages.
+    pub fn from_read(manifest: std::io::Result<String>, legacy: [bool; 2], where_: &str) -> Saved {
+        match manifest {
+            Ok(text) => match Manifest::parse(&text) {
+                Ok(m) => Saved::Manifest(m),
+                Err(e) => Saved::Damaged(format!("{where_}: {e}")),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match legacy {
+                [false, false] => Saved::Nothing,
+                [default, backup] => Saved::Legacy { default, backup },
+            },
+            Err(e) => Saved::Damaged(format!("cannot read {where_}: {e}")),
+        }
+    }
+}
+
 /// One layer a chain asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {

@@ -19,7 +19,7 @@ use nix::mount::MsFlags;
 use ramstick_common::bootinfo::{SavedState, UsedLayer};
 use ramstick_common::chain::{self, Candidate, FailureClass, LayerFailure, Saved};
 use ramstick_common::cmdline::{BootType, LayersMode};
-use ramstick_common::manifest::{LayerInfo, Manifest};
+use ramstick_common::manifest::LayerInfo;
 use ramstick_common::plan::Plan;
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -49,24 +49,9 @@ pub struct Assembled {
 /// Reads what the persist partition holds of the saved state.
 pub fn read_saved(sys: &dyn Sys, root: &Path, plan: &Plan) -> Saved {
     let path = at(root, &plan.layers.manifest);
-    match sys.read_file(&path) {
-        Ok(text) => match Manifest::parse(&text) {
-            Ok(m) => Saved::Manifest(m),
-            Err(e) => Saved::Damaged(format!("{}: {e}", path.display())),
-        },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let persist = at(root, &plan.persist_mount);
-            let [default, backup] = &plan.layers.legacy;
-            let default = sys.exists(&persist.join(default));
-            let backup = sys.exists(&persist.join(backup));
-            if default || backup {
-                Saved::Legacy { default, backup }
-            } else {
-                Saved::Nothing
-            }
-        }
-        Err(e) => Saved::Damaged(format!("cannot read {}: {e}", path.display())),
-    }
+    let persist = at(root, &plan.persist_mount);
+    let legacy = plan.layers.legacy.clone().map(|n| sys.exists(&persist.join(n)));
+    Saved::from_read(sys.read_file(&path), legacy, &path.to_string_lossy())
 }
 
 /// The class of a codec error.

@@ -70,6 +70,12 @@ pub fn pick(m: &Manifest, policy: &Policy) -> Option<Vec<String>> {
     (run >= policy.fan_in).then(|| cands[cands.len() - run..].to_vec())
 }
 
+/// Everything that may be merged, when it is two layers or more (`saver compact`).
+pub fn pick_all(m: &Manifest) -> Option<Vec<String>> {
+    let cands = mergeable(m);
+    (cands.len() >= 2).then(|| cands.to_vec())
+}
+
 /// Bytes a merge of `run` reads.
 pub fn input_bytes(m: &Manifest, run: &[String]) -> u64 {
     run.iter()

@@ -1,25 +1,232 @@
-//! `saver daemon`: started at boot by the init system, it waits for
-//! signals. SIGTERM/SIGINT (the system stops): save, then exit with the
-//! save's result. SIGUSR1: save now and keep running, whatever the result.
+//! `saver daemon`: started at boot by the init system. SIGTERM/SIGINT (the
+//! system stops): save, then exit with the save's result. SIGUSR1: save now
+//! and keep running. Every `ramstick.checkpoint` minutes (15 by default) it
+//! saves a checkpoint when something changed — the session's layer is
+//! replaced, so a power cut loses at most that many minutes — unless that
+//! would write more than the hourly budget. When the system is idle it
+//! merges layers the compaction policy asks for.
 
-use crate::save::save;
-use crate::session::Paths;
+use crate::maintain::{self, Budget};
+use crate::save::{lock, save, SaveOptions, Trigger};
+use crate::session::{load_exclude, Paths, Session};
+use crate::space::{self, human};
+use crate::stick::say;
 use anyhow::{Context, Result};
+use ramstick_common::cmdline::{self, BootType};
 use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
+use std::collections::VecDeque;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The daemon's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Minutes between checkpoints; `None`: only at shutdown and on demand.
+    pub checkpoint: Option<u32>,
+    /// Bytes checkpoints may write in an hour.
+    pub budget: u64,
+}
+
+/// The settings' defaults (the checkpoint interval's is the command line table's).
+pub fn defaults() -> Settings {
+    Settings {
+        checkpoint: cmdline::Config::default().checkpoint_minutes,
+        budget: 1 << 30,
+    }
+}
+
+/// Where the settings file lives.
+pub const CONF: &str = "/etc/ramstick/saver.conf";
+
+/// The settings: the defaults, then `saver.conf` (`checkpoint = 15|off`,
+/// `checkpoint-budget = 512M`), then `ramstick.checkpoint` when the command
+/// line gives it.
+pub fn settings(conf: &str, cmdline_text: &str) -> Result<Settings> {
+    let mut s = defaults();
+    for (n, line) in conf.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = || format!("{CONF} line {}: `{line}`", n + 1);
+        let (key, value) = line.split_once('=').with_context(bad)?;
+        match (key.trim(), value.trim()) {
+            ("checkpoint", "off") => s.checkpoint = None,
+            ("checkpoint", v) => {
+                let (cfg, problems) = cmdline::parse(&format!("ramstick.checkpoint={v}"));
+                anyhow::ensure!(problems.is_empty(), "{}: {}", bad(), problems[0].message);
+                s.checkpoint = cfg.checkpoint_minutes;
+            }
+            ("checkpoint-budget", v) => {
+                let size = cmdline::parse_size(v)
+                    .filter(|z| !matches!(z, cmdline::Size::Percent(_)))
+                    .with_context(|| format!("{}: a size in bytes like 512M", bad()))?;
+                s.budget = size.to_bytes(0);
+            }
+            _ => anyhow::bail!("{}: unknown setting (checkpoint, checkpoint-budget)", bad()),
+        }
+    }
+    if cmdline::split_args(cmdline_text)
+        .iter()
+        .any(|(name, _)| *name == "ramstick.checkpoint")
+    {
+        s.checkpoint = cmdline::parse(cmdline_text).0.checkpoint_minutes;
+    }
+    Ok(s)
+}
+
+/// Bytes written by checkpoints in the last hour.
+struct Spent(VecDeque<(Instant, u64)>);
+
+impl Spent {
+    fn in_last_hour(&mut self) -> u64 {
+        while self
+            .0
+            .front()
+            .is_some_and(|(t, _)| t.elapsed() > Duration::from_secs(3600))
+        {
+            self.0.pop_front();
+        }
+        self.0.iter().map(|(_, b)| b).sum()
+    }
+}
 
 pub fn daemon(paths: &Paths) -> Result<()> {
     let mut signals =
         Signals::new([SIGTERM, SIGINT, SIGUSR1]).context("cannot install signal handlers")?;
-    eprintln!("saver: waiting (SIGTERM/SIGINT: save and exit; SIGUSR1: save now)");
-    for signal in signals.forever() {
-        if signal != SIGUSR1 {
-            eprintln!("saver: the system is stopping: saving the session");
-            return save(paths, false).map(drop);
+    let conf = std::fs::read_to_string(CONF).unwrap_or_default();
+    let line = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let s = settings(&conf, &line).unwrap_or_else(|e| {
+        say(&format!("{e:#}; using the defaults"));
+        defaults()
+    });
+    let clean = Session::load(paths).map(|x| x.info.asked == BootType::Clean)?;
+    match (clean, s.checkpoint) {
+        (true, _) => say("clean boot: this session is not saved"),
+        (false, Some(m)) => say(&format!(
+            "checkpoints every {m} min when something changed (at most {} an hour); \
+             SIGTERM: save and exit; SIGUSR1: save now",
+            human(s.budget)
+        )),
+        (false, None) => say("checkpoints off: saving at shutdown and on demand (SIGUSR1)"),
+    }
+    let mut spent = Spent(VecDeque::new());
+    let mut last = Instant::now();
+    let mut idle_checked = Instant::now();
+    loop {
+        for signal in signals.pending() {
+            if signal != SIGUSR1 {
+                say("the system is stopping: saving the session");
+                return save(paths, SaveOptions::new(Trigger::Shutdown)).map(drop);
+            }
+            if let Err(e) = save(paths, SaveOptions::new(Trigger::Demand)) {
+                say(&format!("error: {e:#}"));
+            }
         }
-        if let Err(e) = save(paths, false) {
-            eprintln!("saver: error: {e:#}");
+        std::thread::sleep(Duration::from_secs(1));
+        if clean {
+            continue;
+        }
+        if let Some(minutes) = s.checkpoint {
+            if last.elapsed() >= Duration::from_secs(u64::from(minutes) * 60) {
+                last = Instant::now();
+                checkpoint(paths, s.budget, &mut spent);
+            }
+        }
+        if idle_checked.elapsed() >= Duration::from_secs(60) {
+            idle_checked = Instant::now();
+            if is_idle(Path::new("/proc/loadavg")) {
+                compact_when_idle(paths);
+            }
         }
     }
-    Ok(())
+}
+
+/// A checkpoint, unless it would overspend the hourly budget.
+fn checkpoint(paths: &Paths, budget: u64, spent: &mut Spent) {
+    let upper = load_exclude(&paths.exclude)
+        .and_then(|ex| space::estimate(&paths.upperdir, &ex))
+        .map_or(0, |e| e.data);
+    let used = spent.in_last_hour();
+    if used + upper > budget {
+        say(&format!(
+            "checkpoint skipped: it would write up to {} and checkpoints wrote {} in the last \
+             hour (budget {} an hour, checkpoint-budget in {CONF}); the session is saved at \
+             shutdown",
+            human(upper),
+            human(used),
+            human(budget)
+        ));
+        return;
+    }
+    match save(paths, SaveOptions::new(Trigger::Checkpoint)) {
+        Ok(crate::save::Outcome::Saved { bytes, .. }) => spent.0.push_back((Instant::now(), bytes)),
+        Ok(_) => {}
+        Err(e) => say(&format!("checkpoint failed: {e:#}")),
+    }
+}
+
+/// True when the 1-minute load average is low.
+fn is_idle(loadavg: &Path) -> bool {
+    std::fs::read_to_string(loadavg)
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()))
+        .is_some_and(|load| load < 0.3)
+}
+
+fn compact_when_idle(paths: &Paths) {
+    let result = lock(&paths.state).and_then(|_lock| {
+        let mut session = Session::load(paths)?;
+        maintain::compact_if_due(paths, &mut session, Budget::Idle)
+    });
+    if let Err(e) = result {
+        say(&format!("idle compaction failed: {e:#} (the saved state is unchanged)"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_come_from_defaults_then_the_file_then_the_command_line() {
+        assert_eq!(settings("", "").unwrap(), defaults());
+        assert_eq!(defaults().checkpoint, Some(15));
+        let s = settings("# mine\ncheckpoint = 5\ncheckpoint-budget = 64M\n", "quiet").unwrap();
+        assert_eq!(s, Settings { checkpoint: Some(5), budget: 64 << 20 });
+        let s = settings("checkpoint = 5\n", "ramstick.checkpoint=off").unwrap();
+        assert_eq!(s.checkpoint, None);
+        let s = settings("checkpoint = off\n", "ramstick.checkpoint=30").unwrap();
+        assert_eq!(s.checkpoint, Some(30));
+        for bad in ["checkpoint = 0", "checkpoint-budget = 5%", "speed = 3", "checkpoint"] {
+            let err = format!("{:#}", settings(bad, "").unwrap_err());
+            assert!(err.contains("saver.conf line 1"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_budget_forgets_what_is_older_than_an_hour() {
+        let mut spent = Spent(VecDeque::new());
+        spent.0.push_back((Instant::now(), 10));
+        spent.0.push_back((Instant::now(), 5));
+        assert_eq!(spent.in_last_hour(), 15);
+        if let Some(old) = Instant::now().checked_sub(Duration::from_secs(7200)) {
+            spent.0.push_front((old, 100));
+            assert_eq!(spent.in_last_hour(), 15);
+        }
+    }
+
+    #[test]
+    fn idleness_is_the_load_average() {
+        let dir = std::env::temp_dir().join(format!("saver-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("loadavg");
+        std::fs::write(&f, "0.05 0.10 0.20 1/100 42\n").unwrap();
+        assert!(is_idle(&f));
+        std::fs::write(&f, "1.50 0.10 0.20 1/100 42\n").unwrap();
+        assert!(!is_idle(&f));
+        assert!(!is_idle(&dir.join("missing")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -6,6 +6,7 @@
 //! [`session`] what boot.json says about this session, [`status`] and
 //! [`daemon`] the other commands, [`codec`] the squashfs codec's commands.
 
+pub mod check;
 pub mod clock;
 pub mod codec;
 pub mod commit;
@@ -13,10 +14,12 @@ pub mod compact;
 #[cfg(test)]
 mod crashtest;
 pub mod daemon;
+pub mod maintain;
 pub mod progress;
 pub mod save;
 pub mod saveplan;
 pub mod session;
 pub mod space;
 pub mod status;
+pub mod stick;
 pub mod verifymount;

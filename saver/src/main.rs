@@ -1,13 +1,15 @@
 //! `saver`: persists the RAM session of a ramstick system to the stick
-//! (`save`, `daemon`), reports on it (`status`), and offers the squashfs
-//! codec on the command line (`pack`, `unpack`, `verify`).
+//! (`save`, `daemon`), keeps the saved chain short (`compact`), reports on
+//! it (`status`, `check`), and offers the squashfs codec on the command line
+//! (`pack`, `unpack`, `verify`).
 //!
-//! Exit status: 0 on success, 1 when `verify` finds differences, 2 on an error.
+//! Exit status: 0 on success, 1 when `verify` or `check` finds differences,
+//! 2 on an error.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use ramstick_saver::session::Paths;
-use ramstick_saver::{codec, daemon, save, status};
+use ramstick_saver::{check, codec, daemon, maintain, save, status};
 
 #[derive(Parser)]
 #[command(
@@ -22,18 +24,36 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Show how this system booted, the images on the stick, the upper's
-    /// usage and how much changed since boot.
+    /// Show how this system booted, the saved chain on the stick, the
+    /// upper's usage and how much changed since the last save.
     Status,
     /// Save the session to the stick now: pack the RAM upper into a new
-    /// upperfs.squashfs, test it, keep the previous one as the backup.
+    /// layer, read it back, commit it to the chain (a second save in one
+    /// session replaces the session's layer).
+    ///
+    /// Example: `saver save` (or `kill -USR1` the daemon).
     Save {
         /// Save even when nothing changed.
         #[arg(long)]
         force: bool,
+        /// Save although boot could only use part of the chain for a reason
+        /// that is not proven damage (the whole chain is kept aside).
+        #[arg(long)]
+        onto_partial: bool,
     },
-    /// Run until SIGTERM/SIGINT (then save and exit); SIGUSR1 saves and keeps running.
+    /// Run until SIGTERM/SIGINT (then save and exit); SIGUSR1 saves and
+    /// keeps running; checkpoints every `ramstick.checkpoint` minutes.
     Daemon,
+    /// Merge every layer below the latest session's into one (the policy
+    /// also does this by itself, a few layers at a time).
+    ///
+    /// Example: `saver compact`
+    Compact,
+    /// Read every layer on the stick whole and compare it with the
+    /// manifest's digests; exit 1 if one differs.
+    ///
+    /// Example: `saver check`
+    Check,
     /// Pack a directory tree into a squashfs image.
     Pack(codec::PackArgs),
     /// Unpack a squashfs image into a directory.
@@ -47,8 +67,20 @@ fn main() {
     let paths = Paths::system();
     let result: Result<bool> = match &cli.cmd {
         Cmd::Status => status::status(&paths).map(|()| true),
-        Cmd::Save { force } => save::save(&paths, *force).map(|_| true),
+        Cmd::Save {
+            force,
+            onto_partial,
+        } => {
+            let opts = save::SaveOptions {
+                force: *force,
+                onto_partial: *onto_partial,
+                trigger: save::Trigger::Demand,
+            };
+            save::save(&paths, opts).map(|_| true)
+        }
         Cmd::Daemon => daemon::daemon(&paths).map(|()| true),
+        Cmd::Compact => maintain::compact(&paths).map(|()| true),
+        Cmd::Check => check::check(&paths),
         Cmd::Pack(a) => codec::pack(a).map(|()| true),
         Cmd::Unpack(a) => codec::unpack(a).map(|()| true),
         Cmd::Verify(a) => codec::verify(a),

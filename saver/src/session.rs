@@ -1,18 +1,19 @@
 //! The running session as the saver sees it: where things are, how init
-//! booted (boot.json), which image the upper is known to equal, and which
-//! images boot found unreadable.
+//! booted (boot.json), what this session saved so far (session.json in the
+//! saver's run-time directory), and what the stick holds.
 
+use crate::saveplan::SessionState;
 use anyhow::{Context, Result};
 use ramstick_common::bootinfo::{BootInfo, BOOT_JSON};
-use ramstick_common::cmdline::BootType;
-use ramstick_common::plan::{UPPER_BACKUP_IMAGE, UPPER_IMAGE};
-use ramstick_squash::{Difference, Exclude};
+use ramstick_common::chain::Saved;
+use ramstick_common::manifest::{LAYERS_DIR, LEGACY_BACKUP_IMAGE, LEGACY_IMAGE, MANIFEST};
+use ramstick_squash::Exclude;
 use std::path::{Path, PathBuf};
 
 /// The paths the saver works on (the system's, or a test's).
 #[derive(Debug, Clone)]
 pub struct Paths {
-    /// The persist partition, holding the images.
+    /// The persist partition, holding the layers.
     pub persist: PathBuf,
     /// The upper filesystem's mount point (for its usage).
     pub upper_mount: PathBuf,
@@ -22,7 +23,7 @@ pub struct Paths {
     pub exclude: PathBuf,
     /// init's boot record.
     pub boot_json: PathBuf,
-    /// The saver's own run-time directory (lock, saved marker, test mounts).
+    /// The saver's own run-time directory (lock, session record, test mounts).
     pub state: PathBuf,
 }
 
@@ -39,21 +40,32 @@ impl Paths {
         }
     }
 
-    /// Present after a save of this session: the upper then equals `upperfs.squashfs`.
-    pub fn saved_marker(&self) -> PathBuf {
-        self.state.join("saved")
+    /// What this session saved (absent until its first save).
+    pub fn session_json(&self) -> PathBuf {
+        self.state.join("session.json")
+    }
+
+    /// The layers directory on the stick.
+    pub fn layers(&self) -> PathBuf {
+        self.persist.join(LAYERS_DIR)
+    }
+
+    /// A path relative to the persist partition's root.
+    pub fn on_stick(&self, rel: &str) -> PathBuf {
+        self.persist.join(rel)
     }
 }
 
-/// How this session started and what it was saved as.
+/// How this session started and what it saved.
 #[derive(Debug, Clone)]
 pub struct Session {
     pub info: BootInfo,
-    /// The session was saved already (by an earlier `saver save` of this boot).
-    pub saved: bool,
+    pub state: SessionState,
 }
 
 impl Session {
+    /// Reads boot.json and the session record (call it under the saver's
+    /// lock, so that a save running meanwhile cannot change it under us).
     pub fn load(paths: &Paths) -> Result<Session> {
         let path = &paths.boot_json;
         let text = std::fs::read_to_string(path).with_context(|| {
@@ -64,49 +76,55 @@ impl Session {
         })?;
         let info = BootInfo::from_json(&text)
             .with_context(|| format!("cannot parse {}", path.display()))?;
-        Ok(Session {
-            info,
-            saved: paths.saved_marker().exists(),
-        })
-    }
-
-    /// The image the upper was unpacked from, or saved to since (relative to /persist).
-    pub fn reference(&self) -> Option<&str> {
-        if self.saved {
-            Some(UPPER_IMAGE)
-        } else {
-            self.info.image.as_deref()
-        }
-    }
-
-    /// The images boot tried before the one it used (or all it tried, when
-    /// it ended clean). Those still present were unreadable. Empty once the
-    /// session has been saved (the save set them aside).
-    pub fn skipped(&self) -> Vec<&'static str> {
-        if self.saved {
-            return Vec::new();
-        }
-        let chain: &[&'static str] = match self.info.asked {
-            BootType::Default => &[UPPER_IMAGE, UPPER_BACKUP_IMAGE],
-            BootType::Backup => &[UPPER_BACKUP_IMAGE],
-            BootType::Clean => &[],
+        let record = paths.session_json();
+        let state = match std::fs::read_to_string(&record) {
+            Ok(text) => serde_json::from_str(&text)
+                .with_context(|| format!("cannot parse {}", record.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => SessionState::booted(&info),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", record.display())),
         };
-        chain
-            .iter()
-            .take_while(|name| self.info.image.as_deref() != Some(**name))
-            .copied()
-            .collect()
+        Ok(Session { info, state })
+    }
+
+    /// Records what the session saved (in RAM: it only matters until shutdown).
+    pub fn store(&self, paths: &Paths) -> Result<()> {
+        let record = paths.session_json();
+        let tmp = record.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(&self.state).unwrap_or_default();
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &record))
+            .with_context(|| format!("cannot write {}", record.display()))
     }
 }
 
-/// Compares the image `name` on /persist with the upper: the differences
-/// that matter (POSIX ACLs, which squashfs cannot store, are not compared).
-pub fn changes(
-    paths: &Paths,
-    name: &str,
-    exclude: &Exclude,
-) -> ramstick_squash::Result<Vec<Difference>> {
-    ramstick_squash::verify(&paths.persist.join(name), &paths.upperdir, exclude)
+/// What the stick holds of the saved state now.
+pub fn read_saved(paths: &Paths) -> Saved {
+    let manifest = paths.layers().join(MANIFEST);
+    Saved::from_read(
+        std::fs::read_to_string(&manifest),
+        legacy_present(paths),
+        &manifest.to_string_lossy(),
+    )
+}
+
+/// Whether the legacy images exist.
+pub fn legacy_present(paths: &Paths) -> [bool; 2] {
+    [LEGACY_IMAGE, LEGACY_BACKUP_IMAGE].map(|n| paths.persist.join(n).exists())
+}
+
+/// The names in the layers directory (none when it does not exist).
+pub fn layer_files(paths: &Paths) -> Result<Vec<String>> {
+    let dir = paths.layers();
+    match std::fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .map(|e| {
+                e.map(|e| e.file_name().to_string_lossy().into_owned())
+                    .with_context(|| format!("cannot list {}", dir.display()))
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot list {}", dir.display())),
+    }
 }
 
 /// Reads the exclusion list; a missing file excludes nothing.
@@ -121,47 +139,6 @@ pub fn load_exclude(path: &Path) -> Result<Exclude> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
-    fn session(asked: BootType, used: BootType, image: Option<&str>, saved: bool) -> Session {
-        Session {
-            info: BootInfo {
-                asked,
-                used,
-                image: image.map(String::from),
-                image_size: None,
-                reasons: vec![],
-                timings_ms: BTreeMap::new(),
-                kernel: String::new(),
-                upper: "zram".into(),
-                problems: vec![],
-            },
-            saved,
-        }
-    }
-
-    #[test]
-    fn skipped_images_are_those_tried_before_the_used_one() {
-        use BootType::*;
-        let s = session(Default, Default, Some(UPPER_IMAGE), false);
-        assert!(s.skipped().is_empty());
-        assert_eq!(s.reference(), Some(UPPER_IMAGE));
-        let s = session(Default, Backup, Some(UPPER_BACKUP_IMAGE), false);
-        assert_eq!(s.skipped(), [UPPER_IMAGE]);
-        assert_eq!(s.reference(), Some(UPPER_BACKUP_IMAGE));
-        let s = session(Default, Clean, None, false);
-        assert_eq!(s.skipped(), [UPPER_IMAGE, UPPER_BACKUP_IMAGE]);
-        assert_eq!(s.reference(), None);
-        let s = session(Backup, Clean, None, false);
-        assert_eq!(s.skipped(), [UPPER_BACKUP_IMAGE]);
-        let s = session(Backup, Backup, Some(UPPER_BACKUP_IMAGE), false);
-        assert!(s.skipped().is_empty());
-        assert!(session(Clean, Clean, None, false).skipped().is_empty());
-        // After a save the upper equals upperfs.squashfs and nothing is skipped.
-        let s = session(Default, Backup, Some(UPPER_BACKUP_IMAGE), true);
-        assert!(s.skipped().is_empty());
-        assert_eq!(s.reference(), Some(UPPER_IMAGE));
-    }
 
     #[test]
     fn exclusion_file_missing_or_invalid() {

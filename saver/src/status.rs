@@ -1,44 +1,38 @@
-//! `saver status`: how this system booted, which images are on the stick,
-//! how full the RAM upper is and how much changed since boot.
+//! `saver status`: how this system booted, the saved chain on the stick,
+//! how full the RAM upper is and what changed since the last save.
 
-use crate::clock;
 use crate::session::{self, load_exclude, Paths, Session};
 use crate::space::{self, human};
 use anyhow::Result;
+use ramstick_common::chain::Saved;
 use ramstick_common::cmdline::BootType;
+use ramstick_common::manifest::Manifest;
 
 /// Prints the status to stdout.
 pub fn status(paths: &Paths) -> Result<()> {
     let session = Session::load(paths)?;
     let info = &session.info;
-    println!("boot asked:   {}", info.asked);
+    println!("boot asked:   {} (layers: {})", info.asked, info.layers_mode);
     println!("boot used:    {}", info.used);
-    if let Some(image) = &info.image {
-        println!(
-            "unpacked:     {image} ({})",
-            human(info.image_size.unwrap_or(0))
-        );
+    for l in &info.layers {
+        println!("  in use:     {} ({}, {})", l.name, human(l.size), l.how);
     }
-    for r in &info.reasons {
-        println!("boot note:    {r}");
+    for f in &info.failures {
+        println!("  NOT used:   {} ({}: {})", f.layer, f.class, f.message);
     }
-    let mut images: Vec<_> = std::fs::read_dir(&paths.persist)
-        .map(|rd| rd.flatten().collect())
-        .unwrap_or_default();
-    images.sort_by_key(|e| e.file_name());
-    for e in images {
-        let name = e.file_name().to_string_lossy().to_string();
-        if !name.starts_with("upperfs") || !name.ends_with(".squashfs") {
-            continue;
-        }
-        match e.metadata() {
-            Ok(m) => println!(
-                "image:        {name}: {}, {}",
-                human(m.len()),
-                m.modified().map_or("?".into(), clock::display)
-            ),
-            Err(err) => println!("image:        {name}: cannot stat: {err}"),
-        }
+    for n in &info.notes {
+        println!("boot note:    {n}");
+    }
+    match session::read_saved(paths) {
+        Saved::Manifest(m) => print_chains(&m),
+        Saved::Legacy { default, backup } => println!(
+            "on the stick: the legacy layout (upperfs.squashfs: {}, upperfs-backup.squashfs: {}); \
+             the next save converts it to layers",
+            if default { "yes" } else { "no" },
+            if backup { "yes" } else { "no" }
+        ),
+        Saved::Damaged(why) => println!("on the stick: UNREADABLE manifest ({why}); saving is refused"),
+        Saved::Nothing => println!("on the stick: nothing saved yet"),
     }
     match space::usage(&paths.upper_mount) {
         Ok((used, size)) => println!(
@@ -49,14 +43,45 @@ pub fn status(paths: &Paths) -> Result<()> {
         ),
         Err(e) => println!("upper:        {e:#}"),
     }
-    if session.saved {
-        println!("saved:        yes, during this session");
+    if let Some(layer) = &session.state.layer {
+        println!("saved:        during this session, as {layer}");
     }
     println!("changes:      {}", changes(paths, &session));
     Ok(())
 }
 
-/// How much differs between the upper and the image it came from.
+/// The chains of the manifest, one layer a line.
+fn print_chains(m: &Manifest) {
+    let total: u64 = m.current.iter().filter_map(|n| m.layers.get(n)).map(|l| l.size).sum();
+    println!(
+        "chain:        {} layers, {} (manifest generation {})",
+        m.current.len(),
+        human(total),
+        m.generation
+    );
+    for name in &m.current {
+        if let Some(l) = m.layers.get(name) {
+            println!(
+                "  {name}  {:>10}  {}  {} (level {})",
+                human(l.size),
+                l.saved,
+                l.origin,
+                l.level
+            );
+        }
+    }
+    let shared = m.current.iter().zip(&m.backup).take_while(|(a, b)| a == b).count();
+    if shared == m.backup.len() {
+        println!("backup:       the first {shared} layers of the chain");
+    } else {
+        println!("backup:       {}", m.backup.join(", "));
+    }
+    for k in &m.kept {
+        println!("kept aside:   {} since {}: {}", k.layers.join(", "), k.stamp, k.why);
+    }
+}
+
+/// How much differs from what this session last saved.
 fn changes(paths: &Paths, session: &Session) -> String {
     let exclude = match load_exclude(&paths.exclude) {
         Ok(e) => e,
@@ -67,14 +92,14 @@ fn changes(paths: &Paths, session: &Session) -> String {
     } else {
         ""
     };
-    match session.reference() {
-        Some(name) => match session::changes(paths, name, &exclude) {
-            Ok(d) => format!("{} entries differ from {name}{not_saved}", d.len()),
-            Err(e) => format!("unknown: cannot compare with {name}: {e}"),
+    match &session.state.layer {
+        Some(layer) => match ramstick_squash::verify(&paths.layers().join(layer), &paths.upperdir, &exclude) {
+            Ok(d) => format!("{} entries differ from {layer}{not_saved}", d.len()),
+            Err(e) => format!("unknown: cannot compare with {layer}: {e}"),
         },
         None => match space::estimate(&paths.upperdir, &exclude) {
             Ok(est) => format!(
-                "{} entries ({} of file data) since a clean start{not_saved}",
+                "{} entries ({} of file data) since boot{not_saved}",
                 est.entries,
                 human(est.data)
             ),

@@ -1,8 +1,10 @@
-//! The test step of a save: the new image is loop-mounted read-only by the
-//! kernel (the reader boot uses) and its tree is compared with the upper,
-//! entry by entry (type, mode, owner, size, mtime in seconds as squashfs
-//! stores it, symlink target, xattrs, hardlink groups, content hash),
-//! leaving out what the exclusion list left out.
+//! The kernel's half of reading a new layer back: the layer is loop-mounted
+//! read-only by the kernel (the reader a `ramstick.layers=mount` boot uses)
+//! and its tree is compared with the upper, entry by entry (type, mode,
+//! owner, size, mtime in seconds as squashfs stores it, symlink target,
+//! xattrs, hardlink groups, content hash), leaving out what the exclusion
+//! list left out. (Our codec's half is `ramstick_squash::verify`, the
+//! reader of a `ram` boot; see `stick`.)
 
 use anyhow::{bail, Context, Result};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -18,6 +20,27 @@ const SHOWN: usize = 10;
 /// Mounts `image` at `mnt` (created private, 0700), compares it with
 /// `upper`, unmounts it and releases the loop device.
 pub fn check(image: &Path, upper: &Path, exclude: &Exclude, mnt: &Path) -> Result<()> {
+    with_mount(image, mnt, || compare(mnt, upper, exclude))
+}
+
+/// Mounts `image` and has our codec compare itself with what the kernel
+/// shows: both readers read every entry and every byte, and must agree.
+pub fn read_whole(image: &Path, mnt: &Path) -> Result<()> {
+    with_mount(image, mnt, || {
+        let diffs = ramstick_squash::verify(image, mnt, &Exclude::none())
+            .with_context(|| format!("our reader cannot read {}", image.display()))?;
+        if diffs.is_empty() {
+            return Ok(());
+        }
+        let shown: Vec<String> = diffs.iter().map(ToString::to_string).collect();
+        Err(Mismatch(shown)).with_context(|| {
+            format!("the kernel and our reader disagree on {}", image.display())
+        })
+    })
+}
+
+/// Runs `f` with `image` mounted read-only by the kernel at `mnt`.
+fn with_mount(image: &Path, mnt: &Path, f: impl FnOnce() -> Result<()>) -> Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -43,7 +66,7 @@ pub fn check(image: &Path, upper: &Path, exclude: &Exclude, mnt: &Path) -> Resul
             dev.display()
         );
     }
-    let result = compare(mnt, upper, exclude);
+    let result = f();
     let unmounted = umount2(mnt, MntFlags::empty())
         .with_context(|| format!("cannot unmount the test mount {}", mnt.display()));
     // Autoclear detaches the device once it is unmounted and closed here.

@@ -11,7 +11,7 @@
 //! what is still in the page cache.
 
 use crate::format::{Superblock, SUPERBLOCK_SIZE};
-use crate::read::image::{read_full_at, Image};
+use crate::read::image::{read_full_at, Image, Kind};
 use crate::{Error, Result};
 use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
 use ramstick_common::digest::Digest;
@@ -30,6 +30,12 @@ pub struct Digests {
     pub meta: String,
     /// xxh3-128 of the whole file (hex).
     pub full: String,
+}
+
+/// Drops the cached pages of `image`, so that the next reads come from the
+/// device (pages still dirty stay; callers sync first).
+pub fn drop_cache(image: &Path) -> Result<()> {
+    open_uncached(image).map(drop)
 }
 
 /// Opens `image` for reading, with its cached pages dropped.
@@ -113,6 +119,40 @@ pub fn probe(image: &Path) -> Result<()> {
     img.entries(&root).map(drop)
 }
 
+/// What an image holds, from its metadata alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Directory entries (hardlinks count per name), the root not counted.
+    pub entries: u64,
+    /// File data, each inode once.
+    pub data_bytes: u64,
+}
+
+/// Counts the entries and file data of `image` by walking its directory
+/// tree (metadata only; a cycle or an over-deep tree is a corrupt image).
+pub fn summary(image: &Path) -> Result<Summary> {
+    let img = Image::open(image)?;
+    let mut out = Summary::default();
+    let mut seen_files = std::collections::HashSet::new();
+    let mut seen_dirs = std::collections::HashSet::new();
+    let mut todo = vec![(img.root()?, 0usize)];
+    while let Some((dir, depth)) = todo.pop() {
+        if depth > crate::read::MAX_DEPTH || !seen_dirs.insert(dir.number) {
+            return Err(img.corrupt("a directory cycle or a tree deeper than the reader allows"));
+        }
+        for e in img.entries(&dir)? {
+            out.entries += 1;
+            let inode = img.inode(e.inode_ref)?;
+            match &inode.kind {
+                Kind::Dir { .. } => todo.push((inode, depth + 1)),
+                Kind::File(data) if seen_files.insert(inode.number) => out.data_bytes += data.size,
+                _ => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +177,13 @@ mod tests {
         assert_eq!(before.size, std::fs::metadata(&image).unwrap().len());
         assert_eq!(meta_digest(&image).unwrap(), (before.size, before.meta.clone()));
         probe(&image).unwrap();
+        assert_eq!(
+            summary(&image).unwrap(),
+            Summary {
+                entries: 3,
+                data_bytes: 300_005
+            }
+        );
         let file = std::fs::OpenOptions::new().write(true).open(&image).unwrap();
         // A byte of the first data block (right after the superblock).
         file.write_at(&[0xff], SUPERBLOCK_SIZE as u64 + 10).unwrap();

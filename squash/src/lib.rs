@@ -22,7 +22,7 @@ pub mod write;
 
 use std::path::Path;
 
-pub use digest::{digests, meta_digest, probe, Digests};
+pub use digest::{digests, drop_cache, meta_digest, probe, summary, Digests, Summary};
 pub use error::{Error, Result};
 pub use exclude::Exclude;
 pub use verify::Difference;

@@ -4,7 +4,7 @@ use super::*;
 use crate::images::fake::RecordingImages;
 use crate::sys::RecordingSys;
 use ramstick_common::cmdline;
-use ramstick_common::manifest::{layer_name, Origin};
+use ramstick_common::manifest::{layer_name, Manifest, Origin};
 use ramstick_common::plan::{make_plan, Facts};
 use std::path::PathBuf;
 

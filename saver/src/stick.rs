@@ -1,0 +1,262 @@
+//! The real [`Stick`]: the persist partition, written through the codec.
+//!
+//! A session's layer is the overlay's upperdir packed with the exclusion
+//! list, synced, then read back from the device (its cached pages dropped
+//! first) by both readers a boot may use — our codec (`ramstick.layers=ram`)
+//! and the kernel's squashfs (`mount`) — and compared with the upper entry
+//! by entry; a file that changed meanwhile makes it try again. A merged
+//! layer is read back whole by both readers. Every record carries the
+//! layer's digests as read back from the device.
+
+use crate::clock;
+use crate::commit::{Source, Stick};
+use crate::progress::Reporter;
+use crate::session::Paths;
+use crate::space::human;
+use crate::verifymount;
+use anyhow::{bail, Context, Result};
+use ramstick_common::manifest::{LayerInfo, Origin, LAYERS_DIR};
+use ramstick_squash::{Compressor, Exclude, PackOptions, Progress};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+/// Session layers are written while the user waits (shutdown, a
+/// checkpoint): a fast zstd level. See README "Performance" for the row
+/// that chose it.
+pub const SESSION_COMPRESSOR: Compressor = Compressor::Zstd(3);
+/// Merged layers are written rarely and read at every boot: a strong level.
+pub const MERGE_COMPRESSOR: Compressor = Compressor::Zstd(15);
+
+/// Packing attempts when the upper changes meanwhile.
+const ATTEMPTS: u32 = 3;
+/// Pause before the next attempt.
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One line on the console.
+pub fn say(msg: &str) {
+    eprintln!("saver: {msg}");
+}
+
+/// The persist partition.
+pub struct PersistStick<'a> {
+    pub paths: &'a Paths,
+    pub exclude: &'a Exclude,
+    /// Bytes of the layer files written.
+    pub written: u64,
+}
+
+impl<'a> PersistStick<'a> {
+    pub fn new(paths: &'a Paths, exclude: &'a Exclude) -> Self {
+        PersistStick {
+            paths,
+            exclude,
+            written: 0,
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.paths.on_stick(rel)
+    }
+
+    /// Creates `layers/` (and makes its entry durable) if it is missing.
+    fn layers_dir(&self) -> Result<PathBuf> {
+        let dir = self.paths.layers();
+        if !dir.is_dir() {
+            std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            sync_dir(&self.paths.persist)?;
+        }
+        Ok(dir)
+    }
+
+    /// Packs the upper into `image` and checks it; returns the record.
+    fn write_session(&self, image: &Path) -> Result<LayerInfo> {
+        let upper = &self.paths.upperdir;
+        let reporter = Reporter::new("packing");
+        let progress = |p: &Progress| reporter.report(p);
+        let options = PackOptions {
+            compressor: SESSION_COMPRESSOR,
+            exclude: self.exclude,
+            progress: Some(&progress),
+            ..PackOptions::default()
+        };
+        let t = Instant::now();
+        let stats = ramstick_squash::pack(upper, image, &options)
+            .with_context(|| format!("cannot pack {} into {}", upper.display(), image.display()))?;
+        sync_file(image)?;
+        say(&format!(
+            "packed {} entries ({} of file data) into {} in {:.1} s; reading it back",
+            stats.entries,
+            human(stats.bytes_in),
+            human(stats.image_size),
+            t.elapsed().as_secs_f64()
+        ));
+        let t = Instant::now();
+        ramstick_squash::drop_cache(image)?;
+        let diffs = ramstick_squash::verify(image, upper, self.exclude)
+            .with_context(|| format!("cannot read back {}", image.display()))?;
+        if !diffs.is_empty() {
+            let shown: Vec<String> = diffs.iter().map(ToString::to_string).collect();
+            return Err(verifymount::Mismatch(shown).into());
+        }
+        ramstick_squash::drop_cache(image)?;
+        let mnt = self.paths.state.join("verify");
+        verifymount::check(image, upper, self.exclude, &mnt)?;
+        say(&format!(
+            "both readers read the new layer back identical to the upper ({:.1} s)",
+            t.elapsed().as_secs_f64()
+        ));
+        record(image, stats.entries, stats.bytes_in, Origin::Session)
+    }
+
+    /// Merges `run` into `image` and reads it back whole.
+    fn write_merge(&self, image: &Path, run: &[String]) -> Result<LayerInfo> {
+        let inputs: Vec<PathBuf> = run
+            .iter()
+            .map(|n| self.paths.layers().join(n))
+            .collect();
+        let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+        let options = PackOptions {
+            compressor: MERGE_COMPRESSOR,
+            ..PackOptions::default()
+        };
+        let t = Instant::now();
+        let stats = ramstick_squash::merge(&inputs, image, &options)
+            .with_context(|| format!("cannot merge {} layers into {}", run.len(), image.display()))?;
+        sync_file(image)?;
+        ramstick_squash::drop_cache(image)?;
+        let summary = ramstick_squash::summary(image)?;
+        let mnt = self.paths.state.join("verify");
+        verifymount::read_whole(image, &mnt)?;
+        say(&format!(
+            "merged {} layers into {} ({}) in {:.1} s",
+            run.len(),
+            image.display(),
+            human(stats.image_size),
+            t.elapsed().as_secs_f64()
+        ));
+        record(image, summary.entries, summary.data_bytes, Origin::Compacted)
+    }
+}
+
+/// The record of the layer file `image` (digests read from the device).
+fn record(image: &Path, entries: u64, data_bytes: u64, origin: Origin) -> Result<LayerInfo> {
+    let d = ramstick_squash::digests(image)
+        .with_context(|| format!("cannot read back {}", image.display()))?;
+    Ok(LayerInfo {
+        size: d.size,
+        meta_digest: d.meta,
+        digest: d.full,
+        saved: clock::stamp(SystemTime::now()),
+        entries,
+        data_bytes,
+        level: 0,
+        origin,
+    })
+}
+
+fn sync_file(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("cannot sync {}", path.display()))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))
+}
+
+/// True if a file of the upper changed while it was packed or compared
+/// (something still writes; a later attempt may catch it at rest).
+pub fn changed_while_saving(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<verifymount::Mismatch>().is_some()
+            || matches!(
+                c.downcast_ref::<ramstick_squash::Error>(),
+                Some(ramstick_squash::Error::Changed { .. })
+            )
+    })
+}
+
+impl Stick for PersistStick<'_> {
+    fn write_layer(&mut self, name: &str, source: &Source) -> Result<LayerInfo> {
+        let image = self.layers_dir()?.join(name);
+        let info = match source {
+            Source::Merge(run) => self.write_merge(&image, run)?,
+            Source::Session => {
+                let mut attempt = 1;
+                loop {
+                    match self.write_session(&image) {
+                        Ok(info) => break info,
+                        Err(e) if attempt < ATTEMPTS && changed_while_saving(&e) => {
+                            say(&format!(
+                                "the upper changed while it was being saved ({e:#}); trying again"
+                            ));
+                            std::thread::sleep(RETRY_AFTER);
+                            attempt += 1;
+                        }
+                        Err(e) if changed_while_saving(&e) => {
+                            bail!("the upper kept changing while it was being saved: {e:#}")
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        };
+        self.written += info.size;
+        Ok(info)
+    }
+
+    fn describe(&mut self, path: &str) -> Result<LayerInfo> {
+        let image = self.path(path);
+        let summary = ramstick_squash::summary(&image)
+            .with_context(|| format!("cannot read {}", image.display()))?;
+        record(&image, summary.entries, summary.data_bytes, Origin::Migrated)
+    }
+
+    fn link(&mut self, from: &str, to: &str) -> Result<()> {
+        self.layers_dir()?;
+        let (a, b) = (self.path(from), self.path(to));
+        std::fs::hard_link(&a, &b)
+            .with_context(|| format!("cannot link {} to {}", a.display(), b.display()))
+    }
+
+    fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+        let (a, b) = (self.path(from), self.path(to));
+        std::fs::rename(&a, &b)
+            .with_context(|| format!("cannot rename {} to {}", a.display(), b.display()))
+    }
+
+    fn remove(&mut self, path: &str) -> Result<()> {
+        let p = self.path(path);
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("cannot remove {}", p.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn write_synced(&mut self, path: &str, text: &str) -> Result<()> {
+        self.layers_dir()?;
+        let p = self.path(path);
+        let mut f = File::create(&p).with_context(|| format!("cannot create {}", p.display()))?;
+        f.write_all(text.as_bytes())
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("cannot write {}", p.display()))
+    }
+
+    fn sync_dir(&mut self, dir: &str) -> Result<()> {
+        let p = if dir.is_empty() {
+            self.paths.persist.clone()
+        } else {
+            self.path(dir)
+        };
+        if dir == LAYERS_DIR && !p.exists() {
+            return Ok(());
+        }
+        sync_dir(&p)
+    }
+}
