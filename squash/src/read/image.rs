@@ -1,13 +1,14 @@
 //! An opened image: superblock, decompressed inode and directory tables, id,
-//! fragment and xattr tables, and bounded readers for inodes, directory
-//! listings and data blocks. Every offset, count and size read from the image
+//! fragment and xattr tables, and bounded readers of data blocks (inodes,
+//! listings and xattrs are parsed in [`super::inode`]). Every offset, count and size read from the image
 //! is checked before use; a failed check is an [`Error::Corrupt`]. No
 //! allocation is larger than what the image's own bytes can describe.
 
 use super::decompress::{Codec, Decoder};
+pub(crate) use super::inode::{Child, FileData, Inode, Kind};
 use crate::format::{
-    self, inode as itype, split_meta_ref, Superblock, DATA_UNCOMPRESSED, METADATA_SIZE,
-    METADATA_UNCOMPRESSED, NONE_U32, NONE_U64, SUPERBLOCK_SIZE,
+    split_meta_ref, Superblock, DATA_UNCOMPRESSED, METADATA_SIZE, METADATA_UNCOMPRESSED, NONE_U64,
+    SUPERBLOCK_SIZE,
 };
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -17,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 /// A decompressed metadata table and where each of its blocks starts.
 #[derive(Default)]
-struct Table {
-    data: Vec<u8>,
+pub(super) struct Table {
+    pub(super) data: Vec<u8>,
     /// Block start relative to the table's start → offset in `data`.
     starts: HashMap<u64, usize>,
 }
@@ -30,83 +31,15 @@ pub(crate) struct Fragment {
     pub size: u32,
 }
 
-/// What an inode is, with the type-specific fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Dir {
-        block: u32,
-        offset: u16,
-        /// Listing bytes (the stored size minus 3).
-        size: u32,
-    },
-    File(FileData),
-    Symlink(Vec<u8>),
-    BlockDev(u32),
-    CharDev(u32),
-    Fifo,
-    Socket,
-}
-
-/// Where a regular file's contents are.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct FileData {
-    pub size: u64,
-    /// Absolute offset of the first data block.
-    pub start: u64,
-    /// Size words of the full blocks (0 = a hole).
-    pub blocks: Vec<u32>,
-    /// (fragment index, offset in it) of the tail.
-    pub fragment: Option<(u32, u32)>,
-}
-
-/// A parsed inode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Inode {
-    pub number: u32,
-    /// Permission bits (07777).
-    pub perm: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub mtime: u32,
-    pub nlink: u32,
-    /// Index into the xattr id table, or [`NONE_U32`].
-    pub xattr: u32,
-    pub kind: Kind,
-}
-
-impl Inode {
-    /// The basic inode type (as directory entries store it).
-    pub(crate) fn basic_type(&self) -> u16 {
-        match self.kind {
-            Kind::Dir { .. } => itype::DIR,
-            Kind::File(_) => itype::FILE,
-            Kind::Symlink(_) => itype::SYMLINK,
-            Kind::BlockDev(_) => itype::BLOCK_DEV,
-            Kind::CharDev(_) => itype::CHAR_DEV,
-            Kind::Fifo => itype::FIFO,
-            Kind::Socket => itype::SOCKET,
-        }
-    }
-}
-
-/// One directory entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Entry {
-    pub name: Vec<u8>,
-    pub inode_ref: u64,
-    pub number: u32,
-    pub basic_type: u16,
-}
-
 /// A cursor over bytes; errors say which table ended early.
-struct Cur<'a> {
-    data: &'a [u8],
-    pos: usize,
-    what: &'static str,
+pub(super) struct Cur<'a> {
+    pub(super) data: &'a [u8],
+    pub(super) pos: usize,
+    pub(super) what: &'static str,
 }
 
 impl<'a> Cur<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
         match end {
             Some(end) => {
@@ -124,24 +57,24 @@ impl<'a> Cur<'a> {
         }
     }
 
-    fn u16(&mut self) -> Result<u16, String> {
+    pub(super) fn u16(&mut self) -> Result<u16, String> {
         let b = self.take(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
 
-    fn u32(&mut self) -> Result<u32, String> {
+    pub(super) fn u32(&mut self) -> Result<u32, String> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn u64(&mut self) -> Result<u64, String> {
+    pub(super) fn u64(&mut self) -> Result<u64, String> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_le_bytes(a))
     }
 
-    fn remaining(&self) -> usize {
+    pub(super) fn remaining(&self) -> usize {
         self.data.len() - self.pos
     }
 }
@@ -152,12 +85,12 @@ pub(crate) struct Image {
     file: File,
     pub sb: Superblock,
     pub codec: Codec,
-    inodes: Table,
-    dirs: Table,
+    pub(super) inodes: Table,
+    pub(super) dirs: Table,
     ids: Vec<u32>,
-    fragments: Vec<Fragment>,
-    xattr_ids: Vec<(u64, u32)>,
-    xattr_kv: Table,
+    pub(super) fragments: Vec<Fragment>,
+    pub(super) xattr_ids: Vec<(u64, u32)>,
+    pub(super) xattr_kv: Table,
 }
 
 impl Image {
@@ -423,7 +356,7 @@ impl Image {
     }
 
     /// Position in a table's data of a metadata reference.
-    fn locate(&self, t: &Table, r: u64, what: &str) -> Result<usize> {
+    pub(super) fn locate_in(&self, t: &Table, r: u64, what: &str) -> Result<usize> {
         locate(t, r, what).map_err(|e| self.corrupt(e))
     }
 
@@ -436,296 +369,11 @@ impl Image {
         Ok(root)
     }
 
-    fn id(&self, index: u16) -> Result<u32, String> {
+    pub(super) fn id(&self, index: u16) -> Result<u32, String> {
         self.ids
             .get(usize::from(index))
             .copied()
             .ok_or_else(|| format!("id index {index} out of range"))
-    }
-
-    /// Parses the inode at a metadata reference.
-    pub(crate) fn inode(&self, r: u64) -> Result<Inode> {
-        let pos = self.locate(&self.inodes, r, "inode")?;
-        let mut c = Cur {
-            data: &self.inodes.data,
-            pos,
-            what: "inode table",
-        };
-        self.parse_inode(&mut c).map_err(|e| self.corrupt(e))
-    }
-
-    fn parse_inode(&self, c: &mut Cur) -> Result<Inode, String> {
-        let typ = c.u16()?;
-        let mode = c.u16()?;
-        let uid = c.u16()?;
-        let gid = c.u16()?;
-        let mtime = c.u32()?;
-        let number = c.u32()?;
-        let mut xattr = NONE_U32;
-        let (nlink, kind) = match typ {
-            itype::DIR => {
-                let block = c.u32()?;
-                let nlink = c.u32()?;
-                let size = u32::from(c.u16()?);
-                let offset = c.u16()?;
-                c.u32()?; // parent
-                (nlink, dir_kind(block, offset, size)?)
-            }
-            itype::EXT_DIR => {
-                let nlink = c.u32()?;
-                let size = c.u32()?;
-                let block = c.u32()?;
-                c.u32()?; // parent
-                c.u16()?; // index count
-                let offset = c.u16()?;
-                xattr = c.u32()?;
-                (nlink, dir_kind(block, offset, size)?)
-            }
-            itype::FILE => {
-                let start = u64::from(c.u32()?);
-                let frag = c.u32()?;
-                let frag_off = c.u32()?;
-                let size = u64::from(c.u32()?);
-                (
-                    1,
-                    Kind::File(self.file_data(c, start, size, frag, frag_off)?),
-                )
-            }
-            itype::EXT_FILE => {
-                let start = c.u64()?;
-                let size = c.u64()?;
-                c.u64()?; // sparse bytes
-                let nlink = c.u32()?;
-                let frag = c.u32()?;
-                let frag_off = c.u32()?;
-                xattr = c.u32()?;
-                (
-                    nlink,
-                    Kind::File(self.file_data(c, start, size, frag, frag_off)?),
-                )
-            }
-            itype::SYMLINK | itype::EXT_SYMLINK => {
-                let nlink = c.u32()?;
-                let len = c.u32()? as usize;
-                let target = c.take(len)?.to_vec();
-                if typ == itype::EXT_SYMLINK {
-                    xattr = c.u32()?;
-                }
-                if target.is_empty() || target.contains(&0) {
-                    return Err("symlink target empty or containing NUL".into());
-                }
-                (nlink, Kind::Symlink(target))
-            }
-            itype::BLOCK_DEV | itype::CHAR_DEV | itype::EXT_BLOCK_DEV | itype::EXT_CHAR_DEV => {
-                let nlink = c.u32()?;
-                let rdev = c.u32()?;
-                if typ > itype::SOCKET {
-                    xattr = c.u32()?;
-                }
-                let kind = if typ % itype::EXT == itype::BLOCK_DEV {
-                    Kind::BlockDev(rdev)
-                } else {
-                    Kind::CharDev(rdev)
-                };
-                (nlink, kind)
-            }
-            itype::FIFO | itype::SOCKET | itype::EXT_FIFO | itype::EXT_SOCKET => {
-                let nlink = c.u32()?;
-                if typ > itype::SOCKET {
-                    xattr = c.u32()?;
-                }
-                let kind = if typ % itype::EXT == itype::FIFO {
-                    Kind::Fifo
-                } else {
-                    Kind::Socket
-                };
-                (nlink, kind)
-            }
-            other => return Err(format!("unknown inode type {other}")),
-        };
-        if xattr != NONE_U32 && xattr as usize >= self.xattr_ids.len() {
-            return Err(format!("xattr index {xattr} out of range"));
-        }
-        Ok(Inode {
-            number,
-            perm: u32::from(mode) & 0o7777,
-            uid: self.id(uid)?,
-            gid: self.id(gid)?,
-            mtime,
-            nlink,
-            xattr,
-            kind,
-        })
-    }
-
-    fn file_data(
-        &self,
-        c: &mut Cur,
-        start: u64,
-        size: u64,
-        frag: u32,
-        frag_off: u32,
-    ) -> Result<FileData, String> {
-        let bs = u64::from(self.sb.block_size);
-        let tail = size % bs;
-        let has_frag = frag != NONE_U32;
-        let n = if has_frag {
-            size / bs
-        } else {
-            size.div_ceil(bs)
-        };
-        if n > (c.remaining() / 4) as u64 {
-            return Err(format!("file of {size} bytes: block list past the table"));
-        }
-        let mut blocks = Vec::with_capacity(n as usize);
-        let mut end = start;
-        for _ in 0..n {
-            let w = c.u32()?;
-            let len = u64::from(w & !DATA_UNCOMPRESSED);
-            if w & !DATA_UNCOMPRESSED & !(DATA_UNCOMPRESSED - 1) != 0 || len > bs {
-                return Err(format!("data block size word {w:#x} invalid"));
-            }
-            end = end.checked_add(len).ok_or("file data offsets overflow")?;
-            blocks.push(w);
-        }
-        if end > self.sb.bytes_used {
-            return Err(format!("file data at {start}..{end} lies past the end"));
-        }
-        let fragment = if has_frag {
-            let f = self
-                .fragments
-                .get(frag as usize)
-                .ok_or(format!("fragment index {frag} out of range"))?;
-            if tail == 0
-                || u64::from(frag_off) + tail > bs
-                || f.size & !DATA_UNCOMPRESSED > self.sb.block_size
-            {
-                return Err(format!("fragment {frag} offset {frag_off} invalid"));
-            }
-            Some((frag, frag_off))
-        } else {
-            None
-        };
-        Ok(FileData {
-            size,
-            start,
-            blocks,
-            fragment,
-        })
-    }
-
-    /// The entries of a directory inode, in stored (sorted) order. Names are
-    /// returned as stored; callers check them.
-    pub(crate) fn entries(&self, dir: &Inode) -> Result<Vec<Entry>> {
-        let Kind::Dir {
-            block,
-            offset,
-            size,
-        } = dir.kind
-        else {
-            return Err(self.corrupt("listing a non-directory"));
-        };
-        if size == 0 {
-            return Ok(Vec::new());
-        }
-        let pos = self.locate(
-            &self.dirs,
-            format::meta_ref(u64::from(block), offset),
-            "directory",
-        )?;
-        let end = pos
-            .checked_add(size as usize)
-            .filter(|&e| e <= self.dirs.data.len())
-            .ok_or_else(|| self.corrupt("directory listing past the directory table"))?;
-        let mut c = Cur {
-            data: &self.dirs.data[..end],
-            pos,
-            what: "directory listing",
-        };
-        let mut out = Vec::new();
-        while c.remaining() > 0 {
-            self.parse_dir_run(&mut c, &mut out)
-                .map_err(|e| self.corrupt(e))?;
-        }
-        Ok(out)
-    }
-
-    fn parse_dir_run(&self, c: &mut Cur, out: &mut Vec<Entry>) -> Result<(), String> {
-        let count = c.u32()? as usize + 1;
-        let start = c.u32()?;
-        let base = c.u32()?;
-        if count > format::DIR_HEADER_MAX_ENTRIES {
-            return Err(format!("directory header with {count} entries"));
-        }
-        for _ in 0..count {
-            let offset = c.u16()?;
-            let delta = c.u16()? as i16;
-            let basic_type = c.u16()?;
-            let name_len = usize::from(c.u16()?) + 1;
-            if name_len > format::MAX_NAME {
-                return Err(format!("name of {name_len} bytes"));
-            }
-            let name = c.take(name_len)?.to_vec();
-            out.push(Entry {
-                name,
-                inode_ref: format::meta_ref(u64::from(start), offset),
-                number: base.wrapping_add_signed(i32::from(delta)),
-                basic_type,
-            });
-        }
-        Ok(())
-    }
-
-    /// The xattrs (full name, value) of an inode, in stored order.
-    pub(crate) fn xattrs(&self, inode: &Inode) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        if inode.xattr == NONE_U32 {
-            return Ok(Vec::new());
-        }
-        let (r, count) = self.xattr_ids[inode.xattr as usize];
-        let pos = self.locate(&self.xattr_kv, r, "xattr")?;
-        let mut c = Cur {
-            data: &self.xattr_kv.data,
-            pos,
-            what: "xattr table",
-        };
-        let mut out = Vec::new();
-        for _ in 0..count {
-            out.push(self.parse_xattr(&mut c).map_err(|e| self.corrupt(e))?);
-        }
-        Ok(out)
-    }
-
-    fn parse_xattr(&self, c: &mut Cur) -> Result<(Vec<u8>, Vec<u8>), String> {
-        let typ = c.u16()?;
-        let name_len = usize::from(c.u16()?);
-        let prefix = format::xattr::PREFIXES
-            .iter()
-            .find(|(t, _)| *t == typ & !format::xattr::VALUE_OOL)
-            .map(|(_, p)| *p)
-            .ok_or(format!("xattr type {typ:#x} unknown"))?;
-        let mut name = prefix.as_bytes().to_vec();
-        name.extend_from_slice(c.take(name_len)?);
-        if name_len == 0 || name.contains(&0) {
-            return Err("xattr name empty or containing NUL".into());
-        }
-        let vlen = c.u32()? as usize;
-        let value = c.take(vlen)?;
-        if typ & format::xattr::VALUE_OOL == 0 {
-            return Ok((name, value.to_vec()));
-        }
-        if vlen != 8 {
-            return Err("out-of-line xattr reference of a bad size".into());
-        }
-        let mut a = [0u8; 8];
-        a.copy_from_slice(value);
-        let pos = locate(&self.xattr_kv, u64::from_le_bytes(a), "xattr value")?;
-        let mut v = Cur {
-            data: &self.xattr_kv.data,
-            pos,
-            what: "xattr table",
-        };
-        let vlen = v.u32()? as usize;
-        Ok((name, v.take(vlen)?.to_vec()))
     }
 
     /// Calls `f(offset, bytes)` for each piece of a file's contents in
@@ -818,7 +466,7 @@ pub(crate) struct Scratch {
 }
 
 /// Position in a table's data of a metadata reference.
-fn locate(t: &Table, r: u64, what: &str) -> Result<usize, String> {
+pub(super) fn locate(t: &Table, r: u64, what: &str) -> Result<usize, String> {
     let (block, offset) = split_meta_ref(r);
     let pos = t
         .starts
@@ -826,17 +474,6 @@ fn locate(t: &Table, r: u64, what: &str) -> Result<usize, String> {
         .map(|&s| s + usize::from(offset))
         .filter(|&p| p < t.data.len());
     pos.ok_or_else(|| format!("{what} reference {block}:{offset} is invalid"))
-}
-
-fn dir_kind(block: u32, offset: u16, size: u32) -> Result<Kind, String> {
-    if size < 3 {
-        return Err(format!("directory size {size} below 3"));
-    }
-    Ok(Kind::Dir {
-        block,
-        offset,
-        size: size - 3,
-    })
 }
 
 /// Reads until `buf` is full or the file ends; returns the bytes read.
