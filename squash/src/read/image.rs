@@ -91,11 +91,40 @@ pub(crate) struct Image {
     pub(super) fragments: Vec<Fragment>,
     pub(super) xattr_ids: Vec<(u64, u32)>,
     pub(super) xattr_kv: Table,
+    /// Table bytes allowed, and what is left of them (while opening).
+    limit: u64,
+    left: u64,
+}
+
+/// Bytes of decompressed tables allowed when /proc/meminfo is unreadable.
+const FALLBACK_TABLE_LIMIT: u64 = 512 << 20;
+
+/// Most bytes of decompressed tables an opened image may hold: half of
+/// what the system has available (`MemAvailable`), so that a crafted image
+/// whose few bytes inflate into huge tables is refused as corrupt before an
+/// allocation fails (which would abort the process, PID 1 included).
+pub(crate) fn table_limit() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| mem_available(&text))
+        .map_or(FALLBACK_TABLE_LIMIT, |bytes| bytes / 2)
+}
+
+/// `MemAvailable` of /proc/meminfo's text, in bytes.
+fn mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 impl Image {
-    /// Opens `path` and reads every table.
+    /// Opens `path` and reads every table (at most [`table_limit`] bytes).
     pub(crate) fn open(path: &Path) -> Result<Image> {
+        Self::open_limited(path, table_limit())
+    }
+
+    /// Opens `path`; its decompressed tables may take at most `limit` bytes.
+    pub(crate) fn open_limited(path: &Path, limit: u64) -> Result<Image> {
         let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
         let len = file
             .metadata()
@@ -138,6 +167,8 @@ impl Image {
             fragments: Vec::new(),
             xattr_ids: Vec::new(),
             xattr_kv: Table::default(),
+            limit,
+            left: limit,
         };
         let mut dec = Decoder::new(codec);
         img.read_ids(&mut dec)?;
@@ -230,14 +261,31 @@ impl Image {
         Ok(next)
     }
 
+    /// Counts `len` more bytes of tables against the limit and reserves
+    /// them in `data`: too many is a corrupt image, not an abort.
+    fn reserve(&mut self, data: &mut Vec<u8>, len: usize, what: &str) -> Result<()> {
+        let fits = self.left.checked_sub(len as u64);
+        match fits.filter(|_| data.try_reserve(len).is_ok()) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(self.corrupt(format!(
+                "{what}: the tables inflate past the {} bytes of memory allowed",
+                self.limit
+            ))),
+        }
+    }
+
     /// Reads all metadata blocks in `[start, end)`.
-    fn read_table(&self, dec: &mut Decoder, start: u64, end: u64, what: &str) -> Result<Table> {
+    fn read_table(&mut self, dec: &mut Decoder, start: u64, end: u64, what: &str) -> Result<Table> {
         let mut t = Table::default();
         let mut pos = start;
         let mut block = Vec::new();
         while pos < end {
             t.starts.insert(pos - start, t.data.len());
             pos = self.meta_block(dec, pos, end, &mut block, what)?;
+            self.reserve(&mut t.data, block.len(), what)?;
             t.data.extend_from_slice(&block);
         }
         Ok(t)
@@ -246,7 +294,7 @@ impl Image {
     /// Reads `len` bytes of a table stored as metadata blocks listed by the
     /// u64 index at `index` (blocks must lie before `index`).
     fn read_indexed(
-        &self,
+        &mut self,
         dec: &mut Decoder,
         index: u64,
         len: usize,
@@ -259,6 +307,7 @@ impl Image {
         }
         self.read_at(&mut raw, index, what)?;
         let mut data = Vec::new();
+        self.reserve(&mut data, len, what)?;
         let mut block = Vec::new();
         for (i, p) in raw.chunks_exact(8).enumerate() {
             let mut a = [0u8; 8];
@@ -488,4 +537,96 @@ pub(crate) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io:
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{compressor, flags};
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("squash-image-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn mem_available_is_read_in_bytes() {
+        let text = "MemTotal:       24000000 kB\nMemFree: 1 kB\nMemAvailable:   2048 kB\n";
+        assert_eq!(mem_available(text), Some(2 << 20));
+        assert_eq!(mem_available("MemFree: 1 kB\n"), None);
+        assert!(table_limit() > 0);
+    }
+
+    #[test]
+    fn tables_past_the_limit_are_a_corrupt_image() {
+        let dir = scratch("limit");
+        std::fs::create_dir(dir.join("src")).unwrap();
+        for i in 0..3000 {
+            std::fs::write(dir.join(format!("src/file-with-a-long-name-{i:05}")), b"x").unwrap();
+        }
+        let image = dir.join("img");
+        crate::pack(&dir.join("src"), &image, &crate::PackOptions::default()).unwrap();
+        let img = Image::open_limited(&image, 1 << 30).unwrap();
+        let tables = (img.inodes.data.len() + img.dirs.data.len()) as u64;
+        assert!(tables > 100_000, "{tables} bytes of tables");
+        let err = Image::open_limited(&image, tables / 2).err().unwrap();
+        assert!(
+            matches!(&err, Error::Corrupt { what, .. } if what.contains("memory allowed")),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An image of a few hundred KiB whose inode table inflates to 160 MiB
+    /// (20 000 metadata blocks of compressed zeros) is refused cleanly.
+    #[test]
+    fn a_crafted_inflating_table_is_refused() {
+        let dir = scratch("inflate");
+        let zeros = zstd::bulk::compress(&[0u8; METADATA_SIZE], 19).unwrap();
+        let mut b = vec![0u8; SUPERBLOCK_SIZE];
+        let inode_table = b.len() as u64;
+        for _ in 0..20_000 {
+            b.extend_from_slice(&(zeros.len() as u16).to_le_bytes());
+            b.extend_from_slice(&zeros);
+        }
+        let directory_table = b.len() as u64;
+        b.extend_from_slice(&(4 | METADATA_UNCOMPRESSED).to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
+        let id_block = b.len() as u64;
+        b.extend_from_slice(&(4 | METADATA_UNCOMPRESSED).to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
+        let id_table = b.len() as u64;
+        b.extend_from_slice(&id_block.to_le_bytes());
+        let sb = Superblock {
+            inode_count: 1,
+            block_size: 1 << 17,
+            compressor: compressor::ZSTD,
+            block_log: 17,
+            flags: flags::NO_XATTRS,
+            id_count: 1,
+            bytes_used: b.len() as u64,
+            id_table,
+            xattr_id_table: NONE_U64,
+            inode_table,
+            directory_table,
+            fragment_table: NONE_U64,
+            export_table: NONE_U64,
+            ..Superblock::default()
+        };
+        b[..SUPERBLOCK_SIZE].copy_from_slice(&sb.to_bytes());
+        let image = dir.join("img");
+        std::fs::write(&image, &b).unwrap();
+        assert!(b.len() < 1 << 20, "{} bytes", b.len());
+        let err = Image::open_limited(&image, 64 << 20).err().unwrap();
+        assert!(
+            matches!(&err, Error::Corrupt { what, .. } if what.contains("inode table")),
+            "{err}"
+        );
+        // The same bytes under a limit they fit in do open (so the crafted
+        // image is well formed and only its size was refused).
+        assert!(Image::open_limited(&image, 1 << 30).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
