@@ -9,6 +9,9 @@
 //! * [`unpack`] writes an image into a directory and never outside it; any
 //!   damage is a typed [`Error`], never a panic or a hang.
 //! * [`verify`] lists every difference between an image and a directory.
+//! * [`merge`] merges a chain of overlayfs layer images (a base's deltas)
+//!   into one image that stacks the same way, streaming file data from the
+//!   input images into the writer (nothing is unpacked on disk).
 //!
 //! [`format`] holds the on-disk constants shared by [`write`] and [`read`].
 
@@ -123,6 +126,34 @@ pub struct UnpackStats {
 /// truncated; the caller renames it into place).
 pub fn pack(dir: &Path, image: &Path, options: &PackOptions) -> Result<PackStats> {
     write::pack(dir, image, options)
+}
+
+/// Merges `layers` (bottom first) into one new image at `out` (created or
+/// truncated; the caller renames it into place) that, used as one overlayfs
+/// lower layer over any base, shows exactly what the stack of `layers` over
+/// that same base shows (for mounts with `redirect_dir=off,metacopy=off`).
+///
+/// For each path the topmost layer that has it decides: a non-directory
+/// there (whiteouts included, and kept: they hide the base) hides all
+/// below; a directory takes the topmost directory's metadata and xattrs and
+/// merges its children with the directories below it, down to an opaque
+/// directory (`trusted.overlay.opaque=y`, included) or a non-directory
+/// (excluded); such a stop makes the output directory opaque. The layers'
+/// root directories always merge. Names of one inode of one layer that stay
+/// visible stay hardlinked (link count = visible names); names from
+/// different layers are never linked. All xattrs of visible entries are
+/// kept; a directory merged from several layers that holds whiteouts gets an
+/// empty `trusted.overlay.origin` so that overlayfs keeps hiding them where
+/// the base lacks the directory (it lists a one-layer directory as stored).
+///
+/// File data is decompressed from the inputs and recompressed with
+/// `options.compressor` and `options.block_size`, holes stay holes; memory
+/// holds per-entry metadata only. `options.exclude` is not applied: leaving
+/// out a whiteout or an opaque directory would uncover the base. The inputs
+/// are checked as [`unpack`] checks an image (any damage is an [`Error`]);
+/// `out` may not be one of them.
+pub fn merge(layers: &[&Path], out: &Path, options: &PackOptions) -> Result<PackStats> {
+    write::merge::merge(layers, out, options)
 }
 
 /// Unpacks `image` into the directory `dir` (which must exist; the root's

@@ -15,6 +15,7 @@
 pub(crate) mod decompress;
 pub(crate) mod fsops;
 pub(crate) mod image;
+pub(crate) mod inode;
 
 use crate::format::decode_dev;
 use crate::{Error, Progress, Result, UnpackOptions, UnpackStats};
@@ -370,46 +371,19 @@ impl Walker<'_> {
     /// Creates the entries of directory `inode` in the open directory `fd`.
     fn dir(&mut self, fd: &OwnedFd, inode: &Inode, depth: usize) -> Result<()> {
         let img = self.sh.img;
-        let entries = img.entries(inode)?;
-        let mut prev: Option<&[u8]> = None;
-        for e in &entries {
+        for c in img.children(inode, &self.cur)? {
             if self.sh.failed.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            let path = self.cur.join(std::ffi::OsStr::from_bytes(&e.name));
-            check_name(&e.name)
-                .map_err(|w| self.sh.unsafe_entry(format!("{}: {w}", path.display())))?;
-            match prev {
-                Some(p) if p == e.name.as_slice() => {
-                    return Err(self
-                        .sh
-                        .unsafe_entry(format!("{}: duplicate name", path.display())))
-                }
-                Some(p) if p > e.name.as_slice() => {
-                    return Err(img.corrupt(format!("{}: directory not sorted", path.display())))
-                }
-                _ => {}
-            }
-            prev = Some(&e.name);
-            let child = img.inode(e.inode_ref)?;
-            if child.basic_type() != e.basic_type || child.number != e.number {
-                return Err(img.corrupt(format!(
-                    "{}: entry says type {} inode {}, inode is type {} number {}",
-                    path.display(),
-                    e.basic_type,
-                    e.number,
-                    child.basic_type(),
-                    child.number
-                )));
-            }
-            if let Kind::Dir { .. } = child.kind {
-                if !self.dirs_seen.insert((true, u64::from(child.number)))
-                    || !self.dirs_seen.insert((false, e.inode_ref))
+            let path = self.cur.join(std::ffi::OsStr::from_bytes(&c.name));
+            if let Kind::Dir { .. } = c.inode.kind {
+                if !self.dirs_seen.insert((true, u64::from(c.inode.number)))
+                    || !self.dirs_seen.insert((false, c.inode_ref))
                 {
                     return Err(img.corrupt(format!(
                         "{}: directory inode {} reached twice (a cycle)",
                         path.display(),
-                        child.number
+                        c.inode.number
                     )));
                 }
                 if depth >= MAX_DEPTH {
@@ -418,9 +392,9 @@ impl Walker<'_> {
                         path.display()
                     )));
                 }
-                self.subdir(fd, &e.name, &child, &path, depth)?;
+                self.subdir(fd, &c.name, &c.inode, &path, depth)?;
             } else {
-                self.entry(fd, &e.name, &child, &path)?;
+                self.entry(fd, &c.name, &c.inode, &path)?;
             }
             self.tick();
         }

@@ -1,13 +1,14 @@
 //! An opened image: superblock, decompressed inode and directory tables, id,
-//! fragment and xattr tables, and bounded readers for inodes, directory
-//! listings and data blocks. Every offset, count and size read from the image
+//! fragment and xattr tables, and bounded readers of data blocks (inodes,
+//! listings and xattrs are parsed in [`super::inode`]). Every offset, count and size read from the image
 //! is checked before use; a failed check is an [`Error::Corrupt`]. No
 //! allocation is larger than what the image's own bytes can describe.
 
 use super::decompress::{Codec, Decoder};
+pub(crate) use super::inode::{Child, FileData, Inode, Kind};
 use crate::format::{
-    self, inode as itype, split_meta_ref, Superblock, DATA_UNCOMPRESSED, METADATA_SIZE,
-    METADATA_UNCOMPRESSED, NONE_U32, NONE_U64, SUPERBLOCK_SIZE,
+    split_meta_ref, Superblock, DATA_UNCOMPRESSED, METADATA_SIZE, METADATA_UNCOMPRESSED, NONE_U64,
+    SUPERBLOCK_SIZE,
 };
 use crate::{Error, Result};
 use std::collections::HashMap;
@@ -17,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 /// A decompressed metadata table and where each of its blocks starts.
 #[derive(Default)]
-struct Table {
-    data: Vec<u8>,
+pub(super) struct Table {
+    pub(super) data: Vec<u8>,
     /// Block start relative to the table's start → offset in `data`.
     starts: HashMap<u64, usize>,
 }
@@ -30,83 +31,15 @@ pub(crate) struct Fragment {
     pub size: u32,
 }
 
-/// What an inode is, with the type-specific fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Kind {
-    Dir {
-        block: u32,
-        offset: u16,
-        /// Listing bytes (the stored size minus 3).
-        size: u32,
-    },
-    File(FileData),
-    Symlink(Vec<u8>),
-    BlockDev(u32),
-    CharDev(u32),
-    Fifo,
-    Socket,
-}
-
-/// Where a regular file's contents are.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct FileData {
-    pub size: u64,
-    /// Absolute offset of the first data block.
-    pub start: u64,
-    /// Size words of the full blocks (0 = a hole).
-    pub blocks: Vec<u32>,
-    /// (fragment index, offset in it) of the tail.
-    pub fragment: Option<(u32, u32)>,
-}
-
-/// A parsed inode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Inode {
-    pub number: u32,
-    /// Permission bits (07777).
-    pub perm: u32,
-    pub uid: u32,
-    pub gid: u32,
-    pub mtime: u32,
-    pub nlink: u32,
-    /// Index into the xattr id table, or [`NONE_U32`].
-    pub xattr: u32,
-    pub kind: Kind,
-}
-
-impl Inode {
-    /// The basic inode type (as directory entries store it).
-    pub(crate) fn basic_type(&self) -> u16 {
-        match self.kind {
-            Kind::Dir { .. } => itype::DIR,
-            Kind::File(_) => itype::FILE,
-            Kind::Symlink(_) => itype::SYMLINK,
-            Kind::BlockDev(_) => itype::BLOCK_DEV,
-            Kind::CharDev(_) => itype::CHAR_DEV,
-            Kind::Fifo => itype::FIFO,
-            Kind::Socket => itype::SOCKET,
-        }
-    }
-}
-
-/// One directory entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Entry {
-    pub name: Vec<u8>,
-    pub inode_ref: u64,
-    pub number: u32,
-    pub basic_type: u16,
-}
-
 /// A cursor over bytes; errors say which table ended early.
-struct Cur<'a> {
-    data: &'a [u8],
-    pos: usize,
-    what: &'static str,
+pub(super) struct Cur<'a> {
+    pub(super) data: &'a [u8],
+    pub(super) pos: usize,
+    pub(super) what: &'static str,
 }
 
 impl<'a> Cur<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len());
         match end {
             Some(end) => {
@@ -124,24 +57,24 @@ impl<'a> Cur<'a> {
         }
     }
 
-    fn u16(&mut self) -> Result<u16, String> {
+    pub(super) fn u16(&mut self) -> Result<u16, String> {
         let b = self.take(2)?;
         Ok(u16::from_le_bytes([b[0], b[1]]))
     }
 
-    fn u32(&mut self) -> Result<u32, String> {
+    pub(super) fn u32(&mut self) -> Result<u32, String> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn u64(&mut self) -> Result<u64, String> {
+    pub(super) fn u64(&mut self) -> Result<u64, String> {
         let b = self.take(8)?;
         let mut a = [0u8; 8];
         a.copy_from_slice(b);
         Ok(u64::from_le_bytes(a))
     }
 
-    fn remaining(&self) -> usize {
+    pub(super) fn remaining(&self) -> usize {
         self.data.len() - self.pos
     }
 }
@@ -152,17 +85,46 @@ pub(crate) struct Image {
     file: File,
     pub sb: Superblock,
     pub codec: Codec,
-    inodes: Table,
-    dirs: Table,
+    pub(super) inodes: Table,
+    pub(super) dirs: Table,
     ids: Vec<u32>,
-    fragments: Vec<Fragment>,
-    xattr_ids: Vec<(u64, u32)>,
-    xattr_kv: Table,
+    pub(super) fragments: Vec<Fragment>,
+    pub(super) xattr_ids: Vec<(u64, u32)>,
+    pub(super) xattr_kv: Table,
+    /// Table bytes allowed, and what is left of them (while opening).
+    limit: u64,
+    left: u64,
+}
+
+/// Bytes of decompressed tables allowed when /proc/meminfo is unreadable.
+const FALLBACK_TABLE_LIMIT: u64 = 512 << 20;
+
+/// Most bytes of decompressed tables an opened image may hold: half of
+/// what the system has available (`MemAvailable`), so that a crafted image
+/// whose few bytes inflate into huge tables is refused as corrupt before an
+/// allocation fails (which would abort the process, PID 1 included).
+pub(crate) fn table_limit() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| mem_available(&text))
+        .map_or(FALLBACK_TABLE_LIMIT, |bytes| bytes / 2)
+}
+
+/// `MemAvailable` of /proc/meminfo's text, in bytes.
+fn mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
 }
 
 impl Image {
-    /// Opens `path` and reads every table.
+    /// Opens `path` and reads every table (at most [`table_limit`] bytes).
     pub(crate) fn open(path: &Path) -> Result<Image> {
+        Self::open_limited(path, table_limit())
+    }
+
+    /// Opens `path`; its decompressed tables may take at most `limit` bytes.
+    pub(crate) fn open_limited(path: &Path, limit: u64) -> Result<Image> {
         let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
         let len = file
             .metadata()
@@ -205,6 +167,8 @@ impl Image {
             fragments: Vec::new(),
             xattr_ids: Vec::new(),
             xattr_kv: Table::default(),
+            limit,
+            left: limit,
         };
         let mut dec = Decoder::new(codec);
         img.read_ids(&mut dec)?;
@@ -297,14 +261,31 @@ impl Image {
         Ok(next)
     }
 
+    /// Counts `len` more bytes of tables against the limit and reserves
+    /// them in `data`: too many is a corrupt image, not an abort.
+    fn reserve(&mut self, data: &mut Vec<u8>, len: usize, what: &str) -> Result<()> {
+        let fits = self.left.checked_sub(len as u64);
+        match fits.filter(|_| data.try_reserve(len).is_ok()) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(self.corrupt(format!(
+                "{what}: the tables inflate past the {} bytes of memory allowed",
+                self.limit
+            ))),
+        }
+    }
+
     /// Reads all metadata blocks in `[start, end)`.
-    fn read_table(&self, dec: &mut Decoder, start: u64, end: u64, what: &str) -> Result<Table> {
+    fn read_table(&mut self, dec: &mut Decoder, start: u64, end: u64, what: &str) -> Result<Table> {
         let mut t = Table::default();
         let mut pos = start;
         let mut block = Vec::new();
         while pos < end {
             t.starts.insert(pos - start, t.data.len());
             pos = self.meta_block(dec, pos, end, &mut block, what)?;
+            self.reserve(&mut t.data, block.len(), what)?;
             t.data.extend_from_slice(&block);
         }
         Ok(t)
@@ -313,7 +294,7 @@ impl Image {
     /// Reads `len` bytes of a table stored as metadata blocks listed by the
     /// u64 index at `index` (blocks must lie before `index`).
     fn read_indexed(
-        &self,
+        &mut self,
         dec: &mut Decoder,
         index: u64,
         len: usize,
@@ -326,6 +307,7 @@ impl Image {
         }
         self.read_at(&mut raw, index, what)?;
         let mut data = Vec::new();
+        self.reserve(&mut data, len, what)?;
         let mut block = Vec::new();
         for (i, p) in raw.chunks_exact(8).enumerate() {
             let mut a = [0u8; 8];
@@ -423,7 +405,7 @@ impl Image {
     }
 
     /// Position in a table's data of a metadata reference.
-    fn locate(&self, t: &Table, r: u64, what: &str) -> Result<usize> {
+    pub(super) fn locate_in(&self, t: &Table, r: u64, what: &str) -> Result<usize> {
         locate(t, r, what).map_err(|e| self.corrupt(e))
     }
 
@@ -436,296 +418,11 @@ impl Image {
         Ok(root)
     }
 
-    fn id(&self, index: u16) -> Result<u32, String> {
+    pub(super) fn id(&self, index: u16) -> Result<u32, String> {
         self.ids
             .get(usize::from(index))
             .copied()
             .ok_or_else(|| format!("id index {index} out of range"))
-    }
-
-    /// Parses the inode at a metadata reference.
-    pub(crate) fn inode(&self, r: u64) -> Result<Inode> {
-        let pos = self.locate(&self.inodes, r, "inode")?;
-        let mut c = Cur {
-            data: &self.inodes.data,
-            pos,
-            what: "inode table",
-        };
-        self.parse_inode(&mut c).map_err(|e| self.corrupt(e))
-    }
-
-    fn parse_inode(&self, c: &mut Cur) -> Result<Inode, String> {
-        let typ = c.u16()?;
-        let mode = c.u16()?;
-        let uid = c.u16()?;
-        let gid = c.u16()?;
-        let mtime = c.u32()?;
-        let number = c.u32()?;
-        let mut xattr = NONE_U32;
-        let (nlink, kind) = match typ {
-            itype::DIR => {
-                let block = c.u32()?;
-                let nlink = c.u32()?;
-                let size = u32::from(c.u16()?);
-                let offset = c.u16()?;
-                c.u32()?; // parent
-                (nlink, dir_kind(block, offset, size)?)
-            }
-            itype::EXT_DIR => {
-                let nlink = c.u32()?;
-                let size = c.u32()?;
-                let block = c.u32()?;
-                c.u32()?; // parent
-                c.u16()?; // index count
-                let offset = c.u16()?;
-                xattr = c.u32()?;
-                (nlink, dir_kind(block, offset, size)?)
-            }
-            itype::FILE => {
-                let start = u64::from(c.u32()?);
-                let frag = c.u32()?;
-                let frag_off = c.u32()?;
-                let size = u64::from(c.u32()?);
-                (
-                    1,
-                    Kind::File(self.file_data(c, start, size, frag, frag_off)?),
-                )
-            }
-            itype::EXT_FILE => {
-                let start = c.u64()?;
-                let size = c.u64()?;
-                c.u64()?; // sparse bytes
-                let nlink = c.u32()?;
-                let frag = c.u32()?;
-                let frag_off = c.u32()?;
-                xattr = c.u32()?;
-                (
-                    nlink,
-                    Kind::File(self.file_data(c, start, size, frag, frag_off)?),
-                )
-            }
-            itype::SYMLINK | itype::EXT_SYMLINK => {
-                let nlink = c.u32()?;
-                let len = c.u32()? as usize;
-                let target = c.take(len)?.to_vec();
-                if typ == itype::EXT_SYMLINK {
-                    xattr = c.u32()?;
-                }
-                if target.is_empty() || target.contains(&0) {
-                    return Err("symlink target empty or containing NUL".into());
-                }
-                (nlink, Kind::Symlink(target))
-            }
-            itype::BLOCK_DEV | itype::CHAR_DEV | itype::EXT_BLOCK_DEV | itype::EXT_CHAR_DEV => {
-                let nlink = c.u32()?;
-                let rdev = c.u32()?;
-                if typ > itype::SOCKET {
-                    xattr = c.u32()?;
-                }
-                let kind = if typ % itype::EXT == itype::BLOCK_DEV {
-                    Kind::BlockDev(rdev)
-                } else {
-                    Kind::CharDev(rdev)
-                };
-                (nlink, kind)
-            }
-            itype::FIFO | itype::SOCKET | itype::EXT_FIFO | itype::EXT_SOCKET => {
-                let nlink = c.u32()?;
-                if typ > itype::SOCKET {
-                    xattr = c.u32()?;
-                }
-                let kind = if typ % itype::EXT == itype::FIFO {
-                    Kind::Fifo
-                } else {
-                    Kind::Socket
-                };
-                (nlink, kind)
-            }
-            other => return Err(format!("unknown inode type {other}")),
-        };
-        if xattr != NONE_U32 && xattr as usize >= self.xattr_ids.len() {
-            return Err(format!("xattr index {xattr} out of range"));
-        }
-        Ok(Inode {
-            number,
-            perm: u32::from(mode) & 0o7777,
-            uid: self.id(uid)?,
-            gid: self.id(gid)?,
-            mtime,
-            nlink,
-            xattr,
-            kind,
-        })
-    }
-
-    fn file_data(
-        &self,
-        c: &mut Cur,
-        start: u64,
-        size: u64,
-        frag: u32,
-        frag_off: u32,
-    ) -> Result<FileData, String> {
-        let bs = u64::from(self.sb.block_size);
-        let tail = size % bs;
-        let has_frag = frag != NONE_U32;
-        let n = if has_frag {
-            size / bs
-        } else {
-            size.div_ceil(bs)
-        };
-        if n > (c.remaining() / 4) as u64 {
-            return Err(format!("file of {size} bytes: block list past the table"));
-        }
-        let mut blocks = Vec::with_capacity(n as usize);
-        let mut end = start;
-        for _ in 0..n {
-            let w = c.u32()?;
-            let len = u64::from(w & !DATA_UNCOMPRESSED);
-            if w & !DATA_UNCOMPRESSED & !(DATA_UNCOMPRESSED - 1) != 0 || len > bs {
-                return Err(format!("data block size word {w:#x} invalid"));
-            }
-            end = end.checked_add(len).ok_or("file data offsets overflow")?;
-            blocks.push(w);
-        }
-        if end > self.sb.bytes_used {
-            return Err(format!("file data at {start}..{end} lies past the end"));
-        }
-        let fragment = if has_frag {
-            let f = self
-                .fragments
-                .get(frag as usize)
-                .ok_or(format!("fragment index {frag} out of range"))?;
-            if tail == 0
-                || u64::from(frag_off) + tail > bs
-                || f.size & !DATA_UNCOMPRESSED > self.sb.block_size
-            {
-                return Err(format!("fragment {frag} offset {frag_off} invalid"));
-            }
-            Some((frag, frag_off))
-        } else {
-            None
-        };
-        Ok(FileData {
-            size,
-            start,
-            blocks,
-            fragment,
-        })
-    }
-
-    /// The entries of a directory inode, in stored (sorted) order. Names are
-    /// returned as stored; callers check them.
-    pub(crate) fn entries(&self, dir: &Inode) -> Result<Vec<Entry>> {
-        let Kind::Dir {
-            block,
-            offset,
-            size,
-        } = dir.kind
-        else {
-            return Err(self.corrupt("listing a non-directory"));
-        };
-        if size == 0 {
-            return Ok(Vec::new());
-        }
-        let pos = self.locate(
-            &self.dirs,
-            format::meta_ref(u64::from(block), offset),
-            "directory",
-        )?;
-        let end = pos
-            .checked_add(size as usize)
-            .filter(|&e| e <= self.dirs.data.len())
-            .ok_or_else(|| self.corrupt("directory listing past the directory table"))?;
-        let mut c = Cur {
-            data: &self.dirs.data[..end],
-            pos,
-            what: "directory listing",
-        };
-        let mut out = Vec::new();
-        while c.remaining() > 0 {
-            self.parse_dir_run(&mut c, &mut out)
-                .map_err(|e| self.corrupt(e))?;
-        }
-        Ok(out)
-    }
-
-    fn parse_dir_run(&self, c: &mut Cur, out: &mut Vec<Entry>) -> Result<(), String> {
-        let count = c.u32()? as usize + 1;
-        let start = c.u32()?;
-        let base = c.u32()?;
-        if count > format::DIR_HEADER_MAX_ENTRIES {
-            return Err(format!("directory header with {count} entries"));
-        }
-        for _ in 0..count {
-            let offset = c.u16()?;
-            let delta = c.u16()? as i16;
-            let basic_type = c.u16()?;
-            let name_len = usize::from(c.u16()?) + 1;
-            if name_len > format::MAX_NAME {
-                return Err(format!("name of {name_len} bytes"));
-            }
-            let name = c.take(name_len)?.to_vec();
-            out.push(Entry {
-                name,
-                inode_ref: format::meta_ref(u64::from(start), offset),
-                number: base.wrapping_add_signed(i32::from(delta)),
-                basic_type,
-            });
-        }
-        Ok(())
-    }
-
-    /// The xattrs (full name, value) of an inode, in stored order.
-    pub(crate) fn xattrs(&self, inode: &Inode) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        if inode.xattr == NONE_U32 {
-            return Ok(Vec::new());
-        }
-        let (r, count) = self.xattr_ids[inode.xattr as usize];
-        let pos = self.locate(&self.xattr_kv, r, "xattr")?;
-        let mut c = Cur {
-            data: &self.xattr_kv.data,
-            pos,
-            what: "xattr table",
-        };
-        let mut out = Vec::new();
-        for _ in 0..count {
-            out.push(self.parse_xattr(&mut c).map_err(|e| self.corrupt(e))?);
-        }
-        Ok(out)
-    }
-
-    fn parse_xattr(&self, c: &mut Cur) -> Result<(Vec<u8>, Vec<u8>), String> {
-        let typ = c.u16()?;
-        let name_len = usize::from(c.u16()?);
-        let prefix = format::xattr::PREFIXES
-            .iter()
-            .find(|(t, _)| *t == typ & !format::xattr::VALUE_OOL)
-            .map(|(_, p)| *p)
-            .ok_or(format!("xattr type {typ:#x} unknown"))?;
-        let mut name = prefix.as_bytes().to_vec();
-        name.extend_from_slice(c.take(name_len)?);
-        if name_len == 0 || name.contains(&0) {
-            return Err("xattr name empty or containing NUL".into());
-        }
-        let vlen = c.u32()? as usize;
-        let value = c.take(vlen)?;
-        if typ & format::xattr::VALUE_OOL == 0 {
-            return Ok((name, value.to_vec()));
-        }
-        if vlen != 8 {
-            return Err("out-of-line xattr reference of a bad size".into());
-        }
-        let mut a = [0u8; 8];
-        a.copy_from_slice(value);
-        let pos = locate(&self.xattr_kv, u64::from_le_bytes(a), "xattr value")?;
-        let mut v = Cur {
-            data: &self.xattr_kv.data,
-            pos,
-            what: "xattr table",
-        };
-        let vlen = v.u32()? as usize;
-        Ok((name, v.take(vlen)?.to_vec()))
     }
 
     /// Calls `f(offset, bytes)` for each piece of a file's contents in
@@ -818,7 +515,7 @@ pub(crate) struct Scratch {
 }
 
 /// Position in a table's data of a metadata reference.
-fn locate(t: &Table, r: u64, what: &str) -> Result<usize, String> {
+pub(super) fn locate(t: &Table, r: u64, what: &str) -> Result<usize, String> {
     let (block, offset) = split_meta_ref(r);
     let pos = t
         .starts
@@ -826,17 +523,6 @@ fn locate(t: &Table, r: u64, what: &str) -> Result<usize, String> {
         .map(|&s| s + usize::from(offset))
         .filter(|&p| p < t.data.len());
     pos.ok_or_else(|| format!("{what} reference {block}:{offset} is invalid"))
-}
-
-fn dir_kind(block: u32, offset: u16, size: u32) -> Result<Kind, String> {
-    if size < 3 {
-        return Err(format!("directory size {size} below 3"));
-    }
-    Ok(Kind::Dir {
-        block,
-        offset,
-        size: size - 3,
-    })
 }
 
 /// Reads until `buf` is full or the file ends; returns the bytes read.
@@ -851,4 +537,96 @@ pub(crate) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io:
         }
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{compressor, flags};
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("squash-image-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn mem_available_is_read_in_bytes() {
+        let text = "MemTotal:       24000000 kB\nMemFree: 1 kB\nMemAvailable:   2048 kB\n";
+        assert_eq!(mem_available(text), Some(2 << 20));
+        assert_eq!(mem_available("MemFree: 1 kB\n"), None);
+        assert!(table_limit() > 0);
+    }
+
+    #[test]
+    fn tables_past_the_limit_are_a_corrupt_image() {
+        let dir = scratch("limit");
+        std::fs::create_dir(dir.join("src")).unwrap();
+        for i in 0..3000 {
+            std::fs::write(dir.join(format!("src/file-with-a-long-name-{i:05}")), b"x").unwrap();
+        }
+        let image = dir.join("img");
+        crate::pack(&dir.join("src"), &image, &crate::PackOptions::default()).unwrap();
+        let img = Image::open_limited(&image, 1 << 30).unwrap();
+        let tables = (img.inodes.data.len() + img.dirs.data.len()) as u64;
+        assert!(tables > 100_000, "{tables} bytes of tables");
+        let err = Image::open_limited(&image, tables / 2).err().unwrap();
+        assert!(
+            matches!(&err, Error::Corrupt { what, .. } if what.contains("memory allowed")),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// An image of a few hundred KiB whose inode table inflates to 160 MiB
+    /// (20 000 metadata blocks of compressed zeros) is refused cleanly.
+    #[test]
+    fn a_crafted_inflating_table_is_refused() {
+        let dir = scratch("inflate");
+        let zeros = zstd::bulk::compress(&[0u8; METADATA_SIZE], 19).unwrap();
+        let mut b = vec![0u8; SUPERBLOCK_SIZE];
+        let inode_table = b.len() as u64;
+        for _ in 0..20_000 {
+            b.extend_from_slice(&(zeros.len() as u16).to_le_bytes());
+            b.extend_from_slice(&zeros);
+        }
+        let directory_table = b.len() as u64;
+        b.extend_from_slice(&(4 | METADATA_UNCOMPRESSED).to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
+        let id_block = b.len() as u64;
+        b.extend_from_slice(&(4 | METADATA_UNCOMPRESSED).to_le_bytes());
+        b.extend_from_slice(&[0; 4]);
+        let id_table = b.len() as u64;
+        b.extend_from_slice(&id_block.to_le_bytes());
+        let sb = Superblock {
+            inode_count: 1,
+            block_size: 1 << 17,
+            compressor: compressor::ZSTD,
+            block_log: 17,
+            flags: flags::NO_XATTRS,
+            id_count: 1,
+            bytes_used: b.len() as u64,
+            id_table,
+            xattr_id_table: NONE_U64,
+            inode_table,
+            directory_table,
+            fragment_table: NONE_U64,
+            export_table: NONE_U64,
+            ..Superblock::default()
+        };
+        b[..SUPERBLOCK_SIZE].copy_from_slice(&sb.to_bytes());
+        let image = dir.join("img");
+        std::fs::write(&image, &b).unwrap();
+        assert!(b.len() < 1 << 20, "{} bytes", b.len());
+        let err = Image::open_limited(&image, 64 << 20).err().unwrap();
+        assert!(
+            matches!(&err, Error::Corrupt { what, .. } if what.contains("inode table")),
+            "{err}"
+        );
+        // The same bytes under a limit they fit in do open (so the crafted
+        // image is well formed and only its size was refused).
+        assert!(Image::open_limited(&image, 1 << 30).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -1,9 +1,11 @@
 //! The writer's data pass: file contents stream through a pipeline of
 //!
-//! * one reader thread, which reads files in inode order, cuts them into
-//!   blocks, recognises all-zero blocks (stored as holes: size 0, no data),
-//!   packs file tails shorter than a block into shared fragment blocks and
-//!   skips files whose content was packed already (duplicates);
+//! * one reader thread, which reads files in inode order from their
+//!   [`Source`] (a file of the tree or of an input image), cuts them into
+//!   blocks, stores holes and all-zero blocks as holes (size 0, no data; a
+//!   run of them travels as one job), packs file tails shorter than a block
+//!   into shared fragment blocks and skips files whose content was packed
+//!   already (duplicates);
 //! * N compression threads (one per core by default);
 //! * the calling thread, which writes blocks in order (a reorder buffer
 //!   puts them back into sequence) and reports progress.
@@ -13,20 +15,20 @@
 //! disk, so at most `4 × threads + 4` blocks are in flight.
 //!
 //! Duplicates: only files whose size equals another file's can be
-//! duplicates; those are hashed first (SipHash over the content) and a hash
-//! match is confirmed by comparing the bytes of both files, so identical
+//! duplicates; those are hashed first ([`source::hash`]) and a hash match is
+//! confirmed by comparing both files ([`source::same`]), so identical
 //! content is stored once and different content never shared.
 
 use super::codec::Codec;
-use super::scan::{Kind, Tree};
+use super::source::{self, Chunk, Inputs, Source};
+use super::tree::{Kind, Tree};
 use crate::format::NONE_U32;
+use crate::read::image::Image;
 use crate::{Compressor, Error, Progress, ProgressFn, Result};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::hash::Hasher;
-use std::io::{BufWriter, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Mutex;
@@ -83,10 +85,14 @@ pub(crate) struct Settings<'a> {
 /// What a block is.
 #[derive(Clone, Copy)]
 enum Target {
-    /// A full block of a file (node index); `hole`: all zeros.
+    /// A full block of a file (node index).
     Block {
         node: usize,
-        hole: bool,
+    },
+    /// `count` full blocks of zeros of a file, stored as holes.
+    Holes {
+        node: usize,
+        count: u32,
     },
     Fragment,
 }
@@ -97,7 +103,7 @@ struct Job {
     target: Target,
     data: Vec<u8>,
     /// Uncompressed length.
-    raw_len: u32,
+    raw_len: u64,
     /// Size word once compressed (0 for a hole).
     size_word: u32,
 }
@@ -111,8 +117,14 @@ struct ReaderOut {
     duplicates: HashMap<usize, usize>,
 }
 
-/// Writes the contents of every regular file of `tree` to `out`.
-pub(crate) fn write_data(tree: &Tree, out: &mut Out, settings: &Settings) -> Result<Data> {
+/// Writes the contents of every regular file of `tree` to `out`; files of
+/// input images are read from `images`.
+pub(crate) fn write_data(
+    tree: &Tree,
+    images: &[Image],
+    out: &mut Out,
+    settings: &Settings,
+) -> Result<Data> {
     let threads = match settings.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -128,8 +140,11 @@ pub(crate) fn write_data(tree: &Tree, out: &mut Out, settings: &Settings) -> Res
     }
     let files_done = AtomicU64::new(0);
     std::thread::scope(|s| {
-        let reader =
-            s.spawn(|| read_files(tree, settings.block_size, job_tx, token_rx, &files_done));
+        let reader = s.spawn(|| {
+            let inputs = Inputs::new(images);
+            let block_size = settings.block_size;
+            read_files(tree, &inputs, block_size, job_tx, token_rx, &files_done)
+        });
         for _ in 0..threads {
             let done_tx = done_tx.clone();
             let job_rx = &job_rx;
@@ -181,7 +196,7 @@ fn compress_blocks(
         };
         let Ok(mut job) = job else { return };
         let result = match job.target {
-            Target::Block { hole: true, .. } => Ok(job),
+            Target::Holes { .. } => Ok(job),
             _ => codec
                 .data_block(std::mem::take(&mut job.data))
                 .map(|(bytes, size)| {
@@ -220,20 +235,17 @@ fn write_blocks(
         while let Some(job) = pending.remove(&next) {
             next += 1;
             match job.target {
-                Target::Block { node, hole } => {
-                    let file = data.files.entry(node).or_insert_with(|| FileData {
-                        start: out.pos,
-                        fragment: NONE_U32,
-                        ..FileData::default()
-                    });
-                    file.sizes.push(job.size_word);
-                    if hole {
-                        file.sparse += block_size;
-                    }
+                Target::Block { node } => {
+                    file_at(&mut data, node, out.pos).sizes.push(job.size_word)
+                }
+                Target::Holes { node, count } => {
+                    let file = file_at(&mut data, node, out.pos);
+                    file.sizes.resize(file.sizes.len() + count as usize, 0);
+                    file.sparse += u64::from(count) * block_size;
                 }
                 Target::Fragment => data.fragments.push((out.pos, job.size_word)),
             }
-            data.bytes_in += u64::from(job.raw_len);
+            data.bytes_in += job.raw_len;
             out.write(&job.data)?;
             // Cannot fail while the reader holds fewer tokens than capacity.
             let _ = tokens.try_send(());
@@ -258,8 +270,18 @@ fn write_blocks(
     Ok(data)
 }
 
+/// The data record of `node`, started at image offset `pos` if new.
+fn file_at(data: &mut Data, node: usize, pos: u64) -> &mut FileData {
+    data.files.entry(node).or_insert_with(|| FileData {
+        start: pos,
+        fragment: NONE_U32,
+        ..FileData::default()
+    })
+}
+
 /// Reader state.
-struct Reader {
+struct Reader<'a> {
+    inputs: &'a Inputs<'a>,
     block_size: usize,
     jobs: SyncSender<Job>,
     tokens: Receiver<()>,
@@ -272,12 +294,14 @@ struct Reader {
 /// pipeline, in writing order.
 fn read_files(
     tree: &Tree,
+    inputs: &Inputs,
     block_size: u32,
     jobs: SyncSender<Job>,
     tokens: Receiver<()>,
     files_done: &AtomicU64,
 ) -> Result<ReaderOut> {
     let mut r = Reader {
+        inputs,
         block_size: block_size as usize,
         jobs,
         tokens,
@@ -291,10 +315,11 @@ fn read_files(
             *size_count.entry(size).or_default() += 1;
         }
     }
+    let bs = block_size as usize;
     // (size, content hash) → nodes packed with that content.
     let mut seen: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
     for &node in &tree.order {
-        let Kind::File { path, size } = &tree.nodes[node].kind else {
+        let Kind::File { source, size } = &tree.nodes[node].kind else {
             continue;
         };
         files_done.fetch_add(1, Ordering::Relaxed);
@@ -302,12 +327,12 @@ fn read_files(
             continue;
         }
         if size_count.get(size).copied().unwrap_or(0) > 1 {
-            let key = (*size, hash_file(path, *size)?);
+            let key = (*size, source::hash(inputs, source, *size, bs)?);
             let candidates = seen.entry(key).or_default();
             let mut original = None;
             for &cand in candidates.iter() {
-                if let Kind::File { path: other, .. } = &tree.nodes[cand].kind {
-                    if same_content(path, other)? {
+                if let Kind::File { source: other, .. } = &tree.nodes[cand].kind {
+                    if source::same(inputs, source, other, *size, bs)? {
                         original = Some(cand);
                         break;
                     }
@@ -319,7 +344,7 @@ fn read_files(
             }
             candidates.push(node);
         }
-        r.read_file(node, path, *size)?;
+        r.read_file(node, source, *size)?;
     }
     if let Some(last) = r.fragments.finish() {
         r.send_fragment(last)?;
@@ -327,9 +352,9 @@ fn read_files(
     Ok(r.out)
 }
 
-impl Reader {
+impl Reader<'_> {
     /// Queues a block, waiting for a token.
-    fn send(&mut self, target: Target, data: Vec<u8>, raw_len: u32) -> Result<()> {
+    fn send(&mut self, target: Target, data: Vec<u8>, raw_len: u64) -> Result<()> {
         let stopped = || Error::Codec {
             codec: "writer",
             what: "stopped".into(),
@@ -347,41 +372,64 @@ impl Reader {
     }
 
     fn send_fragment(&mut self, data: Vec<u8>) -> Result<()> {
-        let len = data.len() as u32;
+        let len = data.len() as u64;
         self.send(Target::Fragment, data, len)
     }
 
-    /// Streams one file: full blocks to the compressors, the tail into
-    /// the fragment block.
-    fn read_file(&mut self, node: usize, path: &Path, size: u64) -> Result<()> {
-        let mut file = open_nofollow(path)?;
-        let mut left = size;
-        while left > 0 {
-            let len = left.min(self.block_size as u64) as usize;
-            let mut block = vec![0u8; len];
-            read_full(&mut file, &mut block, path, size)?;
-            left -= len as u64;
-            if len < self.block_size {
-                let (place, full) = self.fragments.add(&block);
-                if let Some(full) = full {
-                    self.send_fragment(full)?;
-                }
-                self.out.tails.insert(node, place);
-            } else {
-                let hole = block.iter().all(|&b| b == 0);
-                let data = if hole { Vec::new() } else { block };
-                self.send(Target::Block { node, hole }, data, len as u32)?;
-            }
-        }
-        let mut extra = [0u8; 1];
-        if file
-            .read(&mut extra)
-            .map_err(|e| Error::io("read", path, e))?
-            != 0
-        {
-            return Err(changed(path, size));
+    /// Queues a run of `count` hole blocks of `node`, if any.
+    fn send_holes(&mut self, node: usize, count: &mut u32) -> Result<()> {
+        if *count > 0 {
+            let raw_len = u64::from(*count) * self.block_size as u64;
+            self.send(
+                Target::Holes {
+                    node,
+                    count: *count,
+                },
+                Vec::new(),
+                raw_len,
+            )?;
+            *count = 0;
         }
         Ok(())
+    }
+
+    /// Streams one file: full blocks to the compressors (zeros as holes),
+    /// the tail into the fragment block.
+    fn read_file(&mut self, node: usize, source: &Source, size: u64) -> Result<()> {
+        let inputs = self.inputs;
+        let mut content = inputs.open(source, size, self.block_size)?;
+        let mut holes = 0u32;
+        while let Some(chunk) = content.next(inputs)? {
+            let len = chunk.len();
+            let full = len == self.block_size;
+            let zero = match chunk {
+                Chunk::Hole(_) => true,
+                Chunk::Data(b) => source::is_zero(b),
+            };
+            if full && zero {
+                if holes == u32::MAX {
+                    self.send_holes(node, &mut holes)?;
+                }
+                holes += 1;
+                continue;
+            }
+            let bytes = match chunk {
+                Chunk::Data(b) => b.to_vec(),
+                Chunk::Hole(n) => vec![0u8; n],
+            };
+            self.send_holes(node, &mut holes)?;
+            if full {
+                self.send(Target::Block { node }, bytes, len as u64)?;
+            } else {
+                let (place, closed) = self.fragments.add(&bytes);
+                if let Some(closed) = closed {
+                    self.send_fragment(closed)?;
+                }
+                self.out.tails.insert(node, place);
+            }
+        }
+        self.send_holes(node, &mut holes)?;
+        content.finish()
     }
 }
 
@@ -424,91 +472,6 @@ impl Fragments {
     }
 }
 
-/// Opens a regular file for reading without following a symlink.
-fn open_nofollow(path: &Path) -> Result<File> {
-    let file = File::options()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| Error::io("open", path, e))?;
-    let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
-    if !meta.is_file() {
-        return Err(Error::Changed {
-            path: path.to_path_buf(),
-            what: "no longer a regular file".into(),
-        });
-    }
-    Ok(file)
-}
-
-fn changed(path: &Path, size: u64) -> Error {
-    Error::Changed {
-        path: path.to_path_buf(),
-        what: format!("its size changed (was {size} bytes)"),
-    }
-}
-
-/// Fills `buf` from `file`; a short file changed size (from `size`).
-fn read_full(file: &mut File, buf: &mut [u8], path: &Path, size: u64) -> Result<()> {
-    let mut at = 0;
-    while at < buf.len() {
-        match file.read(&mut buf[at..]) {
-            Ok(0) => return Err(changed(path, size)),
-            Ok(n) => at += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("read", path, e)),
-        }
-    }
-    Ok(())
-}
-
-/// SipHash of a file's first `size` bytes.
-fn hash_file(path: &Path, size: u64) -> Result<u64> {
-    let mut file = open_nofollow(path)?;
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut left = size;
-    while left > 0 {
-        let len = left.min(buf.len() as u64) as usize;
-        read_full(&mut file, &mut buf[..len], path, size)?;
-        hasher.write(&buf[..len]);
-        left -= len as u64;
-    }
-    Ok(hasher.finish())
-}
-
-/// Whether two files (of equal size) have the same bytes.
-fn same_content(a: &Path, b: &Path) -> Result<bool> {
-    let (mut fa, mut fb) = (open_nofollow(a)?, open_nofollow(b)?);
-    let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
-    loop {
-        let na = read_some(&mut fa, &mut ba, a)?;
-        if na == 0 {
-            return Ok(read_some(&mut fb, &mut bb[..1], b)? == 0);
-        }
-        let mut nb = 0;
-        while nb < na {
-            let got = read_some(&mut fb, &mut bb[nb..na], b)?;
-            if got == 0 {
-                return Ok(false);
-            }
-            nb += got;
-        }
-        if ba[..na] != bb[..na] {
-            return Ok(false);
-        }
-    }
-}
-
-fn read_some(file: &mut File, buf: &mut [u8], path: &Path) -> Result<usize> {
-    loop {
-        match file.read(buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            other => return other.map_err(|e| Error::io("read", path, e)),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,24 +492,5 @@ mod tests {
         assert_eq!(full.map(|b| b.len()), Some(61));
         assert_eq!(f.finish(), Some(vec![5; 40]));
         assert_eq!(f.finish(), None);
-    }
-
-    #[test]
-    fn duplicates_are_confirmed_byte_by_byte() {
-        let dir = std::env::temp_dir().join(format!("ramstick-dup-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let (a, b, c) = (dir.join("a"), dir.join("b"), dir.join("c"));
-        let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        std::fs::write(&a, &content).unwrap();
-        std::fs::write(&b, &content).unwrap();
-        let mut other = content.clone();
-        other[199_999] ^= 1;
-        std::fs::write(&c, &other).unwrap();
-        let size = content.len() as u64;
-        assert_eq!(hash_file(&a, size).unwrap(), hash_file(&b, size).unwrap());
-        assert_ne!(hash_file(&a, size).unwrap(), hash_file(&c, size).unwrap());
-        assert!(same_content(&a, &b).unwrap());
-        assert!(!same_content(&a, &c).unwrap());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,7 +1,9 @@
-//! The squashfs writer (see [`crate::pack`]): [`scan`] walks the tree and
-//! keeps per-entry metadata, [`data`] streams file contents through
-//! parallel compression, [`meta`] encodes inodes and directories into
-//! metadata blocks, and this module writes the tables and the superblock.
+//! The squashfs writer (see [`crate::pack`] and [`crate::merge`]): a
+//! [`tree::Tree`] of per-entry metadata comes from [`scan`] (a directory)
+//! or [`merge`] (a chain of layer images); [`data`] streams file contents
+//! from their [`source`] through parallel compression, [`meta`] encodes
+//! inodes and directories into metadata blocks, and this module writes the
+//! tables and the superblock.
 //!
 //! Image layout (the order the kernel checks): superblock · compressor
 //! options (only when not the default) · data and fragment blocks · inode
@@ -11,23 +13,34 @@
 
 mod codec;
 mod data;
+pub(crate) mod merge;
 mod meta;
 mod scan;
+mod source;
+mod tree;
 
 use crate::format::{
     flags, inode, Superblock, MAX_BLOCK_SIZE, METADATA_UNCOMPRESSED, MIN_BLOCK_SIZE, NONE_U32,
     NONE_U64, PAD, SUPERBLOCK_SIZE,
 };
+use crate::read::image::Image;
 use crate::{Error, PackOptions, PackStats, Progress, Result};
 use codec::Codec;
 use data::{Data, FileData, Out, Settings};
 use meta::{basic, dir_listing, put32, DirEntry, InodeHeader, MetaWriter};
-use scan::{Kind, Tree};
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
+use tree::{Kind, Tree};
 
 pub(crate) fn pack(dir: &Path, image: &Path, options: &PackOptions) -> Result<PackStats> {
+    check_block_size(image, options)?;
+    let tree = scan::scan(dir, options.exclude)?;
+    write_image(&tree, &[], image, options)
+}
+
+/// Refuses a block size the format does not allow (before anything is read).
+fn check_block_size(image: &Path, options: &PackOptions) -> Result<()> {
     let block_size = options.block_size;
     if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) || !block_size.is_power_of_two() {
         return Err(Error::Unpackable {
@@ -35,7 +48,18 @@ pub(crate) fn pack(dir: &Path, image: &Path, options: &PackOptions) -> Result<Pa
             what: format!("block size {block_size} (a power of two in 4 KiB ..= 1 MiB)"),
         });
     }
-    let tree = scan::scan(dir, options.exclude)?;
+    Ok(())
+}
+
+/// Writes `tree` as a new image at `image`; its files' contents come from
+/// the tree's paths or from `images` (the inputs of a merge).
+fn write_image(
+    tree: &Tree,
+    images: &[Image],
+    image: &Path,
+    options: &PackOptions,
+) -> Result<PackStats> {
+    let block_size = options.block_size;
     let file = File::create(image).map_err(|e| Error::io("create", image, e))?;
     let mut out = Out {
         file: BufWriter::with_capacity(1 << 20, file),
@@ -56,7 +80,7 @@ pub(crate) fn pack(dir: &Path, image: &Path, options: &PackOptions) -> Result<Pa
         threads: options.threads,
         progress: options.progress,
     };
-    let data = data::write_data(&tree, &mut out, &settings)?;
+    let data = data::write_data(tree, images, &mut out, &settings)?;
     let mut codec = Codec::new(options.compressor, block_size)?;
     let mut sb = Superblock {
         inode_count: u32::try_from(tree.order.len()).unwrap_or(u32::MAX),
@@ -75,7 +99,7 @@ pub(crate) fn pack(dir: &Path, image: &Path, options: &PackOptions) -> Result<Pa
         xattr_id_table: NONE_U64,
         ..Superblock::default()
     };
-    let (inodes, dirs, root_ref) = write_inodes(&tree, &data, block_size, &mut codec)?;
+    let (inodes, dirs, root_ref) = write_inodes(tree, &data, block_size, &mut codec)?;
     sb.root_inode = root_ref;
     sb.inode_table = out.pos;
     out.write(&inodes)?;
@@ -91,7 +115,7 @@ pub(crate) fn pack(dir: &Path, image: &Path, options: &PackOptions) -> Result<Pa
     put32(&mut ids, &tree.ids);
     sb.id_table = write_table(&mut out, &ids, &mut codec)?;
     if !tree.xattr_sets.is_empty() {
-        sb.xattr_id_table = write_xattrs(&mut out, &tree, &mut codec)?;
+        sb.xattr_id_table = write_xattrs(&mut out, tree, &mut codec)?;
     }
     sb.bytes_used = out.pos;
     let padding = (PAD - out.pos % PAD) % PAD;
