@@ -96,7 +96,10 @@ mod tests {
             used: BootType::Default,
             layers_mode: LayersMode::Mount,
             saved: SavedState::Manifest { generation: 4 },
-            asked_chain: vec!["layer-000001.squashfs".into(), "layer-000002.squashfs".into()],
+            asked_chain: vec![
+                "layer-000001.squashfs".into(),
+                "layer-000002.squashfs".into(),
+            ],
             layers: vec![UsedLayer {
                 name: "layer-000001.squashfs".into(),
                 file: "layers/layer-000001.squashfs".into(),

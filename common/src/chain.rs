@@ -14,9 +14,11 @@
 //! `upperfs-backup.squashfs` the backup.
 
 use crate::cmdline::BootType;
+use crate::human;
 use crate::manifest::{
     LayerInfo, Manifest, LAYERS_DIR, LEGACY_BACKUP_IMAGE, LEGACY_IMAGE, MANIFEST,
 };
+use crate::plan::Plan;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -220,6 +222,56 @@ pub fn manifest_path() -> String {
     format!("{LAYERS_DIR}/{MANIFEST}")
 }
 
+/// What `init --dry-run --persist DIR` adds to the plan: the saved state
+/// found, the chain the plan's boot type asks for with each layer's place,
+/// and the overlay options with those layers (as if every layer passes its
+/// check; boot cuts the chain at the first one that does not).
+pub fn describe(plan: &Plan, saved: &Saved) -> String {
+    let mut out = String::new();
+    let state = match saved {
+        Saved::Manifest(m) => format!(
+            "manifest generation {}, {} layers in the current chain",
+            m.generation,
+            m.current.len()
+        ),
+        Saved::Legacy { default, backup } => format!(
+            "legacy images ({LEGACY_IMAGE}: {}, {LEGACY_BACKUP_IMAGE}: {})",
+            if *default { "yes" } else { "no" },
+            if *backup { "yes" } else { "no" }
+        ),
+        Saved::Damaged(why) => format!("UNUSABLE manifest ({why}): boot starts clean"),
+        Saved::Nothing => "nothing saved".to_string(),
+    };
+    out.push_str(&format!("saved state: {state}\n"));
+    let mut first = None;
+    for (i, (kind, chain)) in chains(saved, plan.boot_asked).iter().enumerate() {
+        let when = if i == 0 {
+            ""
+        } else {
+            " (if the first layer above fails)"
+        };
+        out.push_str(&format!("chain {kind}{when}: {} layers\n", chain.len()));
+        for c in chain {
+            let size = c.info.as_ref().map_or("size unknown".to_string(), |l| {
+                format!("{}, saved {}, {}", human::bytes(l.size), l.saved, l.origin)
+            });
+            let target = plan.layers.target(&c.name, plan.layers.mode);
+            out.push_str(&format!("  {} ({size}) -> {target}\n", c.file));
+        }
+        first.get_or_insert(chain.clone());
+    }
+    let dirs: Vec<String> = first
+        .unwrap_or_default()
+        .iter()
+        .map(|c| plan.layers.target(&c.name, plan.layers.mode))
+        .collect();
+    out.push_str(&format!(
+        "overlay with the chain: {}\n",
+        plan.overlay_options_with(&dirs)
+    ));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,7 +304,10 @@ mod tests {
     /// `choose` where the layers numbered in `bad` fail as `class`.
     fn run(saved: &Saved, asked: BootType, bad: &[u64], class: FailureClass) -> Choice {
         choose(saved, asked, |c| {
-            if bad.iter().any(|&n| c.name == layer_name(n) || c.name == format!("{n}")) {
+            if bad
+                .iter()
+                .any(|&n| c.name == layer_name(n) || c.name == format!("{n}"))
+            {
                 Err(LayerFailure {
                     layer: c.name.clone(),
                     class,
@@ -277,7 +332,10 @@ mod tests {
         assert_eq!(c.layers[0].file, "layers/layer-000001.squashfs");
         assert!(c.failures.is_empty());
         let c = run(&saved, BootType::Backup, &[], FailureClass::Io);
-        assert_eq!((c.used, names(&c)), (BootType::Backup, vec![layer_name(1), layer_name(2)]));
+        assert_eq!(
+            (c.used, names(&c)),
+            (BootType::Backup, vec![layer_name(1), layer_name(2)])
+        );
         let c = run(&saved, BootType::Clean, &[], FailureClass::Io);
         assert_eq!((c.used, c.layers.len()), (BootType::Clean, 0));
     }
@@ -298,10 +356,16 @@ mod tests {
         // After a save from a backup boot, backup is not a prefix of current.
         let saved = manifest(&[1, 5], &[2, 3]);
         let c = run(&saved, BootType::Default, &[1], FailureClass::Corrupt);
-        assert_eq!((c.used, names(&c)), (BootType::Backup, vec![layer_name(2), layer_name(3)]));
+        assert_eq!(
+            (c.used, names(&c)),
+            (BootType::Backup, vec![layer_name(2), layer_name(3)])
+        );
         assert_eq!(c.asked_chain, [layer_name(1), layer_name(5)]);
         let c = run(&saved, BootType::Default, &[1, 2], FailureClass::Io);
-        assert_eq!((c.used, c.layers.len(), c.failures.len()), (BootType::Clean, 0, 2));
+        assert_eq!(
+            (c.used, c.layers.len(), c.failures.len()),
+            (BootType::Clean, 0, 2)
+        );
         // A shared first layer: the backup is not tried again.
         let saved = manifest(&[1, 2], &[1]);
         let c = run(&saved, BootType::Default, &[1], FailureClass::Io);
@@ -315,7 +379,10 @@ mod tests {
             backup: true,
         };
         let c = choose(&saved, BootType::Default, |_| Ok(()));
-        assert_eq!((c.used, names(&c)), (BootType::Default, vec![LEGACY_IMAGE.to_string()]));
+        assert_eq!(
+            (c.used, names(&c)),
+            (BootType::Default, vec![LEGACY_IMAGE.to_string()])
+        );
         assert_eq!(c.layers[0].file, LEGACY_IMAGE);
         let c = choose(&saved, BootType::Default, |l| {
             if l.name == LEGACY_IMAGE {
@@ -341,6 +408,30 @@ mod tests {
             (c.used, names(&c)),
             (BootType::Backup, vec![LEGACY_BACKUP_IMAGE.to_string()])
         );
+    }
+
+    #[test]
+    fn the_dry_run_shows_each_layer_and_the_overlay() {
+        let (cfg, problems) = crate::cmdline::parse("ramstick.layers=ram");
+        let facts = crate::plan::Facts {
+            kernel_version: "6.1.0-56-amd64".into(),
+            mem_total_bytes: 2 << 30,
+        };
+        let plan = crate::plan::make_plan(&cfg, problems, &facts);
+        let text = describe(&plan, &manifest(&[1, 2], &[3]));
+        assert!(
+            text.starts_with("saved state: manifest generation 0, 2 layers"),
+            "{text}"
+        );
+        assert!(text.contains("\nchain default: 2 layers\n  layers/layer-000001.squashfs (1 B, saved , session) -> /sysroot/upper/layers/layer-000001\n"), "{text}");
+        assert!(
+            text.contains("\nchain backup (if the first layer above fails): 1 layers\n"),
+            "{text}"
+        );
+        assert!(text.contains("lowerdir=/sysroot/upper/layers/layer-000002:/sysroot/upper/layers/layer-000001:/sysroot/rootfs,"), "{text}");
+        let text = describe(&plan, &Saved::Nothing);
+        assert!(text.contains("saved state: nothing saved\n"), "{text}");
+        assert!(text.contains("lowerdir=/sysroot/rootfs,"), "{text}");
     }
 
     #[test]

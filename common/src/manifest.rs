@@ -197,7 +197,10 @@ impl Manifest {
             match layer_number(name) {
                 None => return invalid(format!("`{name}` is not a layer file name")),
                 Some(n) if n >= self.next_layer => {
-                    return invalid(format!("`{name}` is not below next_layer {}", self.next_layer))
+                    return invalid(format!(
+                        "`{name}` is not below next_layer {}",
+                        self.next_layer
+                    ))
                 }
                 Some(_) => {}
             }
@@ -243,7 +246,10 @@ impl Manifest {
     /// holds it (the merged layer shows exactly what the run showed).
     pub fn substitute(&mut self, run: &[String], merged: &str) {
         let kept = self.kept.iter_mut().map(|k| &mut k.layers);
-        for chain in [&mut self.current, &mut self.backup].into_iter().chain(kept) {
+        for chain in [&mut self.current, &mut self.backup]
+            .into_iter()
+            .chain(kept)
+        {
             substitute_run(chain, run, merged);
         }
     }
@@ -362,7 +368,10 @@ mod tests {
         });
         let run = [layer_name(1), layer_name(2)];
         m.substitute(&run, "layer-000004.squashfs");
-        assert_eq!(m.current, ["layer-000004.squashfs", "layer-000003.squashfs"]);
+        assert_eq!(
+            m.current,
+            ["layer-000004.squashfs", "layer-000003.squashfs"]
+        );
         assert_eq!(m.backup, ["layer-000004.squashfs"]);
         assert_eq!(m.kept[0].layers, ["layer-000004.squashfs"]);
         // A run that is not consecutive in a chain leaves it alone.

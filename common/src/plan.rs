@@ -380,7 +380,9 @@ impl fmt::Display for Plan {
                     }
                 )?;
                 let how = match l.mode {
-                    LayersMode::Mount => format!("loop-mounted read-only at {}/<name>", l.mount_dir),
+                    LayersMode::Mount => {
+                        format!("loop-mounted read-only at {}/<name>", l.mount_dir)
+                    }
                     LayersMode::Ram => format!(
                         "unpacked into {}/<name> (loop-mounted at {}/<name> when RAM is short)",
                         l.ram_dir, l.mount_dir
@@ -450,9 +452,13 @@ mod tests {
         assert_eq!(plan.upper_kind, UpperKind::Zram);
         assert_eq!(plan.upper_size_bytes, 1 << 30);
         assert_eq!(plan.layers.mode, LayersMode::Mount);
-        assert_eq!(plan.layers.manifest, "/sysroot/persist/layers/manifest.json");
         assert_eq!(
-            plan.layers.target("layer-000003.squashfs", LayersMode::Mount),
+            plan.layers.manifest,
+            "/sysroot/persist/layers/manifest.json"
+        );
+        assert_eq!(
+            plan.layers
+                .target("layer-000003.squashfs", LayersMode::Mount),
             "/run/ramstick/layers/layer-000003"
         );
         assert_eq!(
@@ -519,7 +525,10 @@ mod tests {
     #[test]
     fn boot_types_are_shown_with_their_chain() {
         let text = plan_for("ramstick.boot=backup").to_string();
-        assert!(text.contains("saved layers: backup: the backup chain of "), "{text}");
+        assert!(
+            text.contains("saved layers: backup: the backup chain of "),
+            "{text}"
+        );
         assert!(text.contains("without a manifest upperfs-backup.squashfs; else clean"));
         let text = plan_for("ramstick.boot=clean").to_string();
         assert!(text.contains("saved layers: none (clean boot; nothing is saved)\n"));

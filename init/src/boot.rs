@@ -11,10 +11,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use crate::failure::{self, Failure, Step};
+use crate::images::LinuxImages;
 use crate::kmsg::KmsgLogger;
 use crate::modload::Loader;
 use crate::sys::{LinuxSys, Sys};
-use crate::images::LinuxImages;
 use crate::{extras, layers, luks, mounts, switchroot};
 
 /// For failures that only a broken kernel or initramfs can cause.

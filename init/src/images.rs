@@ -87,11 +87,7 @@ pub mod fake {
         fn meta_digest(&self, image: &Path) -> Result<(u64, String), Error> {
             self.record(format!("digest {}", image.display()));
             self.digests.get(image).cloned().ok_or_else(|| {
-                Error::io(
-                    "read",
-                    image,
-                    io::Error::from_raw_os_error(nix::libc::EIO),
-                )
+                Error::io("read", image, io::Error::from_raw_os_error(nix::libc::EIO))
             })
         }
 

@@ -50,7 +50,11 @@ pub struct Assembled {
 pub fn read_saved(sys: &dyn Sys, root: &Path, plan: &Plan) -> Saved {
     let path = at(root, &plan.layers.manifest);
     let persist = at(root, &plan.persist_mount);
-    let legacy = plan.layers.legacy.clone().map(|n| sys.exists(&persist.join(n)));
+    let legacy = plan
+        .layers
+        .legacy
+        .clone()
+        .map(|n| sys.exists(&persist.join(n)));
     Saved::from_read(sys.read_file(&path), legacy, &path.to_string_lossy())
 }
 
@@ -128,7 +132,15 @@ pub fn assemble(sys: &dyn Sys, images: &dyn Images, root: &Path, plan: &Plan) ->
         if how == LayersMode::Mount {
             mount_layer(sys, &image, &at(root, &target), c)?;
         }
-        log::info!("layer {}: {}", c.name, if how == LayersMode::Mount { "mounted" } else { "unpacked into RAM" });
+        log::info!(
+            "layer {}: {}",
+            c.name,
+            if how == LayersMode::Mount {
+                "mounted"
+            } else {
+                "unpacked into RAM"
+            }
+        );
         used.borrow_mut().push((
             UsedLayer {
                 name: c.name.clone(),
@@ -152,12 +164,17 @@ pub fn assemble(sys: &dyn Sys, images: &dyn Images, root: &Path, plan: &Plan) ->
         );
     }
     if !choice.failures.is_empty() {
-        log::error!(
-            "!!! booting {} of the {} saved layers asked for ({}) !!!",
-            choice.layers.len(),
-            choice.asked_chain.len(),
-            choice.used
-        );
+        let (k, n) = (choice.layers.len(), choice.asked_chain.len());
+        match choice.used {
+            BootType::Clean => log::error!(
+                "!!! no saved layer is usable: booting clean (the layers stay on the stick) !!!"
+            ),
+            used if used == plan.boot_asked => log::error!(
+                "!!! booting the first {k} of the {n} saved layers of the {used} chain: it stops \
+                 below the layer that failed !!!"
+            ),
+            used => log::error!("!!! falling back to the {used} chain ({k} layers) !!!"),
+        }
     }
     // A chain is only given up on when none of its layers worked, so every
     // layer assembled is one the choice uses.
@@ -184,9 +201,18 @@ fn failure(c: &Candidate, class: FailureClass, message: String) -> LayerFailure 
 
 /// The layer's size and metadata digest against its record; a legacy image
 /// is probed.
-fn check(sys: &dyn Sys, images: &dyn Images, image: &Path, c: &Candidate) -> Result<(), LayerFailure> {
+fn check(
+    sys: &dyn Sys,
+    images: &dyn Images,
+    image: &Path,
+    c: &Candidate,
+) -> Result<(), LayerFailure> {
     if !sys.exists(image) {
-        return Err(failure(c, FailureClass::Missing, format!("{} is not on the stick", c.file)));
+        return Err(failure(
+            c,
+            FailureClass::Missing,
+            format!("{} is not on the stick", c.file),
+        ));
     }
     let codec = |e: ramstick_squash::Error| failure(c, classify(&e), e.to_string());
     let Some(LayerInfo {
@@ -214,9 +240,15 @@ fn check(sys: &dyn Sys, images: &dyn Images, image: &Path, c: &Candidate) -> Res
 }
 
 /// Loop-mounts a layer read-only at `target`.
-fn mount_layer(sys: &dyn Sys, image: &Path, target: &Path, c: &Candidate) -> Result<(), LayerFailure> {
+fn mount_layer(
+    sys: &dyn Sys,
+    image: &Path,
+    target: &Path,
+    c: &Candidate,
+) -> Result<(), LayerFailure> {
     let io = |what: &str, e: io::Error| failure(c, FailureClass::Io, format!("cannot {what}: {e}"));
-    sys.mkdir_all(target).map_err(|e| io(&format!("create {}", target.display()), e))?;
+    sys.mkdir_all(target)
+        .map_err(|e| io(&format!("create {}", target.display()), e))?;
     let dev = sys
         .loop_attach(image)
         .map_err(|e| io("attach it to a loop device", e))?;
@@ -227,7 +259,12 @@ fn mount_layer(sys: &dyn Sys, image: &Path, target: &Path, c: &Candidate) -> Res
         MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
         "",
     )
-    .map_err(|e| io(&format!("mount {} at {}", dev.display(), target.display()), e))
+    .map_err(|e| {
+        io(
+            &format!("mount {} at {}", dev.display(), target.display()),
+            e,
+        )
+    })
 }
 
 /// Unpacks a layer into the upper filesystem, if it fits; a failed unpack
@@ -242,7 +279,9 @@ fn unpack(
 ) -> Result<(), LayerFailure> {
     let dir = at(root, &plan.layers.target(&c.name, LayersMode::Ram));
     if let Some(info) = &c.info {
-        let need = info.data_bytes.saturating_add(info.entries.saturating_mul(PER_ENTRY));
+        let need = info
+            .data_bytes
+            .saturating_add(info.entries.saturating_mul(PER_ENTRY));
         let free = images
             .free_bytes(&at(root, &plan.upper_mount))
             .map_err(|e| failure(c, FailureClass::Io, format!("cannot stat the upper: {e}")))?;
@@ -250,12 +289,21 @@ fn unpack(
             return Err(failure(
                 c,
                 FailureClass::NoSpace,
-                format!("it needs about {} MiB, {} MiB are free", need >> 20, free >> 20),
+                format!(
+                    "it needs about {} MiB, {} MiB are free",
+                    need >> 20,
+                    free >> 20
+                ),
             ));
         }
     }
-    sys.mkdir_all(&dir)
-        .map_err(|e| failure(c, FailureClass::Io, format!("cannot create {}: {e}", dir.display())))?;
+    sys.mkdir_all(&dir).map_err(|e| {
+        failure(
+            c,
+            FailureClass::Io,
+            format!("cannot create {}: {e}", dir.display()),
+        )
+    })?;
     images.unpack(image, &dir).map_err(|e| {
         if let Err(err) = images.remove_tree(&dir) {
             log::error!("cannot remove the partial copy {}: {err}", dir.display());

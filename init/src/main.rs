@@ -6,11 +6,14 @@
 //! which lists the boot parameters:
 //!
 //! ```text
-//! init --dry-run [--cmdline 'LINE' | --root DIR] [--mem BYTES] [--kernel-version V]
+//! init --dry-run [--cmdline 'LINE' | --root DIR] [--mem BYTES] [--kernel-version V] [--persist DIR]
 //! init --params
 //! ```
 //! `--root DIR` reads `DIR/proc/cmdline` (and `DIR/proc/meminfo` for the RAM size).
+//! `--persist DIR` reads the saved state of a data partition mounted at DIR
+//! and shows the chain of layers the boot type uses and the overlay with it.
 
+use ramstick_common::chain::{self, Saved};
 use ramstick_common::cmdline;
 use ramstick_common::plan::{make_plan, Facts};
 use ramstick_init::{boot, failure};
@@ -39,14 +42,17 @@ fn pid1() -> ! {
 
 const USAGE: &str =
     "usage: init --dry-run [--cmdline LINE | --root DIR] [--mem BYTES] [--kernel-version V]
+                    [--persist DIR]
        init --params
   As PID 1 (in the initramfs) it boots ramstick; otherwise it only prints the boot plan
-  (--dry-run) or the boot parameters with their values, defaults and meaning (--params).";
+  (--dry-run; with --persist DIR also the saved chain of the data partition mounted at DIR)
+  or the boot parameters with their values, defaults and meaning (--params).";
 
 fn cli(args: Vec<String>) -> i32 {
     let mut dry_run = false;
     let mut line: Option<String> = None;
     let mut root: Option<String> = None;
+    let mut persist: Option<String> = None;
     let mut mem: u64 = 2 << 30;
     let mut kver = String::from("6.1.0-56-amd64");
     let mut it = args.into_iter();
@@ -59,6 +65,7 @@ fn cli(args: Vec<String>) -> i32 {
             }
             "--cmdline" => value("--cmdline").map(|v| line = Some(v)),
             "--root" => value("--root").map(|v| root = Some(v)),
+            "--persist" => value("--persist").map(|v| persist = Some(v)),
             "--mem" => value("--mem").and_then(|v| {
                 v.parse()
                     .map(|m| mem = m)
@@ -117,6 +124,17 @@ fn cli(args: Vec<String>) -> i32 {
         },
     );
     print!("{plan}");
+    if let Some(dir) = &persist {
+        let dir = std::path::Path::new(dir);
+        let manifest = dir.join(chain::manifest_path());
+        let legacy = plan.layers.legacy.clone().map(|n| dir.join(n).exists());
+        let saved = Saved::from_read(
+            std::fs::read_to_string(&manifest),
+            legacy,
+            &manifest.to_string_lossy(),
+        );
+        print!("{}", chain::describe(&plan, &saved));
+    }
     if plan.has_fatal() {
         1
     } else {

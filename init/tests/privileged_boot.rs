@@ -1,17 +1,20 @@
 //! Privileged integration test of init's real mount sequence on this host:
-//! tmpfs and zram uppers, loop-mounted squashfs lowers, the unpack fallback
-//! chain and the overlay with its hand-over moves — all under a scratch root
+//! tmpfs and zram uppers, loop-mounted squashfs lowers, saved layer chains
+//! (mounted, unpacked, cut short, legacy) and the overlay with its hand-over moves — all under a scratch root
 //! in a private mount namespace, with the same functions init runs at boot.
 //!
 //! Needs root, `mksquashfs` and `/bin/busybox` (for mke2fs); otherwise it
 //! prints why it is skipped. Output ends with "N passed, M failed".
 
 use nix::mount::{mount, MsFlags};
-use ramstick_common::cmdline::{self, BootType};
+use ramstick_common::chain::FailureClass;
+use ramstick_common::cmdline::{self, BootType, LayersMode};
+use ramstick_common::manifest::{layer_name, LayerInfo, Manifest, Origin, LAYERS_DIR, MANIFEST};
 use ramstick_common::plan::{make_plan, Facts, Plan};
+use ramstick_init::images::LinuxImages;
+use ramstick_init::layers;
 use ramstick_init::mounts::{self, at};
 use ramstick_init::sys::{LinuxSys, Sys};
-use ramstick_init::unpack;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -49,12 +52,24 @@ fn main() {
     }
     type Case = fn() -> Result<(), String>;
     let cases: Vec<(&str, Case)> = vec![
+        ("mount mode: a chain of two layers", case_mount_chain),
         (
-            "tmpfs upper, default boot unpacks upperfs",
-            case_tmpfs_default,
+            "ram mode: the chain unpacked into the upper",
+            case_ram_chain,
         ),
-        ("truncated upperfs falls back to backup", case_fallback),
-        ("clean boot ignores upperfs", case_clean),
+        (
+            "ram mode: a layer too big for the upper is mounted",
+            case_ram_too_small,
+        ),
+        (
+            "a truncated middle layer boots the prefix",
+            case_truncated_middle_layer,
+        ),
+        (
+            "a truncated legacy upperfs falls back to its backup",
+            case_legacy_fallback,
+        ),
+        ("clean boot ignores the layers", case_clean),
         (
             "zram upper is ext2 with xattrs, clean under e2fsck",
             case_zram,
@@ -117,14 +132,36 @@ fn plan_for(line: &str) -> Plan {
     )
 }
 
+/// One saved layer of a scratch stick: its marker, and whether the file is
+/// cut in half after the manifest recorded it.
+struct LayerSpec {
+    marker: &'static str,
+    /// Bytes of noise (so a cut layer fails while its data is read).
+    noise: usize,
+    truncate: bool,
+}
+
+const fn layer(marker: &'static str) -> LayerSpec {
+    LayerSpec {
+        marker,
+        noise: 1 << 20,
+        truncate: false,
+    }
+}
+
 /// A scratch root on its own tmpfs with a stick's data partition in
-/// `sysroot/persist`: rootfs, modules and the given upper images.
+/// `sysroot/persist`: rootfs, modules, and either a manifest chain of the
+/// given layers (packed by our codec) or the given legacy images.
 struct Scratch {
     root: PathBuf,
 }
 
 impl Scratch {
-    fn new(name: &str, uppers: &[(&str, &str, bool)]) -> Result<Self, String> {
+    fn new(
+        name: &str,
+        chain: &[LayerSpec],
+        legacy: &[(&str, &'static str, bool)],
+    ) -> Result<Self, String> {
         let root = std::env::temp_dir().join(format!("ramstick-pb-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
         mount(
@@ -147,7 +184,7 @@ impl Scratch {
             None::<&str>,
         )
         .map_err(|e| format!("bind persist: {e}"))?;
-        // rootfs with a file the upper will change and one it will delete.
+        // rootfs with a file the layers will change and one they will delete.
         let rootfs = src.join("rootfs");
         std::fs::create_dir_all(rootfs.join("etc")).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(rootfs.join("lib/modules")).map_err(|e| e.to_string())?;
@@ -157,40 +194,89 @@ impl Scratch {
         let modules = src.join("modules");
         std::fs::create_dir_all(modules.join("kernel")).map_err(|e| e.to_string())?;
         squash(&modules, &persist.join(format!("modules-{KVER}.squashfs")))?;
-        for (image, marker, truncate) in uppers {
-            let dir = src.join(image);
-            std::fs::create_dir_all(dir.join("etc")).map_err(|e| e.to_string())?;
-            std::fs::write(dir.join("etc/marker"), marker).map_err(|e| e.to_string())?;
-            std::fs::write(dir.join("etc/os-release"), "NAME=upper\n")
-                .map_err(|e| e.to_string())?;
-            // A whiteout deleting etc/doomed, as overlayfs writes it.
-            nix::sys::stat::mknod(
-                &dir.join("etc/doomed"),
-                nix::sys::stat::SFlag::S_IFCHR,
-                nix::sys::stat::Mode::from_bits_truncate(0o000),
-                0,
-            )
-            .map_err(|e| format!("mknod whiteout: {e}"))?;
-            // Some bulk so a truncated image fails while reading data.
-            let noise: Vec<u8> = (0..4u32 << 20)
-                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-                .collect();
-            std::fs::write(dir.join("noise.bin"), noise).map_err(|e| e.to_string())?;
-            let img = persist.join(image);
-            squash(&dir, &img)?;
-            if *truncate {
-                let len = std::fs::metadata(&img).map_err(|e| e.to_string())?.len();
-                let f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&img)
-                    .map_err(|e| e.to_string())?;
-                f.set_len(len / 2).map_err(|e| e.to_string())?;
+        for (image, marker, truncate) in legacy {
+            let spec = LayerSpec {
+                marker,
+                noise: 4 << 20,
+                truncate: *truncate,
+            };
+            upper_image(&src.join(image), &persist.join(image), &spec)?;
+        }
+        if !chain.is_empty() {
+            let layers = persist.join(LAYERS_DIR);
+            std::fs::create_dir_all(&layers).map_err(|e| e.to_string())?;
+            let mut m = Manifest::empty();
+            for (i, spec) in chain.iter().enumerate() {
+                let name = layer_name(i as u64 + 1);
+                let image = layers.join(&name);
+                let record = upper_image(&src.join(&name), &image, spec)?;
+                m.layers.insert(name.clone(), record);
+                m.current.push(name);
             }
+            m.backup = m.current[..m.current.len() - 1].to_vec();
+            m.next_layer = chain.len() as u64 + 1;
+            m.generation = 1;
+            std::fs::write(layers.join(MANIFEST), m.render()).map_err(|e| e.to_string())?;
         }
         // The API filesystems, mounted by init's own code, so hand_over can move them.
         mounts::mount_api_filesystems(&LinuxSys::new(), &root).map_err(|e| format!("{e:#}"))?;
         Ok(Scratch { root })
     }
+}
+
+/// An upper as overlayfs leaves it (a marker, a changed and a deleted
+/// rootfs file, noise), packed by our codec into `image`; its manifest
+/// record (taken before a requested cut).
+fn upper_image(dir: &Path, image: &Path, spec: &LayerSpec) -> Result<LayerInfo, String> {
+    std::fs::create_dir_all(dir.join("etc")).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("etc/marker"), spec.marker).map_err(|e| e.to_string())?;
+    std::fs::write(dir.join("etc/os-release"), "NAME=upper\n").map_err(|e| e.to_string())?;
+    // A whiteout deleting etc/doomed, as overlayfs writes it.
+    nix::sys::stat::mknod(
+        &dir.join("etc/doomed"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o000),
+        0,
+    )
+    .map_err(|e| format!("mknod whiteout: {e}"))?;
+    std::fs::write(
+        dir.join(format!("noise-{}.bin", spec.marker)),
+        noise(spec.noise),
+    )
+    .map_err(|e| e.to_string())?;
+    ramstick_squash::pack(dir, image, &Default::default()).map_err(|e| e.to_string())?;
+    let d = ramstick_squash::digests(image).map_err(|e| e.to_string())?;
+    let sum = ramstick_squash::summary(image).map_err(|e| e.to_string())?;
+    if spec.truncate {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(image)
+            .map_err(|e| e.to_string())?;
+        f.set_len(d.size / 2).map_err(|e| e.to_string())?;
+    }
+    Ok(LayerInfo {
+        size: d.size,
+        meta_digest: d.meta,
+        digest: d.full,
+        saved: "20261129-120000".into(),
+        entries: sum.entries,
+        data_bytes: sum.data_bytes,
+        level: 0,
+        origin: Origin::Session,
+    })
+}
+
+/// Incompressible bytes.
+fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
 
 impl Drop for Scratch {
@@ -214,15 +300,15 @@ fn squash(dir: &Path, image: &Path) -> Result<(), String> {
 }
 
 /// The sequence init runs from the upper to the hand-over.
-fn run_sequence(s: &Scratch, plan: &Plan) -> Result<unpack::Outcome, String> {
+fn run_sequence(s: &Scratch, plan: &Plan) -> Result<layers::Assembled, String> {
     let sys = LinuxSys::new();
     let root = &s.root;
     mounts::setup_upper(&sys, root, plan).map_err(|e| format!("{e:#}"))?;
-    let outcome = unpack::fill_upper(&sys, root, plan);
+    let chain = layers::assemble(&sys, &LinuxImages, root, plan);
     let skipped = mounts::mount_lowers(&sys, root, plan).map_err(|e| format!("{e:#}"))?;
-    mounts::mount_overlay(&sys, root, plan).map_err(|e| format!("{e:#}"))?;
+    mounts::mount_overlay(&sys, root, plan, &chain.dirs).map_err(|e| format!("{e:#}"))?;
     mounts::hand_over(&sys, root, plan, &skipped).map_err(|e| format!("{e:#}"))?;
-    Ok(outcome)
+    Ok(chain)
 }
 
 fn read(path: &Path) -> String {
@@ -237,100 +323,169 @@ fn check(cond: bool, what: String) -> Result<(), String> {
     }
 }
 
-fn case_tmpfs_default() -> Result<(), String> {
-    let s = Scratch::new("tmpfs", &[("upperfs.squashfs", "from-default", false)])?;
-    let plan = plan_for("ramstick.upper=tmpfs ramstick.upper.size=256M");
-    let outcome = run_sequence(&s, &plan)?;
+/// The filesystem type mounted at `dir`, if any.
+fn fstype_at(dir: &Path) -> Option<String> {
+    let dir = dir.to_string_lossy().to_string();
+    read(Path::new("/proc/self/mounts")).lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(1) == Some(&dir.as_str())).then(|| f.get(2).map(|t| t.to_string()))?
+    })
+}
+
+/// The new root shows the chain: the top layer's marker, both layers' files,
+/// the whiteout hiding the rootfs's file.
+fn shows_chain(newroot: &Path, top: &str, markers: &[&str]) -> Result<(), String> {
     check(
-        outcome.used == BootType::Default,
-        format!("used {:?}", outcome.used),
-    )?;
-    let newroot = at(&s.root, &plan.overlay_root);
-    check(
-        read(&newroot.join("etc/marker")) == "from-default",
-        "marker not visible".into(),
+        read(&newroot.join("etc/marker")) == top,
+        format!(
+            "etc/marker is {:?}, not {top:?}",
+            read(&newroot.join("etc/marker"))
+        ),
     )?;
     check(
         read(&newroot.join("etc/os-release")) == "NAME=upper\n",
-        "upper must win over lower".into(),
+        "a layer must win over the rootfs".into(),
     )?;
     check(
         !newroot.join("etc/doomed").exists(),
-        "whiteout did not hide etc/doomed".into(),
+        "the whiteout did not hide etc/doomed".into(),
     )?;
-    let mounts_text = read(Path::new("/proc/self/mounts"));
+    for m in markers {
+        let len = std::fs::metadata(newroot.join(format!("noise-{m}.bin"))).map_or(0, |m| m.len());
+        check(len == 1 << 20, format!("noise-{m}.bin has {len} bytes"))?;
+    }
+    Ok(())
+}
+
+fn case_mount_chain() -> Result<(), String> {
+    let s = Scratch::new("mount", &[layer("one"), layer("two")], &[])?;
+    let plan = plan_for("ramstick.upper=tmpfs ramstick.upper.size=256M");
+    let chain = run_sequence(&s, &plan)?;
+    check(
+        chain.used == BootType::Default && chain.layers.len() == 2 && chain.failures.is_empty(),
+        format!("{chain:?}"),
+    )?;
+    let newroot = at(&s.root, &plan.overlay_root);
+    shows_chain(&newroot, "two", &["one", "two"])?;
     for (dir, fstype) in [
         (newroot.join("persist"), "tmpfs"),
         (newroot.join("run"), "tmpfs"),
         (newroot.join("run/ramstick/upper"), "tmpfs"),
         (newroot.join("run/ramstick/lower"), "squashfs"),
+        (newroot.join("run/ramstick/layers/layer-000001"), "squashfs"),
+        (newroot.join("run/ramstick/layers/layer-000002"), "squashfs"),
         (newroot.join(format!("lib/modules/{KVER}")), "squashfs"),
     ] {
-        let dir = dir.to_string_lossy().to_string();
         check(
-            mounts_text.lines().any(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                f.get(1) == Some(&dir.as_str()) && f.get(2) == Some(&fstype)
-            }),
-            format!("{dir} is not a {fstype} mount"),
+            fstype_at(&dir).as_deref() == Some(fstype),
+            format!("{} is not a {fstype} mount", dir.display()),
         )?;
     }
-    // New files go to the RAM upper, never to the lower.
+    // New files go to the RAM upper, which starts empty: only this session.
     std::fs::write(newroot.join("etc/new"), "n").map_err(|e| e.to_string())?;
+    let upper = newroot.join("run/ramstick/upper/upper");
     check(
-        newroot.join("run/ramstick/upper/upper/etc/new").exists(),
+        upper.join("etc/new").exists(),
         "write did not land in the upper".into(),
+    )?;
+    check(
+        !upper.join("etc/marker").exists(),
+        "the upper holds saved layers".into(),
     )
 }
 
-fn case_fallback() -> Result<(), String> {
+fn case_ram_chain() -> Result<(), String> {
+    let s = Scratch::new("ram", &[layer("one"), layer("two")], &[])?;
+    let plan = plan_for("ramstick.upper=tmpfs ramstick.upper.size=256M ramstick.layers=ram");
+    let chain = run_sequence(&s, &plan)?;
+    let how: Vec<LayersMode> = chain.layers.iter().map(|l| l.how).collect();
+    check(how == [LayersMode::Ram; 2], format!("{chain:?}"))?;
+    let newroot = at(&s.root, &plan.overlay_root);
+    shows_chain(&newroot, "two", &["one", "two"])?;
+    let unpacked = newroot.join("run/ramstick/upper/layers/layer-000001/etc/marker");
+    check(
+        read(&unpacked) == "one",
+        format!("{} is not unpacked", unpacked.display()),
+    )?;
+    check(
+        fstype_at(&newroot.join("run/ramstick/layers/layer-000001")).is_none(),
+        "a ram-mode layer is also mounted".into(),
+    )
+}
+
+fn case_ram_too_small() -> Result<(), String> {
+    let big = LayerSpec {
+        marker: "big",
+        noise: 24 << 20,
+        truncate: false,
+    };
+    let s = Scratch::new("small", &[layer("one"), big], &[])?;
+    let plan = plan_for("ramstick.upper=tmpfs ramstick.upper.size=16M ramstick.layers=ram");
+    let chain = run_sequence(&s, &plan)?;
+    let how: Vec<LayersMode> = chain.layers.iter().map(|l| l.how).collect();
+    check(
+        how == [LayersMode::Ram, LayersMode::Mount] && chain.failures.is_empty(),
+        format!("{chain:?}"),
+    )?;
+    check(!chain.notes.is_empty(), "the fall back is not noted".into())?;
+    let newroot = at(&s.root, &plan.overlay_root);
+    let len = std::fs::metadata(newroot.join("noise-big.bin")).map_or(0, |m| m.len());
+    check(len == 24 << 20, format!("noise-big.bin has {len} bytes"))
+}
+
+fn case_truncated_middle_layer() -> Result<(), String> {
+    let cut = LayerSpec {
+        truncate: true,
+        ..layer("two")
+    };
+    let s = Scratch::new("cut", &[layer("one"), cut, layer("three")], &[])?;
+    let plan = plan_for("ramstick.upper=tmpfs ramstick.upper.size=256M");
+    let chain = run_sequence(&s, &plan)?;
+    check(
+        chain.layers.len() == 1
+            && chain.failures.len() == 1
+            && chain.failures[0].class == FailureClass::Corrupt,
+        format!("{chain:?}"),
+    )?;
+    shows_chain(&at(&s.root, &plan.overlay_root), "one", &["one"])
+}
+
+fn case_legacy_fallback() -> Result<(), String> {
     let s = Scratch::new(
-        "fallback",
+        "legacy",
+        &[],
         &[
             ("upperfs.squashfs", "from-default", true),
             ("upperfs-backup.squashfs", "from-backup", false),
         ],
     )?;
-    let plan = plan_for("ramstick.upper=tmpfs ramstick.upper.size=256M");
-    let outcome = run_sequence(&s, &plan)?;
+    let plan = plan_for("ramstick.upper=tmpfs ramstick.upper.size=256M ramstick.layers=ram");
+    let chain = run_sequence(&s, &plan)?;
     check(
-        outcome.used == BootType::Backup,
-        format!("used {:?}", outcome.used),
-    )?;
-    check(
-        outcome
-            .reasons
-            .first()
-            .map(|r| r.starts_with("upperfs.squashfs:"))
-            .unwrap_or(false),
-        format!("reasons {:?}", outcome.reasons),
+        chain.used == BootType::Backup && chain.failures[0].layer == "upperfs.squashfs",
+        format!("{chain:?}"),
     )?;
     let newroot = at(&s.root, &plan.overlay_root);
     check(
         read(&newroot.join("etc/marker")) == "from-backup",
         "backup marker not visible".into(),
     )?;
-    let noise = std::fs::metadata(newroot.join("noise.bin"))
-        .map(|m| m.len())
-        .unwrap_or(0);
-    check(
-        noise == 4 << 20,
-        format!("backup noise.bin has {noise} bytes"),
-    )
+    let noise = std::fs::metadata(newroot.join("noise-from-backup.bin")).map_or(0, |m| m.len());
+    check(noise == 4 << 20, format!("backup noise has {noise} bytes"))
 }
 
 fn case_clean() -> Result<(), String> {
-    let s = Scratch::new("clean", &[("upperfs.squashfs", "from-default", false)])?;
+    let s = Scratch::new("clean", &[layer("one")], &[])?;
     let plan = plan_for("ramstick.boot=clean ramstick.upper=tmpfs");
-    let outcome = run_sequence(&s, &plan)?;
+    let chain = run_sequence(&s, &plan)?;
     check(
-        outcome.used == BootType::Clean,
-        format!("used {:?}", outcome.used),
+        chain.used == BootType::Clean,
+        format!("used {:?}", chain.used),
     )?;
     let newroot = at(&s.root, &plan.overlay_root);
     check(
         !newroot.join("etc/marker").exists(),
-        "clean boot shows the upper".into(),
+        "clean boot shows a layer".into(),
     )?;
     check(
         read(&newroot.join("etc/os-release")) == "NAME=lower\n",
@@ -346,26 +501,33 @@ fn case_zram() -> Result<(), String> {
         println!("     (zram unavailable on this host kernel: case skipped)");
         return Ok(());
     }
-    let s = Scratch::new("zram", &[("upperfs.squashfs", "from-default", false)])?;
-    let plan = plan_for("ramstick.upper=zram ramstick.upper.size=64M ramstick.zram.alg=lz4");
+    let s = Scratch::new("zram", &[layer("one")], &[])?;
+    let plan = plan_for(
+        "ramstick.upper=zram ramstick.upper.size=64M ramstick.zram.alg=lz4 ramstick.layers=ram",
+    );
     let sys = LinuxSys::new();
     let dev = mounts::setup_upper(&sys, &s.root, &plan).map_err(|e| format!("{e:#}"))?;
     let upper = at(&s.root, &plan.upper_mount);
     let result = (|| {
-        let outcome = unpack::fill_upper(&sys, &s.root, &plan);
+        let chain = layers::assemble(&sys, &LinuxImages, &s.root, &plan);
         check(
-            outcome.used == BootType::Default,
-            format!("used {:?}", outcome.used),
+            chain.used == BootType::Default && chain.layers[0].how == LayersMode::Ram,
+            format!("{chain:?}"),
         )?;
         // trusted.* xattrs (what overlayfs writes) must work on the upper.
         sh(&format!(
-            "setfattr -n trusted.overlay.opaque -v y '{}/upper/etc'",
+            "setfattr -n trusted.overlay.opaque -v y '{}/upper' && \
+             getfattr -n trusted.overlay.opaque '{0}/layers/layer-000001/etc' 2>&1 | grep -q 'No such attr' && \
+             test -c '{0}/layers/layer-000001/etc/doomed'",
             upper.display()
         ))?;
         let perms = std::fs::metadata(upper.join("upper"))
             .map_err(|e| e.to_string())?
             .permissions();
-        check(perms.mode() & 0o777 != 0, "upper dir unreadable".into())?;
+        check(
+            perms.mode() & 0o7777 == 0o755,
+            format!("the upperdir has mode {:o}, not 755", perms.mode() & 0o7777),
+        )?;
         sh(&format!("umount '{}'", upper.display()))?;
         sh(&format!("e2fsck -fn /dev/{dev}"))?;
         Ok(())
@@ -381,7 +543,7 @@ fn case_zram() -> Result<(), String> {
 }
 
 fn case_missing_rootfs() -> Result<(), String> {
-    let s = Scratch::new("norootfs", &[])?;
+    let s = Scratch::new("norootfs", &[], &[])?;
     std::fs::remove_file(s.root.join("sysroot/persist/rootfs.squashfs"))
         .map_err(|e| e.to_string())?;
     let plan = plan_for("ramstick.upper=tmpfs");

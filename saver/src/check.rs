@@ -18,9 +18,15 @@ pub fn check(paths: &Paths) -> Result<bool> {
     for (name, record) in &m.layers {
         let path = paths.layers().join(name);
         let verdict = match ramstick_squash::digests(&path) {
-            Ok(d) if d.size != record.size => format!("BAD: {} bytes, the manifest says {}", d.size, record.size),
-            Ok(d) if d.meta != record.meta_digest => "BAD: its metadata differs from the manifest's digest".into(),
-            Ok(d) if d.full != record.digest => "BAD: its data differs from the manifest's digest".into(),
+            Ok(d) if d.size != record.size => {
+                format!("BAD: {} bytes, the manifest says {}", d.size, record.size)
+            }
+            Ok(d) if d.meta != record.meta_digest => {
+                "BAD: its metadata differs from the manifest's digest".into()
+            }
+            Ok(d) if d.full != record.digest => {
+                "BAD: its data differs from the manifest's digest".into()
+            }
             Ok(_) => format!("ok ({})", human(record.size)),
             Err(e) => format!("BAD: {e}"),
         };

@@ -140,11 +140,13 @@ pub fn run(stick: &mut dyn Stick, steps: &[Step]) -> Result<Done> {
             Err(e) if durable && matches!(step, Step::Remove(_) | Step::SyncDir(_)) => {
                 eprintln!("saver: warning: {e:#} (the next save retries)");
             }
-            Err(e) => return Err(e).context(if committed {
-                "after the commit"
-            } else {
-                "the saved state on the stick is unchanged"
-            }),
+            Err(e) => {
+                return Err(e).context(if committed {
+                    "after the commit"
+                } else {
+                    "the saved state on the stick is unchanged"
+                })
+            }
         }
     }
     if committed {

@@ -113,7 +113,9 @@ impl Fake {
         (0..=self.pending.len())
             .map(|k| {
                 let mut files = self.durable.clone();
-                self.pending[..k].iter().for_each(|op| apply(&mut files, op));
+                self.pending[..k]
+                    .iter()
+                    .for_each(|op| apply(&mut files, op));
                 files
             })
             .collect()
@@ -143,7 +145,8 @@ impl Stick for Fake {
                 all
             }
         };
-        self.pending.push(Op::Put(path, File::Layer(content.clone())));
+        self.pending
+            .push(Op::Put(path, File::Layer(content.clone())));
         self.sync();
         Ok(info(&content))
     }
@@ -178,7 +181,8 @@ impl Stick for Fake {
         self.tick()?;
         self.pending.push(Op::Put(path.into(), File::Partial));
         self.tick()?;
-        self.pending.push(Op::Put(path.into(), File::Text(text.into())));
+        self.pending
+            .push(Op::Put(path.into(), File::Text(text.into())));
         self.sync();
         Ok(())
     }
@@ -332,8 +336,9 @@ fn crash_everywhere(
     for budget in 0..200 {
         let mut fake = Fake::new(files, budget, session);
         let result = commit::run(&mut fake, steps);
-        if let Ok(done) = result {
-            assert!(!fake.crashed);
+        // A power cut after the commit still lets the run end Ok (a removal
+        // failing then is only reported): only a run that never crashed is complete.
+        if let (Ok(done), false) = (result, fake.crashed) {
             let after = fake.live();
             check(&after, budget);
             return (after, done);
@@ -382,11 +387,17 @@ fn save_case(what: &str, files: &Files, asked: BootType, session: Option<Session
     let session = session.unwrap_or_else(|| SessionState::booted(&info));
     let plan = save_plan(files, &info, &session, false)
         .unwrap_or_else(|e| panic!("{what}: refused: {e:#}"));
-    let before = [boot(files, BootType::Default), boot(files, BootType::Backup)];
+    let before = [
+        boot(files, BootType::Default),
+        boot(files, BootType::Backup),
+    ];
     let mut after_fake = Fake::new(files, usize::MAX, new);
     commit::run(&mut after_fake, &plan.steps).unwrap();
     let complete = after_fake.live();
-    let after = [boot(&complete, BootType::Default), boot(&complete, BootType::Backup)];
+    let after = [
+        boot(&complete, BootType::Default),
+        boot(&complete, BootType::Backup),
+    ];
     // The completed save: the session on top of the chain it booted.
     let base: Vec<u32> = session
         .base
@@ -404,10 +415,17 @@ fn save_case(what: &str, files: &Files, asked: BootType, session: Option<Session
         .collect();
     let expected: Vec<u32> = base.iter().copied().chain([new]).collect();
     assert_eq!(after[0].1, expected, "{what}: the new default state");
-    assert!(after[0].0.failures.is_empty(), "{what}: {:?}", after[0].0.failures);
+    assert!(
+        after[0].0.failures.is_empty(),
+        "{what}: {:?}",
+        after[0].0.failures
+    );
     assert_tidy(&complete, what);
     let check = |outcome: &Files, budget: usize| {
-        for (i, asked) in [BootType::Default, BootType::Backup].into_iter().enumerate() {
+        for (i, asked) in [BootType::Default, BootType::Backup]
+            .into_iter()
+            .enumerate()
+        {
             let (got_info, got) = boot(outcome, asked);
             assert!(
                 got == before[i].1 || got == after[i].1,
@@ -422,7 +440,10 @@ fn save_case(what: &str, files: &Files, asked: BootType, session: Option<Session
                 .iter()
                 .filter(|f| !before[i].0.failures.contains(f))
                 .collect();
-            assert!(new_failures.is_empty(), "{what}: budget {budget}: {new_failures:?}");
+            assert!(
+                new_failures.is_empty(),
+                "{what}: budget {budget}: {new_failures:?}"
+            );
         }
     };
     crash_everywhere(what, files, new, &plan.steps, &check);
@@ -431,8 +452,20 @@ fn save_case(what: &str, files: &Files, asked: BootType, session: Option<Session
 #[test]
 fn saves_survive_a_power_cut_anywhere() {
     save_case("first save", &Files::new(), BootType::Default, None, 1);
-    save_case("second session", &layered(&[1], 0), BootType::Default, None, 2);
-    save_case("fourth session", &layered(&[1, 2, 3], 2), BootType::Default, None, 4);
+    save_case(
+        "second session",
+        &layered(&[1], 0),
+        BootType::Default,
+        None,
+        2,
+    );
+    save_case(
+        "fourth session",
+        &layered(&[1, 2, 3], 2),
+        BootType::Default,
+        None,
+        4,
+    );
     // A checkpoint replaces the session's own layer; backup stays the state before it.
     let files = layered(&[1, 2, 3], 2);
     let session = SessionState {
@@ -440,7 +473,13 @@ fn saves_survive_a_power_cut_anywhere() {
         layer: Some(layer_name(3)),
     };
     save_case("checkpoint", &files, BootType::Default, Some(session), 3);
-    save_case("after a backup boot", &layered(&[1, 2, 3], 2), BootType::Backup, None, 4);
+    save_case(
+        "after a backup boot",
+        &layered(&[1, 2, 3], 2),
+        BootType::Backup,
+        None,
+        4,
+    );
     // Garbage from an interrupted save: removed first.
     let mut files = layered(&[1, 2], 1);
     files.insert(commit::layer_path(&layer_name(3)), File::Partial);
@@ -458,7 +497,9 @@ fn a_corrupt_layer_is_set_aside_and_the_layers_above_it_kept() {
     let mut fake = Fake::new(&files, usize::MAX, 5);
     commit::run(&mut fake, &plan.steps).unwrap();
     let after = fake.live();
-    let Saved::Manifest(m) = saved(&after) else { panic!() };
+    let Saved::Manifest(m) = saved(&after) else {
+        panic!()
+    };
     assert_eq!(m.current, [layer_name(1), layer_name(5)]);
     assert_eq!(m.kept.len(), 1, "{m:?}");
     assert_eq!(m.kept[0].layers, [layer_name(3), layer_name(4)]);
@@ -498,7 +539,10 @@ fn a_transient_failure_refuses_the_save() {
     .unwrap();
     assert_eq!(plan.manifest.current, [layer_name(1), layer_name(4)]);
     assert_eq!(plan.manifest.kept[0].layers, [layer_name(2), layer_name(3)]);
-    assert!(!plan.steps.iter().any(|s| matches!(s, commit::Step::Remove(_))));
+    assert!(!plan
+        .steps
+        .iter()
+        .any(|s| matches!(s, commit::Step::Remove(_))));
 }
 
 #[test]
@@ -512,11 +556,29 @@ fn legacy_sticks_are_converted_by_their_first_save() {
         files
     };
     save_case("legacy", &legacy(true), BootType::Default, None, 3);
-    save_case("legacy, default missing", &legacy(false), BootType::Default, None, 3);
-    save_case("legacy, backup boot", &legacy(true), BootType::Backup, None, 3);
+    save_case(
+        "legacy, default missing",
+        &legacy(false),
+        BootType::Default,
+        None,
+        3,
+    );
+    save_case(
+        "legacy, backup boot",
+        &legacy(true),
+        BootType::Backup,
+        None,
+        3,
+    );
     let mut broken = legacy(true);
     broken.insert(LEGACY_IMAGE.into(), File::Partial);
-    save_case("legacy, default unreadable", &broken, BootType::Default, None, 3);
+    save_case(
+        "legacy, default unreadable",
+        &broken,
+        BootType::Default,
+        None,
+        3,
+    );
     // A conversion cut short after its commit: the next save removes the leftovers.
     let (info, _) = boot(&legacy(true), BootType::Default);
     let plan = save_plan(&legacy(true), &info, &SessionState::booted(&info), false).unwrap();
@@ -536,20 +598,35 @@ fn legacy_sticks_are_converted_by_their_first_save() {
 fn compaction_never_changes_what_boot_shows() {
     let sessions: Vec<u32> = (1..=10).collect();
     let files = layered(&sessions, 9);
-    let Saved::Manifest(m) = saved(&files) else { panic!() };
+    let Saved::Manifest(m) = saved(&files) else {
+        panic!()
+    };
     let run = compact::pick(&m, &compact::POLICY).unwrap();
     let plan = compact::plan(&m, &run, &layer_files(&files));
-    let before = [boot(&files, BootType::Default).1, boot(&files, BootType::Backup).1];
+    let before = [
+        boot(&files, BootType::Default).1,
+        boot(&files, BootType::Backup).1,
+    ];
     let check = |outcome: &Files, budget: usize| {
-        for (i, asked) in [BootType::Default, BootType::Backup].into_iter().enumerate() {
+        for (i, asked) in [BootType::Default, BootType::Backup]
+            .into_iter()
+            .enumerate()
+        {
             let (info, got) = boot(outcome, asked);
-            assert_eq!(got, before[i], "budget {budget}: {asked}; files {outcome:?}");
-            assert!(info.failures.is_empty(), "budget {budget}: {:?}", info.failures);
+            assert_eq!(
+                got, before[i],
+                "budget {budget}: {asked}; files {outcome:?}"
+            );
+            assert!(
+                info.failures.is_empty(),
+                "budget {budget}: {:?}",
+                info.failures
+            );
         }
     };
     let (after, done) = crash_everywhere("compaction", &files, 0, &plan.steps, &check);
     assert_tidy(&after, "compaction");
     let m = done.manifest.unwrap();
-    assert_eq!(m.current.len(), 3);
-    assert_eq!(m.layers[&plan.merged].size, 800);
+    assert_eq!(m.current.len(), 2);
+    assert_eq!(m.layers[&plan.merged].size, 900);
 }

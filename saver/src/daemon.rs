@@ -171,7 +171,11 @@ fn checkpoint(paths: &Paths, budget: u64, spent: &mut Spent) {
 fn is_idle(loadavg: &Path) -> bool {
     std::fs::read_to_string(loadavg)
         .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+        })
         .is_some_and(|load| load < 0.3)
 }
 
@@ -181,7 +185,9 @@ fn compact_when_idle(paths: &Paths) {
         maintain::compact_if_due(paths, &mut session, Budget::Idle)
     });
     if let Err(e) = result {
-        say(&format!("idle compaction failed: {e:#} (the saved state is unchanged)"));
+        say(&format!(
+            "idle compaction failed: {e:#} (the saved state is unchanged)"
+        ));
     }
 }
 
@@ -194,12 +200,23 @@ mod tests {
         assert_eq!(settings("", "").unwrap(), defaults());
         assert_eq!(defaults().checkpoint, Some(15));
         let s = settings("# mine\ncheckpoint = 5\ncheckpoint-budget = 64M\n", "quiet").unwrap();
-        assert_eq!(s, Settings { checkpoint: Some(5), budget: 64 << 20 });
+        assert_eq!(
+            s,
+            Settings {
+                checkpoint: Some(5),
+                budget: 64 << 20
+            }
+        );
         let s = settings("checkpoint = 5\n", "ramstick.checkpoint=off").unwrap();
         assert_eq!(s.checkpoint, None);
         let s = settings("checkpoint = off\n", "ramstick.checkpoint=30").unwrap();
         assert_eq!(s.checkpoint, Some(30));
-        for bad in ["checkpoint = 0", "checkpoint-budget = 5%", "speed = 3", "checkpoint"] {
+        for bad in [
+            "checkpoint = 0",
+            "checkpoint-budget = 5%",
+            "speed = 3",
+            "checkpoint",
+        ] {
             let err = format!("{:#}", settings(bad, "").unwrap_err());
             assert!(err.contains("saver.conf line 1"), "{bad}: {err}");
         }

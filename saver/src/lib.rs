@@ -6,6 +6,7 @@
 //! [`session`] what boot.json says about this session, [`status`] and
 //! [`daemon`] the other commands, [`codec`] the squashfs codec's commands.
 
+pub mod addlayer;
 pub mod check;
 pub mod clock;
 pub mod codec;

@@ -9,7 +9,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use ramstick_saver::session::Paths;
-use ramstick_saver::{check, codec, daemon, maintain, save, status};
+use ramstick_saver::{addlayer, check, codec, daemon, maintain, save, status};
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +54,11 @@ enum Cmd {
     ///
     /// Example: `saver check`
     Check,
+    /// Append a directory tree (read like an overlay upperdir) as a new layer
+    /// to the saved state of a stick mounted elsewhere.
+    ///
+    /// Example: `saver add-layer --persist /mnt/stick ./my-files`
+    AddLayer(addlayer::AddLayerArgs),
     /// Pack a directory tree into a squashfs image.
     Pack(codec::PackArgs),
     /// Unpack a squashfs image into a directory.
@@ -81,6 +86,7 @@ fn main() {
         Cmd::Daemon => daemon::daemon(&paths).map(|()| true),
         Cmd::Compact => maintain::compact(&paths).map(|()| true),
         Cmd::Check => check::check(&paths),
+        Cmd::AddLayer(a) => addlayer::add_layer(a).map(|_| true),
         Cmd::Pack(a) => codec::pack(a).map(|()| true),
         Cmd::Unpack(a) => codec::unpack(a).map(|()| true),
         Cmd::Verify(a) => codec::verify(a),

@@ -9,13 +9,13 @@
 //! when the compaction policy asks for it and it fits the time budget of a
 //! save, layers are merged (see `maintain`).
 
+use crate::clock;
 use crate::commit;
 use crate::maintain;
 use crate::saveplan::{self, Situation};
 use crate::session::{self, load_exclude, Paths, Session};
 use crate::space::{self, human, Estimate};
 use crate::stick::{say, PersistStick};
-use crate::clock;
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
 use ramstick_common::chain::{FailureClass, Saved};
@@ -91,11 +91,12 @@ pub fn save_locked(paths: &Paths, opts: SaveOptions) -> Result<Outcome> {
         }
     }
     let saved = session::read_saved(paths);
+    let layer_files = session::layer_files(paths)?;
     let reclaimable = corrupt_bytes(paths, &session, &saved);
-    let free = space::free(&paths.persist)?;
+    // What an interrupted save left is removed before the new layer is written.
+    let free = space::free(&paths.persist)? + garbage_bytes(paths, &saved, &layer_files);
     let reclaim = space_plan(&estimate, free, reclaimable)?;
     let stamp = clock::stamp(SystemTime::now());
-    let layer_files = session::layer_files(paths)?;
     let plan = saveplan::plan(&Situation {
         saved: &saved,
         boot: &session.info,
@@ -127,7 +128,11 @@ pub fn save_locked(paths: &Paths, opts: SaveOptions) -> Result<Outcome> {
             human(free),
             human(estimate.worst())
         ),
-        Err(e) => return Err(e.context("the session was NOT saved (boot still finds the last saved state)")),
+        Err(e) => {
+            return Err(
+                e.context("the session was NOT saved (boot still finds the last saved state)")
+            )
+        }
     };
     session.state = plan.session.clone();
     session.store(paths)?;
@@ -141,7 +146,9 @@ pub fn save_locked(paths: &Paths, opts: SaveOptions) -> Result<Outcome> {
     ));
     let bytes = stick.written;
     if let Err(e) = maintain::compact_if_due(paths, &mut session, maintain::Budget::Save) {
-        say(&format!("compaction skipped: {e:#} (the saved state is complete)"));
+        say(&format!(
+            "compaction skipped: {e:#} (the saved state is complete)"
+        ));
     }
     Ok(Outcome::Saved {
         layer: plan.layer,
@@ -150,22 +157,43 @@ pub fn save_locked(paths: &Paths, opts: SaveOptions) -> Result<Outcome> {
 }
 
 /// Why nothing needs saving, if so.
-fn unchanged(paths: &Paths, session: &Session, exclude: &Exclude, est: &Estimate) -> Option<String> {
+fn unchanged(
+    paths: &Paths,
+    session: &Session,
+    exclude: &Exclude,
+    est: &Estimate,
+) -> Option<String> {
     let Some(layer) = &session.state.layer else {
         return (est.entries == 0).then(|| "the session changed nothing".to_string());
     };
     let image = paths.layers().join(layer);
     match ramstick_squash::verify(&image, &paths.upperdir, exclude) {
-        Ok(diffs) if diffs.is_empty() => Some(format!("the session is unchanged since its last save ({layer})")),
+        Ok(diffs) if diffs.is_empty() => Some(format!(
+            "the session is unchanged since its last save ({layer})"
+        )),
         Ok(diffs) => {
             say(&format!("{} entries changed since {layer}", diffs.len()));
             None
         }
         Err(e) => {
-            say(&format!("cannot compare the session with {layer} ({e}); saving it"));
+            say(&format!(
+                "cannot compare the session with {layer} ({e}); saving it"
+            ));
             None
         }
     }
+}
+
+/// Bytes of the files the plan removes as garbage before writing.
+fn garbage_bytes(paths: &Paths, saved: &Saved, layer_files: &[String]) -> u64 {
+    saveplan::garbage(saved, layer_files)
+        .iter()
+        .filter_map(|step| match step {
+            commit::Step::Remove(path) => std::fs::metadata(paths.on_stick(path)).ok(),
+            _ => None,
+        })
+        .map(|m| m.len())
+        .sum()
 }
 
 /// Bytes of layers boot found corrupt that are still on the stick.

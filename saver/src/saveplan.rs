@@ -180,7 +180,6 @@ fn plan_on_manifest(s: &Situation, old: &Manifest) -> Result<SavePlan> {
             }
             m.current.pop();
             m.current.push(layer.clone());
-            after.push(Step::Remove(layer_path(prev)));
             SessionState {
                 base: s.session.base.clone(),
                 layer: Some(layer.clone()),
@@ -213,6 +212,20 @@ fn plan_on_manifest(s: &Situation, old: &Manifest) -> Result<SavePlan> {
         }
     };
     m.prune();
+    // What no chain names any more (this session's earlier layer, the
+    // backup the rotation retires) is removed after the commit.
+    let handled: Vec<String> = after
+        .iter()
+        .filter_map(|st| match st {
+            Step::Rename { from, .. } | Step::Remove(from) => Some(from.clone()),
+            _ => None,
+        })
+        .collect();
+    for name in old.referenced() {
+        if !m.layers.contains_key(name) && !handled.contains(&layer_path(name)) {
+            after.push(Step::Remove(layer_path(name)));
+        }
+    }
     let mut steps = garbage(s.saved, s.layer_files);
     steps.push(Step::WriteLayer {
         name: layer.clone(),
@@ -221,7 +234,11 @@ fn plan_on_manifest(s: &Situation, old: &Manifest) -> Result<SavePlan> {
     commit_then(&mut steps, &m, after);
     if s.legacy_present.iter().any(|p| *p) {
         // Left by a conversion that was cut short after its commit.
-        for (present, name) in s.legacy_present.iter().zip([LEGACY_IMAGE, LEGACY_BACKUP_IMAGE]) {
+        for (present, name) in s
+            .legacy_present
+            .iter()
+            .zip([LEGACY_IMAGE, LEGACY_BACKUP_IMAGE])
+        {
             if *present {
                 steps.push(Step::Remove(name.into()));
             }
@@ -258,7 +275,9 @@ fn set_aside_broken(
             }
             Some(FailureClass::Corrupt) => {
                 let aside = aside_name(name, s.stamp);
-                notes.push(format!("the corrupt layer {name} is kept as layers/{aside} (boot ignores it)"));
+                notes.push(format!(
+                    "the corrupt layer {name} is kept as layers/{aside} (boot ignores it)"
+                ));
                 after.push(Step::Rename {
                     from: layer_path(name),
                     to: layer_path(&aside),
@@ -309,7 +328,8 @@ fn plan_conversion(s: &Situation) -> Result<SavePlan> {
     let mut take = |legacy: &str, m: &mut Manifest, steps: &mut Vec<Step>| -> String {
         let name = layer_name(m.next_layer);
         m.next_layer += 1;
-        m.layers.insert(name.clone(), fresh(MIGRATED_LEVEL, Origin::Migrated));
+        m.layers
+            .insert(name.clone(), fresh(MIGRATED_LEVEL, Origin::Migrated));
         steps.push(Step::Link {
             from: legacy.to_string(),
             to: layer_path(&name),
@@ -346,7 +366,11 @@ fn plan_conversion(s: &Situation) -> Result<SavePlan> {
         source: Source::Session,
     });
     let mut after = Vec::new();
-    for (present, legacy) in s.legacy_present.iter().zip([LEGACY_IMAGE, LEGACY_BACKUP_IMAGE]) {
+    for (present, legacy) in s
+        .legacy_present
+        .iter()
+        .zip([LEGACY_IMAGE, LEGACY_BACKUP_IMAGE])
+    {
         if !present {
             continue;
         }
@@ -357,7 +381,9 @@ fn plan_conversion(s: &Situation) -> Result<SavePlan> {
             .any(|f| f.layer == legacy && f.class == FailureClass::Corrupt);
         if corrupt && !s.reclaim_corrupt {
             let aside = aside_name(legacy, s.stamp);
-            notes.push(format!("the unreadable {legacy} is kept as {aside} (boot ignores it)"));
+            notes.push(format!(
+                "the unreadable {legacy} is kept as {aside} (boot ignores it)"
+            ));
             after.push(Step::Rename {
                 from: legacy.into(),
                 to: aside,

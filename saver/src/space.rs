@@ -93,21 +93,7 @@ pub fn usage(path: &Path) -> Result<(u64, u64)> {
     Ok((size - st.blocks_free() * st.fragment_size(), size))
 }
 
-/// `n` bytes for people: "512 B", "3.4 MiB".
-pub fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = n as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+pub use ramstick_common::human::bytes as human;
 
 #[cfg(test)]
 mod tests {
@@ -138,12 +124,5 @@ mod tests {
         assert_eq!(all.entries, 6);
         assert!(all.data >= 110_000, "{all:?}");
         fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn sizes_for_people() {
-        assert_eq!(human(512), "512 B");
-        assert_eq!(human(3 << 20), "3.0 MiB");
-        assert_eq!(human(1536), "1.5 KiB");
     }
 }

@@ -12,7 +12,10 @@ use ramstick_common::manifest::Manifest;
 pub fn status(paths: &Paths) -> Result<()> {
     let session = Session::load(paths)?;
     let info = &session.info;
-    println!("boot asked:   {} (layers: {})", info.asked, info.layers_mode);
+    println!(
+        "boot asked:   {} (layers: {})",
+        info.asked, info.layers_mode
+    );
     println!("boot used:    {}", info.used);
     for l in &info.layers {
         println!("  in use:     {} ({}, {})", l.name, human(l.size), l.how);
@@ -31,7 +34,9 @@ pub fn status(paths: &Paths) -> Result<()> {
             if default { "yes" } else { "no" },
             if backup { "yes" } else { "no" }
         ),
-        Saved::Damaged(why) => println!("on the stick: UNREADABLE manifest ({why}); saving is refused"),
+        Saved::Damaged(why) => {
+            println!("on the stick: UNREADABLE manifest ({why}); saving is refused")
+        }
         Saved::Nothing => println!("on the stick: nothing saved yet"),
     }
     match space::usage(&paths.upper_mount) {
@@ -52,7 +57,12 @@ pub fn status(paths: &Paths) -> Result<()> {
 
 /// The chains of the manifest, one layer a line.
 fn print_chains(m: &Manifest) {
-    let total: u64 = m.current.iter().filter_map(|n| m.layers.get(n)).map(|l| l.size).sum();
+    let total: u64 = m
+        .current
+        .iter()
+        .filter_map(|n| m.layers.get(n))
+        .map(|l| l.size)
+        .sum();
     println!(
         "chain:        {} layers, {} (manifest generation {})",
         m.current.len(),
@@ -70,14 +80,24 @@ fn print_chains(m: &Manifest) {
             );
         }
     }
-    let shared = m.current.iter().zip(&m.backup).take_while(|(a, b)| a == b).count();
+    let shared = m
+        .current
+        .iter()
+        .zip(&m.backup)
+        .take_while(|(a, b)| a == b)
+        .count();
     if shared == m.backup.len() {
         println!("backup:       the first {shared} layers of the chain");
     } else {
         println!("backup:       {}", m.backup.join(", "));
     }
     for k in &m.kept {
-        println!("kept aside:   {} since {}: {}", k.layers.join(", "), k.stamp, k.why);
+        println!(
+            "kept aside:   {} since {}: {}",
+            k.layers.join(", "),
+            k.stamp,
+            k.why
+        );
     }
 }
 
@@ -93,10 +113,12 @@ fn changes(paths: &Paths, session: &Session) -> String {
         ""
     };
     match &session.state.layer {
-        Some(layer) => match ramstick_squash::verify(&paths.layers().join(layer), &paths.upperdir, &exclude) {
-            Ok(d) => format!("{} entries differ from {layer}{not_saved}", d.len()),
-            Err(e) => format!("unknown: cannot compare with {layer}: {e}"),
-        },
+        Some(layer) => {
+            match ramstick_squash::verify(&paths.layers().join(layer), &paths.upperdir, &exclude) {
+                Ok(d) => format!("{} entries differ from {layer}{not_saved}", d.len()),
+                Err(e) => format!("unknown: cannot compare with {layer}: {e}"),
+            }
+        }
         None => match space::estimate(&paths.upperdir, &exclude) {
             Ok(est) => format!(
                 "{} entries ({} of file data) since boot{not_saved}",

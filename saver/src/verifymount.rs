@@ -33,9 +33,8 @@ pub fn read_whole(image: &Path, mnt: &Path) -> Result<()> {
             return Ok(());
         }
         let shown: Vec<String> = diffs.iter().map(ToString::to_string).collect();
-        Err(Mismatch(shown)).with_context(|| {
-            format!("the kernel and our reader disagree on {}", image.display())
-        })
+        Err(Mismatch(shown))
+            .with_context(|| format!("the kernel and our reader disagree on {}", image.display()))
     })
 }
 

@@ -1,27 +1,36 @@
 //! The save sequence on real files, as root in a private mount namespace
-//! (testkit's harness): real packing, the kernel test mount over a loop
-//! device, the rotation, the unchanged skip, the fallback case, a stale tmp
-//! image, a clean boot, and full sticks (small tmpfs mounts as /persist).
+//! (testkit's harness): real packing, both readers' read-back (the kernel's
+//! over a loop device), the layer chain across sessions, checkpoints that
+//! replace the session's layer, the conversion of a legacy stick, a corrupt
+//! layer set aside, a transient failure refused, automatic compaction, a
+//! clean boot, and full sticks (small tmpfs mounts as /persist). Each state
+//! is checked the way boot shows it: the chain stacked by a kernel overlay.
 //! Skipped (with the reason printed) when not root.
 
 use nix::sys::stat::SFlag;
-use ramstick_common::bootinfo::BootInfo;
-use ramstick_common::cmdline::BootType;
-use ramstick_saver::save::{save, Outcome};
-use ramstick_saver::session::{changes, Paths};
-use ramstick_squash::Exclude;
-use ramstick_testkit::{ensure, lsetxattr, main_with, make_node, noise, CaseResult, Ctx, Mounted};
+use ramstick_common::bootinfo::{BootInfo, SavedState, UsedLayer};
+use ramstick_common::chain::{FailureClass, LayerFailure};
+use ramstick_common::cmdline::{BootType, LayersMode};
+use ramstick_common::manifest::{layer_name, Manifest};
+use ramstick_saver::save::{save, Outcome, SaveOptions, Trigger};
+use ramstick_saver::session::Paths;
+use ramstick_testkit::{
+    ensure, lsetxattr, main_with, make_node, noise, run, CaseResult, Ctx, Mounted,
+};
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
+use std::path::Path;
+use std::process::{Command, ExitCode};
 
 fn main() -> ExitCode {
     main_with(
         "privileged_save",
         &[
             ("sessions", sessions),
+            ("legacy-conversion", legacy_conversion),
+            ("corrupt-layer", corrupt_layer),
+            ("compaction", compaction),
             ("full-stick", full_stick),
             ("no-room", no_room),
         ],
@@ -65,196 +74,412 @@ fn scratch(root: &Path) -> Result<Paths, String> {
     // A POSIX ACL (squashfs cannot store it: never a difference).
     lsetxattr(&u.join("etc/hostname"), "system.posix_acl_access", &ACL)?;
     fs::write(&paths.exclude, "# test\n/tmp/*\n").ctx("exclude")?;
-    boot_json(&paths, BootType::Default, BootType::Clean, None)?;
+    new_session(&paths, BootType::Default, &[], vec![])?;
     Ok(paths)
 }
 
-fn boot_json(
+/// A new boot: boot.json using `layers`, no session record, an empty upper
+/// (but for what the caller puts there).
+fn new_session(
     paths: &Paths,
     asked: BootType,
-    used: BootType,
-    image: Option<&str>,
+    layers: &[&str],
+    failures: Vec<LayerFailure>,
 ) -> Result<(), String> {
     let info = BootInfo {
         asked,
-        used,
-        image: image.map(String::from),
-        image_size: None,
-        reasons: vec![],
+        used: if layers.is_empty() {
+            BootType::Clean
+        } else {
+            asked
+        },
+        layers_mode: LayersMode::Mount,
+        saved: SavedState::Nothing,
+        asked_chain: layers.iter().map(|s| s.to_string()).collect(),
+        layers: layers
+            .iter()
+            .map(|n| UsedLayer {
+                name: n.to_string(),
+                file: format!("layers/{n}"),
+                size: 0,
+                how: LayersMode::Mount,
+            })
+            .collect(),
+        failures,
+        notes: vec![],
         timings_ms: BTreeMap::new(),
         kernel: "test".into(),
         upper: "tmpfs".into(),
         problems: vec![],
     };
+    let _ = fs::remove_file(paths.session_json());
     fs::write(&paths.boot_json, info.to_json()).ctx("boot.json")
 }
 
-fn image(paths: &Paths, name: &str) -> PathBuf {
-    paths.persist.join(name)
-}
-
-/// A save that must succeed.
-fn saved(paths: &Paths) -> Result<Outcome, String> {
-    save(paths, false).map_err(|e| format!("save: {e:#}"))
-}
-
-/// The number of differences between an image and the upper.
-fn diffs(paths: &Paths, name: &str, exclude: &str) -> Result<usize, String> {
-    let ex = Exclude::parse(exclude).ctx("exclude")?;
-    Ok(changes(paths, name, &ex).ctx(name)?.len())
-}
-
-fn names(paths: &Paths) -> Result<Vec<String>, String> {
-    let mut v = Vec::new();
-    for e in fs::read_dir(&paths.persist).ctx("list persist")? {
-        v.push(
-            e.ctx("list persist")?
-                .file_name()
-                .to_string_lossy()
-                .into_owned(),
-        );
+/// Empties the upper (a reboot) and puts `files` in it.
+fn fresh_upper(paths: &Paths, files: &[(&str, &str)]) -> Result<(), String> {
+    fs::remove_dir_all(&paths.upperdir).ctx("clear upper")?;
+    fs::create_dir_all(&paths.upperdir).ctx("upper")?;
+    for (path, text) in files {
+        let p = paths.upperdir.join(path);
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent).ctx("dirs")?;
+        }
+        fs::write(&p, text).ctx(path)?;
     }
+    Ok(())
+}
+
+fn save_now(paths: &Paths) -> Result<Outcome, String> {
+    save(paths, SaveOptions::new(Trigger::Demand)).map_err(|e| format!("save: {e:#}"))
+}
+
+fn manifest(paths: &Paths) -> Result<Manifest, String> {
+    let text = fs::read_to_string(paths.layers().join("manifest.json")).ctx("manifest")?;
+    Manifest::parse(&text).ctx("parse manifest")
+}
+
+/// The names in `layers/`, sorted.
+fn layer_files(paths: &Paths) -> Result<Vec<String>, String> {
+    let mut v: Vec<String> = fs::read_dir(paths.layers())
+        .ctx("list layers")?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()
+        .ctx("list layers")?;
     v.sort();
     Ok(v)
 }
 
-fn ino(paths: &Paths, name: &str) -> Result<u64, String> {
-    Ok(fs::metadata(image(paths, name)).ctx(name)?.ino())
+/// `chain` (bottom first) stacked by a kernel overlay over an empty rootfs:
+/// `path` → its content ("" when absent).
+fn shown(paths: &Paths, chain: &[String], files: &[&str]) -> Result<Vec<String>, String> {
+    let base = paths.state.join("view");
+    let rootfs = base.join("rootfs");
+    fs::create_dir_all(&rootfs).ctx("rootfs")?;
+    let mut mounts = Vec::new();
+    let mut dirs = Vec::new();
+    for (i, name) in chain.iter().enumerate() {
+        let dir = base.join(format!("l{i}"));
+        fs::create_dir_all(&dir).ctx("layer dir")?;
+        mounts.push(Mounted::image(
+            &paths.layers().join(name),
+            "squashfs",
+            &dir,
+            true,
+        )?);
+        dirs.push(dir.to_string_lossy().into_owned());
+    }
+    dirs.reverse();
+    dirs.push(rootfs.to_string_lossy().into_owned());
+    let merged = base.join("merged");
+    fs::create_dir_all(&merged).ctx("merged")?;
+    run(Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!("lowerdir={}", dirs.join(":")))
+        .arg(&merged))?;
+    let out = files
+        .iter()
+        .map(|f| fs::read_to_string(merged.join(f)).unwrap_or_default())
+        .collect();
+    run(Command::new("umount").arg(&merged))?;
+    drop(mounts);
+    Ok(out)
 }
 
 fn sessions(root: &Path) -> CaseResult {
     let paths = &scratch(root)?;
     let hostname = paths.upperdir.join("etc/hostname");
-    // First boot (no image): saved, /tmp contents left out.
-    let first = saved(paths)?;
+    // First boot (nothing saved): one layer, /tmp contents left out.
+    let first = save_now(paths)?;
     ensure(
-        matches!(first, Outcome::Saved(n) if n > 0),
+        matches!(first, Outcome::Saved { bytes, .. } if bytes > 0),
         format!("{first:?}"),
     )?;
-    ensure(names(paths)? == ["upperfs.squashfs"], "first save")?;
+    let m = manifest(paths)?;
     ensure(
-        diffs(paths, "upperfs.squashfs", "/tmp/*")? == 0,
-        "image != upper",
+        m.current == [layer_name(1)] && m.backup.is_empty(),
+        format!("{m:?}"),
     )?;
+    let got = shown(paths, &m.current, &["etc/hostname", "root/b", "tmp/junk"])?;
     ensure(
-        diffs(paths, "upperfs.squashfs", "")? == 1,
-        "/tmp/junk was saved",
+        got == ["one\n", "linked\n", ""],
+        format!("first layer shows {got:?}"),
     )?;
+    let layer1 = paths.layers().join(layer_name(1));
+    let ino = fs::metadata(&layer1).ctx("layer")?.ino();
 
     // Saved already and unchanged: nothing written.
-    let first_ino = ino(paths, "upperfs.squashfs")?;
-    ensure(saved(paths)? == Outcome::Unchanged, "unchanged but saved")?;
     ensure(
-        ino(paths, "upperfs.squashfs")? == first_ino,
-        "image rewritten",
+        save_now(paths)? == Outcome::Unchanged,
+        "unchanged but saved",
+    )?;
+    ensure(
+        fs::metadata(&layer1).ctx("layer")?.ino() == ino,
+        "layer rewritten",
     )?;
 
-    // A change: rotated.
+    // A second save in the same session replaces its layer; the backup
+    // stays the state before the session (here: nothing).
     fs::write(&hostname, "two\n").ctx("hostname")?;
-    ensure(matches!(saved(paths)?, Outcome::Saved(_)), "not saved")?;
     ensure(
-        names(paths)? == ["upperfs-backup.squashfs", "upperfs.squashfs"],
-        format!("{:?}", names(paths)?),
+        matches!(save_now(paths)?, Outcome::Saved { .. }),
+        "not saved",
+    )?;
+    let m = manifest(paths)?;
+    ensure(
+        m.current == [layer_name(2)] && m.backup.is_empty(),
+        format!("{m:?}"),
     )?;
     ensure(
-        ino(paths, "upperfs-backup.squashfs")? == first_ino,
-        "backup is not the previous",
-    )?;
-    ensure(
-        diffs(paths, "upperfs.squashfs", "/tmp/*")? == 0,
-        "image != upper",
-    )?;
-    ensure(
-        diffs(paths, "upperfs-backup.squashfs", "/tmp/*")? > 0,
-        "backup == upper",
+        layer_files(paths)? == [layer_name(2), "manifest.json".into()],
+        "layer 1 left",
     )?;
 
-    // The next boot fell back (default unreadable, backup used): the backup
-    // stays, the corrupt image is kept aside.
-    fs::remove_file(paths.saved_marker()).ctx("marker")?;
-    boot_json(
-        paths,
-        BootType::Default,
-        BootType::Backup,
-        Some("upperfs-backup.squashfs"),
-    )?;
-    fs::write(image(paths, "upperfs.squashfs"), "garbage").ctx("corrupt")?;
-    let backup_ino = ino(paths, "upperfs-backup.squashfs")?;
-    fs::write(&hostname, "three\n").ctx("hostname")?;
-    ensure(matches!(saved(paths)?, Outcome::Saved(_)), "not saved")?;
-    let n = names(paths)?;
-    let aside = n.iter().find(|x| x.starts_with("upperfs-corrupt-"));
-    let aside = aside.ok_or(format!("no corrupt image kept: {n:?}"))?;
+    // The next session: its changes go on top; backup = the chain before.
+    new_session(paths, BootType::Default, &[&layer_name(2)], vec![])?;
+    fresh_upper(paths, &[("etc/hostname", "three\n"), ("root/new", "n\n")])?;
     ensure(
-        fs::read(image(paths, aside)).ctx(aside)? == b"garbage",
-        "aside content",
+        matches!(save_now(paths)?, Outcome::Saved { .. }),
+        "not saved",
+    )?;
+    let m = manifest(paths)?;
+    ensure(
+        m.current == [layer_name(2), layer_name(3)],
+        format!("{m:?}"),
+    )?;
+    ensure(m.backup == [layer_name(2)], format!("{m:?}"))?;
+    let files = ["etc/hostname", "root/a", "root/new"];
+    ensure(
+        shown(paths, &m.current, &files)? == ["three\n", "linked\n", "n\n"],
+        "current",
     )?;
     ensure(
-        ino(paths, "upperfs-backup.squashfs")? == backup_ino,
-        "good backup replaced",
-    )?;
-    ensure(
-        diffs(paths, "upperfs.squashfs", "/tmp/*")? == 0,
-        "image != upper",
-    )?;
-
-    // A stale tmp image is removed even when nothing else is written.
-    fs::write(image(paths, "upperfs-tmp.squashfs"), "partial").ctx("tmp")?;
-    ensure(saved(paths)? == Outcome::Unchanged, "unchanged but saved")?;
-    ensure(
-        !image(paths, "upperfs-tmp.squashfs").exists(),
-        "stale tmp kept",
+        shown(paths, &m.backup, &files)? == ["two\n", "linked\n", ""],
+        "backup",
     )?;
 
     // A clean boot writes nothing, even with changes.
-    fs::remove_file(paths.saved_marker()).ctx("marker")?;
-    boot_json(paths, BootType::Clean, BootType::Clean, None)?;
-    fs::write(&hostname, "four\n").ctx("hostname")?;
-    let before = names(paths)?;
-    ensure(saved(paths)? == Outcome::CleanBoot, "clean boot saved")?;
-    ensure(names(paths)? == before, "clean boot changed /persist")?;
+    new_session(paths, BootType::Clean, &[], vec![])?;
+    fs::write(paths.upperdir.join("etc/hostname"), "four\n").ctx("hostname")?;
+    let before = fs::read(paths.layers().join("manifest.json")).ctx("manifest")?;
+    ensure(save_now(paths)? == Outcome::CleanBoot, "clean boot saved")?;
+    ensure(
+        fs::read(paths.layers().join("manifest.json")).ctx("m")? == before,
+        "changed",
+    )?;
     Ok(ramstick_testkit::Outcome::Passed)
 }
 
-/// A first save, then a tmpfs of `size` as /persist holding that image,
-/// and 3 MiB that do not compress in the upper. Returns the image's bytes.
-fn small_persist(paths: &Paths, size: &str) -> Result<(Mounted, Vec<u8>), String> {
-    ensure(matches!(saved(paths)?, Outcome::Saved(_)), "first save")?;
-    let first = fs::read(image(paths, "upperfs.squashfs")).ctx("image")?;
-    let mounted = Mounted::tmpfs_sized(&paths.persist, size)?;
-    fs::write(image(paths, "upperfs.squashfs"), &first).ctx("image")?;
-    fs::write(paths.upperdir.join("root/big"), noise(3 << 20, false)).ctx("big")?;
-    Ok((mounted, first))
+fn legacy_conversion(root: &Path) -> CaseResult {
+    let paths = &scratch(root)?;
+    // Yesterday's layout: a full upper image and its backup.
+    let old = paths.state.join("old");
+    fs::create_dir_all(old.join("etc")).ctx("old")?;
+    fs::write(old.join("etc/saved"), "before\n").ctx("saved")?;
+    let legacy = paths.persist.join("upperfs.squashfs");
+    ramstick_squash::pack(&old, &legacy, &Default::default()).ctx("pack legacy")?;
+    fs::copy(&legacy, paths.persist.join("upperfs-backup.squashfs")).ctx("backup")?;
+    let ino = fs::metadata(&legacy).ctx("legacy")?.ino();
+    new_session(paths, BootType::Default, &["upperfs.squashfs"], vec![])?;
+    fresh_upper(paths, &[("etc/new", "after\n")])?;
+    ensure(
+        matches!(save_now(paths)?, Outcome::Saved { .. }),
+        "not saved",
+    )?;
+    let m = manifest(paths)?;
+    ensure(
+        m.current == [layer_name(1), layer_name(2)],
+        format!("{m:?}"),
+    )?;
+    ensure(m.backup == [layer_name(1)], format!("{m:?}"))?;
+    // Converted by a hard link: the legacy image's bytes were not copied.
+    let converted = fs::metadata(paths.layers().join(layer_name(1))).ctx("layer 1")?;
+    ensure(
+        converted.ino() == ino && converted.nlink() == 1,
+        "not the same inode",
+    )?;
+    ensure(!legacy.exists(), "upperfs.squashfs left")?;
+    ensure(
+        !paths.persist.join("upperfs-backup.squashfs").exists(),
+        "backup left",
+    )?;
+    let got = shown(paths, &m.current, &["etc/saved", "etc/new"])?;
+    ensure(got == ["before\n", "after\n"], format!("{got:?}"))?;
+    Ok(ramstick_testkit::Outcome::Passed)
 }
 
-/// The save fails with `message`, and /persist holds only `first`, intact.
-fn refused(paths: &Paths, first: &[u8], message: &str) -> CaseResult {
-    let err = match save(paths, false) {
-        Ok(o) => return Err(format!("saved on a full stick: {o:?}")),
+fn corrupt_layer(root: &Path) -> CaseResult {
+    let paths = &scratch(root)?;
+    // Three sessions: layers 1, 2, 3.
+    let mut chain: Vec<String> = Vec::new();
+    for n in 1..=3 {
+        let names: Vec<&str> = chain.iter().map(String::as_str).collect();
+        new_session(paths, BootType::Default, &names, vec![])?;
+        fresh_upper(paths, &[(&format!("etc/s{n}"), "x\n")])?;
+        save_now(paths)?;
+        chain = manifest(paths)?.current;
+    }
+    // A transient read error on layer 2: refused, nothing written.
+    let failure = |class| LayerFailure {
+        layer: layer_name(2),
+        class,
+        message: "test".into(),
+    };
+    new_session(
+        paths,
+        BootType::Default,
+        &[&layer_name(1)],
+        vec![failure(FailureClass::Io)],
+    )?;
+    fresh_upper(paths, &[("etc/s4", "x\n")])?;
+    let before = fs::read(paths.layers().join("manifest.json")).ctx("manifest")?;
+    let err = match save(paths, SaveOptions::new(Trigger::Shutdown)) {
+        Ok(o) => return Err(format!("saved over a transient failure: {o:?}")),
         Err(e) => format!("{e:#}"),
+    };
+    ensure(err.contains("not proof"), err)?;
+    ensure(
+        fs::read(paths.layers().join("manifest.json")).ctx("m")? == before,
+        "written",
+    )?;
+    // Proven corruption: built on layer 1, layer 2 aside, layer 3 kept aside.
+    new_session(
+        paths,
+        BootType::Default,
+        &[&layer_name(1)],
+        vec![failure(FailureClass::Corrupt)],
+    )?;
+    fresh_upper(paths, &[("etc/s4", "x\n")])?;
+    ensure(
+        matches!(save_now(paths)?, Outcome::Saved { .. }),
+        "not saved",
+    )?;
+    let m = manifest(paths)?;
+    ensure(
+        m.current == [layer_name(1), layer_name(4)],
+        format!("{m:?}"),
+    )?;
+    ensure(
+        m.kept.len() == 1 && m.kept[0].layers == [layer_name(3)],
+        format!("{m:?}"),
+    )?;
+    let files = layer_files(paths)?;
+    ensure(
+        files.iter().any(|f| f.starts_with("layer-000002-corrupt-"))
+            && files.contains(&layer_name(3)),
+        format!("{files:?}"),
+    )?;
+    Ok(ramstick_testkit::Outcome::Passed)
+}
+
+fn compaction(root: &Path) -> CaseResult {
+    let paths = &scratch(root)?;
+    // Ten sessions, each changing its own file and the shared one: the
+    // tenth save merges the eight session layers below its own.
+    let mut chain: Vec<String> = Vec::new();
+    for n in 1..=10 {
+        let names: Vec<&str> = chain.iter().map(String::as_str).collect();
+        new_session(paths, BootType::Default, &names, vec![])?;
+        fresh_upper(
+            paths,
+            &[
+                (&format!("etc/s{n}"), "x\n"),
+                ("etc/last", &format!("{n}\n")),
+            ],
+        )?;
+        save_now(paths)?;
+        chain = manifest(paths)?.current;
+    }
+    let m = manifest(paths)?;
+    ensure(m.current.len() <= 3, format!("not compacted: {m:?}"))?;
+    let merged = m.current.iter().filter(|n| m.layers[*n].level == 1).count();
+    ensure(merged == 1, format!("{m:?}"))?;
+    let want: Vec<String> = (1..=10).map(|n| format!("etc/s{n}")).collect();
+    let mut files: Vec<&str> = want.iter().map(String::as_str).collect();
+    files.push("etc/last");
+    let got = shown(paths, &m.current, &files)?;
+    ensure(
+        got[..10].iter().all(|c| c == "x\n") && got[10] == "10\n",
+        format!("{got:?}"),
+    )?;
+    let backup = shown(paths, &m.backup, &files)?;
+    ensure(
+        backup[9].is_empty() && backup[10] == "9\n",
+        format!("backup {backup:?}"),
+    )?;
+    // Only the chain's files are left.
+    let mut expected: Vec<String> = m.layers.keys().cloned().collect();
+    expected.push("manifest.json".into());
+    expected.sort();
+    ensure(
+        layer_files(paths)? == expected,
+        format!("{:?}", layer_files(paths)?),
+    )?;
+    Ok(ramstick_testkit::Outcome::Passed)
+}
+
+/// A first save, then a tmpfs of `size` as /persist holding what it wrote,
+/// and 3 MiB that do not compress in the upper. Returns the manifest text.
+fn small_persist(paths: &Paths, size: &str) -> Result<(Mounted, Vec<u8>), String> {
+    ensure(
+        matches!(save_now(paths)?, Outcome::Saved { .. }),
+        "first save",
+    )?;
+    let m = fs::read(paths.layers().join("manifest.json")).ctx("manifest")?;
+    let layer = fs::read(paths.layers().join(layer_name(1))).ctx("layer")?;
+    let mounted = Mounted::tmpfs_sized(&paths.persist, size)?;
+    fs::create_dir_all(paths.layers()).ctx("layers")?;
+    fs::write(paths.layers().join("manifest.json"), &m).ctx("manifest")?;
+    fs::write(paths.layers().join(layer_name(1)), &layer).ctx("layer")?;
+    // The next session.
+    new_session(paths, BootType::Default, &[&layer_name(1)], vec![])?;
+    fs::write(paths.upperdir.join("root/big"), noise(3 << 20, false)).ctx("big")?;
+    Ok((mounted, m))
+}
+
+/// The save fails with `message`; the manifest and layer 1 are intact and
+/// nothing else is left behind.
+fn refused(paths: &Paths, manifest_text: &[u8], message: &str) -> CaseResult {
+    let err = match save_now(paths) {
+        Ok(o) => return Err(format!("saved on a full stick: {o:?}")),
+        Err(e) => e,
     };
     ensure(err.contains(message), format!("unclear error: {err}"))?;
     ensure(
-        names(paths)? == ["upperfs.squashfs"],
-        format!("{:?}", names(paths)?),
+        fs::read(paths.layers().join("manifest.json")).ctx("m")? == manifest_text,
+        "manifest changed",
     )?;
-    ensure(
-        fs::read(image(paths, "upperfs.squashfs")).ctx("image")? == first,
-        "image changed",
-    )?;
+    let files = layer_files(paths)?;
+    // A partial layer may be left (unreferenced: the next save removes it).
+    ensure(files.contains(&layer_name(1)), format!("{files:?}"))?;
     Ok(ramstick_testkit::Outcome::Passed)
 }
 
-/// Room above the floor: tried, the stick fills up, nothing is left behind.
+/// Room above the floor: tried, the stick fills up.
 fn full_stick(root: &Path) -> CaseResult {
     let paths = &scratch(root)?;
-    let (_mounted, first) = small_persist(paths, "1m")?;
-    refused(paths, &first, "the stick is full")
+    let (_mounted, m) = small_persist(paths, "1m")?;
+    refused(paths, &m, "the stick is full")?;
+    // The next save (with room) removes what the failed one left.
+    fs::remove_file(paths.upperdir.join("root/big")).ctx("big")?;
+    ensure(
+        matches!(save_now(paths)?, Outcome::Saved { .. }),
+        "not saved",
+    )?;
+    let m = manifest(paths)?;
+    let mut expected: Vec<String> = m.layers.keys().cloned().collect();
+    expected.push("manifest.json".into());
+    expected.sort();
+    ensure(
+        layer_files(paths)? == expected,
+        format!("{:?}", layer_files(paths)?),
+    )?;
+    Ok(ramstick_testkit::Outcome::Passed)
 }
 
 /// Room below the floor: refused before writing, with the numbers.
 fn no_room(root: &Path) -> CaseResult {
     let paths = &scratch(root)?;
-    let (_mounted, first) = small_persist(paths, "200k")?;
-    refused(paths, &first, "is free")
+    let (_mounted, m) = small_persist(paths, "200k")?;
+    refused(paths, &m, "is free")
 }

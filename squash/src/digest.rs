@@ -175,7 +175,10 @@ mod tests {
         pack(&dir.join("tree"), &image, &PackOptions::default()).unwrap();
         let before = digests(&image).unwrap();
         assert_eq!(before.size, std::fs::metadata(&image).unwrap().len());
-        assert_eq!(meta_digest(&image).unwrap(), (before.size, before.meta.clone()));
+        assert_eq!(
+            meta_digest(&image).unwrap(),
+            (before.size, before.meta.clone())
+        );
         probe(&image).unwrap();
         assert_eq!(
             summary(&image).unwrap(),
@@ -184,7 +187,10 @@ mod tests {
                 data_bytes: 300_005
             }
         );
-        let file = std::fs::OpenOptions::new().write(true).open(&image).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .unwrap();
         // A byte of the first data block (right after the superblock).
         file.write_at(&[0xff], SUPERBLOCK_SIZE as u64 + 10).unwrap();
         let data_hit = digests(&image).unwrap();

@@ -75,10 +75,16 @@ fn mount_mode_checks_then_mounts_each_layer_read_only() {
     let (sys, images) = stick(2);
     let a = assemble(&sys, &images, Path::new("/"), &plan_for(""));
     assert_eq!(a.saved, SavedState::Manifest { generation: 9 });
-    assert_eq!((a.used, names(&a)), (BootType::Default, vec![layer_name(1), layer_name(2)]));
+    assert_eq!(
+        (a.used, names(&a)),
+        (BootType::Default, vec![layer_name(1), layer_name(2)])
+    );
     assert_eq!(
         a.dirs,
-        ["/run/ramstick/layers/layer-000001", "/run/ramstick/layers/layer-000002"]
+        [
+            "/run/ramstick/layers/layer-000001",
+            "/run/ramstick/layers/layer-000002"
+        ]
     );
     assert!(a.failures.is_empty() && a.notes.is_empty());
     assert_eq!(
@@ -110,7 +116,10 @@ fn a_damaged_middle_layer_boots_the_prefix_and_says_why() {
         .digests
         .insert(layer_path(2), (info(2).size, "other".into()));
     let a = assemble(&sys, &images, Path::new("/"), &plan_for(""));
-    assert_eq!((a.used, names(&a)), (BootType::Default, vec![layer_name(1)]));
+    assert_eq!(
+        (a.used, names(&a)),
+        (BootType::Default, vec![layer_name(1)])
+    );
     assert_eq!(a.asked_chain.len(), 3);
     assert_eq!(a.failures.len(), 1);
     assert_eq!(a.failures[0].class, FailureClass::Corrupt);
@@ -122,7 +131,11 @@ fn a_damaged_middle_layer_boots_the_prefix_and_says_why() {
     images.digests.insert(layer_path(2), (5, "d2".into()));
     let a = assemble(&sys, &images, Path::new("/"), &plan_for(""));
     assert_eq!(a.failures[0].class, FailureClass::Corrupt);
-    assert!(a.failures[0].message.contains("5 bytes on the stick"), "{:?}", a.failures);
+    assert!(
+        a.failures[0].message.contains("5 bytes on the stick"),
+        "{:?}",
+        a.failures
+    );
 
     let (mut sys, images) = stick(2);
     sys.files.remove(&layer_path(2));
@@ -142,7 +155,12 @@ fn ram_mode_unpacks_and_mounts_what_does_not_fit() {
     let (sys, mut images) = stick(3);
     // Room for one layer only (each needs 1 MiB + 10 entries).
     images.free = (1 << 20) + 10 * PER_ENTRY;
-    let a = assemble(&sys, &images, Path::new("/"), &plan_for("ramstick.layers=ram"));
+    let a = assemble(
+        &sys,
+        &images,
+        Path::new("/"),
+        &plan_for("ramstick.layers=ram"),
+    );
     assert_eq!(names(&a).len(), 3);
     let how: Vec<LayersMode> = a.layers.iter().map(|l| l.how).collect();
     // The fake's free space does not shrink: layer 2 fits the check as well;
@@ -152,14 +170,23 @@ fn ram_mode_unpacks_and_mounts_what_does_not_fit() {
 
     let (sys, mut images) = stick(3);
     images.free = 1 << 20;
-    let a = assemble(&sys, &images, Path::new("/"), &plan_for("ramstick.layers=ram"));
+    let a = assemble(
+        &sys,
+        &images,
+        Path::new("/"),
+        &plan_for("ramstick.layers=ram"),
+    );
     let how: Vec<LayersMode> = a.layers.iter().map(|l| l.how).collect();
     assert_eq!(how, [LayersMode::Mount; 3]);
     assert!(a.failures.is_empty(), "{:?}", a.failures);
     assert_eq!(a.notes.len(), 1, "{:?}", a.notes);
     // Once mounting, no more free-space checks or unpacks.
     assert_eq!(
-        images.calls().iter().filter(|c| c.starts_with("free")).count(),
+        images
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("free"))
+            .count(),
         1
     );
     assert!(!images.calls().iter().any(|c| c.starts_with("unpack")));
@@ -169,7 +196,12 @@ fn ram_mode_unpacks_and_mounts_what_does_not_fit() {
 fn ram_mode_unpack_errors_clean_up_and_fall_back_or_stop() {
     let (sys, mut images) = stick(3);
     images.no_space.push(layer_path(2));
-    let a = assemble(&sys, &images, Path::new("/"), &plan_for("ramstick.layers=ram"));
+    let a = assemble(
+        &sys,
+        &images,
+        Path::new("/"),
+        &plan_for("ramstick.layers=ram"),
+    );
     let how: Vec<LayersMode> = a.layers.iter().map(|l| l.how).collect();
     assert_eq!(how, [LayersMode::Ram, LayersMode::Mount, LayersMode::Mount]);
     assert!(images
@@ -181,7 +213,12 @@ fn ram_mode_unpack_errors_clean_up_and_fall_back_or_stop() {
 
     let (sys, mut images) = stick(3);
     images.corrupt.push(layer_path(2));
-    let a = assemble(&sys, &images, Path::new("/"), &plan_for("ramstick.layers=ram"));
+    let a = assemble(
+        &sys,
+        &images,
+        Path::new("/"),
+        &plan_for("ramstick.layers=ram"),
+    );
     assert_eq!(names(&a), [layer_name(1)]);
     assert_eq!(a.failures[0].class, FailureClass::Corrupt);
     assert!(images
@@ -204,7 +241,10 @@ fn legacy_images_are_probed_and_fall_back_to_the_backup() {
     assert_eq!(a.saved, SavedState::Legacy);
     assert_eq!(
         (a.used, names(&a)),
-        (BootType::Backup, vec!["upperfs-backup.squashfs".to_string()])
+        (
+            BootType::Backup,
+            vec!["upperfs-backup.squashfs".to_string()]
+        )
     );
     assert_eq!(a.dirs, ["/run/ramstick/layers/upperfs-backup"]);
     assert_eq!(a.failures[0].class, FailureClass::Corrupt);
@@ -224,14 +264,29 @@ fn a_damaged_manifest_or_a_clean_boot_uses_nothing() {
     let text = sys.files[&path].replace("layer-000002", "layer-000003");
     sys.files.insert(path, text);
     let a = assemble(&sys, &images, Path::new("/"), &plan_for(""));
-    assert!(matches!(a.saved, SavedState::Damaged { .. }), "{:?}", a.saved);
+    assert!(
+        matches!(a.saved, SavedState::Damaged { .. }),
+        "{:?}",
+        a.saved
+    );
     assert_eq!((a.used, a.layers.len()), (BootType::Clean, 0));
     assert!(images.calls().is_empty());
 
     let (sys, images) = stick(2);
-    let a = assemble(&sys, &images, Path::new("/"), &plan_for("ramstick.boot=clean"));
-    assert_eq!((a.used, a.layers.len(), a.asked_chain.len()), (BootType::Clean, 0, 0));
-    assert_eq!(sys.calls(), vec!["read /sysroot/persist/layers/manifest.json"]);
+    let a = assemble(
+        &sys,
+        &images,
+        Path::new("/"),
+        &plan_for("ramstick.boot=clean"),
+    );
+    assert_eq!(
+        (a.used, a.layers.len(), a.asked_chain.len()),
+        (BootType::Clean, 0, 0)
+    );
+    assert_eq!(
+        sys.calls(),
+        vec!["read /sysroot/persist/layers/manifest.json"]
+    );
     assert!(images.calls().is_empty());
 
     let sys = RecordingSys::new();
