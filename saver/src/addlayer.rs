@@ -3,14 +3,16 @@
 //! mounted at DIR — as if a session had made exactly those changes. TREE is
 //! read like an overlay upperdir (a `c 0 0` device is a whiteout, a
 //! directory with `trusted.overlay.opaque=y` hides what is below it). The
-//! same plan and checks as a save; the backup becomes the chain before.
+//! same plan and checks as a save, and the compaction policy after it; the
+//! backup becomes the chain before.
 //! `cargo xtask` uses it to build sticks with a saved state for the tests
 //! and the bench.
 
 use crate::clock;
 use crate::commit;
+use crate::maintain::{self, Budget};
 use crate::saveplan::{self, SessionState, Situation};
-use crate::session::{self, Paths};
+use crate::session::{self, Paths, Session};
 use crate::space::human;
 use crate::stick::{say, PersistStick};
 use anyhow::{bail, Context, Result};
@@ -101,8 +103,17 @@ fn add(paths: &Paths) -> Result<String> {
     if !stick.kernel_check {
         say("not root: the new layer is read back by our codec only, not by the kernel");
     }
-    let done = commit::run(&mut stick, &plan.steps)?;
-    let chain = done.manifest.map_or(0, |m| m.current.len());
+    commit::run(&mut stick, &plan.steps)?;
+    // As after a save: merge what the compaction policy asks for.
+    let mut session = Session {
+        info: boot,
+        state: plan.session.clone(),
+    };
+    maintain::compact_if_due(paths, &mut session, Budget::Save)?;
+    let chain = match session::read_saved(paths) {
+        Saved::Manifest(m) => m.current.len(),
+        _ => 0,
+    };
     say(&format!(
         "added {} as layers/{} ({}); the chain has {chain} layers",
         paths.upperdir.display(),

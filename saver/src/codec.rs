@@ -1,5 +1,5 @@
-//! The codec on the command line: `saver pack`, `saver unpack` and
-//! `saver verify`, for users, scripts and `cargo xtask bench`.
+//! The codec on the command line: `saver pack`, `saver merge`, `saver
+//! unpack` and `saver verify`, for users, scripts and `cargo xtask bench`.
 
 use crate::progress::Reporter;
 use crate::session::load_exclude;
@@ -42,6 +42,23 @@ pub struct PackArgs {
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// No progress and no summary.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `saver merge IMAGE LAYER...`.
+#[derive(clap::Args, Debug)]
+pub struct MergeArgs {
+    /// The image to write (replaced if it exists).
+    pub image: PathBuf,
+    /// The layers to merge, bottom first (overlay semantics: a whiteout
+    /// removes, an opaque directory hides what is below).
+    #[arg(required = true, num_args = 1..)]
+    pub layers: Vec<PathBuf>,
+    /// Compression level of zstd (default 15).
+    #[arg(long)]
+    pub level: Option<i32>,
+    /// No summary.
     #[arg(long)]
     pub quiet: bool,
 }
@@ -145,6 +162,28 @@ pub fn pack(a: &PackArgs) -> Result<()> {
             "saver: packed {} entries ({} of file data) into {} ({}) in {:.1} s",
             stats.entries,
             human(stats.bytes_in),
+            a.image.display(),
+            human(stats.image_size),
+            t.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+pub fn merge(a: &MergeArgs) -> Result<()> {
+    let options = PackOptions {
+        compressor: compressor(Algorithm::Zstd, a.level)?,
+        ..PackOptions::default()
+    };
+    let layers: Vec<&Path> = a.layers.iter().map(PathBuf::as_path).collect();
+    let t = Instant::now();
+    let stats = ramstick_squash::merge(&layers, &a.image, &options)
+        .with_context(|| format!("cannot merge into {}", a.image.display()))?;
+    if !a.quiet {
+        eprintln!(
+            "saver: merged {} layers ({} entries) into {} ({}) in {:.1} s",
+            layers.len(),
+            stats.entries,
             a.image.display(),
             human(stats.image_size),
             t.elapsed().as_secs_f64()

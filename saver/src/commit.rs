@@ -91,8 +91,8 @@ pub struct Done {
 }
 
 /// Runs `steps` in order. Before the commit, a failing step ends the run
-/// with the old manifest in force (the files written so far are garbage the
-/// next save removes). Once the commit is synced, a failing removal is only
+/// with the old manifest in force (a failed layer write is removed at once,
+/// other files written so far are garbage the next save removes). Once the commit is synced, a failing removal is only
 /// reported (the state is the new one; the file is garbage for the next
 /// save).
 pub fn run(stick: &mut dyn Stick, steps: &[Step]) -> Result<Done> {
@@ -141,11 +141,16 @@ pub fn run(stick: &mut dyn Stick, steps: &[Step]) -> Result<Done> {
                 eprintln!("saver: warning: {e:#} (the next save retries)");
             }
             Err(e) => {
+                if let Step::WriteLayer { name, .. } = step {
+                    // Free the room now (a full stick); a file left behind
+                    // is unreferenced and removed by the next save anyway.
+                    let _ = stick.remove(&layer_path(name));
+                }
                 return Err(e).context(if committed {
                     "after the commit"
                 } else {
                     "the saved state on the stick is unchanged"
-                })
+                });
             }
         }
     }

@@ -61,6 +61,10 @@ enum Cmd {
     AddLayer(addlayer::AddLayerArgs),
     /// Pack a directory tree into a squashfs image.
     Pack(codec::PackArgs),
+    /// Merge overlay layer images into one, bottom first.
+    ///
+    /// Example: `saver merge merged.squashfs l1.squashfs l2.squashfs`
+    Merge(codec::MergeArgs),
     /// Unpack a squashfs image into a directory.
     Unpack(codec::UnpackArgs),
     /// Compare an image with a directory; exit 0 only when identical.
@@ -88,6 +92,7 @@ fn main() {
         Cmd::Check => check::check(&paths),
         Cmd::AddLayer(a) => addlayer::add_layer(a).map(|_| true),
         Cmd::Pack(a) => codec::pack(a).map(|()| true),
+        Cmd::Merge(a) => codec::merge(a).map(|()| true),
         Cmd::Unpack(a) => codec::unpack(a).map(|()| true),
         Cmd::Verify(a) => codec::verify(a),
     };

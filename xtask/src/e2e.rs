@@ -13,6 +13,7 @@
 
 mod cache;
 mod guest;
+mod layers;
 mod luks;
 mod persist;
 mod scenarios;
@@ -122,7 +123,11 @@ pub fn run(a: &Args) -> Result<()> {
 
 /// Every scenario, in the order they run: boot paths, persistence, LUKS.
 fn all_scenarios() -> impl Iterator<Item = &'static Scenario> {
-    scenarios::ALL.iter().chain(persist::ALL).chain(luks::ALL)
+    scenarios::ALL
+        .iter()
+        .chain(persist::ALL)
+        .chain(layers::ALL)
+        .chain(luks::ALL)
 }
 
 impl Ctx {
@@ -270,15 +275,59 @@ impl Ctx {
 
     /// Start QEMU on `disk` (virtio-blk, or USB storage with `usb`), logging to the scenario log.
     pub fn boot(&mut self, disk: &Path, usb: bool) -> Result<Vm> {
+        self.boot_with(disk, usb, 1024)
+    }
+
+    /// [`Ctx::boot`] with `mem` MiB of RAM.
+    pub fn boot_with(&mut self, disk: &Path, usb: bool, mem: u32) -> Result<Vm> {
         let machine = Machine {
             disk: disk.to_path_buf(),
             kvm: self.kvm,
-            mem: 1024,
+            mem,
             usb,
             vars: self.vars_path(),
             unsafe_cache: true,
         };
         Vm::spawn(&machine, &self.log_path())
+    }
+
+    /// A saved state for a disk: each of `trees` (read like overlay
+    /// upperdirs) appended in order as a layer by the host's own saver
+    /// (`saver add-layer`), in `target/e2e/work/persist-<name>`. Returns the
+    /// files as [`DiskSpec::persist_extra`] entries.
+    pub fn layered(&mut self, name: &str, trees: &[PathBuf]) -> Result<Vec<(PathBuf, String)>> {
+        let persist = self.work.join(format!("persist-{name}"));
+        if persist.exists() {
+            fs::remove_dir_all(&persist)
+                .with_context(|| format!("removing {}", persist.display()))?;
+        }
+        fs::create_dir_all(&persist).with_context(|| format!("creating {}", persist.display()))?;
+        for tree in trees {
+            deps::output(
+                deps::cmd(&self.bins.saver.to_string_lossy())
+                    .arg("add-layer")
+                    .arg("--persist")
+                    .arg(&persist)
+                    .arg(tree),
+            )?;
+        }
+        let layers = persist.join("layers");
+        let mut files = Vec::new();
+        for entry in
+            fs::read_dir(&layers).with_context(|| format!("listing {}", layers.display()))?
+        {
+            let path = entry
+                .with_context(|| format!("listing {}", layers.display()))?
+                .path();
+            let name = path
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            files.push((path, format!("layers/{name}")));
+        }
+        files.sort();
+        Ok(files)
     }
 
     /// A fresh disk of the Debian/systemd rootfs (`rootfs --kind debian`,

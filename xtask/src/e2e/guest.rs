@@ -22,12 +22,11 @@ pub const ENTRY_DEFAULT: usize = 0;
 pub const ENTRY_BACKUP: usize = 1;
 pub const ENTRY_CLEAN: usize = 2;
 pub const ENTRY_TMPFS: usize = 3;
-/// The file the test upper images carry.
 /// A save of a small session under TCG, then the machine's power-off.
 pub const SAVE: Duration = Duration::from_secs(300);
 /// Where init puts the saver in the running system.
 pub const SAVER: &str = "/run/ramstick/bin/saver";
-/// What the saver prints after writing the session image.
+/// What the saver prints after committing the session's layer.
 pub const SAVED: &str = "saver: saved the session";
 
 /// Boot `disk` with GRUB entry `entry` and wait for the rootfs shell.
@@ -69,7 +68,7 @@ pub fn wait_shell(vm: &mut Vm) -> Result<()> {
 /// Every boot leaves boot.json with the phase timings, and the timings in kmsg.
 pub fn check_boot_record(vm: &mut Vm) -> Result<()> {
     let info = boot_info(vm)?;
-    for phase in ["modules", "device_wait", "unpack", "mounts", "total"] {
+    for phase in ["modules", "device_wait", "layers", "mounts", "total"] {
         ensure!(
             info.timings_ms.contains_key(phase),
             "boot.json has no {phase} timing: {info:?}"
@@ -101,6 +100,33 @@ pub fn expect_emergency_shell(vm: &mut Vm, mention: &str) -> Result<String> {
     let out = vm.run("echo EMERG-$((2+3))", CMD)?;
     ensure!(out.trim() == "EMERG-5", "emergency shell printed {out:?}");
     Ok(line)
+}
+
+/// Output of a command that must succeed, trimmed.
+pub fn out(vm: &mut Vm, cmd: &str) -> Result<String> {
+    Ok(vm.run(cmd, CMD)?.trim().to_string())
+}
+
+/// `test <expr>` must hold in the guest.
+pub fn check(vm: &mut Vm, expr: &str, what: &str) -> Result<()> {
+    let (rc, _) = vm.run_status(&format!("test {expr}"), CMD)?;
+    ensure!(rc == 0, "{what} (test {expr} failed)");
+    Ok(())
+}
+
+/// Bytes written to the persist partition so far (after a sync).
+pub fn persist_written(vm: &mut Vm) -> Result<u64> {
+    let line = out(
+        vm,
+        "sync; d=$(awk '$2==\"/persist\"{print $1}' /proc/mounts); \
+         cat /sys/class/block/${d##*/}/stat",
+    )?;
+    let sectors: u64 = line
+        .split_whitespace()
+        .nth(6)
+        .and_then(|f| f.parse().ok())
+        .with_context(|| format!("unexpected block stat line {line:?}"))?;
+    Ok(sectors * 512)
 }
 
 pub fn boot_info(vm: &mut Vm) -> Result<BootInfo> {

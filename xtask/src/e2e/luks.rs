@@ -264,10 +264,10 @@ fn luks_persist_session(ctx: &mut Ctx) -> Result<()> {
         restored.lines().any(|l| l.trim() == "kept-on-luks"),
         "the session was not restored from the encrypted stick: {restored:?}"
     );
-    let images = vm.run("ls /persist", CMD)?;
+    let layers = vm.run("ls /persist/layers", CMD)?;
     ensure!(
-        images.contains("upperfs.squashfs"),
-        "no upperfs.squashfs on /persist: {images}"
+        layers.contains("manifest.json") && layers.contains("layer-000001.squashfs"),
+        "no saved layer on /persist: {layers}"
     );
     vm.kill();
     check_log_lacks(ctx, PASSPHRASE)

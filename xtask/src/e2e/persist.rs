@@ -1,12 +1,13 @@
-//! e2e scenarios of the saver: sessions persist across poweroffs (issue 5).
+//! e2e scenarios of the saver: sessions persist across poweroffs.
 //!
 //! Each scenario boots one disk several times: changes are made over the
 //! serial console, `poweroff` runs the saver (busybox inittab, or the
-//! systemd unit on Debian), and the next boot must show exactly them.
+//! systemd unit on Debian), and the next boot must show exactly them. Every
+//! session's save appends one layer to the chain in /persist/layers.
 
 use super::guest::{
-    boot_to_shell as boot, poweroff_expecting, BOOT, CMD, ENTRY_BACKUP, ENTRY_CLEAN, ENTRY_DEFAULT,
-    SAVE, SAVED, SAVER,
+    boot_to_shell as boot, check, out, persist_written, poweroff_expecting, BOOT, CMD,
+    ENTRY_BACKUP, ENTRY_CLEAN, ENTRY_DEFAULT, SAVE, SAVED, SAVER,
 };
 use super::{Ctx, DiskSpec, Scenario};
 use crate::deps;
@@ -39,39 +40,14 @@ pub const ALL: &[Scenario] = &[
     },
 ];
 
-/// … when the session is unchanged.
+/// What the saver says when the session is unchanged.
 const UNCHANGED: &str = "nothing to save, nothing was written";
+/// The saved state's commit point.
+const MANIFEST: &str = "/persist/layers/manifest.json";
 /// The file of the capability test image, and its `security.capability`
 /// (VFS_CAP_REVISION_2, effective, CAP_NET_RAW permitted), as `setcap cap_net_raw+ep` writes.
 const CAP_FILE: &str = "pinger";
 const CAP_VALUE: &str = "0x0100000200200000000000000000000000000000";
-
-/// Output of a command that must succeed, trimmed.
-fn out(vm: &mut Vm, cmd: &str) -> Result<String> {
-    Ok(vm.run(cmd, CMD)?.trim().to_string())
-}
-
-/// `test <expr>` must hold in the guest.
-fn check(vm: &mut Vm, expr: &str, what: &str) -> Result<()> {
-    let (rc, _) = vm.run_status(&format!("test {expr}"), CMD)?;
-    ensure!(rc == 0, "{what} (test {expr} failed)");
-    Ok(())
-}
-
-/// Bytes written to the persist partition so far (after a sync).
-fn persist_written(vm: &mut Vm) -> Result<u64> {
-    let line = out(
-        vm,
-        "sync; d=$(awk '$2==\"/persist\"{print $1}' /proc/mounts); \
-         cat /sys/class/block/${d##*/}/stat",
-    )?;
-    let sectors: u64 = line
-        .split_whitespace()
-        .nth(6)
-        .and_then(|f| f.parse().ok())
-        .with_context(|| format!("unexpected block stat line {line:?}"))?;
-    Ok(sectors * 512)
-}
 
 /// Size, inode and mtime of a file of the guest (unchanged = same triple).
 fn identity(vm: &mut Vm, path: &str) -> Result<String> {
@@ -162,6 +138,14 @@ fn persist_session(ctx: &mut Ctx) -> Result<()> {
         )
         .context("the capability file was not unpacked with its xattr")?;
     }
+    // A save in the middle of the session, then more changes: the session's
+    // layer is replaced, and the backup stays the state before the session.
+    let said = vm.run(&format!("{SAVER} save 2>&1"), SAVE)?;
+    ensure!(
+        said.contains(SAVED),
+        "the save in the session says {said:?}"
+    );
+    vm.run("echo more > /root/after-save", CMD)?;
     poweroff_expecting(&mut vm, SAVED)?;
     drop(vm);
 
@@ -174,6 +158,20 @@ fn persist_session(ctx: &mut Ctx) -> Result<()> {
     ensure!(
         out(&mut vm, "cat /root/new-file")? == "created",
         "new file lost"
+    );
+    ensure!(
+        out(&mut vm, "cat /root/after-save")? == "more",
+        "the change after the session's first save was lost"
+    );
+    let layers = out(&mut vm, "ls /persist/layers")?;
+    ensure!(
+        layers.split_whitespace().collect::<Vec<_>>()
+            == [
+                "layer-000001.squashfs",
+                "layer-000003.squashfs",
+                "manifest.json"
+            ],
+        "one layer per session expected (the second save replaced the first): {layers}"
     );
     ensure!(
         out(&mut vm, "cat /etc/hostname")? == "changed-host",
@@ -213,8 +211,8 @@ fn persist_session(ctx: &mut Ctx) -> Result<()> {
     );
     check(
         &mut vm,
-        "! -e /root/new-file",
-        "backup shows session 2's file",
+        "! -e /root/new-file -a ! -e /root/after-save",
+        "backup shows session 2's files",
     )?;
     check(
         &mut vm,
@@ -240,7 +238,7 @@ fn persist_session(ctx: &mut Ctx) -> Result<()> {
         "-d /etc/systemd/system",
         "a clean boot lacks a rootfs directory",
     )?;
-    let image = identity(&mut vm, "/persist/upperfs.squashfs")?;
+    let image = identity(&mut vm, MANIFEST)?;
     let before = persist_written(&mut vm)?;
     let said = vm.run(&format!("{SAVER} save 2>&1"), CMD)?;
     ensure!(
@@ -254,14 +252,15 @@ fn persist_session(ctx: &mut Ctx) -> Result<()> {
         after - before
     );
     ensure!(
-        identity(&mut vm, "/persist/upperfs.squashfs")? == image,
-        "the image changed"
+        identity(&mut vm, MANIFEST)? == image,
+        "the manifest changed"
     );
     poweroff_expecting(&mut vm, "clean boot")?;
     Ok(())
 }
 
-/// Three boot/poweroff cycles: upperfs = the last, backup = the one before.
+/// Three boot/poweroff cycles: the chain grows by one layer a session;
+/// default shows the last, backup the one before.
 fn persist_rotation(ctx: &mut Ctx) -> Result<()> {
     let disk = ctx.disk(&DiskSpec::default())?;
     for n in 1..=3 {
@@ -279,28 +278,21 @@ fn persist_rotation(ctx: &mut Ctx) -> Result<()> {
     let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
     ensure!(
         out(&mut vm, "cat /root/cycle")? == "3",
-        "upperfs is not the last session"
-    );
-    // Under /tmp (a tmpfs): looking must not change the session.
-    vm.run(
-        "mkdir /tmp/backup && mount -o loop,ro /persist/upperfs-backup.squashfs /tmp/backup",
-        CMD,
-    )?;
-    let backup = out(&mut vm, "cat /tmp/backup/root/cycle")?;
-    ensure!(
-        backup == "2",
-        "upperfs-backup holds cycle {backup:?}, not 2"
-    );
-    vm.run("umount /tmp/backup", CMD)?;
-    let listing = out(&mut vm, "ls /persist")?;
-    ensure!(
-        !listing.contains("upperfs-tmp"),
-        "a tmp image is left: {listing}"
+        "the default chain is not the last session"
     );
     let status = out(&mut vm, &format!("{SAVER} status"))?;
     ensure!(
-        status.contains("upperfs-backup.squashfs") && status.contains("0 entries differ"),
+        status.contains("chain:        3 layers")
+            && status.contains("backup:       the first 2 layers of the chain")
+            && status.contains("0 entries (0 B of file data) since boot"),
         "saver status:\n{status}"
+    );
+    poweroff_expecting(&mut vm, UNCHANGED)?;
+    drop(vm);
+    let mut vm = boot(ctx, &disk, ENTRY_BACKUP)?;
+    ensure!(
+        out(&mut vm, "cat /root/cycle")? == "2",
+        "the backup chain is not the session before"
     );
     poweroff_expecting(&mut vm, UNCHANGED)
 }
@@ -315,31 +307,32 @@ fn persist_unchanged(ctx: &mut Ctx) -> Result<()> {
     drop(vm);
 
     let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
-    let image = identity(&mut vm, "/persist/upperfs.squashfs")?;
-    let size: u64 = image
+    let image = identity(&mut vm, MANIFEST)?;
+    let layer = identity(&mut vm, "/persist/layers/layer-000001.squashfs")?;
+    let size: u64 = layer
         .split_whitespace()
         .next()
         .and_then(|s| s.parse().ok())
-        .context("no image size")?;
-    ensure!(size > 2 << 20, "the image is only {size} bytes");
+        .context("no layer size")?;
+    ensure!(size > 2 << 20, "the layer is only {size} bytes");
     let before = persist_written(&mut vm)?;
     let said = vm.run(&format!("{SAVER} save 2>&1"), SAVE)?;
     ensure!(said.contains(UNCHANGED), "the saver says {said:?}");
     let after = persist_written(&mut vm)?;
     ensure!(
         after - before < size / 2,
-        "an unchanged save wrote {} bytes (the image has {size})",
+        "an unchanged save wrote {} bytes (the layer has {size})",
         after - before
     );
     ensure!(
-        identity(&mut vm, "/persist/upperfs.squashfs")? == image,
-        "the image changed"
+        identity(&mut vm, MANIFEST)? == image,
+        "the manifest changed"
     );
     poweroff_expecting(&mut vm, UNCHANGED)
 }
 
-/// A stick without room for the new image: the save fails with the
-/// numbers on the console, and the old images stay as they were.
+/// A stick without room for the new layer: the save fails with the
+/// numbers on the console, and the saved state stays as it was.
 fn persist_no_space(ctx: &mut Ctx) -> Result<()> {
     let disk = ctx.disk(&DiskSpec::default())?;
     let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
@@ -348,7 +341,10 @@ fn persist_no_space(ctx: &mut Ctx) -> Result<()> {
     drop(vm);
 
     let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
-    let sum = out(&mut vm, "md5sum /persist/upperfs.squashfs")?;
+    let sum = out(
+        &mut vm,
+        "md5sum /persist/layers/manifest.json /persist/layers/layer-000001.squashfs",
+    )?;
     vm.run("head -c 16777216 /dev/urandom > /root/big", CMD)?;
     // Leave 4 MiB available (as df shows it; root may use ext4's reserved
     // blocks too, a few MiB more): the save is tried and the stick fills up.
@@ -359,14 +355,12 @@ fn persist_no_space(ctx: &mut Ctx) -> Result<()> {
     ensure!(rc != 0, "the save succeeded on a full stick: {said}");
     ensure!(said.contains("the stick is full"), "unclear error: {said}");
     ensure!(
-        out(&mut vm, "md5sum /persist/upperfs.squashfs")? == sum,
-        "the image changed"
+        out(
+            &mut vm,
+            "md5sum /persist/layers/manifest.json /persist/layers/layer-000001.squashfs"
+        )? == sum,
+        "the saved state changed"
     );
-    check(
-        &mut vm,
-        "! -e /persist/upperfs-tmp.squashfs",
-        "the partial image is left",
-    )?;
     // Leave 1 MiB, below a tenth of the 16 MiB: refused before writing anything.
     vm.run(
         &fill.replace("FREE", "1024").replace("NAME", "filler2"),
@@ -386,8 +380,11 @@ fn persist_no_space(ctx: &mut Ctx) -> Result<()> {
         "the unsaved session was restored",
     )?;
     ensure!(
-        out(&mut vm, "md5sum /persist/upperfs.squashfs")? == sum,
-        "the image changed"
+        out(
+            &mut vm,
+            "md5sum /persist/layers/manifest.json /persist/layers/layer-000001.squashfs"
+        )? == sum,
+        "the saved state changed"
     );
     vm.run("rm /persist/filler /persist/filler2", CMD)?;
     poweroff_expecting(&mut vm, UNCHANGED)
@@ -443,8 +440,8 @@ fn persist_debian(ctx: &mut Ctx) -> Result<()> {
     );
     let status = out(&mut vm, "/run/ramstick/bin/saver status")?;
     ensure!(
-        status.contains("upperfs.squashfs"),
-        "saver status:\n{status}"
+        status.contains("chain:        1 layers") && status.contains("layer-000001.squashfs"),
+        "one layer expected (the poweroff save replaced the SIGUSR1 one); saver status:\n{status}"
     );
     let status = vm.run_status("systemctl is-active ramstick-saver.service", CMD)?;
     ensure!(

@@ -42,8 +42,8 @@ pub const ALL: &[Scenario] = &[
         run: clean_ignores_upper,
     },
     Scenario {
-        name: "default-unpacks-upper",
-        run: default_unpacks_upper,
+        name: "default-legacy-upper",
+        run: default_legacy_upper,
     },
     Scenario {
         name: "missing-rootfs",
@@ -154,8 +154,8 @@ fn marker(vm: &mut Vm) -> Result<Option<String>> {
 
 fn boot_default(ctx: &mut Ctx) -> Result<()> {
     let mut vm = start(ctx, &DiskSpec::default(), ENTRY_DEFAULT, false)?;
-    vm.expect("no upperfs.squashfs", BOOT)
-        .context("a new stick has no upperfs.squashfs and init should say so")?;
+    vm.expect("no saved state on the stick", BOOT)
+        .context("a new stick has no saved state and init should say so")?;
     wait_shell(&mut vm)?;
     check_cmdline(&mut vm, &["ramstick.boot=default"])?;
 
@@ -256,7 +256,7 @@ fn fallback_truncated(ctx: &mut Ctx) -> Result<()> {
         ..DiskSpec::default()
     };
     let mut vm = start(ctx, &spec, ENTRY_DEFAULT, false)?;
-    vm.expect("falling back to backup", BOOT)?;
+    vm.expect("falling back to the backup chain", BOOT)?;
     wait_shell(&mut vm)?;
     let found = marker(&mut vm)?;
     ensure!(
@@ -268,7 +268,8 @@ fn fallback_truncated(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-/// A stick whose upperfs.squashfs holds the marker "from-default".
+/// A stick of the legacy layout whose upperfs.squashfs holds the marker
+/// "from-default" (boot uses it as a one-layer chain).
 fn upper_spec(ctx: &mut Ctx) -> Result<DiskSpec> {
     let upper = ctx.upper_image("from-default")?;
     Ok(DiskSpec {
@@ -285,7 +286,7 @@ fn clean_ignores_upper(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-fn default_unpacks_upper(ctx: &mut Ctx) -> Result<()> {
+fn default_legacy_upper(ctx: &mut Ctx) -> Result<()> {
     let spec = upper_spec(ctx)?;
     let mut vm = boot_to_shell(ctx, &spec, ENTRY_DEFAULT, false)?;
     let found = marker(&mut vm)?;
