@@ -169,8 +169,8 @@ pub(super) const BOOT: Param<BootType> = Param {
     name: "ramstick.boot",
     syntax: &Words::<BootType>::new(),
     default: || BootType::Default,
-    help: "What the session starts from: `default` unpacks the saved state (`upperfs`), \
-           `backup` the one before it (`upperfs-backup`), `clean` nothing (and nothing is saved).",
+    help: "What the session starts from: `default` the saved chain of layers, `backup` the \
+           state before the last session's save, `clean` nothing (and nothing is saved).",
     on_bad: OnBad::UseDefault,
     only_with: None,
     field: |c| &mut c.boot,
