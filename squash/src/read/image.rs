@@ -425,22 +425,18 @@ impl Image {
             .ok_or_else(|| format!("id index {index} out of range"))
     }
 
-    /// Calls `f(offset, bytes)` for each piece of a file's contents in
-    /// order; holes are passed as `None` with their length. `buf`/`raw` are
-    /// scratch buffers reused between calls.
+    /// Calls `f(offset, piece)` for each block of `range` of a file's
+    /// contents in order (`pos`: image offset of the range's first block);
+    /// holes are passed as [`Piece::Hole`] with their length.
     pub(crate) fn read_blocks(
         &self,
         dec: &mut Decoder,
         file: &FileData,
-        range: std::ops::Range<usize>,
+        (range, mut pos): (std::ops::Range<usize>, u64),
         scratch: &mut Scratch,
         mut f: impl FnMut(u64, Piece) -> Result<()>,
     ) -> Result<()> {
         let bs = u64::from(self.sb.block_size);
-        let mut pos = file.start;
-        for w in &file.blocks[..range.start] {
-            pos += u64::from(w & !DATA_UNCOMPRESSED);
-        }
         for i in range {
             let w = file.blocks[i];
             let offset = i as u64 * bs;
