@@ -19,12 +19,15 @@ pub enum Error {
     /// A valid image uses a feature this codec does not implement.
     #[error("unsupported image {image}: {what}")]
     Unsupported { image: PathBuf, what: String },
-    /// An image entry would be written outside the target directory
-    /// (`..`, `/` in a name, a duplicate name, an existing symlink, …).
+    /// An image entry would be written over something in the target
+    /// directory (a name that exists already, e.g. a symlink). Names that
+    /// could leave the directory (`..`, `/`, duplicates) are
+    /// [`Error::Corrupt`]: no valid image has them.
     #[error("refusing to write outside {root}: {what}")]
     Unsafe { root: PathBuf, what: String },
-    /// The tree cannot be represented in squashfs (name too long, more
-    /// than 65536 owners, a file changed while it was being packed, …).
+    /// The tree cannot be represented in squashfs, or read back by our
+    /// reader (name too long, directories nested too deep, more than 65536
+    /// owners, …).
     #[error("cannot pack {path}: {what}")]
     Unpackable { path: PathBuf, what: String },
     /// A file of the tree changed while it was being packed (something still

@@ -64,7 +64,7 @@ pub struct Progress {
 /// times per second and once at the end.
 pub type ProgressFn<'a> = &'a (dyn Fn(&Progress) + Sync);
 
-/// How [`pack`] writes an image.
+/// How [`pack`] and [`merge`] write an image.
 #[derive(Clone, Copy)]
 pub struct PackOptions<'a> {
     pub compressor: Compressor,
@@ -72,7 +72,7 @@ pub struct PackOptions<'a> {
     pub block_size: u32,
     /// Compression threads; 0 = one per core.
     pub threads: usize,
-    /// Entries left out (with everything below them).
+    /// Entries left out (with everything below them); [`merge`] ignores it.
     pub exclude: &'a Exclude,
     pub progress: Option<ProgressFn<'a>>,
 }

@@ -17,7 +17,7 @@ pub(crate) mod fsops;
 pub(crate) mod image;
 pub(crate) mod inode;
 
-use crate::format::decode_dev;
+use crate::format::{decode_dev, DATA_UNCOMPRESSED};
 use crate::{Error, Progress, Result, UnpackOptions, UnpackStats};
 use decompress::Decoder;
 use fsops::{entry_path, open_dir, set_xattrs, XTarget};
@@ -200,7 +200,7 @@ impl Shared<'_> {
         self.img.read_blocks(
             dec,
             &f.data,
-            c.blocks.clone(),
+            (c.blocks.clone(), c.pos),
             scratch,
             |offset, piece| match piece {
                 Piece::Data(bytes) => write(offset, bytes),
@@ -291,6 +291,8 @@ struct OpenFile {
 struct Chunk {
     file: Arc<OpenFile>,
     blocks: std::ops::Range<usize>,
+    /// Image offset of the run's first block.
+    pos: u64,
     tail: bool,
 }
 
@@ -512,28 +514,44 @@ impl Walker<'_> {
         if size > 0 {
             ftruncate(&created, size).map_err(|e| Error::io("size", path, e.into()))?;
         }
+        // The work: runs of blocks (with their image offset) that hold data
+        // (all-hole runs are already holes of the sized file), and the tail.
         let n = data.blocks.len();
         let tail = data.fragment.is_some();
-        let chunks = n.div_ceil(CHUNK_BLOCKS).max(usize::from(tail));
+        let count = n.div_ceil(CHUNK_BLOCKS).max(usize::from(tail));
+        let mut work = Vec::new();
+        let mut pos = data.start;
+        for i in 0..count {
+            let blocks = (i * CHUNK_BLOCKS).min(n)..((i + 1) * CHUNK_BLOCKS).min(n);
+            let words = &data.blocks[blocks.clone()];
+            let with_tail = tail && i + 1 == count;
+            if with_tail || words.iter().any(|w| w & !DATA_UNCOMPRESSED != 0) {
+                work.push((blocks, pos, with_tail));
+            }
+            pos += words
+                .iter()
+                .map(|w| u64::from(w & !DATA_UNCOMPRESSED))
+                .sum::<u64>();
+        }
         let file = Arc::new(OpenFile {
             fd: File::from(created),
             path: path.to_path_buf(),
             inode: inode.clone(),
             data: data.clone(),
             xattrs,
-            pending: AtomicUsize::new(chunks),
+            pending: AtomicUsize::new(work.len()),
         });
-        if chunks == 0 {
+        if work.is_empty() {
             return self
                 .sh
                 .apply_fd(file.fd.as_fd(), &file.inode, &file.xattrs, path);
         }
-        for i in 0..chunks {
-            let start = (i * CHUNK_BLOCKS).min(n);
+        for (blocks, pos, tail) in work {
             let chunk = Chunk {
                 file: file.clone(),
-                blocks: start..((i + 1) * CHUNK_BLOCKS).min(n),
-                tail: tail && i + 1 == chunks,
+                blocks,
+                pos,
+                tail,
             };
             if self.tx.send(chunk).is_err() {
                 return Err(self.sh.img.corrupt("the workers stopped"));
@@ -544,142 +562,4 @@ impl Walker<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{pack, verify, Exclude, PackOptions};
-    use std::os::unix::fs::MetadataExt;
-
-    /// A scratch directory removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let p = std::env::temp_dir().join(format!("squash-read-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).unwrap();
-            TempDir(p)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn bytes(len: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x % 7) as u8 + b'a'
-            })
-            .collect()
-    }
-
-    /// Files (fragment tail, several blocks, sparse, empty), a symlink, a
-    /// hardlink and a nested directory.
-    fn build(src: &Path) {
-        std::fs::create_dir_all(src.join("dir/deeper")).unwrap();
-        std::fs::write(src.join("small"), b"small file\n").unwrap();
-        std::fs::write(src.join("dir/multi"), bytes(300_000, 7)).unwrap();
-        std::fs::write(src.join("dir/deeper/empty"), b"").unwrap();
-        let sparse = File::create(src.join("sparse")).unwrap();
-        sparse.set_len(4 << 20).unwrap();
-        sparse.write_all_at(&bytes(5000, 3), 2 << 20).unwrap();
-        std::os::unix::fs::symlink("../small", src.join("dir/link")).unwrap();
-        std::fs::hard_link(src.join("small"), src.join("dir/hard")).unwrap();
-    }
-
-    #[test]
-    fn round_trip_through_our_writer() {
-        let t = TempDir::new("roundtrip");
-        let (src, image, out) = (t.0.join("src"), t.0.join("img"), t.0.join("out"));
-        build(&src);
-        pack(&src, &image, &PackOptions::default()).unwrap();
-        std::fs::create_dir(&out).unwrap();
-        let progress = AtomicU64::new(0);
-        let count = |_: &Progress| {
-            progress.fetch_add(1, Ordering::Relaxed);
-        };
-        let options = UnpackOptions {
-            threads: 3,
-            progress: Some(&count),
-        };
-        let stats = unpack(&image, &out, &options).unwrap();
-        assert_eq!(stats.entries, 8);
-        // The sparse file's one data block is written whole.
-        assert_eq!(stats.bytes, 11 + 300_000 + (128 << 10));
-        assert!(progress.load(Ordering::Relaxed) >= 1);
-        for f in [
-            "small",
-            "dir/multi",
-            "dir/deeper/empty",
-            "sparse",
-            "dir/hard",
-        ] {
-            assert_eq!(
-                std::fs::read(src.join(f)).unwrap(),
-                std::fs::read(out.join(f)).unwrap(),
-                "{f}"
-            );
-        }
-        let sparse = std::fs::metadata(out.join("sparse")).unwrap();
-        assert!(sparse.blocks() * 512 < 1 << 20, "holes were written");
-        let (a, b) = (
-            std::fs::metadata(out.join("small")).unwrap(),
-            std::fs::metadata(out.join("dir/hard")).unwrap(),
-        );
-        assert_eq!((a.ino(), a.nlink()), (b.ino(), 2));
-        let link = std::fs::read_link(out.join("dir/link")).unwrap();
-        assert_eq!(link, Path::new("../small"));
-        assert_eq!(verify(&image, &out, &Exclude::none()).unwrap(), vec![]);
-        assert_eq!(verify(&image, &src, &Exclude::none()).unwrap(), vec![]);
-    }
-
-    #[test]
-    fn damaged_images_fail_without_writing_outside() {
-        let t = TempDir::new("damaged");
-        let (src, image) = (t.0.join("src"), t.0.join("img"));
-        build(&src);
-        std::fs::remove_file(src.join("sparse")).unwrap();
-        pack(&src, &image, &PackOptions::default()).unwrap();
-        let good = std::fs::read(&image).unwrap();
-        let used = crate::format::Superblock::parse(&good).unwrap().bytes_used as usize;
-        let bad = t.0.join("bad");
-        let sandbox = t.0.join("sandbox");
-        let try_unpack = |bytes: &[u8]| {
-            std::fs::write(&bad, bytes).unwrap();
-            let target = sandbox.join("target");
-            std::fs::create_dir_all(&target).unwrap();
-            let result = unpack(&bad, &target, &UnpackOptions::default());
-            let names: Vec<_> = std::fs::read_dir(&sandbox).unwrap().collect();
-            assert_eq!(names.len(), 1, "wrote outside the target");
-            std::fs::remove_dir_all(&sandbox).unwrap();
-            result
-        };
-        for cut in (0..used).step_by(used / 50 + 1) {
-            assert!(try_unpack(&good[..cut]).is_err(), "cut at {cut}");
-        }
-        let mut refused = 0;
-        for i in 0..300u64 {
-            let mut b = good.clone();
-            let at = (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 7) as usize % used;
-            b[at] ^= 1 << (i % 8);
-            refused += usize::from(try_unpack(&b).is_err());
-        }
-        assert!(refused > 0);
-    }
-
-    #[test]
-    fn names_must_stay_in_their_directory() {
-        for bad in [&b""[..], b".", b"..", b"a/b", b"/", b"a\0b"] {
-            assert!(check_name(bad).is_err(), "{bad:?}");
-        }
-        for good in [&b"a"[..], b"...", b".hidden", b"a b", b"\xff"] {
-            assert!(check_name(good).is_ok(), "{good:?}");
-        }
-    }
-}
+mod tests;

@@ -3,11 +3,12 @@
 //! Both trees are walked together, depth first, in name order; the
 //! directory side is opened with `O_NOFOLLOW` one component at a time, as
 //! the reader does. File contents are compared block by block as the image
-//! stores them (holes against zeros), never buffering a whole file.
+//! stores them (holes against zeros), never buffering a whole file; the
+//! file's own holes are found with `SEEK_DATA`, not read.
 
 use crate::format::decode_dev;
 use crate::read::decompress::Decoder;
-use crate::read::fsops::{entry_path, open_dir, storable_xattrs, XTarget};
+use crate::read::fsops::{entry_path, open_dir, storable_xattrs, Holes, XTarget};
 use crate::read::image::{FileData, Image, Inode, Kind, Piece, Scratch};
 use crate::read::MAX_DEPTH;
 use crate::{Error, Exclude, Result};
@@ -360,10 +361,12 @@ impl Verifier<'_> {
         Ok(())
     }
 
-    /// Streams the image's blocks of a file against the file's bytes.
+    /// Streams the image's blocks of a file against the file's bytes; holes
+    /// of the file (found with `SEEK_DATA`) are zeros without reading them.
     fn same_content(&mut self, file: &File, data: &FileData, full: &Path) -> Result<bool> {
         let same = std::cell::Cell::new(true);
         let mut buf = std::mem::take(&mut self.buf);
+        let mut holes = Holes::default();
         let img = self.img;
         let mut check = |offset: u64, piece: Piece| -> Result<()> {
             if !same.get() {
@@ -373,6 +376,13 @@ impl Verifier<'_> {
                 Piece::Data(b) => b.len(),
                 Piece::Hole(n) => n as usize,
             };
+            if holes.is_hole(file, offset, len as u64) {
+                same.set(match piece {
+                    Piece::Data(b) => b.iter().all(|&x| x == 0),
+                    Piece::Hole(_) => true,
+                });
+                return Ok(());
+            }
             buf.resize(len, 0);
             file.read_exact_at(&mut buf, offset)
                 .map_err(|e| Error::io("read", full, e))?;
@@ -385,7 +395,7 @@ impl Verifier<'_> {
         img.read_blocks(
             &mut self.dec,
             data,
-            0..data.blocks.len(),
+            (0..data.blocks.len(), data.start),
             &mut self.scratch,
             &mut check,
         )?;

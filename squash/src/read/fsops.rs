@@ -1,11 +1,14 @@
-//! Small filesystem helpers of the reader and verifier: opening a directory
-//! without following links, and extended attributes through
-//! `ramstick_common::xattr` with this crate's errors.
+//! Small filesystem helpers of the reader, verifier and writer: opening a
+//! directory without following links, finding holes of a sparse file
+//! ([`Holes`]), and extended attributes through `ramstick_common::xattr`
+//! with this crate's errors.
 
 use crate::format::xattr;
 use crate::{Error, Result};
+use nix::errno::Errno;
 use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::Mode;
+use nix::unistd::{lseek, Whence};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -27,6 +30,55 @@ pub(crate) fn open_dir<P: ?Sized + nix::NixPath>(
         Mode::empty(),
     )
     .map_err(|e| Error::io("open directory", path, e.into()))
+}
+
+/// What `SEEK_DATA`/`SEEK_HOLE` told so far about an open file read front
+/// to back: one query per data region or hole, so a 1 TiB sparse file with
+/// one data block costs a few system calls, not 2^40 zero bytes read.
+#[derive(Default)]
+pub(crate) struct Holes {
+    /// Bytes before this offset (from the last query on) are zeros.
+    zero_until: u64,
+    /// Bytes before this offset (from the last data found on) are data.
+    data_until: u64,
+}
+
+impl Holes {
+    /// Whether `[at, at + len)` of `file` is known to hold only zeros. A
+    /// filesystem without `SEEK_DATA` has no holes here; a file that
+    /// shrank reads as zeros (its caller checks the size).
+    pub(crate) fn is_hole(&mut self, file: &impl AsFd, at: u64, len: u64) -> bool {
+        let end = at.saturating_add(len);
+        if end <= self.zero_until {
+            return true;
+        }
+        if end <= self.data_until {
+            return false;
+        }
+        let Ok(offset) = i64::try_from(at) else {
+            return false;
+        };
+        match lseek(file, offset, Whence::SeekData) {
+            Ok(data) if data as u64 >= end => {
+                self.zero_until = data as u64;
+                true
+            }
+            Ok(data) => {
+                self.data_until =
+                    lseek(file, data, Whence::SeekHole).map_or(u64::MAX, |hole| hole as u64);
+                false
+            }
+            // No data from `at` on.
+            Err(Errno::ENXIO) => {
+                self.zero_until = u64::MAX;
+                true
+            }
+            Err(_) => {
+                self.data_until = u64::MAX;
+                false
+            }
+        }
+    }
 }
 
 /// Sets `xattrs` (full names) on `t`; `path` names the entry in errors.

@@ -141,7 +141,7 @@ pub(crate) fn write_data(
     let files_done = AtomicU64::new(0);
     std::thread::scope(|s| {
         let reader = s.spawn(|| {
-            let inputs = Inputs::new(images);
+            let inputs = Inputs::new(tree, images);
             let block_size = settings.block_size;
             read_files(tree, &inputs, block_size, job_tx, token_rx, &files_done)
         });

@@ -6,17 +6,19 @@
 //! blocks. So a 1 TiB sparse file with one data block costs one block read,
 //! in the data pass and in duplicate detection ([`hash`], [`same`]) alike.
 
+use super::tree::{Kind, Tree};
 use crate::format::DATA_UNCOMPRESSED;
 use crate::read::decompress::Decoder;
+use crate::read::fsops::{open_dir, Holes};
 use crate::read::image::{read_full_at, FileData, Image, Kind as InodeKind, Scratch};
 use crate::{Error, Result};
-use nix::errno::Errno;
-use nix::unistd::{lseek, Whence};
+use nix::fcntl::{openat, OFlag, AT_FDCWD};
+use nix::sys::stat::Mode;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::hash::{DefaultHasher, Hasher};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -25,15 +27,21 @@ const FRAGMENT_CACHE: usize = 8;
 
 /// Where a regular file's contents are.
 pub(crate) enum Source {
-    /// A file of the tree being packed.
-    Path(PathBuf),
+    /// A file of the tree being packed: entry `entry` of directory node
+    /// `dir` (opened relative to its directory, see [`Inputs`]).
+    Tree { dir: usize, entry: usize },
     /// A file of input image `layer`: its inode's metadata reference.
     Image { layer: usize, inode: u64 },
 }
 
-/// What one thread reads sources with: the input images (none for a
+/// What one thread reads sources with: the tree (and the directories open
+/// from its root down to the last file's), the input images (none for a
 /// pack), a decoder for each and the fragment blocks used last.
 pub(crate) struct Inputs<'a> {
+    tree: &'a Tree,
+    /// (directory node, its fd) from the root down, so that a file deeper
+    /// than PATH_MAX opens too; consecutive files share most of it.
+    dirs: RefCell<Vec<(usize, OwnedFd)>>,
     images: &'a [Image],
     decoders: Vec<RefCell<Decoder>>,
     fragments: RefCell<VecDeque<(FragmentKey, Rc<Vec<u8>>)>>,
@@ -72,8 +80,10 @@ enum From {
 }
 
 impl<'a> Inputs<'a> {
-    pub(crate) fn new(images: &'a [Image]) -> Self {
+    pub(crate) fn new(tree: &'a Tree, images: &'a [Image]) -> Self {
         Inputs {
+            tree,
+            dirs: RefCell::new(Vec::new()),
             images,
             decoders: images
                 .iter()
@@ -86,12 +96,14 @@ impl<'a> Inputs<'a> {
     /// Opens `source` (of `size` bytes) for reading in `block`-byte chunks.
     pub(crate) fn open(&self, source: &Source, size: u64, block: usize) -> Result<Content> {
         let from = match source {
-            Source::Path(path) => From::File(FileIn {
-                file: open_nofollow(path)?,
-                path: path.clone(),
-                zero_until: 0,
-                data_until: 0,
-            }),
+            Source::Tree { dir, entry } => {
+                let (file, path) = self.open_file(*dir, *entry)?;
+                From::File(FileIn {
+                    file,
+                    path,
+                    holes: Holes::default(),
+                })
+            }
             Source::Image { layer, inode } => {
                 let img = self.image(*layer)?;
                 let InodeKind::File(data) = img.inode(*inode)?.kind else {
@@ -117,6 +129,60 @@ impl<'a> Inputs<'a> {
             buf: Vec::new(),
             from,
         })
+    }
+
+    /// Opens entry `entry` of directory node `dir` (a regular file) without
+    /// following a symlink, through the open directories of `dirs`.
+    fn open_file(&self, dir: usize, entry: usize) -> Result<(File, PathBuf)> {
+        let tree = self.tree;
+        let name = match tree.nodes.get(dir).map(|n| &n.kind) {
+            Some(Kind::Dir { entries, .. }) => entries.get(entry).map(|(n, _)| n.as_slice()),
+            _ => None,
+        };
+        let (Some(name), Some(root)) = (name, tree.root.as_deref()) else {
+            return Err(Error::Codec {
+                codec: "writer",
+                what: format!("no entry {entry} in directory node {dir}"),
+            });
+        };
+        let path = tree.path_of(dir, name);
+        let mut dirs = self.dirs.try_borrow_mut().map_err(|_| Error::Codec {
+            codec: "writer",
+            what: "directory cursor busy".into(),
+        })?;
+        let chain = tree.chain(dir);
+        let keep = dirs
+            .iter()
+            .zip(&chain)
+            .take_while(|((open, _), want)| open == *want)
+            .count();
+        dirs.truncate(keep);
+        for &d in &chain[keep..] {
+            let fd = match (dirs.last(), tree.name_of(d)) {
+                (Some((_, parent)), Some(n)) => open_dir(parent.as_fd(), n, &path)?,
+                _ => open_dir(AT_FDCWD, root, root)?,
+            };
+            dirs.push((d, fd));
+        }
+        let Some((_, parent)) = dirs.last() else {
+            return Err(Error::io(
+                "open",
+                &path,
+                std::io::ErrorKind::NotFound.into(),
+            ));
+        };
+        let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+        let fd = openat(parent.as_fd(), name, flags, Mode::empty())
+            .map_err(|e| Error::io("open", &path, e.into()))?;
+        let file = File::from(fd);
+        let meta = file.metadata().map_err(|e| Error::io("stat", &path, e))?;
+        if !meta.is_file() {
+            return Err(Error::Changed {
+                path,
+                what: "no longer a regular file".into(),
+            });
+        }
+        Ok((file, path))
     }
 
     fn image(&self, layer: usize) -> Result<&Image> {
@@ -196,41 +262,18 @@ impl Content {
     }
 }
 
-/// A file of the tree, with what `SEEK_DATA`/`SEEK_HOLE` told so far.
+/// A file of the tree and where its holes are.
 struct FileIn {
     file: File,
     path: PathBuf,
-    /// Bytes before this offset (from the last query on) are zeros.
-    zero_until: u64,
-    /// Bytes before this offset (from the last data found on) are data.
-    data_until: u64,
+    holes: Holes,
 }
 
 impl FileIn {
     /// Reads `[at, at + len)` into `buf`; `false`: a hole, nothing read.
     fn read(&mut self, at: u64, len: usize, buf: &mut Vec<u8>, size: u64) -> Result<bool> {
-        let end = at + len as u64;
-        if end <= self.zero_until {
+        if self.holes.is_hole(&self.file, at, len as u64) {
             return Ok(false);
-        }
-        if end > self.data_until {
-            match lseek(&self.file, at as i64, Whence::SeekData) {
-                Ok(data) if data as u64 >= end => {
-                    self.zero_until = data as u64;
-                    return Ok(false);
-                }
-                Ok(data) => {
-                    self.data_until = lseek(&self.file, data, Whence::SeekHole)
-                        .map_or(u64::MAX, |hole| hole as u64);
-                }
-                // No data from `at` on (or the file shrank: `finish` tells).
-                Err(Errno::ENXIO) => {
-                    self.zero_until = u64::MAX;
-                    return Ok(false);
-                }
-                // No SEEK_DATA here: all of it is data.
-                Err(_) => self.data_until = u64::MAX,
-            }
         }
         buf.resize(len, 0);
         let got =
@@ -381,26 +424,66 @@ pub(crate) fn same(
     }
 }
 
-/// Opens a regular file for reading without following a symlink.
-fn open_nofollow(path: &Path) -> Result<File> {
-    let file = File::options()
-        .read(true)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| Error::io("open", path, e))?;
-    let meta = file.metadata().map_err(|e| Error::io("stat", path, e))?;
-    if !meta.is_file() {
-        return Err(Error::Changed {
-            path: path.to_path_buf(),
-            what: "no longer a regular file".into(),
-        });
-    }
-    Ok(file)
-}
-
 fn changed(path: &Path, size: u64) -> Error {
     Error::Changed {
         path: path.to_path_buf(),
         what: format!("its size changed (was {size} bytes)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Exclude;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn duplicates_are_confirmed_and_zeros_hash_alike_stored_or_not() {
+        let dir = std::env::temp_dir().join(format!("ramstick-dup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(dir.join("a"), &content).unwrap();
+        std::fs::write(dir.join("b"), &content).unwrap();
+        let mut other = content.clone();
+        other[199_999] ^= 1;
+        std::fs::write(dir.join("c"), &other).unwrap();
+        // Same bytes: zeros written out, and a hole.
+        let mut zeros = vec![0u8; 300_000];
+        zeros[299_999] = 7;
+        std::fs::write(dir.join("d"), &zeros).unwrap();
+        let sparse = File::create(dir.join("e")).unwrap();
+        sparse.set_len(300_000).unwrap();
+        sparse.write_all_at(&[7], 299_999).unwrap();
+        let tree = super::super::scan::scan(&dir, &Exclude::none()).unwrap();
+        let inputs = Inputs::new(&tree, &[]);
+        let source = |name: &[u8]| match &tree.nodes[0].kind {
+            Kind::Dir { entries, .. } => {
+                let i = entries.iter().position(|(n, _)| n == name).unwrap();
+                Source::Tree { dir: 0, entry: i }
+            }
+            _ => unreachable!(),
+        };
+        let (a, b, c, d, e) = (
+            source(b"a"),
+            source(b"b"),
+            source(b"c"),
+            source(b"d"),
+            source(b"e"),
+        );
+        let hash = |s: &Source, size| hash(&inputs, s, size, 65536).unwrap();
+        assert_eq!(hash(&a, 200_000), hash(&b, 200_000));
+        assert_ne!(hash(&a, 200_000), hash(&c, 200_000));
+        assert_eq!(hash(&d, 300_000), hash(&e, 300_000));
+        assert!(same(&inputs, &a, &b, 200_000, 65536).unwrap());
+        assert!(!same(&inputs, &a, &c, 200_000, 65536).unwrap());
+        assert!(same(&inputs, &d, &e, 300_000, 65536).unwrap());
+        // The sparse file's first block is a hole: not read.
+        let mut content = inputs.open(&e, 300_000, 65536).unwrap();
+        assert!(matches!(
+            content.next(&inputs).unwrap(),
+            Some(Chunk::Hole(65536))
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

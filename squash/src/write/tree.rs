@@ -9,6 +9,9 @@
 use super::source::Source;
 use crate::format::{xattr, NONE_U32};
 use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 
 /// What an inode is.
 pub(crate) enum Kind {
@@ -65,6 +68,53 @@ pub(crate) struct Tree {
     pub total_bytes: u64,
     /// Xattrs of namespaces squashfs cannot hold (`system.*`), left out.
     pub skipped_xattrs: u64,
+    /// The directory scanned (files of [`Source::Tree`] are below it).
+    pub root: Option<PathBuf>,
+}
+
+impl Tree {
+    /// The name of node `node` in its parent directory (not for the root).
+    pub(crate) fn name_of(&self, node: usize) -> Option<&[u8]> {
+        let parent = match self.nodes.get(node)?.kind {
+            Kind::Dir { parent, .. } => parent,
+            _ => return None,
+        };
+        match &self.nodes.get(parent)?.kind {
+            Kind::Dir { entries, .. } => entries
+                .iter()
+                .find(|(_, child)| *child == node)
+                .map(|(name, _)| name.as_slice()),
+            _ => None,
+        }
+    }
+
+    /// Directory nodes from the root down to `dir` (none if `dir` is not
+    /// a directory reachable from the root).
+    pub(crate) fn chain(&self, dir: usize) -> Vec<usize> {
+        let mut chain = vec![dir];
+        let mut at = dir;
+        while at != 0 {
+            match self.nodes.get(at).map(|n| &n.kind) {
+                Some(Kind::Dir { parent, .. }) if chain.len() <= self.nodes.len() => {
+                    at = *parent;
+                    chain.push(at);
+                }
+                _ => return Vec::new(),
+            }
+        }
+        chain.reverse();
+        chain
+    }
+
+    /// The full path of entry `name` of directory `dir` (for messages).
+    pub(crate) fn path_of(&self, dir: usize, name: &[u8]) -> PathBuf {
+        let mut path = self.root.clone().unwrap_or_default();
+        for &d in self.chain(dir).iter().skip(1) {
+            path.push(OsStr::from_bytes(self.name_of(d).unwrap_or(b"?")));
+        }
+        path.push(OsStr::from_bytes(name));
+        path
+    }
 }
 
 /// Metadata of a node to add.
@@ -222,6 +272,7 @@ impl Builder {
             entries,
             total_bytes: self.total_bytes,
             skipped_xattrs: self.skipped_xattrs,
+            root: None,
         }
     }
 }
