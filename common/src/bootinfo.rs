@@ -1,6 +1,6 @@
 //! `/run/ramstick/boot.json`: what init did, for the saver and `saver status`.
 
-use crate::chain::LayerFailure;
+use crate::chain::{Choice, LayerFailure, Saved};
 use crate::cmdline::{BootType, LayersMode};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -61,7 +61,50 @@ pub struct BootInfo {
     pub problems: Vec<String>,
 }
 
+impl SavedState {
+    /// What boot.json says of what the stick held.
+    pub fn of(saved: &Saved) -> SavedState {
+        match saved {
+            Saved::Manifest(m) => SavedState::Manifest {
+                generation: m.generation,
+            },
+            Saved::Legacy { .. } => SavedState::Legacy,
+            Saved::Damaged(why) => SavedState::Damaged { why: why.clone() },
+            Saved::Nothing => SavedState::Nothing,
+        }
+    }
+}
+
 impl BootInfo {
+    /// The record of a boot of `saved` that chose `choice`, every layer
+    /// assembled `how` (for the tools that act as if the stick had just
+    /// booted: `saver add-layer`, the crash tests); no timings.
+    pub fn chosen(saved: &Saved, choice: Choice, how: LayersMode) -> BootInfo {
+        BootInfo {
+            asked: choice.asked,
+            used: choice.used,
+            layers_mode: how,
+            saved: SavedState::of(saved),
+            asked_chain: choice.asked_chain,
+            layers: choice
+                .layers
+                .iter()
+                .map(|c| UsedLayer {
+                    name: c.name.clone(),
+                    file: c.file.clone(),
+                    size: c.info.as_ref().map_or(0, |i| i.size),
+                    how,
+                })
+                .collect(),
+            failures: choice.failures,
+            notes: Vec::new(),
+            timings_ms: BTreeMap::new(),
+            kernel: String::new(),
+            upper: String::new(),
+            problems: Vec::new(),
+        }
+    }
+
     pub fn to_json(&self) -> String {
         // Serialising plain owned data cannot fail; fall back to an empty object anyway.
         serde_json::to_string_pretty(self).unwrap_or_else(|_| String::from("{}"))

@@ -115,6 +115,8 @@ pub struct LayerFailure {
 /// What a boot uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Choice {
+    /// The boot type asked for.
+    pub asked: BootType,
     /// The boot type whose chain is used (`clean` when none is).
     pub used: BootType,
     /// The layers used, bottom first.
@@ -202,6 +204,7 @@ pub fn choose(
         }
         if !layers.is_empty() {
             return Choice {
+                asked,
                 used,
                 layers,
                 asked_chain,
@@ -210,6 +213,7 @@ pub fn choose(
         }
     }
     Choice {
+        asked,
         used: BootType::Clean,
         layers: Vec::new(),
         asked_chain,

@@ -143,6 +143,23 @@ pub fn aside_name(name: &str, stamp: &str) -> String {
     format!("{stem}-corrupt-{stamp}.squashfs")
 }
 
+impl LayerInfo {
+    /// The record of a layer not written yet: the run that writes it fills
+    /// in what the write returns, keeping `level` and `origin`.
+    pub fn planned(level: u32, origin: Origin) -> LayerInfo {
+        LayerInfo {
+            size: 0,
+            meta_digest: String::new(),
+            digest: String::new(),
+            saved: String::new(),
+            entries: 0,
+            data_bytes: 0,
+            level,
+            origin,
+        }
+    }
+}
+
 impl Manifest {
     /// A manifest with no layers (before the first commit).
     pub fn empty() -> Manifest {
@@ -234,6 +251,15 @@ impl Manifest {
             .chain(self.kept.iter().flat_map(|k| &k.layers))
             .map(String::as_str)
             .collect()
+    }
+
+    /// How many layers `current` and `backup` share at their bottom.
+    pub fn shared_prefix(&self) -> usize {
+        self.current
+            .iter()
+            .zip(&self.backup)
+            .take_while(|(a, b)| a == b)
+            .count()
     }
 
     /// Drops layer records no chain uses any more.

@@ -15,18 +15,16 @@
 //! booted), loudly, with the failure's class recorded for the saver. The
 //! overlay then stacks the layers above the rootfs.
 
-use nix::mount::MsFlags;
 use ramstick_common::bootinfo::{SavedState, UsedLayer};
 use ramstick_common::chain::{self, Candidate, FailureClass, LayerFailure, Saved};
 use ramstick_common::cmdline::{BootType, LayersMode};
 use ramstick_common::manifest::LayerInfo;
 use ramstick_common::plan::Plan;
 use std::cell::{Cell, RefCell};
-use std::io;
 use std::path::Path;
 
 use crate::images::Images;
-use crate::mounts::at;
+use crate::mounts::{self, at};
 use crate::sys::Sys;
 
 /// Space a layer's entry may take in the upper besides its data (an ext2
@@ -77,14 +75,7 @@ pub fn classify(e: &ramstick_squash::Error) -> FailureClass {
 /// Chooses and assembles the chain of `plan.boot_asked`.
 pub fn assemble(sys: &dyn Sys, images: &dyn Images, root: &Path, plan: &Plan) -> Assembled {
     let saved = read_saved(sys, root, plan);
-    let state = match &saved {
-        Saved::Manifest(m) => SavedState::Manifest {
-            generation: m.generation,
-        },
-        Saved::Legacy { .. } => SavedState::Legacy,
-        Saved::Damaged(why) => SavedState::Damaged { why: why.clone() },
-        Saved::Nothing => SavedState::Nothing,
-    };
+    let state = SavedState::of(&saved);
     let mut notes = Vec::new();
     match &saved {
         Saved::Damaged(why) => {
@@ -130,7 +121,8 @@ pub fn assemble(sys: &dyn Sys, images: &dyn Images, root: &Path, plan: &Plan) ->
         };
         let target = plan.layers.target(&c.name, how);
         if how == LayersMode::Mount {
-            mount_layer(sys, &image, &at(root, &target), c)?;
+            mounts::mount_squashfs(sys, &image, &at(root, &target))
+                .map_err(|e| failure(c, FailureClass::Io, format!("{e:#}")))?;
         }
         log::info!(
             "layer {}: {}",
@@ -237,34 +229,6 @@ fn check(
         ));
     }
     Ok(())
-}
-
-/// Loop-mounts a layer read-only at `target`.
-fn mount_layer(
-    sys: &dyn Sys,
-    image: &Path,
-    target: &Path,
-    c: &Candidate,
-) -> Result<(), LayerFailure> {
-    let io = |what: &str, e: io::Error| failure(c, FailureClass::Io, format!("cannot {what}: {e}"));
-    sys.mkdir_all(target)
-        .map_err(|e| io(&format!("create {}", target.display()), e))?;
-    let dev = sys
-        .loop_attach(image)
-        .map_err(|e| io("attach it to a loop device", e))?;
-    sys.mount(
-        &dev.to_string_lossy(),
-        target,
-        "squashfs",
-        MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
-        "",
-    )
-    .map_err(|e| {
-        io(
-            &format!("mount {} at {}", dev.display(), target.display()),
-            e,
-        )
-    })
 }
 
 /// Unpacks a layer into the upper filesystem, if it fits; a failed unpack

@@ -200,7 +200,7 @@ pub fn mount_lowers(sys: &dyn Sys, root: &Path, plan: &Plan) -> Result<Vec<Strin
 }
 
 /// Attach `image` to a loop device and mount it read-only at `target`.
-fn mount_squashfs(sys: &dyn Sys, image: &Path, target: &Path) -> Result<()> {
+pub(crate) fn mount_squashfs(sys: &dyn Sys, image: &Path, target: &Path) -> Result<()> {
     sys.mkdir_all(target)
         .with_context(|| format!("cannot create {}", target.display()))?;
     let dev = sys

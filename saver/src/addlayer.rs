@@ -16,11 +16,10 @@ use crate::session::{self, Paths, Session};
 use crate::space::human;
 use crate::stick::{say, PersistStick};
 use anyhow::{bail, Context, Result};
-use ramstick_common::bootinfo::{BootInfo, SavedState, UsedLayer};
+use ramstick_common::bootinfo::BootInfo;
 use ramstick_common::chain::{self, Saved};
 use ramstick_common::cmdline::{BootType, LayersMode};
 use ramstick_squash::Exclude;
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
@@ -59,29 +58,7 @@ fn add(paths: &Paths) -> Result<String> {
     }
     // The chain a default boot would use, every layer taken as it is.
     let choice = chain::choose(&saved, BootType::Default, |_| Ok(()));
-    let boot = BootInfo {
-        asked: BootType::Default,
-        used: choice.used,
-        layers_mode: LayersMode::Mount,
-        saved: SavedState::Nothing,
-        asked_chain: choice.asked_chain,
-        layers: choice
-            .layers
-            .iter()
-            .map(|c| UsedLayer {
-                name: c.name.clone(),
-                file: c.file.clone(),
-                size: 0,
-                how: LayersMode::Mount,
-            })
-            .collect(),
-        failures: Vec::new(),
-        notes: Vec::new(),
-        timings_ms: BTreeMap::new(),
-        kernel: String::new(),
-        upper: String::new(),
-        problems: Vec::new(),
-    };
+    let boot = BootInfo::chosen(&saved, choice, LayersMode::Mount);
     let stamp = clock::stamp(SystemTime::now());
     let plan = saveplan::plan(&Situation {
         saved: &saved,

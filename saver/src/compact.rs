@@ -39,14 +39,8 @@ pub const POLICY: Policy = Policy {
 
 /// The layers that may be merged: the bottom of `current` that `backup` shares.
 fn mergeable(m: &Manifest) -> &[String] {
-    let shared = m
-        .current
-        .iter()
-        .zip(&m.backup)
-        .take_while(|(a, b)| a == b)
-        .count();
     // The newest layer of current is the latest session's: never merged.
-    &m.current[..shared.min(m.current.len().saturating_sub(1))]
+    &m.current[..m.shared_prefix().min(m.current.len().saturating_sub(1))]
 }
 
 fn level(m: &Manifest, name: &str) -> u32 {
@@ -102,16 +96,7 @@ pub fn plan(old: &Manifest, run: &[String], layer_files: &[String]) -> CompactPl
     let top = run.iter().map(|n| level(old, n)).max().unwrap_or(0);
     m.layers.insert(
         merged.clone(),
-        LayerInfo {
-            size: 0,
-            meta_digest: String::new(),
-            digest: String::new(),
-            saved: String::new(),
-            entries: 0,
-            data_bytes: 0,
-            level: top + 1,
-            origin: Origin::Compacted,
-        },
+        LayerInfo::planned(top + 1, Origin::Compacted),
     );
     m.substitute(run, &merged);
     m.prune();

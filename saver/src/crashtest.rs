@@ -10,7 +10,7 @@ use crate::commit::{self, Done, Source, Stick};
 use crate::compact;
 use crate::saveplan::{self, SessionState, Situation};
 use anyhow::{bail, Result};
-use ramstick_common::bootinfo::{BootInfo, SavedState, UsedLayer};
+use ramstick_common::bootinfo::BootInfo;
 use ramstick_common::chain::{self, FailureClass, LayerFailure, Saved};
 use ramstick_common::cmdline::{BootType, LayersMode};
 use ramstick_common::manifest::{
@@ -241,36 +241,7 @@ fn boot(files: &Files, asked: BootType) -> (BootInfo, Vec<u32>) {
         .iter()
         .flat_map(|c| shown.get(&c.name).cloned().unwrap_or_default())
         .collect();
-    let info = BootInfo {
-        asked,
-        used: choice.used,
-        layers_mode: LayersMode::Mount,
-        saved: match &saved {
-            Saved::Manifest(m) => SavedState::Manifest {
-                generation: m.generation,
-            },
-            Saved::Legacy { .. } => SavedState::Legacy,
-            Saved::Damaged(why) => SavedState::Damaged { why: why.clone() },
-            Saved::Nothing => SavedState::Nothing,
-        },
-        asked_chain: choice.asked_chain,
-        layers: choice
-            .layers
-            .iter()
-            .map(|c| UsedLayer {
-                name: c.name.clone(),
-                file: c.file.clone(),
-                size: 0,
-                how: LayersMode::Mount,
-            })
-            .collect(),
-        failures: choice.failures,
-        notes: vec![],
-        timings_ms: BTreeMap::new(),
-        kernel: String::new(),
-        upper: String::new(),
-        problems: vec![],
-    };
+    let info = BootInfo::chosen(&saved, choice, LayersMode::Mount);
     (info, sessions)
 }
 

@@ -89,20 +89,6 @@ pub struct SavePlan {
     pub notes: Vec<String>,
 }
 
-/// Placeholder record of a layer this run writes.
-fn fresh(level: u32, origin: Origin) -> LayerInfo {
-    LayerInfo {
-        size: 0,
-        meta_digest: String::new(),
-        digest: String::new(),
-        saved: String::new(),
-        entries: 0,
-        data_bytes: 0,
-        level,
-        origin,
-    }
-}
-
 /// Removes what no committed manifest names: layer files left by an
 /// interrupted save or compaction, and an unrenamed manifest tmp.
 pub fn garbage(saved: &Saved, layer_files: &[String]) -> Vec<Step> {
@@ -169,7 +155,8 @@ fn plan_on_manifest(s: &Situation, old: &Manifest) -> Result<SavePlan> {
     let layer = layer_name(m.next_layer);
     m.next_layer += 1;
     m.generation += 1;
-    m.layers.insert(layer.clone(), fresh(0, Origin::Session));
+    m.layers
+        .insert(layer.clone(), LayerInfo::planned(0, Origin::Session));
     let session = match &s.session.layer {
         Some(prev) => {
             if old.current.last() != Some(prev) {
@@ -328,8 +315,10 @@ fn plan_conversion(s: &Situation) -> Result<SavePlan> {
     let mut take = |legacy: &str, m: &mut Manifest, steps: &mut Vec<Step>| -> String {
         let name = layer_name(m.next_layer);
         m.next_layer += 1;
-        m.layers
-            .insert(name.clone(), fresh(MIGRATED_LEVEL, Origin::Migrated));
+        m.layers.insert(
+            name.clone(),
+            LayerInfo::planned(MIGRATED_LEVEL, Origin::Migrated),
+        );
         steps.push(Step::Link {
             from: legacy.to_string(),
             to: layer_path(&name),
@@ -358,7 +347,8 @@ fn plan_conversion(s: &Situation) -> Result<SavePlan> {
     }
     let layer = layer_name(m.next_layer);
     m.next_layer += 1;
-    m.layers.insert(layer.clone(), fresh(0, Origin::Session));
+    m.layers
+        .insert(layer.clone(), LayerInfo::planned(0, Origin::Session));
     m.current = base.iter().cloned().chain([layer.clone()]).collect();
     m.backup = backup;
     steps.push(Step::WriteLayer {

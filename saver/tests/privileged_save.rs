@@ -150,6 +150,18 @@ fn layer_files(paths: &Paths) -> Result<Vec<String>, String> {
     Ok(v)
 }
 
+/// `layers/` holds the manifest and the layers it names, nothing else.
+fn only_the_chain(paths: &Paths) -> Result<(), String> {
+    let mut expected: Vec<String> = manifest(paths)?.layers.keys().cloned().collect();
+    expected.push("manifest.json".into());
+    expected.sort();
+    let files = layer_files(paths)?;
+    ensure(
+        files == expected,
+        format!("{files:?}, expected {expected:?}"),
+    )
+}
+
 /// `chain` (bottom first) stacked by a kernel overlay over an empty rootfs:
 /// `path` → its content ("" when absent).
 fn shown(paths: &Paths, chain: &[String], files: &[&str]) -> Result<Vec<String>, String> {
@@ -407,14 +419,7 @@ fn compaction(root: &Path) -> CaseResult {
         backup[9].is_empty() && backup[10] == "9\n",
         format!("backup {backup:?}"),
     )?;
-    // Only the chain's files are left.
-    let mut expected: Vec<String> = m.layers.keys().cloned().collect();
-    expected.push("manifest.json".into());
-    expected.sort();
-    ensure(
-        layer_files(paths)? == expected,
-        format!("{:?}", layer_files(paths)?),
-    )?;
+    only_the_chain(paths)?;
     Ok(ramstick_testkit::Outcome::Passed)
 }
 
@@ -466,14 +471,7 @@ fn full_stick(root: &Path) -> CaseResult {
         matches!(save_now(paths)?, Outcome::Saved { .. }),
         "not saved",
     )?;
-    let m = manifest(paths)?;
-    let mut expected: Vec<String> = m.layers.keys().cloned().collect();
-    expected.push("manifest.json".into());
-    expected.sort();
-    ensure(
-        layer_files(paths)? == expected,
-        format!("{:?}", layer_files(paths)?),
-    )?;
+    only_the_chain(paths)?;
     Ok(ramstick_testkit::Outcome::Passed)
 }
 

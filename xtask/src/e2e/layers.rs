@@ -267,8 +267,19 @@ fn checkpoint_kill(ctx: &mut Ctx) -> Result<()> {
     let disk = ctx.disk(&spec)?;
     let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
     vm.run("echo checkpointed > /root/cp && sync", CMD)?;
-    vm.expect(SAVED, Duration::from_secs(180))
-        .context("no checkpoint within three minutes")?;
+    // The busybox rootfs's daemon logs to /run/ramstick/saver/daemon.log.
+    let (rc, log) = vm.run_status(
+        &format!(
+            "for i in $(seq 180); do grep -q '{SAVED}' /run/ramstick/saver/daemon.log && break; \
+             sleep 1; done; cat /run/ramstick/saver/daemon.log; grep -q '{SAVED}' \
+             /run/ramstick/saver/daemon.log"
+        ),
+        Duration::from_secs(240),
+    )?;
+    ensure!(
+        rc == 0,
+        "no checkpoint within three minutes; the daemon's log:\n{log}"
+    );
     vm.kill();
     drop(vm);
     let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
