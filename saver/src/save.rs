@@ -90,6 +90,7 @@ pub fn save_locked(paths: &Paths, opts: SaveOptions) -> Result<Outcome> {
             return Ok(Outcome::Unchanged);
         }
     }
+    warn_if_long(&estimate, opts.trigger);
     let saved = session::read_saved(paths);
     let layer_files = session::layer_files(paths)?;
     let reclaimable = corrupt_bytes(paths, &session, &saved);
@@ -154,6 +155,44 @@ pub fn save_locked(paths: &Paths, opts: SaveOptions) -> Result<Outcome> {
         layer: plan.layer,
         bytes,
     })
+}
+
+/// How long the init systems wait for the shutdown save (systemd's
+/// `TimeoutStopSec`, the busybox hook's `timeout`) before killing it.
+pub const SHUTDOWN_LIMIT_SECS: u64 = 15 * 60;
+/// What a save is assumed to manage: a slow USB 2 stick, packing and
+/// reading back on a slow machine.
+const ASSUMED_BYTES_PER_SEC: u64 = 8 << 20;
+/// Entries packed and checked per second on such a machine.
+const ASSUMED_ENTRIES_PER_SEC: u64 = 2000;
+
+/// Seconds a save of `est` may take on a slow machine.
+pub fn expected_secs(est: &Estimate) -> u64 {
+    est.data / ASSUMED_BYTES_PER_SEC + est.entries / ASSUMED_ENTRIES_PER_SEC
+}
+
+/// Says when a save will take long, and when a shutdown save may take
+/// longer than the init system waits (a killed save leaves the saved
+/// state as it was, but loses the session).
+fn warn_if_long(est: &Estimate, trigger: Trigger) {
+    let secs = expected_secs(est);
+    if secs < 60 {
+        return;
+    }
+    say(&format!(
+        "this save packs {} in {} entries: up to about {} min on a slow stick",
+        human(est.data),
+        est.entries,
+        secs.div_ceil(60)
+    ));
+    if trigger == Trigger::Shutdown && secs > SHUTDOWN_LIMIT_SECS {
+        say(&format!(
+            "warning: that is more than the {} min the init system waits at shutdown: if it is \
+             killed, the stick keeps the last saved state and this session is lost. Next time, \
+             run `saver save` before shutting down, or exclude large files (/etc/ramstick/exclude)",
+            SHUTDOWN_LIMIT_SECS / 60
+        ));
+    }
 }
 
 /// Why nothing needs saving, if so.
@@ -288,6 +327,21 @@ mod tests {
             err.contains("100.0 MiB") && err.contains("1.0 MiB is free"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_expected_time_grows_with_data_and_entries() {
+        let small = Estimate {
+            entries: 100,
+            data: 1 << 20,
+        };
+        assert_eq!(expected_secs(&small), 0);
+        let big = Estimate {
+            entries: 200_000,
+            data: 8 << 30,
+        };
+        assert_eq!(expected_secs(&big), 1024 + 100);
+        assert!(expected_secs(&big) > SHUTDOWN_LIMIT_SECS);
     }
 
     #[test]
