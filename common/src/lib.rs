@@ -6,6 +6,7 @@
 pub mod blkid;
 pub mod bootinfo;
 pub mod cmdline;
+pub mod elf;
 pub mod modules;
 pub mod plan;
 pub mod tree;
