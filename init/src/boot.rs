@@ -14,7 +14,7 @@ use crate::failure::{self, Failure, Step};
 use crate::kmsg::KmsgLogger;
 use crate::modload::Loader;
 use crate::sys::{LinuxSys, Sys};
-use crate::{extras, luks, mounts, switchroot, unpack};
+use crate::{extras, fsck, luks, mounts, switchroot, unpack};
 
 /// For failures that only a broken kernel or initramfs can cause.
 const REBUILD_HINT: &str =
@@ -74,6 +74,8 @@ pub fn boot() -> Result<Infallible, Failure> {
     )?;
     log::info!("persist device: {}", device.display());
     t.mark("device_wait");
+    fsck::check(&sys, &device);
+    t.mark("fsck");
     mounts::mount_persist(&sys, root, &device, &plan).step(
         "mount the persist partition",
         "run e2fsck on the stick's data partition from another machine",

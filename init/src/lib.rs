@@ -5,6 +5,7 @@ pub mod boot;
 pub mod devices;
 pub mod extras;
 pub mod failure;
+pub mod fsck;
 pub mod kmsg;
 pub mod luks;
 pub mod modload;
