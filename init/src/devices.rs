@@ -114,6 +114,8 @@ fn model_of(sysdir: &Path) -> Option<String> {
     let words: Vec<String> = ["device/vendor", "device/model"]
         .iter()
         .filter_map(|f| read_trimmed(&disk.join(f)))
+        // virtio and PCI devices have a numeric vendor id there, no name.
+        .filter(|w| !w.starts_with("0x"))
         .collect();
     (!words.is_empty()).then(|| words.join(" "))
 }
@@ -503,7 +505,7 @@ mod tests {
         let (sys, devdir) = (base.join("sys"), base.join("dev"));
         let vda = sys.join("devices/pci0000:00/virtio1/block/vda");
         mkfile(&vda.join("size"), b"4096\n");
-        mkfile(&vda.join("device/vendor"), b"0x1af4  \n");
+        mkfile(&vda.join("device/vendor"), b"ATA     \n");
         mkfile(&vda.join("device/model"), b"QEMU HARDDISK\n");
         mkfile(&vda.join("vda2/size"), b"2048\n");
         mkfile(&vda.join("vda2/partition"), b"2\n");
@@ -533,9 +535,9 @@ mod tests {
         };
         let vda2 = by("vda2");
         assert_eq!(vda2.size_bytes, Some(2048 * 512));
-        assert_eq!(vda2.model.as_deref(), Some("0x1af4 QEMU HARDDISK"));
+        assert_eq!(vda2.model.as_deref(), Some("ATA QEMU HARDDISK"));
         assert_eq!(vda2.holders, [devdir.join("dm-0").to_string_lossy()]);
-        assert_eq!(by("vda").model.as_deref(), Some("0x1af4 QEMU HARDDISK"));
+        assert_eq!(by("vda").model.as_deref(), Some("ATA QEMU HARDDISK"));
         assert_eq!(by("dm-0").model, None);
         assert_eq!(
             choose(&label(), &found),

@@ -15,6 +15,7 @@ mod cache;
 mod guest;
 mod luks;
 mod persist;
+mod reliab;
 mod scenarios;
 
 use crate::qemu::{self, Machine, Vm};
@@ -122,7 +123,11 @@ pub fn run(a: &Args) -> Result<()> {
 
 /// Every scenario, in the order they run: boot paths, persistence, LUKS.
 fn all_scenarios() -> impl Iterator<Item = &'static Scenario> {
-    scenarios::ALL.iter().chain(persist::ALL).chain(luks::ALL)
+    scenarios::ALL
+        .iter()
+        .chain(persist::ALL)
+        .chain(luks::ALL)
+        .chain(reliab::ALL)
 }
 
 impl Ctx {
@@ -270,6 +275,11 @@ impl Ctx {
 
     /// Start QEMU on `disk` (virtio-blk, or USB storage with `usb`), logging to the scenario log.
     pub fn boot(&mut self, disk: &Path, usb: bool) -> Result<Vm> {
+        self.boot_with(disk, usb, &[])
+    }
+
+    /// [`Ctx::boot`] with more virtio disks attached after `disk`.
+    pub fn boot_with(&mut self, disk: &Path, usb: bool, extra: &[PathBuf]) -> Result<Vm> {
         let machine = Machine {
             disk: disk.to_path_buf(),
             kvm: self.kvm,
@@ -277,6 +287,7 @@ impl Ctx {
             usb,
             vars: self.vars_path(),
             unsafe_cache: true,
+            extra_disks: extra.to_vec(),
         };
         Vm::spawn(&machine, &self.log_path())
     }
