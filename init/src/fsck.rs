@@ -97,7 +97,10 @@ fn report(outcome: &Outcome, device: &Path, output: &str) {
         format!("; e2fsck said:\n{said}")
     };
     match outcome {
-        Outcome::Clean => log::info!("the data filesystem on {dev} is clean{said}"),
+        Outcome::Clean => {
+            log::info!("the data filesystem on {dev} is clean (e2fsck -p)");
+            log::debug!("e2fsck said: {}", output.trim());
+        }
         Outcome::Repaired => log::warn!(
             "e2fsck repaired the data filesystem on {dev} (exit 1); the boot goes on{said}"
         ),

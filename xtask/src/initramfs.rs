@@ -411,11 +411,16 @@ fn add_modules(tree: &mut Tree, modules_dir: &Path, kver: &str) -> Result<()> {
             Body::Data(text.into_bytes()),
         );
     }
-    for name in ["modules.builtin", "modules.order"] {
-        let src = modules_dir.join(name);
-        if src.is_file() {
-            add(tree, &format!("{prefix}{name}"), 0o644, Body::File(src));
-        }
+    // modules.order (every module of the kernel, 160 KB) is not carried:
+    // only depmod reads it, and neither init nor busybox's modprobe runs depmod.
+    let builtin = modules_dir.join("modules.builtin");
+    if builtin.is_file() {
+        add(
+            tree,
+            &format!("{prefix}modules.builtin"),
+            0o644,
+            Body::File(builtin),
+        );
     }
     Ok(())
 }
@@ -537,6 +542,7 @@ mod tests {
                 "kernel/fs/squashfs/squashfs.ko\n",
             )
             .unwrap();
+            fs::write(m.join("modules.order"), "kernel/lib/unrelated.ko\n").unwrap();
             fs::create_dir_all(root.join("skel/etc")).unwrap();
             fs::write(root.join("skel/etc/initrd-release"), "NAME=test\n").unwrap();
             for bin in ["init", "saver", "busybox", "e2fsck"] {
@@ -648,6 +654,7 @@ mod tests {
             );
         }
         assert!(members.iter().all(|x| !x.0.contains("unrelated.ko")));
+        assert!(members.iter().all(|x| !x.0.ends_with("modules.order")));
         let dep = String::from_utf8(find(&format!("{m}modules.dep")).4.clone()).unwrap();
         assert!(!dep.contains("unrelated"));
         let alias = String::from_utf8(find(&format!("{m}modules.alias")).4.clone()).unwrap();
