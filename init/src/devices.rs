@@ -340,13 +340,17 @@ pub fn wait_for(
             Choice::Several(found) => return Err(ambiguous(param, spec, &found)),
             Choice::One(d) => {
                 let since = *first_match.get_or_insert_with(Instant::now);
-                if usb_disks_pending(sys_root) == 0 || since.elapsed() >= SETTLE_MAX {
+                if usb_disks_pending(sys_root) == 0
+                    || since.elapsed() >= SETTLE_MAX
+                    || start.elapsed() >= timeout
+                {
                     return Ok((PathBuf::from(&d.id.path), d.id.clone()));
                 }
             }
             Choice::None => {}
         }
-        if start.elapsed() >= timeout && first_match.is_none() {
+        // (A device that matched and went away again counts as not found.)
+        if start.elapsed() >= timeout {
             let seen = if devices.is_empty() {
                 "no block devices at all (is the storage driver in the initramfs?)".to_string()
             } else {
