@@ -6,7 +6,6 @@ use super::{Ctx, DiskSpec, Scenario};
 use crate::deps;
 use anyhow::{ensure, Context, Result};
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 pub const ALL: &[Scenario] = &[
@@ -51,31 +50,14 @@ fn init_interpreter_missing(ctx: &mut Ctx) -> Result<()> {
 /// An upper image holding `/sbin/pyinit`, a Python script (the busybox
 /// rootfs has no Python).
 fn script_upper(ctx: &mut Ctx) -> Result<PathBuf> {
-    let dir = ctx.work.join("upper-pyinit");
-    let out = ctx.work.join("upper-pyinit.squashfs");
-    deps::remove_if_exists(&dir)?;
-    deps::remove_if_exists(&out)?;
-    let script = dir.join("sbin/pyinit");
-    fs::create_dir_all(dir.join("sbin")).with_context(|| format!("creating {}", dir.display()))?;
-    fs::write(&script, "#!/usr/bin/python3\nprint('never runs')\n")
-        .with_context(|| format!("writing {}", script.display()))?;
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755))
-        .with_context(|| format!("chmod {}", script.display()))?;
-    deps::output(
-        deps::cmd("mksquashfs")
-            .arg(&dir)
-            .arg(&out)
-            .args(["-noappend", "-comp", "gzip", "-all-root", "-no-xattrs"])
-            .args([
-                "-mkfs-time",
-                "0",
-                "-all-time",
-                "0",
-                "-quiet",
-                "-no-progress",
-            ]),
-    )?;
-    Ok(out)
+    ctx.upper_image_of(
+        "upper-pyinit",
+        &[(
+            "sbin/pyinit",
+            "#!/usr/bin/python3\nprint('never runs')\n",
+            0o755,
+        )],
+    )
 }
 
 /// The stick and a byte-for-byte copy (a cloned backup) both attached:
