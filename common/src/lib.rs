@@ -8,6 +8,7 @@ pub mod bootinfo;
 pub mod chain;
 pub mod cmdline;
 pub mod digest;
+pub mod elf;
 pub mod human;
 pub mod manifest;
 pub mod modules;

@@ -15,7 +15,7 @@ use crate::images::LinuxImages;
 use crate::kmsg::KmsgLogger;
 use crate::modload::Loader;
 use crate::sys::{LinuxSys, Sys};
-use crate::{extras, layers, luks, mounts, switchroot};
+use crate::{extras, fsck, layers, luks, mounts, switchroot};
 
 /// For failures that only a broken kernel or initramfs can cause.
 const REBUILD_HINT: &str =
@@ -75,6 +75,8 @@ pub fn boot() -> Result<Infallible, Failure> {
     )?;
     log::info!("persist device: {}", device.display());
     t.mark("device_wait");
+    fsck::check(&sys, &device);
+    t.mark("fsck");
     mounts::mount_persist(&sys, root, &device, &plan).step(
         "mount the persist partition",
         "run e2fsck on the stick's data partition from another machine",

@@ -2,6 +2,11 @@
 //! superblock (and its disk's GPT for PARTUUID/PARTLABEL), match the spec,
 //! retry (loading drivers for hardware that appears meanwhile) until the
 //! timeout.
+//!
+//! Two devices matching (a cloned backup stick plugged in too) is refused:
+//! saving to whichever was found first could overwrite the newer session
+//! with an older one. A LUKS container and the opened mapping on it both
+//! carry the label; they are one stick, and the mapping is the one used.
 
 use ramstick_common::blkid::{self, Identity};
 use ramstick_common::cmdline::DeviceSpec;
@@ -10,10 +15,24 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::failure::Failure;
 use crate::modload::Loader;
 
+/// A block device as seen in sysfs, for matching and for messages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Device {
+    pub id: Identity,
+    /// Size in bytes (sysfs `size` is in 512-byte sectors).
+    pub size_bytes: Option<u64>,
+    /// Vendor and model of the disk (USB and SCSI disks have them).
+    pub model: Option<String>,
+    /// Device nodes of the devices stacked on this one (e.g. the dm-crypt
+    /// mapping on a LUKS container), from sysfs `holders/`.
+    pub holders: Vec<String>,
+}
+
 /// Identify every block device under `sys_root/class/block`, with nodes in `dev_root`.
-pub fn scan(sys_root: &Path, dev_root: &Path) -> Vec<Identity> {
+pub fn scan(sys_root: &Path, dev_root: &Path) -> Vec<Device> {
     let mut ids = Vec::new();
     let mut gpt_cache: HashMap<String, Vec<blkid::GptPart>> = HashMap::new();
     let Ok(entries) = std::fs::read_dir(sys_root.join("class/block")) else {
@@ -53,14 +72,208 @@ pub fn scan(sys_root: &Path, dev_root: &Path) -> Vec<Identity> {
                 partlabel = Some(p.partlabel.clone());
             }
         }
-        ids.push(Identity {
-            path: node.to_string_lossy().to_string(),
-            fs,
-            partuuid,
-            partlabel,
+        let holders = std::fs::read_dir(sysdir.join("holders"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| dev_root.join(e.file_name()).to_string_lossy().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.push(Device {
+            id: Identity {
+                path: node.to_string_lossy().to_string(),
+                fs,
+                partuuid,
+                partlabel,
+            },
+            size_bytes: read_trimmed(&sysdir.join("size"))
+                .and_then(|s| s.parse::<u64>().ok())
+                .map(|sectors| sectors * 512),
+            model: model_of(&sysdir),
+            holders,
         });
     }
     ids
+}
+
+fn read_trimmed(path: &Path) -> Option<String> {
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// "vendor model" of the disk a sysfs block dir is (or is a partition of).
+fn model_of(sysdir: &Path) -> Option<String> {
+    let real = std::fs::canonicalize(sysdir).ok()?;
+    let disk = if real.join("partition").exists() {
+        real.parent()?.to_path_buf()
+    } else {
+        real
+    };
+    let words: Vec<String> = ["device/vendor", "device/model"]
+        .iter()
+        .filter_map(|f| read_trimmed(&disk.join(f)))
+        // virtio and PCI devices have a numeric vendor id there, no name.
+        .filter(|w| !w.starts_with("0x"))
+        .collect();
+    (!words.is_empty()).then(|| words.join(" "))
+}
+
+/// USB storage interfaces whose disk has not appeared yet (the usb-storage
+/// driver waits a moment before scanning a new stick): while there are any,
+/// a second stick matching the spec may still be on its way.
+pub fn usb_disks_pending(sys_root: &Path) -> usize {
+    let mut pending = 0;
+    for driver in ["usb-storage", "uas"] {
+        let Ok(entries) = std::fs::read_dir(sys_root.join("bus/usb/drivers").join(driver)) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            // Interfaces are named like 1-1:1.0; the rest are driver controls.
+            if !e.file_name().to_string_lossy().contains(':') {
+                continue;
+            }
+            if !has_block_below(&e.path(), 4) {
+                pending += 1;
+            }
+        }
+    }
+    pending
+}
+
+/// Whether a `block/` directory is at most `depth` levels below `dir`
+/// (interface → hostN → targetN:0:0 → N:0:0:0 → block).
+fn has_block_below(dir: &Path, depth: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        if name == "block" && is_dir {
+            return true;
+        }
+        depth > 0
+            && is_dir
+            && (name.starts_with("host") || name.starts_with("target") || name.contains(':'))
+            && has_block_below(&e.path(), depth - 1)
+    })
+}
+
+/// What matching a spec against the devices present gives.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Choice<'a> {
+    None,
+    One(&'a Device),
+    /// More than one different device matches.
+    Several(Vec<&'a Device>),
+}
+
+/// The devices matching `spec`, where a device that another match is
+/// stacked on (a LUKS container under its opened mapping) is the same
+/// stick as that match and gives way to it.
+pub fn choose<'a>(spec: &DeviceSpec, devices: &'a [Device]) -> Choice<'a> {
+    let matching: Vec<&Device> = devices
+        .iter()
+        .filter(|d| blkid::matches(spec, &d.id))
+        .collect();
+    let distinct: Vec<&Device> = matching
+        .iter()
+        .copied()
+        .filter(|d| !matching.iter().any(|m| d.holders.contains(&m.id.path)))
+        .collect();
+    match distinct.as_slice() {
+        [] => Choice::None,
+        [one] => Choice::One(one),
+        _ => Choice::Several(distinct),
+    }
+}
+
+/// `1.9 GiB`-style size.
+fn human(bytes: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
+}
+
+/// Why no single device could be taken.
+#[derive(Debug)]
+pub enum NotFound {
+    /// Nothing matched before the timeout.
+    Timeout(String),
+    /// Several different devices match: which one holds the real data is
+    /// not for init to guess.
+    Ambiguous { message: String, hint: String },
+}
+
+impl NotFound {
+    /// The boot failure for this, with `timeout_hint` for a timeout.
+    pub fn into_failure(self, what: &str, timeout_hint: &str) -> Failure {
+        let (cause, hint) = match self {
+            NotFound::Timeout(m) => (m, timeout_hint.to_string()),
+            NotFound::Ambiguous { message, hint } => (message, hint),
+        };
+        Failure {
+            what: what.to_string(),
+            cause: anyhow::anyhow!("{cause}"),
+            hint,
+        }
+    }
+}
+
+/// The refusal for several matches of `param=spec`: each device listed,
+/// and how to pick one (by PARTUUID when theirs differ, else by path).
+pub fn ambiguous(param: &str, spec: &DeviceSpec, found: &[&Device]) -> NotFound {
+    let listed: Vec<String> = found
+        .iter()
+        .map(|d| {
+            let mut s = describe(&d.id);
+            if let Some(size) = d.size_bytes {
+                s.push_str(&format!(", {}", human(size)));
+            }
+            if let Some(model) = &d.model {
+                s.push_str(&format!(", {model}"));
+            }
+            s
+        })
+        .collect();
+    let message = format!(
+        "{} devices match {param}={spec}, refusing to guess which one holds your data: {}",
+        found.len(),
+        listed.join("; ")
+    );
+    let mut partuuids: Vec<Option<&String>> =
+        found.iter().map(|d| d.id.partuuid.as_ref()).collect();
+    let all = partuuids.len();
+    partuuids.sort();
+    partuuids.dedup();
+    let by = if partuuids.len() == all && partuuids.iter().all(Option::is_some) {
+        let first = found[0].id.partuuid.as_deref().unwrap_or_default();
+        format!("{param}=PARTUUID={first} (or {param}={})", found[0].id.path)
+    } else {
+        // A byte-for-byte copy shares its PARTUUID: only the path tells them apart.
+        format!(
+            "{param}={} (they share their identifiers: a copy of the stick)",
+            found[0].id.path
+        )
+    };
+    NotFound::Ambiguous {
+        message,
+        hint: format!(
+            "unplug all but the stick you want to use (e.g. the backup copy) and reboot, or boot with {by} naming the one to use"
+        ),
+    }
 }
 
 /// For a partition's sysfs dir: its disk's name and partition number.
@@ -101,38 +314,256 @@ pub fn describe(id: &Identity) -> String {
     s
 }
 
-/// Wait until a device matching `spec` appears. On timeout, the error lists
-/// what was seen and what was looked for.
+/// The longest init waits, after a device matched, for USB disks still
+/// being set up (see [`usb_disks_pending`]).
+const SETTLE_MAX: Duration = Duration::from_secs(3);
+
+/// Wait until a device matching `param=spec` appears (and USB disks that
+/// are still being set up have appeared too, so a second matching stick is
+/// seen). On timeout the error lists what was seen; several different
+/// matches are refused with each of them listed.
 pub fn wait_for(
+    param: &str,
     spec: &DeviceSpec,
     timeout: Duration,
     loader: &mut Loader,
     sys_root: &Path,
     dev_root: &Path,
-) -> anyhow::Result<(PathBuf, Identity)> {
+) -> Result<(PathBuf, Identity), NotFound> {
     let start = Instant::now();
     let mut announced = false;
+    let mut first_match: Option<Instant> = None;
     loop {
         loader.autoload_hardware();
-        let ids = scan(sys_root, dev_root);
-        if let Some(id) = ids.iter().find(|id| blkid::matches(spec, id)) {
-            return Ok((PathBuf::from(&id.path), id.clone()));
+        let devices = scan(sys_root, dev_root);
+        match choose(spec, &devices) {
+            Choice::Several(found) => return Err(ambiguous(param, spec, &found)),
+            Choice::One(d) => {
+                let since = *first_match.get_or_insert_with(Instant::now);
+                if usb_disks_pending(sys_root) == 0
+                    || since.elapsed() >= SETTLE_MAX
+                    || start.elapsed() >= timeout
+                {
+                    return Ok((PathBuf::from(&d.id.path), d.id.clone()));
+                }
+            }
+            Choice::None => {}
         }
+        // (A device that matched and went away again counts as not found.)
         if start.elapsed() >= timeout {
-            let seen = if ids.is_empty() {
+            let seen = if devices.is_empty() {
                 "no block devices at all (is the storage driver in the initramfs?)".to_string()
             } else {
-                ids.iter().map(describe).collect::<Vec<_>>().join("; ")
+                devices
+                    .iter()
+                    .map(|d| describe(&d.id))
+                    .collect::<Vec<_>>()
+                    .join("; ")
             };
-            anyhow::bail!(
-                "no device matches ramstick.persist={spec} after {} s. Seen: {seen}. Check the stick is plugged in and ramstick.persist names its data partition (default LABEL=RAMSTICK)",
+            return Err(NotFound::Timeout(format!(
+                "no device matches {param}={spec} after {} s. Seen: {seen}. Check the stick is plugged in and {param} names its data partition (default LABEL=RAMSTICK)",
                 timeout.as_secs()
-            );
+            )));
         }
         if !announced && start.elapsed() > Duration::from_secs(1) {
             log::info!("waiting up to {} s for {spec} …", timeout.as_secs());
             announced = true;
         }
         std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ramstick_common::blkid::{FsInfo, FsKind};
+
+    fn dev(path: &str, kind: FsKind, partuuid: Option<&str>, holders: &[&str]) -> Device {
+        Device {
+            id: Identity {
+                path: path.into(),
+                fs: Some(FsInfo {
+                    kind,
+                    uuid: Some("0a1b2c3d-4e5f-6789-abcd-ef0123456789".into()),
+                    label: Some("RAMSTICK".into()),
+                }),
+                partuuid: partuuid.map(str::to_string),
+                partlabel: Some("RAMSTICK".into()),
+            },
+            size_bytes: Some(15_931_539_456),
+            model: Some("SanDisk Cruzer".into()),
+            holders: holders.iter().map(|h| h.to_string()).collect(),
+        }
+    }
+
+    fn label() -> DeviceSpec {
+        DeviceSpec::Label("RAMSTICK".into())
+    }
+
+    #[test]
+    fn two_sticks_are_refused_with_both_listed() {
+        let devices = [
+            dev(
+                "/dev/sda2",
+                FsKind::Ext4,
+                Some("11111111-0000-0000-0000-000000000001"),
+                &[],
+            ),
+            dev(
+                "/dev/sdb2",
+                FsKind::Ext4,
+                Some("22222222-0000-0000-0000-000000000002"),
+                &[],
+            ),
+            Device::default(),
+        ];
+        let Choice::Several(found) = choose(&label(), &devices) else {
+            panic!("two sticks were not refused");
+        };
+        assert_eq!(found.len(), 2);
+        let NotFound::Ambiguous { message, hint } = ambiguous("ramstick.persist", &label(), &found)
+        else {
+            panic!("not an ambiguity");
+        };
+        assert!(
+            message.starts_with("2 devices match ramstick.persist=LABEL=RAMSTICK"),
+            "{message}"
+        );
+        for part in [
+            "/dev/sda2 ext4 LABEL=RAMSTICK",
+            "PARTUUID=11111111-0000-0000-0000-000000000001 PARTLABEL=RAMSTICK, 14.8 GiB, SanDisk Cruzer",
+            "/dev/sdb2 ext4",
+        ] {
+            assert!(message.contains(part), "{part} not in {message}");
+        }
+        assert!(hint.contains("unplug all but"), "{hint}");
+        assert!(
+            hint.contains(
+                "ramstick.persist=PARTUUID=11111111-0000-0000-0000-000000000001 (or ramstick.persist=/dev/sda2)"
+            ),
+            "{hint}"
+        );
+        // A PARTUUID names one of them: no ambiguity.
+        let spec = DeviceSpec::PartUuid("22222222-0000-0000-0000-000000000002".into());
+        assert_eq!(choose(&spec, &devices), Choice::One(&devices[1]));
+    }
+
+    #[test]
+    fn a_byte_for_byte_copy_is_told_apart_by_path() {
+        let same = "11111111-0000-0000-0000-000000000001";
+        let devices = [
+            dev("/dev/vda2", FsKind::Ext4, Some(same), &[]),
+            dev("/dev/vdb2", FsKind::Ext4, Some(same), &[]),
+        ];
+        let spec = DeviceSpec::PartUuid(same.to_uppercase());
+        let Choice::Several(found) = choose(&spec, &devices) else {
+            panic!("two copies were not refused");
+        };
+        let NotFound::Ambiguous { hint, .. } = ambiguous("ramstick.persist", &spec, &found) else {
+            panic!("not an ambiguity");
+        };
+        assert!(
+            hint.contains("ramstick.persist=/dev/vda2 (they share"),
+            "{hint}"
+        );
+        assert!(!hint.contains("PARTUUID="), "{hint}");
+        let path = DeviceSpec::Path("/dev/vdb2".into());
+        assert_eq!(choose(&path, &devices), Choice::One(&devices[1]));
+    }
+
+    #[test]
+    fn a_luks_container_and_its_mapping_are_one_stick() {
+        let devices = [
+            dev("/dev/dm-0", FsKind::Ext4, None, &[]),
+            dev(
+                "/dev/vda2",
+                FsKind::Luks,
+                Some("11111111-0000-0000-0000-000000000001"),
+                &["/dev/dm-0"],
+            ),
+        ];
+        assert_eq!(choose(&label(), &devices), Choice::One(&devices[0]));
+        // Before it is opened, the container alone.
+        assert_eq!(choose(&label(), &devices[1..]), Choice::One(&devices[1]));
+        // A second, unopened container is another stick.
+        let mut more = devices.to_vec();
+        more.push(dev("/dev/vdb2", FsKind::Luks, Some("3"), &[]));
+        assert!(matches!(choose(&label(), &more), Choice::Several(f) if f.len() == 2));
+        assert_eq!(
+            choose(&DeviceSpec::Label("NOPE".into()), &devices),
+            Choice::None
+        );
+    }
+
+    fn mkfile(path: &Path, bytes: &[u8]) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    /// A fake sysfs and /dev: vda (model "QEMU HARDDISK") with vda2 (ext4
+    /// RAMSTICK, 2048 sectors, held by dm-0), and dm-0 (ext4 RAMSTICK).
+    #[test]
+    fn scan_reads_size_model_and_holders_from_sysfs() {
+        let base = std::env::temp_dir().join(format!("ramstick-scan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (sys, devdir) = (base.join("sys"), base.join("dev"));
+        let vda = sys.join("devices/pci0000:00/virtio1/block/vda");
+        mkfile(&vda.join("size"), b"4096\n");
+        mkfile(&vda.join("device/vendor"), b"ATA     \n");
+        mkfile(&vda.join("device/model"), b"QEMU HARDDISK\n");
+        mkfile(&vda.join("vda2/size"), b"2048\n");
+        mkfile(&vda.join("vda2/partition"), b"2\n");
+        std::fs::create_dir_all(vda.join("vda2/holders/dm-0")).unwrap();
+        let dm = sys.join("devices/virtual/block/dm-0");
+        mkfile(&dm.join("size"), b"1024\n");
+        std::fs::create_dir_all(sys.join("class/block")).unwrap();
+        for (name, target) in [
+            ("vda", vda.clone()),
+            ("vda2", vda.join("vda2")),
+            ("dm-0", dm),
+        ] {
+            std::os::unix::fs::symlink(target, sys.join("class/block").join(name)).unwrap();
+        }
+        let mut sb = vec![0u8; 4096];
+        sb[1024 + 56..1024 + 58].copy_from_slice(&0xEF53u16.to_le_bytes());
+        sb[1024 + 120..1024 + 128].copy_from_slice(b"RAMSTICK");
+        mkfile(&devdir.join("vda"), &[0u8; 4096]);
+        mkfile(&devdir.join("vda2"), &sb);
+        mkfile(&devdir.join("dm-0"), &sb);
+        let found = scan(&sys, &devdir);
+        let by = |n: &str| {
+            found
+                .iter()
+                .find(|d| d.id.path == devdir.join(n).to_string_lossy())
+                .unwrap()
+        };
+        let vda2 = by("vda2");
+        assert_eq!(vda2.size_bytes, Some(2048 * 512));
+        assert_eq!(vda2.model.as_deref(), Some("ATA QEMU HARDDISK"));
+        assert_eq!(vda2.holders, [devdir.join("dm-0").to_string_lossy()]);
+        assert_eq!(by("vda").model.as_deref(), Some("ATA QEMU HARDDISK"));
+        assert_eq!(by("dm-0").model, None);
+        assert_eq!(
+            choose(&label(), &found),
+            Choice::One(by("dm-0")),
+            "the mapping and its container are one stick"
+        );
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
+    #[test]
+    fn usb_disks_still_being_set_up_are_counted() {
+        let sys = std::env::temp_dir().join(format!("ramstick-usb-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&sys);
+        let drv = sys.join("bus/usb/drivers/usb-storage");
+        std::fs::create_dir_all(drv.join("1-1:1.0/host0/target0:0:0/0:0:0:0/block/sda")).unwrap();
+        mkfile(&drv.join("bind"), b"");
+        assert_eq!(usb_disks_pending(&sys), 0);
+        std::fs::create_dir_all(drv.join("1-2:1.0/host1")).unwrap();
+        assert_eq!(usb_disks_pending(&sys), 1);
+        std::fs::create_dir_all(sys.join("bus/usb/drivers/uas/2-1:1.0")).unwrap();
+        assert_eq!(usb_disks_pending(&sys), 2);
+        assert_eq!(usb_disks_pending(&sys.join("nothing")), 0);
+        let _ = std::fs::remove_dir_all(&sys);
     }
 }

@@ -7,39 +7,10 @@ use std::path::Path;
 
 use crate::sys::Sys;
 
-/// Create `swapfile` once at `size` bytes (recreated if the size changed),
-/// then enable it with the given swappiness.
+/// Make sure `swapfile` is a complete swap area of `size` bytes, then
+/// enable it with the given swappiness.
 pub fn enable_swap(sys: &dyn Sys, swapfile: &Path, size: u64, swappiness: u8) -> Result<()> {
-    let current = std::fs::metadata(swapfile).map(|m| m.len()).ok();
-    if current != Some(size) {
-        if current.is_some() {
-            log::info!("resizing {} to {size} bytes", swapfile.display());
-            std::fs::remove_file(swapfile)
-                .with_context(|| format!("cannot remove {}", swapfile.display()))?;
-        } else {
-            log::info!("creating {} ({size} bytes, once)", swapfile.display());
-        }
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(swapfile)
-            .with_context(|| format!("cannot create {}", swapfile.display()))?;
-        let len = i64::try_from(size).context("swap size too large")?;
-        nix::fcntl::fallocate(&file, nix::fcntl::FallocateFlags::empty(), 0, len).with_context(
-            || {
-                format!(
-                    "cannot allocate {size} bytes for {} (is the stick full?)",
-                    swapfile.display()
-                )
-            },
-        )?;
-        file.sync_all()
-            .with_context(|| format!("cannot sync {}", swapfile.display()))?;
-        let path = swapfile.to_string_lossy();
-        sys.run(&["/bin/busybox", "mkswap", &path])
-            .with_context(|| format!("cannot format {} as swap", swapfile.display()))?;
-    }
+    prepare_swapfile(sys, swapfile, size)?;
     std::fs::set_permissions(swapfile, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot chmod {}", swapfile.display()))?;
     let path = std::ffi::CString::new(swapfile.as_os_str().as_encoded_bytes())
@@ -61,6 +32,101 @@ pub fn enable_swap(sys: &dyn Sys, swapfile: &Path, size: u64, swappiness: u8) ->
         swapfile.display()
     );
     Ok(())
+}
+
+/// What [`prepare_swapfile`] calls the swapfile until it is complete.
+fn swap_temp_name(swapfile: &Path) -> std::path::PathBuf {
+    let mut name = swapfile.as_os_str().to_owned();
+    name.push("-tmp");
+    name.into()
+}
+
+/// Whether `path` holds a swap signature (`SWAPSPACE2` at the end of the
+/// first page, as mkswap writes it).
+fn has_swap_signature(path: &Path) -> bool {
+    use std::os::unix::fs::FileExt;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|p| u64::try_from(p).ok())
+        .unwrap_or(4096);
+    let mut magic = [0u8; 10];
+    std::fs::File::open(path)
+        .and_then(|f| f.read_exact_at(&mut magic, page - 10))
+        .is_ok()
+        && &magic == b"SWAPSPACE2"
+}
+
+/// Leave `swapfile` a complete swap area of `size` bytes: kept when it is
+/// one, else built under a temporary name (allocated, mkswap'd, synced)
+/// and renamed into place only when complete, so a power cut at any moment
+/// leaves either no swapfile or a usable one; a temporary left by an
+/// interrupted build is removed. A swapfile of another size or without
+/// the swap signature (e.g. cut off by a power cut before mkswap by an
+/// older init) is rebuilt.
+pub fn prepare_swapfile(sys: &dyn Sys, swapfile: &Path, size: u64) -> Result<()> {
+    let temp = swap_temp_name(swapfile);
+    if temp.symlink_metadata().is_ok() {
+        log::info!(
+            "removing {}, left by an interrupted swapfile creation",
+            temp.display()
+        );
+        std::fs::remove_file(&temp).with_context(|| format!("cannot remove {}", temp.display()))?;
+    }
+    let current = std::fs::symlink_metadata(swapfile).ok();
+    match current.as_ref().map(|m| (m.is_file(), m.len())) {
+        Some((true, len)) if len == size && has_swap_signature(swapfile) => return Ok(()),
+        Some((true, len)) if len == size => log::info!(
+            "{} has no swap signature (an interrupted creation); recreating it",
+            swapfile.display()
+        ),
+        Some(_) => log::info!("resizing {} to {size} bytes", swapfile.display()),
+        None => log::info!("creating {} ({size} bytes, once)", swapfile.display()),
+    }
+    if current.is_some() {
+        std::fs::remove_file(swapfile)
+            .with_context(|| format!("cannot remove {}", swapfile.display()))?;
+    }
+    let built = build_swapfile(sys, &temp, size).and_then(|()| {
+        std::fs::rename(&temp, swapfile)
+            .with_context(|| format!("cannot rename {} to {}", temp.display(), swapfile.display()))
+    });
+    if let Err(e) = built {
+        // Best effort: the next boot removes it anyway.
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
+    }
+    if let Some(dir) = swapfile.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot sync {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Allocate `size` bytes at `path` (a new file), format it as swap and sync it.
+fn build_swapfile(sys: &dyn Sys, path: &Path, size: u64) -> Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    let len = i64::try_from(size).context("swap size too large")?;
+    nix::fcntl::fallocate(&file, nix::fcntl::FallocateFlags::empty(), 0, len).with_context(
+        || {
+            format!(
+                "cannot allocate {size} bytes for {} (is the stick full?)",
+                path.display()
+            )
+        },
+    )?;
+    let text = path.to_string_lossy();
+    sys.run(&["/bin/busybox", "mkswap", &text])
+        .with_context(|| format!("cannot format {} as swap", path.display()))?;
+    // After mkswap, so its header is on the stick before the rename.
+    file.sync_all()
+        .with_context(|| format!("cannot sync {}", path.display()))
 }
 
 /// uid and gid of `user` in a passwd file's text.
@@ -145,6 +211,115 @@ mod tests {
         assert_eq!(passwd_ids(pw, "user"), Some((1000, 1001)));
         assert_eq!(passwd_ids(pw, "nobody"), None);
         assert_eq!(passwd_ids("user:x:abc:1\n", "user"), None);
+    }
+
+    /// A scratch directory standing in for /persist.
+    fn persist_dir(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("ramstick-swap-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A file of `size` bytes that mkswap has formatted (its signature).
+    fn formatted(path: &Path, size: u64) {
+        let f = std::fs::File::create(path).unwrap();
+        f.set_len(size).unwrap();
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .unwrap()
+            .unwrap() as u64;
+        std::os::unix::fs::FileExt::write_all_at(&f, b"SWAPSPACE2", page - 10).unwrap();
+    }
+
+    const SIZE: u64 = 1 << 20;
+
+    #[test]
+    fn a_new_swapfile_is_built_under_a_temporary_name() {
+        let d = persist_dir("new");
+        let swapfile = d.join("swapfile");
+        let sys = crate::sys::RecordingSys::new();
+        prepare_swapfile(&sys, &swapfile, SIZE).unwrap();
+        assert_eq!(
+            sys.calls(),
+            [format!(
+                "run /bin/busybox mkswap {}/swapfile-tmp",
+                d.display()
+            )]
+        );
+        let meta = std::fs::metadata(&swapfile).unwrap();
+        assert_eq!(meta.len(), SIZE);
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert!(!d.join("swapfile-tmp").exists());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_complete_swapfile_is_kept() {
+        let d = persist_dir("keep");
+        let swapfile = d.join("swapfile");
+        formatted(&swapfile, SIZE);
+        let sys = crate::sys::RecordingSys::new();
+        prepare_swapfile(&sys, &swapfile, SIZE).unwrap();
+        assert!(sys.calls().is_empty(), "{:?}", sys.calls());
+        assert!(has_swap_signature(&swapfile));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// The power cut between creating and mkswap (older init): the right
+    /// size but no signature must not be kept for ever.
+    #[test]
+    fn a_swapfile_without_signature_is_rebuilt() {
+        let d = persist_dir("nosig");
+        let swapfile = d.join("swapfile");
+        std::fs::File::create(&swapfile)
+            .unwrap()
+            .set_len(SIZE)
+            .unwrap();
+        let sys = crate::sys::RecordingSys::new();
+        prepare_swapfile(&sys, &swapfile, SIZE).unwrap();
+        assert_eq!(
+            sys.calls(),
+            [format!(
+                "run /bin/busybox mkswap {}/swapfile-tmp",
+                d.display()
+            )]
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_leftover_temporary_is_removed_and_a_resize_rebuilds() {
+        let d = persist_dir("leftover");
+        let swapfile = d.join("swapfile");
+        formatted(&swapfile, SIZE / 2);
+        std::fs::write(d.join("swapfile-tmp"), "cut short").unwrap();
+        let sys = crate::sys::RecordingSys::new();
+        prepare_swapfile(&sys, &swapfile, SIZE).unwrap();
+        assert_eq!(sys.calls().len(), 1);
+        assert_eq!(std::fs::metadata(&swapfile).unwrap().len(), SIZE);
+        assert!(!d.join("swapfile-tmp").exists());
+        // The same with a complete swapfile: only the leftover goes.
+        formatted(&swapfile, SIZE);
+        std::fs::write(d.join("swapfile-tmp"), "cut short").unwrap();
+        let sys = crate::sys::RecordingSys::new();
+        prepare_swapfile(&sys, &swapfile, SIZE).unwrap();
+        assert!(sys.calls().is_empty());
+        assert!(!d.join("swapfile-tmp").exists());
+        assert!(has_swap_signature(&swapfile));
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_failed_mkswap_leaves_no_swapfile() {
+        let d = persist_dir("fail");
+        let swapfile = d.join("swapfile");
+        let mut sys = crate::sys::RecordingSys::new();
+        sys.fail_on.push("run /bin/busybox mkswap".into());
+        let err = prepare_swapfile(&sys, &swapfile, SIZE).unwrap_err();
+        assert!(format!("{err:#}").contains("cannot format"), "{err:#}");
+        assert!(!swapfile.exists());
+        assert!(!d.join("swapfile-tmp").exists());
+        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod boot;
 pub mod devices;
 pub mod extras;
 pub mod failure;
+pub mod fsck;
 pub mod images;
 pub mod kmsg;
 pub mod layers;

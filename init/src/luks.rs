@@ -52,16 +52,24 @@ pub fn find_persist(
     let mapping = PathBuf::from(plan.luks.mapping_path());
     let mut opened = None;
     if let Some(spec) = &plan.luks.container {
-        let (container, _) = devices::wait_for(spec, timeout, loader, sys_root, dev_root)
-            .step("find the encrypted partition", LUKS_HINT)?;
+        let (container, _) =
+            devices::wait_for("ramstick.luks", spec, timeout, loader, sys_root, dev_root)
+                .map_err(|e| e.into_failure("find the encrypted partition", LUKS_HINT))?;
         open(sys, &plan.luks, &container, loader)?;
         if plan.persist_device == DeviceSpec::Path(plan.luks.mapping_path()) {
             return Ok(mapping);
         }
         opened = Some(container);
     }
-    let (device, id) = devices::wait_for(&plan.persist_device, timeout, loader, sys_root, dev_root)
-        .step("find the persist device", PERSIST_HINT)?;
+    let (device, id) = devices::wait_for(
+        "ramstick.persist",
+        &plan.persist_device,
+        timeout,
+        loader,
+        sys_root,
+        dev_root,
+    )
+    .map_err(|e| e.into_failure("find the persist device", PERSIST_HINT))?;
     if !is_luks(&id) {
         return Ok(device);
     }

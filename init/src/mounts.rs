@@ -57,7 +57,11 @@ pub fn mount_api_filesystems(sys: &dyn Sys, root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Mount the persist partition (ext4) read-write.
+/// Mount the persist partition (ext4) read-write. It stays mounted all
+/// session and holds only images, the swapfile and the user's files:
+/// nothing on it needs setuid or device nodes. `errors=remount-ro` (also in
+/// the superblock of sticks built now) stops writes at the first error the
+/// kernel finds instead of spreading damage into the saved state.
 pub fn mount_persist(sys: &dyn Sys, root: &Path, device: &Path, plan: &Plan) -> Result<()> {
     let target = at(root, &plan.persist_mount);
     sys.mkdir_all(&target)
@@ -66,8 +70,8 @@ pub fn mount_persist(sys: &dyn Sys, root: &Path, device: &Path, plan: &Plan) -> 
         &device.to_string_lossy(),
         &target,
         "ext4",
-        MsFlags::MS_NOATIME | MsFlags::MS_NODEV,
-        "",
+        MsFlags::MS_NOATIME | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+        "errors=remount-ro",
     )
     .with_context(|| {
         format!(
@@ -303,6 +307,27 @@ mod tests {
                 mem_total_bytes: 2 << 30,
             },
         )
+    }
+
+    #[test]
+    fn persist_is_mounted_nosuid_nodev_noatime_remount_ro_on_errors() {
+        let sys = RecordingSys::new();
+        let plan = plan_for("");
+        mount_persist(
+            &sys,
+            Path::new("/"),
+            Path::new("/dev/mapper/ramstick"),
+            &plan,
+        )
+        .map_err(|e| format!("{e:#}"))
+        .unwrap();
+        assert_eq!(
+            sys.calls(),
+            vec![
+                "mkdir /sysroot/persist",
+                "mount ext4 /dev/mapper/ramstick /sysroot/persist NOSUID|NODEV|NOATIME errors=remount-ro",
+            ]
+        );
     }
 
     #[test]

@@ -8,6 +8,21 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How long a program stopped by [`Sys::run_bounded`]'s timeout may take to
+/// end after SIGTERM (e2fsck stops at a safe point) before SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(10);
+
+/// What [`Sys::run_bounded`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bounded {
+    /// The exit status (128 + the signal when a signal ended it); `None`
+    /// when the timeout stopped it.
+    pub status: Option<i32>,
+    /// Its standard output, then its standard error.
+    pub output: String,
+}
 
 pub trait Sys {
     /// mount(2). `flags` are the MS_* flags; `data` the filesystem options.
@@ -36,6 +51,9 @@ pub trait Sys {
     /// Run a program that talks to the user on the console (stdio inherited)
     /// with extra environment `env`; returns its exit status (-1: killed).
     fn run_console(&self, argv: &[&str], env: &[(&str, &str)]) -> io::Result<i32>;
+    /// Run a helper program with its output captured; one still running
+    /// after `timeout` gets SIGTERM, then SIGKILL after [`KILL_GRACE`].
+    fn run_bounded(&self, argv: &[&str], timeout: Duration) -> io::Result<Bounded>;
     /// Whether a path exists (without following a final symlink).
     fn exists(&self, path: &Path) -> bool;
     /// The names in a directory.
@@ -145,6 +163,65 @@ impl Sys for LinuxSys {
         Ok(status.code().unwrap_or(-1))
     }
 
+    fn run_bounded(&self, argv: &[&str], timeout: Duration) -> io::Result<Bounded> {
+        use std::io::Read;
+        use std::os::unix::process::{CommandExt, ExitStatusExt};
+        use std::process::Stdio;
+        let (prog, args) = argv
+            .split_first()
+            .ok_or_else(|| io::Error::other("empty command"))?;
+        let mut child = std::process::Command::new(prog)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group, so the timeout stops its children too
+            // (they would hold the pipes open).
+            .process_group(0)
+            .spawn()?;
+        // Threads drain the pipes so a chatty child never blocks on them.
+        let drain = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut text = Vec::new();
+                if let Some(mut p) = pipe {
+                    let _ = p.read_to_end(&mut text);
+                }
+                text
+            })
+        };
+        let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+        let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
+        let wait_until = |child: &mut std::process::Child, deadline: Instant| loop {
+            match child.try_wait() {
+                Ok(Some(st)) => return Ok(Some(st)),
+                Ok(None) if Instant::now() >= deadline => return Ok(None),
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => return Err(e),
+            }
+        };
+        let status = match wait_until(&mut child, Instant::now() + timeout)? {
+            Some(st) => Some(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))),
+            None => {
+                use nix::sys::signal::{killpg, Signal};
+                let group = nix::unistd::Pid::from_raw(child.id() as i32);
+                let _ = killpg(group, Signal::SIGTERM);
+                if wait_until(&mut child, Instant::now() + KILL_GRACE)?.is_none() {
+                    let _ = killpg(group, Signal::SIGKILL);
+                    child.wait()?;
+                }
+                // Whatever of the group outlived the leader goes too.
+                let _ = killpg(group, Signal::SIGKILL);
+                None
+            }
+        };
+        let mut output = out.join().unwrap_or_default();
+        output.extend(err.join().unwrap_or_default());
+        Ok(Bounded {
+            status,
+            output: String::from_utf8_lossy(&output).into_owned(),
+        })
+    }
+
     fn exists(&self, path: &Path) -> bool {
         path.symlink_metadata().is_ok()
     }
@@ -164,6 +241,9 @@ pub struct RecordingSys {
     pub files: HashMap<PathBuf, String>,
     /// A call whose recorded line starts with one of these fails with EIO.
     pub fail_on: Vec<String>,
+    /// What `run_bounded` of a program (argv[0]) returns; exit 0 and no
+    /// output when absent.
+    pub bounded: HashMap<String, Bounded>,
     next_loop: RefCell<u32>,
 }
 
@@ -272,6 +352,22 @@ impl Sys for RecordingSys {
         let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         self.record(format!("run-console {} {}", env.join(" "), argv.join(" ")))
             .map(|()| 0)
+    }
+
+    fn run_bounded(&self, argv: &[&str], timeout: Duration) -> io::Result<Bounded> {
+        self.record(format!(
+            "run-bounded {}s {}",
+            timeout.as_secs(),
+            argv.join(" ")
+        ))?;
+        Ok(argv
+            .first()
+            .and_then(|p| self.bounded.get(*p))
+            .cloned()
+            .unwrap_or(Bounded {
+                status: Some(0),
+                output: String::new(),
+            }))
     }
 
     fn exists(&self, path: &Path) -> bool {

@@ -259,15 +259,26 @@ pub fn remove_if_exists(path: &Path) -> Result<()> {
 /// The static busybox from Debian's `busybox-static` package, fetched into
 /// `target/debs/` (the host's own busybox is not needed).
 pub fn busybox_static() -> Result<PathBuf> {
-    let root = fetch_deb("busybox-static", &crate::target_dir().join("debs"))?;
-    let busybox = root.join("bin/busybox");
-    if !busybox.is_file() {
+    program_from_deb("busybox-static", "bin/busybox")
+}
+
+/// The static e2fsck from Debian's `e2fsck-static` package (init checks the
+/// data filesystem with it), fetched like [`busybox_static`].
+pub fn e2fsck_static() -> Result<PathBuf> {
+    program_from_deb("e2fsck-static", "sbin/e2fsck.static")
+}
+
+/// `path` inside Debian package `package`, extracted into `target/debs/`.
+fn program_from_deb(package: &str, path: &str) -> Result<PathBuf> {
+    let root = fetch_deb(package, &crate::target_dir().join("debs"))?;
+    let program = root.join(path);
+    if !program.is_file() {
         bail!(
-            "{} is missing from the busybox-static package",
-            busybox.display()
+            "{} is missing from the {package} package",
+            program.display()
         );
     }
-    Ok(busybox)
+    Ok(program)
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ mod guest;
 mod layers;
 mod luks;
 mod persist;
+mod reliab;
 mod scenarios;
 
 use crate::qemu::{self, Machine, Vm};
@@ -128,6 +129,7 @@ fn all_scenarios() -> impl Iterator<Item = &'static Scenario> {
         .chain(persist::ALL)
         .chain(layers::ALL)
         .chain(luks::ALL)
+        .chain(reliab::ALL)
 }
 
 impl Ctx {
@@ -275,11 +277,11 @@ impl Ctx {
 
     /// Start QEMU on `disk` (virtio-blk, or USB storage with `usb`), logging to the scenario log.
     pub fn boot(&mut self, disk: &Path, usb: bool) -> Result<Vm> {
-        self.boot_with(disk, usb, 1024)
+        self.boot_with(disk, usb, 1024, &[])
     }
 
-    /// [`Ctx::boot`] with `mem` MiB of RAM.
-    pub fn boot_with(&mut self, disk: &Path, usb: bool, mem: u32) -> Result<Vm> {
+    /// [`Ctx::boot`] with `mem` MiB of RAM and more virtio disks attached after `disk`.
+    pub fn boot_with(&mut self, disk: &Path, usb: bool, mem: u32, extra: &[PathBuf]) -> Result<Vm> {
         let machine = Machine {
             disk: disk.to_path_buf(),
             kvm: self.kvm,
@@ -287,6 +289,7 @@ impl Ctx {
             usb,
             vars: self.vars_path(),
             unsafe_cache: true,
+            extra_disks: extra.to_vec(),
         };
         Vm::spawn(&machine, &self.log_path())
     }
@@ -363,17 +366,31 @@ impl Ctx {
 
     /// A valid upper image whose only file is `etc/ramstick-marker` holding `marker`.
     pub fn upper_image(&mut self, marker: &str) -> Result<PathBuf> {
-        let dir = self.work.join(format!("upper-{marker}"));
-        let out = self.work.join(format!("upper-{marker}.squashfs"));
-        if dir.exists() {
-            fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
+        let text = format!("{marker}\n");
+        self.upper_image_of(
+            &format!("upper-{marker}"),
+            &[("etc/ramstick-marker", text.as_str(), 0o644)],
+        )
+    }
+
+    /// A valid upper image `<name>.squashfs` holding `files` (path, content, mode).
+    pub fn upper_image_of(&mut self, name: &str, files: &[(&str, &str, u32)]) -> Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.work.join(name);
+        let out = self.work.join(format!("{name}.squashfs"));
+        deps::remove_if_exists(&dir)?;
+        deps::remove_if_exists(&out)?;
+        for (path, content, mode) in files {
+            let file = dir.join(path);
+            if let Some(parent) = file.parent() {
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            fs::write(&file, content).with_context(|| format!("writing {}", file.display()))?;
+            fs::set_permissions(&file, fs::Permissions::from_mode(*mode))
+                .with_context(|| format!("chmod {}", file.display()))?;
         }
-        fs::create_dir_all(dir.join("etc"))
-            .with_context(|| format!("creating {}", dir.display()))?;
-        let file = dir.join("etc/ramstick-marker");
-        fs::write(&file, format!("{marker}\n"))
-            .with_context(|| format!("writing {}", file.display()))?;
-        // Fixed times and owners: the same marker gives the same bytes (and cache key).
+        // Fixed times and owners: the same files give the same bytes (and cache key).
         deps::output(
             deps::cmd("mksquashfs")
                 .arg(&dir)

@@ -8,7 +8,9 @@
 //!   `rootfs.squashfs` (the tree without kernel modules, firmware and
 //!   `boot/`), `modules-<kver>.squashfs` (the content of
 //!   `lib/modules/<kver>`), `firmware.squashfs` (the content of
-//!   `lib/firmware`) and an empty `user/`.
+//!   `lib/firmware`) and an empty `user/`; everything root:root 0644/0755
+//!   but `user/` (uid 1000), whoever builds (see [`crate::owners`]), and
+//!   `errors=remount-ro` in the superblock.
 //!
 //! With `--luks-passphrase-file` partition 2 is a LUKS2 container (label
 //! `RAMSTICK`, argon2id) holding that ext4: the ext4 is made 16 MiB smaller
@@ -26,7 +28,7 @@ use crate::build::{self, Binaries};
 use crate::deps;
 use crate::initramfs::{self, partial_path};
 use crate::kernel::{self, Kernel};
-use crate::rootfs;
+use crate::{owners, rootfs};
 use anyhow::{bail, Context, Result};
 use ramstick_common::tree::resolve_in_root;
 use std::fs::{self, File};
@@ -310,7 +312,7 @@ pub fn build_encrypted(spec: &Spec, luks: Option<&LuksSpec>) -> Result<()> {
     };
     let persist_size = total - 2 * GPT_GAP - esp_size;
     let ext4 = work.join("persist.img");
-    make_ext4(&ext4, persist_size - header, &persist)?;
+    make_persist_ext4(&ext4, persist_size - header, &persist)?;
     if let Some(luks) = luks {
         encrypt(&ext4, persist_size, luks, work)?;
     }
@@ -410,11 +412,8 @@ fn stage_persist(spec: &Spec, kernel: &Kernel, work: &Path, persist: &Path) -> R
     }
     if wanted("user") {
         let user = persist.join("user");
+        // Its owner on the stick is set by make_persist_ext4 (crate::owners).
         fs::create_dir_all(&user).with_context(|| format!("cannot create {}", user.display()))?;
-        if deps::is_root() {
-            std::os::unix::fs::lchown(&user, Some(1000), Some(1000))
-                .with_context(|| format!("cannot chown {}", user.display()))?;
-        }
     }
     for (host, name) in &spec.persist_extra {
         if !wanted(name) {
@@ -600,14 +599,34 @@ fn grub_efi() -> Result<PathBuf> {
     Ok(efi)
 }
 
-/// `mkfs.ext4 -d content` into a new `size`-byte image file.
+/// `mkfs.ext4 -d content` into a new `size`-byte image file (owners as in `content`).
 pub(crate) fn make_ext4(image: &Path, size: u64, content: &Path) -> Result<()> {
+    mkfs_ext4(image, size, content, &[])
+}
+
+/// The stick's data filesystem: [`make_ext4`] with `errors=remount-ro` in
+/// the superblock (an error found while running stops writes instead of
+/// spreading damage; the kernel's default is to go on) and every owner and
+/// mode set by [`owners::normalize`], whoever runs the build.
+pub(crate) fn make_persist_ext4(image: &Path, size: u64, content: &Path) -> Result<()> {
+    mkfs_ext4(
+        image,
+        size,
+        content,
+        &["-e", "remount-ro", "-E", "root_owner=0:0"],
+    )?;
+    owners::normalize(image, content)
+}
+
+fn mkfs_ext4(image: &Path, size: u64, content: &Path, extra: &[&str]) -> Result<()> {
     File::create(image)
         .and_then(|f| f.set_len(size))
         .with_context(|| format!("cannot create {}", image.display()))?;
     deps::run(
         deps::cmd("mkfs.ext4")
-            .args(["-q", "-F", "-b", "4096", "-L", "RAMSTICK", "-d"])
+            .args(["-q", "-F", "-b", "4096", "-L", "RAMSTICK"])
+            .args(extra)
+            .arg("-d")
             .arg(content)
             .arg(image),
     )

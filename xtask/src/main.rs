@@ -9,6 +9,7 @@ mod fuzz;
 mod image;
 mod initramfs;
 mod kernel;
+mod owners;
 mod qemu;
 mod rootfs;
 mod stick;

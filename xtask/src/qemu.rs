@@ -81,6 +81,8 @@ pub struct Machine {
     pub vars: PathBuf,
     /// `cache=unsafe` for the disk: faster, fine for throwaway test disks.
     pub unsafe_cache: bool,
+    /// More virtio disks, attached after `disk` (e.g. a cloned stick).
+    pub extra_disks: Vec<PathBuf>,
 }
 
 /// Who talks to the serial port on QEMU's stdio.
@@ -136,6 +138,14 @@ impl Machine {
         } else {
             cmd.args(["-device", "virtio-blk-pci,drive=stick,bootindex=0"]);
         }
+        for (i, extra) in self.extra_disks.iter().enumerate() {
+            cmd.arg("-drive").arg(format!(
+                "if=none,id=extra{i},format=raw,file={}{cache}",
+                qemu_path(extra)
+            ));
+            cmd.arg("-device")
+                .arg(format!("virtio-blk-pci,drive=extra{i}"));
+        }
         match console {
             Console::Interactive => cmd.args([
                 "-chardev",
@@ -173,6 +183,7 @@ pub fn run(a: &Args) -> Result<()> {
         usb: a.usb,
         vars: target_dir().join("qemu").join("OVMF_VARS_4M.fd"),
         unsafe_cache: false,
+        extra_disks: Vec::new(),
     };
     let mut cmd = machine.command(Console::Interactive)?;
     cmd.stdin(Stdio::piped())

@@ -1,8 +1,8 @@
 //! `cargo xtask test`: everything CI runs, in order, stopping at the first
 //! failure: system packages, rustfmt, clippy, the unit and integration tests,
-//! 60 s of fuzzing the squashfs reader, then the QEMU end-to-end suite and
-//! `bench --quick` (which checks only that every bench row produces a
-//! figure).
+//! 30 s each of fuzzing the squashfs reader and the command line, then the
+//! QEMU end-to-end suite and `bench --quick` (which checks only that every
+//! bench row produces a figure).
 
 use crate::{bench, deps, e2e, fuzz, workspace_root};
 use anyhow::Result;
@@ -72,9 +72,16 @@ pub fn run(a: &Args) -> Result<()> {
         },
     )?;
     step("cargo test --workspace", || cargo(&["test", "--workspace"]))?;
-    step("cargo xtask fuzz --seconds 60", || {
-        fuzz::run(&fuzz::Args { seconds: 60 })
-    })?;
+    // About a minute of fuzzing in all, split between the two targets.
+    for target in [fuzz::Target::Unpack, fuzz::Target::Cmdline] {
+        let name = format!("cargo xtask fuzz --target {target:?} --seconds 30").to_lowercase();
+        step(&name, || {
+            fuzz::run(&fuzz::Args {
+                seconds: 30,
+                target,
+            })
+        })?;
+    }
     if a.no_e2e {
         println!("\n==> e2e: skipped (--no-e2e)");
         println!("\n==> bench --quick: skipped (--no-e2e)");

@@ -157,7 +157,10 @@ pub(super) const PERSIST: Param<DeviceSpec> = Param {
     name: "ramstick.persist",
     syntax: &Device,
     default: || DeviceSpec::Label(DEFAULT_PERSIST_LABEL.to_string()),
-    help: "The data partition: the images and the saved state.",
+    help: "The data partition: the images and the saved state. When two different devices \
+           match (e.g. a cloned backup stick), the boot stops and lists both: unplug one or \
+           name it by `PARTUUID=` or `/dev/` (a LUKS container and its opened mapping are one \
+           stick).",
     on_bad: OnBad::Stop {
         because: "the persistent partition cannot be found safely",
     },
@@ -238,7 +241,9 @@ pub(super) const INIT: Param<String> = Param {
         forms: "an absolute path (e.g. `/sbin/init`)",
     },
     default: || "/sbin/init".to_string(),
-    help: "The real init in the root filesystem.",
+    help: "The real init in the root filesystem. It is checked before the initramfs is freed \
+           (it exists, is executable, its ELF loader or `#!` interpreter is in the root \
+           filesystem); otherwise the emergency shell says what is missing.",
     on_bad: OnBad::UseDefault,
     only_with: None,
     field: |c| &mut c.init,

@@ -154,6 +154,7 @@ pub fn machine(disk: &Path, work: &Path, name: &str) -> Machine {
         usb: false,
         vars: work.join(format!("{name}-OVMF_VARS.fd")),
         unsafe_cache: true,
+        extra_disks: Vec::new(),
     }
 }
 

@@ -422,7 +422,7 @@ fn small_ram(ctx: &mut Ctx) -> Result<()> {
     };
     let disk = ctx.disk(&spec)?;
     for session in 1..=2 {
-        let mut vm = ctx.boot_with(&disk, false, 512)?;
+        let mut vm = ctx.boot_with(&disk, false, 512, &[])?;
         vm.select_entry(ENTRY_DEFAULT)?;
         vm.expect("cannot be unpacked into the RAM upper", BOOT)
             .context("init did not say that the layer does not fit")?;
