@@ -7,6 +7,12 @@
 //! by entry; a file that changed meanwhile makes it try again. A merged
 //! layer is read back whole by both readers. Every record carries the
 //! layer's digests as read back from the device.
+//!
+//! A file that keeps changing never costs the session: the codec stores it
+//! as one read of it saw it (`Changing::Settle`), and the read-back
+//! compares it in everything but size, mtime and content. On the last
+//! attempt, so is a file written since the pack began (by its ctime): it is
+//! saved as the pack read it. Both kinds are named on the console.
 
 use crate::clock;
 use crate::commit::{Source, Stick};
@@ -16,11 +22,13 @@ use crate::space::human;
 use crate::verifymount;
 use anyhow::{bail, Context, Result};
 use ramstick_common::manifest::{LayerInfo, Origin, LAYERS_DIR};
-use ramstick_squash::{Compressor, Exclude, PackOptions, Progress};
+use ramstick_squash::{
+    ChangedFile, Changing, Compressor, Exclude, PackOptions, Progress, VerifyOptions,
+};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Session layers are written while the user waits (shutdown, a
 /// checkpoint): a fast zstd level. See README "Performance" for the row
@@ -32,7 +40,10 @@ pub const MERGE_COMPRESSOR: Compressor = Compressor::Zstd(15);
 /// Packing attempts when the upper changes meanwhile.
 const ATTEMPTS: u32 = 3;
 /// Pause before the next attempt.
-const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+/// How far a file's ctime may lag the clock read just before it was
+/// written (file systems take timestamps from a coarse clock).
+const CLOCK_SLACK: Duration = Duration::from_secs(1);
 
 /// One line on the console.
 pub fn say(msg: &str) {
@@ -74,17 +85,20 @@ impl<'a> PersistStick<'a> {
         Ok(dir)
     }
 
-    /// Packs the upper into `image` and checks it; returns the record.
-    fn write_session(&self, image: &Path) -> Result<LayerInfo> {
+    /// Packs the upper into `image` and checks it; returns the record. On
+    /// the `last` attempt a file written since the pack began is let off.
+    fn write_session(&self, image: &Path, last: bool) -> Result<LayerInfo> {
         let upper = &self.paths.upperdir;
         let reporter = Reporter::new("packing");
         let progress = |p: &Progress| reporter.report(p);
         let options = PackOptions {
             compressor: SESSION_COMPRESSOR,
             exclude: self.exclude,
+            changing: Changing::Settle,
             progress: Some(&progress),
             ..PackOptions::default()
         };
+        let began = SystemTime::now();
         let t = Instant::now();
         let stats = ramstick_squash::pack(upper, image, &options)
             .with_context(|| format!("cannot pack {} into {}", upper.display(), image.display()))?;
@@ -97,27 +111,46 @@ impl<'a> PersistStick<'a> {
             t.elapsed().as_secs_f64()
         ));
         let t = Instant::now();
+        let read_back = VerifyOptions {
+            exclude: self.exclude,
+            changing: &stats.changed,
+            changed_since: last.then(|| began.checked_sub(CLOCK_SLACK).unwrap_or(UNIX_EPOCH)),
+        };
         ramstick_squash::drop_cache(image)?;
-        let diffs = ramstick_squash::verify(image, upper, self.exclude)
+        let verified = ramstick_squash::verify_with(image, upper, &read_back)
             .with_context(|| format!("cannot read back {}", image.display()))?;
-        if !diffs.is_empty() {
-            let shown: Vec<String> = diffs.iter().map(ToString::to_string).collect();
+        if !verified.differences.is_empty() {
+            let shown: Vec<String> = verified
+                .differences
+                .iter()
+                .map(ToString::to_string)
+                .collect();
             return Err(verifymount::Mismatch(shown).into());
         }
+        let mut changed = stats.changed.clone();
+        changed.extend(verified.changed);
         if self.kernel_check {
             ramstick_squash::drop_cache(image)?;
             let mnt = self.paths.state.join("verify");
-            verifymount::check(image, upper, self.exclude, &mnt)?;
+            changed.extend(verifymount::check(image, upper, &read_back, &mnt)?);
         }
         say(&format!(
-            "{} read the new layer back identical to the upper ({:.1} s)",
+            "{} read the new layer back identical to the upper{} ({:.1} s)",
             if self.kernel_check {
                 "both readers"
             } else {
                 "our codec"
             },
+            if changed.is_empty() {
+                ""
+            } else {
+                " but for the files that kept changing"
+            },
             t.elapsed().as_secs_f64()
         ));
+        for line in kept_changing(changed) {
+            say(&line);
+        }
         record(image, stats.entries, stats.bytes_in, Origin::Session)
     }
 
@@ -154,6 +187,23 @@ impl<'a> PersistStick<'a> {
             Origin::Compacted,
         )
     }
+}
+
+/// The console lines naming the files saved while they kept changing (each
+/// path once).
+fn kept_changing(mut changed: Vec<ChangedFile>) -> Vec<String> {
+    changed.sort_by(|a, b| a.path.cmp(&b.path));
+    changed.dedup_by(|a, b| a.path == b.path);
+    changed
+        .iter()
+        .map(|c| {
+            format!(
+                "saved {} as it was at {}: it kept changing while the session was saved",
+                c.path.display(),
+                clock::display(c.mtime)
+            )
+        })
+        .collect()
 }
 
 /// The record of the layer file `image` (digests read from the device).
@@ -204,7 +254,7 @@ impl Stick for PersistStick<'_> {
             Source::Session => {
                 let mut attempt = 1;
                 loop {
-                    match self.write_session(&image) {
+                    match self.write_session(&image, attempt == ATTEMPTS) {
                         Ok(info) => break info,
                         Err(e) if attempt < ATTEMPTS && changed_while_saving(&e) => {
                             say(&format!(
@@ -279,5 +329,34 @@ impl Stick for PersistStick<'_> {
             return Ok(());
         }
         sync_dir(&p)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_file_that_kept_changing_is_named_once_with_its_time() {
+        let file = |path: &str, secs| ChangedFile {
+            path: path.into(),
+            size: 1,
+            mtime: UNIX_EPOCH + Duration::from_secs(secs),
+        };
+        let lines = kept_changing(vec![
+            file("/var/log/b", 951_782_400),
+            file("/var/log/a", 0),
+            file("/var/log/b", 951_782_400),
+        ]);
+        assert_eq!(
+            lines,
+            [
+                "saved /var/log/a as it was at 1970-01-01 00:00:00 UTC: it kept changing while \
+                 the session was saved",
+                "saved /var/log/b as it was at 2000-02-29 00:00:00 UTC: it kept changing while \
+                 the session was saved"
+            ]
+        );
+        assert!(kept_changing(Vec::new()).is_empty());
     }
 }

@@ -5,22 +5,39 @@
 //! xattrs, hardlink groups, content hash), leaving out what the exclusion
 //! list left out. (Our codec's half is `ramstick_squash::verify`, the
 //! reader of a `ram` boot; see `stick`.)
+//!
+//! Files that changed while or after they were packed are let off as the
+//! codec's `verify_with` lets them off ([`VerifyOptions`]): their size,
+//! mtime and content hash are not compared, their type, mode, owner,
+//! xattrs and hardlinks are.
 
 use anyhow::{bail, Context, Result};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use ramstick_common::tree::tree_listing;
-use ramstick_squash::Exclude;
-use std::collections::HashMap;
-use std::os::unix::fs::DirBuilderExt;
-use std::path::Path;
+use ramstick_squash::{ChangedFile, Exclude, VerifyOptions};
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// At most this many differences are named in the error.
 const SHOWN: usize = 10;
 
 /// Mounts `image` at `mnt` (created private, 0700), compares it with
-/// `upper`, unmounts it and releases the loop device.
-pub fn check(image: &Path, upper: &Path, exclude: &Exclude, mnt: &Path) -> Result<()> {
-    with_mount(image, mnt, || compare(mnt, upper, exclude))
+/// `upper`, unmounts it and releases the loop device. Returns the files let
+/// off because they were written since `options.changed_since`.
+pub fn check(
+    image: &Path,
+    upper: &Path,
+    options: &VerifyOptions,
+    mnt: &Path,
+) -> Result<Vec<ChangedFile>> {
+    let mut late = Vec::new();
+    with_mount(image, mnt, || {
+        late = compare(mnt, upper, options)?;
+        Ok(())
+    })?;
+    Ok(late)
 }
 
 /// Mounts `image` and has our codec compare itself with what the kernel
@@ -75,19 +92,102 @@ fn with_mount(image: &Path, mnt: &Path, f: impl FnOnce() -> Result<()>) -> Resul
     Ok(())
 }
 
-/// Compares the mounted image with the upper.
-fn compare(mounted: &Path, upper: &Path, exclude: &Exclude) -> Result<()> {
+/// Compares the mounted image with the upper; returns the files let off
+/// because they were written since `options.changed_since`.
+fn compare(mounted: &Path, upper: &Path, options: &VerifyOptions) -> Result<Vec<ChangedFile>> {
     let image = tree_listing(mounted)
         .with_context(|| format!("cannot read back the new image at {}", mounted.display()))?;
     let tree = tree_listing(upper).with_context(|| format!("cannot list {}", upper.display()))?;
-    let diffs = differences(
-        &comparable(image, &Exclude::none()),
-        &comparable(tree, exclude),
+    let (image, tree) = (
+        comparable(image, &Exclude::none()),
+        comparable(tree, options.exclude),
     );
+    let mut loose: HashSet<String> = options
+        .changing
+        .iter()
+        .map(|c| c.path.to_string_lossy().into_owned())
+        .collect();
+    let mut diffs = differences(&loosen(&image, &loose), &loosen(&tree, &loose));
+    let mut late = Vec::new();
+    if let (false, Some(since)) = (diffs.is_empty(), options.changed_since) {
+        late = written_since(&diffs, &image, upper, since);
+        loose.extend(late.iter().map(|c| c.path.to_string_lossy().into_owned()));
+        diffs = differences(&loosen(&image, &loose), &loosen(&tree, &loose));
+    }
     if diffs.is_empty() {
-        return Ok(());
+        return Ok(late);
     }
     Err(Mismatch(diffs).into())
+}
+
+/// The fields of a listed regular file that a changing file is not
+/// compared in: size, mtime, content hash.
+const LOOSE_FIELDS: [usize; 3] = [4, 5, 8];
+
+/// `listing` (of [`comparable`]) with the size, mtime and hash of the
+/// regular files at `loose` paths blanked out.
+fn loosen(listing: &[String], loose: &HashSet<String>) -> Vec<String> {
+    listing
+        .iter()
+        .map(|line| {
+            let (path, rest) = line.split_once(' ').unwrap_or((line.as_str(), ""));
+            if !rest.starts_with("file ") || !loose.contains(&unescape(path)) {
+                return line.clone();
+            }
+            let mut fields: Vec<&str> = rest.split(' ').collect();
+            for i in LOOSE_FIELDS {
+                if let Some(f) = fields.get_mut(i) {
+                    *f = "*";
+                }
+            }
+            format!("{path} {}", fields.join(" "))
+        })
+        .collect()
+}
+
+/// The regular files among the paths of `diffs` (of [`differences`])
+/// whose ctime in `upper` is at or after `since`, as `image` lists them.
+fn written_since(
+    diffs: &[String],
+    image: &[String],
+    upper: &Path,
+    since: SystemTime,
+) -> Vec<ChangedFile> {
+    let paths: HashSet<&str> = diffs
+        .iter()
+        .filter_map(|d| d.split_once(": "))
+        .map(|(_, line)| line.split_once(' ').map_or(line, |(path, _)| path))
+        .collect();
+    let mut out = Vec::new();
+    for line in image {
+        let mut fields = line.split(' ');
+        let (Some(path), Some("file")) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !paths.contains(path) {
+            continue;
+        }
+        let rel = unescape(path);
+        let written = std::fs::symlink_metadata(upper.join(rel.trim_start_matches('/')))
+            .ok()
+            .filter(|m| m.file_type().is_file())
+            .and_then(|m| {
+                let nanos = m.ctime_nsec().clamp(0, 999_999_999) as u32;
+                Some(UNIX_EPOCH + Duration::new(m.ctime().try_into().ok()?, nanos))
+            })
+            .is_some_and(|ctime| ctime >= since);
+        // The rest: mode uid gid size mtime (seconds) …
+        let rest: Vec<&str> = fields.collect();
+        let number = |i: usize| rest.get(i).and_then(|f| f.parse::<u64>().ok());
+        if let (true, Some(size), Some(mtime)) = (written, number(3), number(4)) {
+            out.push(ChangedFile {
+                path: PathBuf::from(rel),
+                size,
+                mtime: UNIX_EPOCH + Duration::from_secs(mtime),
+            });
+        }
+    }
+    out
 }
 
 /// The mounted image and the upper differ (listed as by [`differences`]).
@@ -281,6 +381,65 @@ mod tests {
         assert_eq!(got[1], "/c file 644 0 0 3 5 - - ab");
         assert_eq!(got[2], "/d hardlink-of:/c");
         assert_eq!(got, comparable(image, &Exclude::none()));
+    }
+
+    #[test]
+    fn a_changing_file_is_compared_but_for_size_mtime_and_content() {
+        let image = lines(&[
+            "/a\\x20log file 644 0 0 3 5 - - aa",
+            "/d dir 755 0 0 - 5 - - -",
+            "/x file 644 0 0 3 5 - - aa",
+        ]);
+        let upper = lines(&[
+            "/a\\x20log file 644 0 0 9 6 - - bb",
+            "/d dir 755 0 0 - 6 - - -",
+            "/x file 644 0 0 4 5 - - cc",
+        ]);
+        let loose = HashSet::from(["/a log".to_string(), "/d".to_string()]);
+        let d = differences(&loosen(&image, &loose), &loosen(&upper, &loose));
+        // The directory and the other file still differ.
+        assert_eq!(d.len(), 4, "{d:?}");
+        assert!(d.iter().all(|l| !l.contains("log")), "{d:?}");
+        let mut chmod = upper.clone();
+        chmod[0] = "/a\\x20log file 600 0 0 9 6 - - bb".into();
+        let d = differences(&loosen(&image, &loose), &loosen(&chmod, &loose));
+        assert!(
+            d.iter()
+                .any(|l| l.starts_with("upper: /a\\x20log file 600")),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn written_since_names_the_files_the_upper_changed_after_that_time() {
+        let dir = std::env::temp_dir().join(format!("saver-since-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("d")).unwrap();
+        let before = SystemTime::now() - Duration::from_secs(2);
+        std::fs::write(dir.join("a log"), "new\n").unwrap();
+        let image = lines(&[
+            "/a\\x20log file 644 0 0 3 1700000000 - - aa",
+            "/d dir 755 0 0 - 5 - - -",
+            "/gone file 644 0 0 3 5 - - aa",
+        ]);
+        let diffs = lines(&[
+            "image: /a\\x20log file 644 0 0 3 1700000000 - - aa",
+            "upper: /a\\x20log file 644 0 0 4 1800000000 - - bb",
+            "image: /d dir 755 0 0 - 5 - - -",
+            "image: /gone file 644 0 0 3 5 - - aa",
+        ]);
+        let got = written_since(&diffs, &image, &dir, before);
+        assert_eq!(
+            got,
+            [ChangedFile {
+                path: "/a log".into(),
+                size: 3,
+                mtime: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            }]
+        );
+        let later = SystemTime::now() + Duration::from_secs(60);
+        assert!(written_since(&diffs, &image, &dir, later).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! over a loop device), the layer chain across sessions, checkpoints that
 //! replace the session's layer, the conversion of a legacy stick, a corrupt
 //! layer set aside, a transient failure refused, automatic compaction, a
-//! clean boot, and full sticks (small tmpfs mounts as /persist). Each state
+//! clean boot, full sticks (small tmpfs mounts as /persist), and a file
+//! that keeps growing while the session is saved. Each state
 //! is checked the way boot shows it: the chain stacked by a kernel overlay.
 //! Skipped (with the reason printed) when not root.
 
@@ -14,14 +15,18 @@ use ramstick_common::cmdline::{BootType, LayersMode};
 use ramstick_common::manifest::{layer_name, Manifest};
 use ramstick_saver::save::{save, Outcome, SaveOptions, Trigger};
 use ramstick_saver::session::Paths;
+use ramstick_squash::Exclude;
 use ramstick_testkit::{
     ensure, lsetxattr, main_with, make_node, noise, run, CaseResult, Ctx, Mounted,
 };
 use std::collections::BTreeMap;
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Command, ExitCode};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 fn main() -> ExitCode {
     main_with(
@@ -33,6 +38,7 @@ fn main() -> ExitCode {
             ("compaction", compaction),
             ("full-stick", full_stick),
             ("no-room", no_room),
+            ("file-keeps-changing", file_keeps_changing),
         ],
     )
 }
@@ -480,4 +486,98 @@ fn no_room(root: &Path) -> CaseResult {
     let paths = &scratch(root)?;
     let (_mounted, m) = small_persist(paths, "200k")?;
     refused(paths, &m, "is free")
+}
+
+/// A log of the upper that a thread keeps appending to while the session
+/// is saved, fast (it changes while it is packed) then slowly (a line every
+/// 10 ms: read at rest, changed by the time it is read back, so the last
+/// attempt lets it off): each save succeeds; the layer holds every other
+/// entry exactly (our codec's verify) and the log as one read of it saw it:
+/// at least what it held before, and a prefix of what it holds after (the
+/// kernel's mount).
+fn file_keeps_changing(root: &Path) -> CaseResult {
+    let paths = &scratch(root)?;
+    let log = paths.upperdir.join("var/log/busy.log");
+    fs::create_dir_all(paths.upperdir.join("var/log")).ctx("var/log")?;
+    fs::write(&log, lines(0..40_000)).ctx("log")?;
+    save_while_appending(paths, &log, 40_000, Duration::from_micros(200), 16)?;
+    let n = fs::read(&log).ctx("log")?.len() / lines(0..1).len();
+    save_while_appending(paths, &log, n as u64, Duration::from_millis(10), 1)
+}
+
+/// Lines `range` of the test log (all of one length).
+fn lines(range: std::ops::Range<u64>) -> String {
+    range
+        .map(|n| format!("{n:08} the daemon says something\n"))
+        .collect()
+}
+
+/// Saves while a thread appends lines `from..` to `log`, pausing `pause`
+/// every `every` lines; checks the layer (see [`file_keeps_changing`]).
+fn save_while_appending(
+    paths: &Paths,
+    log: &Path,
+    from: u64,
+    pause: Duration,
+    every: u64,
+) -> CaseResult {
+    let before = fs::read(log).ctx("log")?;
+    let stop = AtomicBool::new(false);
+    let (outcome, appended) = std::thread::scope(|s| {
+        let writer = s.spawn(|| -> std::io::Result<u64> {
+            let mut f = fs::OpenOptions::new().append(true).open(log)?;
+            let mut n = from;
+            while !stop.load(Ordering::Relaxed) {
+                f.write_all(lines(n..n + 1).as_bytes())?;
+                n += 1;
+                if n.is_multiple_of(every) {
+                    std::thread::sleep(pause);
+                }
+            }
+            Ok(n - from)
+        });
+        let outcome = save_now(paths);
+        stop.store(true, Ordering::Relaxed);
+        (outcome, writer.join())
+    });
+    let appended = match appended {
+        Ok(Ok(n)) => n,
+        other => return Err(format!("the writer failed: {other:?}")),
+    };
+    let outcome = outcome?;
+    ensure(
+        matches!(outcome, Outcome::Saved { .. }),
+        format!("{outcome:?}"),
+    )?;
+    let m = manifest(paths)?;
+    let layer = paths
+        .layers()
+        .join(m.current.last().ok_or("no layer in the manifest")?);
+    let skip = Exclude::parse("/tmp/*\n/var/log/busy.log\n").ctx("exclude")?;
+    let diffs = ramstick_squash::verify(&layer, &paths.upperdir, &skip).ctx("verify")?;
+    ensure(
+        diffs.is_empty(),
+        format!("the other entries differ: {diffs:?}"),
+    )?;
+    let mnt = paths.state.join("layer");
+    fs::create_dir_all(&mnt).ctx("mnt")?;
+    let mounted = Mounted::image(&layer, "squashfs", &mnt, true)?;
+    let saved = fs::read(mnt.join("var/log/busy.log")).ctx("saved log")?;
+    drop(mounted);
+    let after = fs::read(log).ctx("log")?;
+    println!(
+        "note: {appended} lines appended during the save; {} of {} bytes saved",
+        saved.len(),
+        after.len()
+    );
+    ensure(
+        saved.len() >= before.len() && after.starts_with(&saved),
+        format!(
+            "saved {} bytes: not a prefix of the log's {} bytes",
+            saved.len(),
+            after.len()
+        ),
+    )?;
+    ensure(appended > 0, "the writer never ran")?;
+    Ok(ramstick_testkit::Outcome::Passed)
 }

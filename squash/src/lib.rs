@@ -23,7 +23,8 @@ pub mod read;
 pub mod verify;
 pub mod write;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 pub use digest::{digests, drop_cache, meta_digest, probe, summary, Digests, Summary};
 pub use error::{Error, Result};
@@ -74,8 +75,36 @@ pub struct PackOptions<'a> {
     pub threads: usize,
     /// Entries left out (with everything below them); [`merge`] ignores it.
     pub exclude: &'a Exclude,
+    /// What to do with a file that changes while it is read; [`merge`]
+    /// ignores it (its inputs are images).
+    pub changing: Changing,
     pub progress: Option<ProgressFn<'a>>,
 }
+
+/// What [`pack`] does with a regular file that changes while it is read:
+/// its size or mtime (nanoseconds) differ from the scan's or from one
+/// block to the next, or the read ends before the size. (Its metadata —
+/// type, mode, owner, xattrs — is the scan's either way; a change of those
+/// during the pack is not looked for.)
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Changing {
+    /// The pack fails with [`Error::Changed`]; a later attempt may find the
+    /// file at rest.
+    #[default]
+    Fail,
+    /// The file is read again from the start, up to [`SETTLE_READS`] reads
+    /// in all. A read that sees no change is stored; if the last one sees a
+    /// change too, the file is stored as that read saw it: the bytes it read
+    /// (up to the size the file had when the read began, fewer if the file
+    /// ended sooner), that many as its size, and the mtime the file had when
+    /// the read ended. Either way the file's names are listed in
+    /// [`PackStats::changed`]; the blocks of the reads given up are not kept
+    /// in the image.
+    Settle,
+}
+
+/// Reads of a changing file under [`Changing::Settle`], the last included.
+pub const SETTLE_READS: u32 = 4;
 
 impl Default for PackOptions<'_> {
     fn default() -> Self {
@@ -85,13 +114,26 @@ impl Default for PackOptions<'_> {
             block_size: format::DEFAULT_BLOCK_SIZE,
             threads: 0,
             exclude: &NONE,
+            changing: Changing::Fail,
             progress: None,
         }
     }
 }
 
+/// A regular file stored as it was at one moment while it changed (see
+/// [`Changing::Settle`] and [`VerifyOptions::changed_since`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedFile {
+    /// Path from the root of the tree, with a leading `/`.
+    pub path: PathBuf,
+    /// Its size in the image.
+    pub size: u64,
+    /// Its mtime in the image (whole seconds).
+    pub mtime: SystemTime,
+}
+
 /// What a [`pack`] wrote.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PackStats {
     /// Directory entries written (names, so hardlinks count per name).
     pub entries: u64,
@@ -104,6 +146,48 @@ pub struct PackStats {
     /// Xattrs left out because squashfs cannot hold their namespace
     /// (`system.*`, e.g. POSIX ACLs; mksquashfs skips them too).
     pub skipped_xattrs: u64,
+    /// Files that changed while they were packed (only under
+    /// [`Changing::Settle`]; the other mode fails instead), each name of a
+    /// hardlinked one, sorted by path.
+    pub changed: Vec<ChangedFile>,
+}
+
+/// How [`verify_with`] compares.
+#[derive(Clone, Copy)]
+pub struct VerifyOptions<'a> {
+    /// Entries left out of the directory (with everything below them).
+    pub exclude: &'a Exclude,
+    /// Files stored while changing (a pack's [`PackStats::changed`]): their
+    /// type, mode, owner, xattrs and hardlinks are compared, not their size,
+    /// mtime or content.
+    pub changing: &'a [ChangedFile],
+    /// When set, a regular file whose size, mtime or content differ is not
+    /// a difference if its ctime is at or after this time (it was written
+    /// since: the image holds it as it was before); it is listed in
+    /// [`Verified::changed`] instead. Pass the time the pack began (less
+    /// the file system's timestamp granularity).
+    pub changed_since: Option<SystemTime>,
+}
+
+impl Default for VerifyOptions<'_> {
+    fn default() -> Self {
+        static NONE: Exclude = Exclude::none();
+        VerifyOptions {
+            exclude: &NONE,
+            changing: &[],
+            changed_since: None,
+        }
+    }
+}
+
+/// What [`verify_with`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Verified {
+    /// Every difference; empty means identical.
+    pub differences: Vec<Difference>,
+    /// Files that differ in size, mtime or content only because they were
+    /// written after [`VerifyOptions::changed_since`], as the image holds them.
+    pub changed: Vec<ChangedFile>,
 }
 
 /// How [`unpack`] works.
@@ -168,5 +252,15 @@ pub fn unpack(image: &Path, dir: &Path, options: &UnpackOptions) -> Result<Unpac
 /// symlink targets, device numbers, hardlink groups and file contents.
 /// Returns every difference found; empty means identical.
 pub fn verify(image: &Path, dir: &Path, exclude: &Exclude) -> Result<Vec<Difference>> {
-    verify::verify(image, dir, exclude)
+    let options = VerifyOptions {
+        exclude,
+        ..VerifyOptions::default()
+    };
+    Ok(verify::verify(image, dir, &options)?.differences)
+}
+
+/// [`verify`] with [`VerifyOptions`]: files that changed while or after
+/// they were packed are compared without their size, mtime and content.
+pub fn verify_with(image: &Path, dir: &Path, options: &VerifyOptions) -> Result<Verified> {
+    verify::verify(image, dir, options)
 }

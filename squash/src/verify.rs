@@ -5,13 +5,18 @@
 //! the reader does. File contents are compared block by block as the image
 //! stores them (holes against zeros), never buffering a whole file; the
 //! file's own holes are found with `SEEK_DATA`, not read.
+//!
+//! A file stored while it changed ([`VerifyOptions::changing`]) is compared
+//! in everything but its size, mtime and content; so is one that differs
+//! in those only and was written since [`VerifyOptions::changed_since`]
+//! (its ctime says so, looked up after the difference was seen).
 
 use crate::format::decode_dev;
 use crate::read::decompress::Decoder;
 use crate::read::fsops::{entry_path, open_dir, storable_xattrs, Holes, XTarget};
 use crate::read::image::{FileData, Image, Inode, Kind, Piece, Scratch};
 use crate::read::MAX_DEPTH;
-use crate::{Error, Exclude, Result};
+use crate::{ChangedFile, Error, Result, Verified, VerifyOptions};
 use nix::fcntl::{openat, readlinkat, AtFlags, OFlag, AT_FDCWD};
 use nix::sys::stat::{fstat, fstatat, major, minor, FileStat, Mode, SFlag};
 use std::collections::{HashMap, HashSet};
@@ -20,7 +25,8 @@ use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
 
 /// One difference between an image and a directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +44,7 @@ impl std::fmt::Display for Difference {
     }
 }
 
-pub(crate) fn verify(image: &Path, dir: &Path, exclude: &Exclude) -> Result<Vec<Difference>> {
+pub(crate) fn verify(image: &Path, dir: &Path, options: &VerifyOptions) -> Result<Verified> {
     let img = Image::open(image)?;
     let root = img.root()?;
     let fd = open_dir(AT_FDCWD, dir, dir)?;
@@ -46,7 +52,13 @@ pub(crate) fn verify(image: &Path, dir: &Path, exclude: &Exclude) -> Result<Vec<
     let mut v = Verifier {
         dec: Decoder::new(img.codec),
         img: &img,
-        exclude,
+        options,
+        changing: options
+            .changing
+            .iter()
+            .map(|c| c.path.to_string_lossy().into_owned())
+            .collect(),
+        changed: Vec::new(),
         diffs: Vec::new(),
         scratch: Scratch::default(),
         buf: Vec::new(),
@@ -57,8 +69,12 @@ pub(crate) fn verify(image: &Path, dir: &Path, exclude: &Exclude) -> Result<Vec<
     };
     let root_xattrs = storable_xattrs(&XTarget::Fd(fd.as_fd()), dir)?;
     v.meta("/", &root, &st, root_xattrs)?;
+    v.mtime("/", &root, &st);
     v.dir(&fd, &root, "/", dir, 1)?;
-    Ok(v.diffs)
+    Ok(Verified {
+        differences: v.diffs,
+        changed: v.changed,
+    })
 }
 
 fn kind_name(kind: SFlag) -> &'static str {
@@ -86,6 +102,16 @@ fn image_kind(k: &Kind) -> SFlag {
     }
 }
 
+/// The mtime difference, if any (whole seconds, as squashfs stores it).
+fn mtime_difference(inode: &Inode, st: &FileStat) -> Option<String> {
+    (st.st_mtime != i64::from(inode.mtime)).then(|| {
+        format!(
+            "mtime {} in the image, {} in the directory",
+            inode.mtime, st.st_mtime
+        )
+    })
+}
+
 fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -93,7 +119,11 @@ fn lossy(b: &[u8]) -> String {
 struct Verifier<'a> {
     img: &'a Image,
     dec: Decoder,
-    exclude: &'a Exclude,
+    options: &'a VerifyOptions<'a>,
+    /// The paths of `options.changing`.
+    changing: HashSet<String>,
+    /// Files let off by `options.changed_since`.
+    changed: Vec<ChangedFile>,
     diffs: Vec<Difference>,
     scratch: Scratch,
     buf: Vec<u8>,
@@ -113,7 +143,7 @@ impl Verifier<'_> {
         });
     }
 
-    /// Compares the metadata shared by all kinds.
+    /// Compares the metadata shared by all kinds but the mtime.
     fn meta(
         &mut self,
         path: &str,
@@ -137,15 +167,6 @@ impl Verifier<'_> {
                 format!(
                     "owner {}:{} in the image, {}:{} in the directory",
                     inode.uid, inode.gid, st.st_uid, st.st_gid
-                ),
-            );
-        }
-        if st.st_mtime != i64::from(inode.mtime) {
-            self.differ(
-                path,
-                format!(
-                    "mtime {} in the image, {} in the directory",
-                    inode.mtime, st.st_mtime
                 ),
             );
         }
@@ -181,6 +202,13 @@ impl Verifier<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Compares the mtime (whole seconds, as squashfs stores it).
+    fn mtime(&mut self, path: &str, inode: &Inode, st: &FileStat) {
+        if let Some(what) = mtime_difference(inode, st) {
+            self.differ(path, what);
+        }
     }
 
     /// Compares the contents of directory `inode` with the open directory `fd`.
@@ -226,7 +254,7 @@ impl Verifier<'_> {
             let entry = entries.get(i).filter(|_| in_img).cloned();
             i += usize::from(in_img);
             j += usize::from(in_dir);
-            if self.exclude.matches(&child) {
+            if self.options.exclude.matches(&child) {
                 continue;
             }
             match (entry, in_dir) {
@@ -275,12 +303,16 @@ impl Verifier<'_> {
             let sub = open_dir(fd.as_fd(), name, full)?;
             let x = storable_xattrs(&XTarget::Fd(sub.as_fd()), full)?;
             self.meta(path, inode, &st, x)?;
+            self.mtime(path, inode, &st);
             return self.dir(&sub, inode, path, full, depth + 1);
         }
         let xpath =
             entry_path(fd.as_fd(), name, full).map_err(|e| Error::io("address", full, e))?;
         let x = storable_xattrs(&XTarget::Path(xpath), full)?;
         self.meta(path, inode, &st, x)?;
+        if !matches!(inode.kind, Kind::File(_)) {
+            self.mtime(path, inode, &st);
+        }
         // Hardlink groups: each name must be linked to the same first name.
         let first_img = if inode.nlink > 1 {
             self.image_links
@@ -308,29 +340,42 @@ impl Verifier<'_> {
         }
         match &inode.kind {
             Kind::File(data) => {
-                // A later name of an already compared inode.
-                if first_img == first_dir && first_img != path {
+                // A later name of an already compared inode, or a file
+                // stored while it changed.
+                if (first_img == first_dir && first_img != path) || self.changing.contains(path) {
                     return Ok(());
                 }
+                let mut what: Vec<String> = mtime_difference(inode, &st).into_iter().collect();
                 if data.size != st.st_size as u64 {
-                    self.differ(
-                        path,
-                        format!(
-                            "size {} in the image, {} in the directory",
-                            data.size, st.st_size
-                        ),
-                    );
+                    what.push(format!(
+                        "size {} in the image, {} in the directory",
+                        data.size, st.st_size
+                    ));
+                } else {
+                    let file = openat(
+                        fd,
+                        name,
+                        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(|e| Error::io("open", full, e.into()))?;
+                    if !self.same_content(&File::from(file), data, full)? {
+                        what.push("content differs".into());
+                    }
+                }
+                if what.is_empty() {
                     return Ok(());
                 }
-                let file = openat(
-                    fd,
-                    name,
-                    OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NOCTTY | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|e| Error::io("open", full, e.into()))?;
-                if !self.same_content(&File::from(file), data, full)? {
-                    self.differ(path, "content differs".into());
+                if self.written_since(fd, name, full)? {
+                    self.changed.push(ChangedFile {
+                        path: PathBuf::from(path),
+                        size: data.size,
+                        mtime: UNIX_EPOCH + Duration::from_secs(inode.mtime.into()),
+                    });
+                    return Ok(());
+                }
+                for w in what {
+                    self.differ(path, w);
                 }
             }
             Kind::Symlink(target) => {
@@ -359,6 +404,22 @@ impl Verifier<'_> {
             Kind::Fifo | Kind::Socket | Kind::Dir { .. } => {}
         }
         Ok(())
+    }
+
+    /// Whether regular file `name` of `fd` was written at or after
+    /// `changed_since` (its ctime now says so).
+    fn written_since(&self, fd: &OwnedFd, name: &[u8], full: &Path) -> Result<bool> {
+        let Some(since) = self.options.changed_since else {
+            return Ok(false);
+        };
+        let st = fstatat(fd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .map_err(|e| Error::io("stat", full, e.into()))?;
+        let regular =
+            SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFREG;
+        let ctime = u64::try_from(st.st_ctime)
+            .ok()
+            .map(|s| UNIX_EPOCH + Duration::new(s, st.st_ctime_nsec.clamp(0, 999_999_999) as u32));
+        Ok(regular && ctime.is_some_and(|c| c >= since))
     }
 
     /// Streams the image's blocks of a file against the file's bytes; holes

@@ -48,6 +48,17 @@ impl Holes {
     /// filesystem without `SEEK_DATA` has no holes here; a file that
     /// shrank reads as zeros (its caller checks the size).
     pub(crate) fn is_hole(&mut self, file: &impl AsFd, at: u64, len: u64) -> bool {
+        self.query(file, at, len, true)
+    }
+
+    /// [`Self::is_hole`], but only for a hole with data after it: no data
+    /// from `at` on (the end of the file, or a hole up to it) is not known
+    /// as a hole, so a file that shrank is read (and found shorter).
+    pub(crate) fn is_inner_hole(&mut self, file: &impl AsFd, at: u64, len: u64) -> bool {
+        self.query(file, at, len, false)
+    }
+
+    fn query(&mut self, file: &impl AsFd, at: u64, len: u64, to_the_end: bool) -> bool {
         let end = at.saturating_add(len);
         if end <= self.zero_until {
             return true;
@@ -69,9 +80,13 @@ impl Holes {
                 false
             }
             // No data from `at` on.
-            Err(Errno::ENXIO) => {
+            Err(Errno::ENXIO) if to_the_end => {
                 self.zero_until = u64::MAX;
                 true
+            }
+            Err(Errno::ENXIO) => {
+                self.data_until = u64::MAX;
+                false
             }
             Err(_) => {
                 self.data_until = u64::MAX;

@@ -18,16 +18,23 @@
 //! duplicates; those are hashed first ([`source::hash`]) and a hash match is
 //! confirmed by comparing both files ([`source::same`]), so identical
 //! content is stored once and different content never shared.
+//!
+//! A file that changes while it is read ([`Changing`]): the reader sends a
+//! rewind after its blocks, and the writer truncates the image back to
+//! where the file began, so only the read that is kept leaves blocks. Its
+//! tail joins a fragment only once its read is over, so a rewind never
+//! touches a fragment block. A file stored other than as scanned never
+//! serves as another's duplicate.
 
 use super::codec::Codec;
-use super::source::{self, Chunk, Inputs, Source};
+use super::source::{self, Chunk, Content, Inputs, Source, Stamp};
 use super::tree::{Kind, Tree};
 use crate::format::NONE_U32;
 use crate::read::image::Image;
-use crate::{Compressor, Error, Progress, ProgressFn, Result};
+use crate::{Changing, Compressor, Error, Progress, ProgressFn, Result, SETTLE_READS};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -55,6 +62,9 @@ pub(crate) struct Data {
     /// (image offset, size word) of each fragment block.
     pub fragments: Vec<(u64, u32)>,
     pub bytes_in: u64,
+    /// Files stored other than as scanned (they changed), by node: the
+    /// size and mtime of the read stored.
+    pub settled: HashMap<usize, Stamp>,
 }
 
 /// The image file being written, with its current offset.
@@ -72,6 +82,17 @@ impl Out {
         self.pos += bytes.len() as u64;
         Ok(())
     }
+
+    /// Cuts the image back to `pos` (what follows is given up).
+    fn rewind(&mut self, pos: u64) -> Result<()> {
+        self.file
+            .flush()
+            .and_then(|()| self.file.get_ref().set_len(pos))
+            .and_then(|()| self.file.seek(SeekFrom::Start(pos)))
+            .map_err(|e| Error::io("write", &self.path, e))?;
+        self.pos = pos;
+        Ok(())
+    }
 }
 
 /// How the data pass runs.
@@ -79,6 +100,7 @@ pub(crate) struct Settings<'a> {
     pub compressor: Compressor,
     pub block_size: u32,
     pub threads: usize,
+    pub changing: Changing,
     pub progress: Option<ProgressFn<'a>>,
 }
 
@@ -95,6 +117,12 @@ enum Target {
         count: u32,
     },
     Fragment,
+    /// A read of a file given up: its blocks so far (`bytes` of content)
+    /// leave the image.
+    Rewind {
+        node: usize,
+        bytes: u64,
+    },
 }
 
 /// A block on its way to the writer.
@@ -115,6 +143,8 @@ struct ReaderOut {
     tails: HashMap<usize, (u32, u32)>,
     /// node → node whose data it shares.
     duplicates: HashMap<usize, usize>,
+    /// See [`Data::settled`].
+    settled: HashMap<usize, Stamp>,
 }
 
 /// Writes the contents of every regular file of `tree` to `out`; files of
@@ -142,8 +172,7 @@ pub(crate) fn write_data(
     std::thread::scope(|s| {
         let reader = s.spawn(|| {
             let inputs = Inputs::new(tree, images);
-            let block_size = settings.block_size;
-            read_files(tree, &inputs, block_size, job_tx, token_rx, &files_done)
+            read_files(tree, &inputs, settings, job_tx, token_rx, &files_done)
         });
         for _ in 0..threads {
             let done_tx = done_tx.clone();
@@ -172,6 +201,7 @@ pub(crate) fn write_data(
             let shared = data.files.get(&original).cloned().unwrap_or_default();
             data.files.insert(node, shared);
         }
+        data.settled = read.settled;
         Ok(data)
     })
 }
@@ -196,7 +226,7 @@ fn compress_blocks(
         };
         let Ok(mut job) = job else { return };
         let result = match job.target {
-            Target::Holes { .. } => Ok(job),
+            Target::Holes { .. } | Target::Rewind { .. } => Ok(job),
             _ => codec
                 .data_block(std::mem::take(&mut job.data))
                 .map(|(bytes, size)| {
@@ -224,6 +254,7 @@ fn write_blocks(
         files: HashMap::new(),
         fragments: Vec::new(),
         bytes_in: 0,
+        settled: HashMap::new(),
     };
     let mut pending = BTreeMap::new();
     let mut next = 0u64;
@@ -244,6 +275,12 @@ fn write_blocks(
                     file.sparse += u64::from(count) * block_size;
                 }
                 Target::Fragment => data.fragments.push((out.pos, job.size_word)),
+                Target::Rewind { node, bytes } => {
+                    if let Some(file) = data.files.remove(&node) {
+                        out.rewind(file.start)?;
+                    }
+                    data.bytes_in -= bytes;
+                }
             }
             data.bytes_in += job.raw_len;
             out.write(&job.data)?;
@@ -283,9 +320,13 @@ fn file_at(data: &mut Data, node: usize, pos: u64) -> &mut FileData {
 struct Reader<'a> {
     inputs: &'a Inputs<'a>,
     block_size: usize,
+    /// [`Changing::Settle`]: a changing file is read again.
+    settle: bool,
     jobs: SyncSender<Job>,
     tokens: Receiver<()>,
     seq: u64,
+    /// Content bytes sent since the current read of a file began.
+    streamed: u64,
     fragments: Fragments,
     out: ReaderOut,
 }
@@ -295,17 +336,20 @@ struct Reader<'a> {
 fn read_files(
     tree: &Tree,
     inputs: &Inputs,
-    block_size: u32,
+    settings: &Settings,
     jobs: SyncSender<Job>,
     tokens: Receiver<()>,
     files_done: &AtomicU64,
 ) -> Result<ReaderOut> {
+    let block_size = settings.block_size;
     let mut r = Reader {
         inputs,
         block_size: block_size as usize,
+        settle: settings.changing == Changing::Settle,
         jobs,
         tokens,
         seq: 0,
+        streamed: 0,
         fragments: Fragments::new(block_size as usize),
         out: ReaderOut::default(),
     };
@@ -326,25 +370,41 @@ fn read_files(
         if *size == 0 {
             continue;
         }
+        let mut key = None;
         if size_count.get(size).copied().unwrap_or(0) > 1 {
-            let key = (*size, source::hash(inputs, source, *size, bs)?);
-            let candidates = seen.entry(key).or_default();
-            let mut original = None;
-            for &cand in candidates.iter() {
-                if let Kind::File { source: other, .. } = &tree.nodes[cand].kind {
-                    if source::same(inputs, source, other, *size, bs)? {
-                        original = Some(cand);
-                        break;
+            let found = source::hash(inputs, source, *size, bs).and_then(|hash| {
+                let candidates = seen.get(&(*size, hash)).map_or(&[][..], Vec::as_slice);
+                for &cand in candidates {
+                    if let Kind::File { source: other, .. } = &tree.nodes[cand].kind {
+                        if source::same(inputs, source, other, *size, bs)? {
+                            return Ok((hash, Some(cand)));
+                        }
                     }
                 }
+                Ok((hash, None))
+            });
+            match found {
+                Ok((_, Some(original))) => {
+                    r.out.duplicates.insert(node, original);
+                    continue;
+                }
+                Ok((hash, None)) => key = Some((*size, hash)),
+                // One of them changes: not a duplicate (this one is read
+                // again below).
+                Err(Error::Changed { .. }) if r.settle => {}
+                Err(e) => return Err(e),
             }
-            if let Some(original) = original {
-                r.out.duplicates.insert(node, original);
-                continue;
-            }
-            candidates.push(node);
         }
-        r.read_file(node, source, *size)?;
+        match r.store_file(node, source, *size)? {
+            Some(seen_then) => {
+                r.out.settled.insert(node, seen_then);
+            }
+            None => {
+                if let Some(key) = key {
+                    seen.entry(key).or_default().push(node);
+                }
+            }
+        }
     }
     if let Some(last) = r.fragments.finish() {
         r.send_fragment(last)?;
@@ -368,6 +428,7 @@ impl Reader<'_> {
             size_word: 0,
         };
         self.seq += 1;
+        self.streamed += raw_len;
         self.jobs.send(job).map_err(|_| stopped())
     }
 
@@ -393,12 +454,43 @@ impl Reader<'_> {
         Ok(())
     }
 
-    /// Streams one file: full blocks to the compressors (zeros as holes),
-    /// the tail into the fragment block.
-    fn read_file(&mut self, node: usize, source: &Source, size: u64) -> Result<()> {
+    /// Stores one file of `size` bytes as scanned (`None`), or, under
+    /// [`Changing::Settle`], if it changes, as a later read saw it (see
+    /// there): returns that read's size and mtime.
+    fn store_file(&mut self, node: usize, source: &Source, size: u64) -> Result<Option<Stamp>> {
         let inputs = self.inputs;
-        let mut content = inputs.open(source, size, self.block_size)?;
+        let reads = if self.settle { SETTLE_READS } else { 1 };
+        let mut read = 1;
+        loop {
+            let as_is = self.settle && read == reads;
+            let content = if read == 1 {
+                inputs.open(source, size, self.block_size)
+            } else {
+                inputs.reopen(source, size, self.block_size, as_is)
+            };
+            self.streamed = 0;
+            match content.and_then(|c| self.stream(node, c)) {
+                Ok(_) if read == 1 => return Ok(None),
+                Ok(seen) => return Ok(seen),
+                Err(Error::Changed { .. }) if self.settle && !as_is => {
+                    let bytes = self.streamed;
+                    if bytes > 0 {
+                        self.send(Target::Rewind { node, bytes }, Vec::new(), 0)?;
+                    }
+                    read += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Streams one read of a file: full blocks to the compressors (zeros as
+    /// holes), then, if the read held, the tail into the fragment block.
+    /// Returns how the read saw the file (see [`Content::finish`]).
+    fn stream(&mut self, node: usize, mut content: Content) -> Result<Option<Stamp>> {
+        let inputs = self.inputs;
         let mut holes = 0u32;
+        let mut tail = None;
         while let Some(chunk) = content.next(inputs)? {
             let len = chunk.len();
             let full = len == self.block_size;
@@ -421,15 +513,20 @@ impl Reader<'_> {
             if full {
                 self.send(Target::Block { node }, bytes, len as u64)?;
             } else {
-                let (place, closed) = self.fragments.add(&bytes);
-                if let Some(closed) = closed {
-                    self.send_fragment(closed)?;
-                }
-                self.out.tails.insert(node, place);
+                // A short chunk is the last.
+                tail = Some(bytes);
             }
         }
         self.send_holes(node, &mut holes)?;
-        content.finish()
+        let seen = content.finish()?;
+        if let Some(tail) = tail {
+            let (place, closed) = self.fragments.add(&tail);
+            if let Some(closed) = closed {
+                self.send_fragment(closed)?;
+            }
+            self.out.tails.insert(node, place);
+        }
+        Ok(seen)
     }
 }
 

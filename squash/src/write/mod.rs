@@ -24,13 +24,14 @@ use crate::format::{
     NONE_U64, PAD, SUPERBLOCK_SIZE,
 };
 use crate::read::image::Image;
-use crate::{Error, PackOptions, PackStats, Progress, Result};
+use crate::{ChangedFile, Error, PackOptions, PackStats, Progress, Result};
 use codec::Codec;
 use data::{Data, FileData, Out, Settings};
 use meta::{basic, dir_listing, put32, DirEntry, InodeHeader, MetaWriter};
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
 use tree::{Kind, Tree};
 
 pub(crate) fn pack(dir: &Path, image: &Path, options: &PackOptions) -> Result<PackStats> {
@@ -78,6 +79,7 @@ fn write_image(
         compressor: options.compressor,
         block_size,
         threads: options.threads,
+        changing: options.changing,
         progress: options.progress,
     };
     let data = data::write_data(tree, images, &mut out, &settings)?;
@@ -143,7 +145,32 @@ fn write_image(
         bytes_in: data.bytes_in,
         image_size,
         skipped_xattrs: tree.skipped_xattrs,
+        changed: changed_files(tree, &data),
     })
+}
+
+/// Every name of the files stored other than as scanned, sorted.
+fn changed_files(tree: &Tree, data: &Data) -> Vec<ChangedFile> {
+    if data.settled.is_empty() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for (dir, node) in tree.nodes.iter().enumerate() {
+        let Kind::Dir { entries, .. } = &node.kind else {
+            continue;
+        };
+        for (name, child) in entries {
+            if let Some(seen) = data.settled.get(child) {
+                out.push(ChangedFile {
+                    path: tree.rel_path(dir, name),
+                    size: seen.size,
+                    mtime: UNIX_EPOCH + Duration::from_secs(seen.stored_mtime().into()),
+                });
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
 }
 
 /// Writes a lookup table (fragment or id table): its metadata blocks, then
@@ -226,6 +253,9 @@ fn write_inodes(
     let root_parent = tree.order.len() as u32 + 1;
     for &n in &tree.order {
         let node = &tree.nodes[n];
+        // A file that changed while it was read: as the read stored saw it.
+        let settled = data.settled.get(&n);
+        let mtime = settled.map_or(node.mtime, |s| s.stored_mtime());
         let has_xattr = node.xattr != NONE_U32;
         let linked = node.nlink > 1;
         let mut body = Vec::new();
@@ -266,6 +296,7 @@ fn write_inodes(
                 }
             }
             Kind::File { size, .. } => {
+                let size = settled.map_or(*size, |s| s.size);
                 let f = data.files.get(&n).unwrap_or(&no_data);
                 let full_blocks = if f.fragment == NONE_U32 {
                     size.div_ceil(u64::from(block_size))
@@ -278,7 +309,7 @@ fn write_inodes(
                         what: format!("{} blocks for a file of {size} bytes", f.sizes.len()),
                     });
                 }
-                let small = *size < 1 << 32 && f.start < 1 << 32;
+                let small = size < 1 << 32 && f.start < 1 << 32;
                 let kind = if has_xattr || linked || f.sparse > 0 || !small {
                     body.extend_from_slice(&f.start.to_le_bytes());
                     body.extend_from_slice(&size.to_le_bytes());
@@ -288,7 +319,7 @@ fn write_inodes(
                 } else {
                     put32(
                         &mut body,
-                        &[f.start as u32, f.fragment, f.offset, *size as u32],
+                        &[f.start as u32, f.fragment, f.offset, size as u32],
                     );
                     inode::FILE
                 };
@@ -330,7 +361,7 @@ fn write_inodes(
             mode: node.mode,
             uid_idx: node.uid_idx,
             gid_idx: node.gid_idx,
-            mtime: node.mtime,
+            mtime,
             number: node.number,
         };
         refs[n] = inodes.reference();

@@ -16,7 +16,7 @@
 //! deep; the error names the offending path.
 
 use super::source::Source;
-use super::tree::{split_xattr_name, Builder, Kind, Meta, Tree, Xattr};
+use super::tree::{split_xattr_name, stored_mtime, Builder, Kind, Meta, Tree, Xattr};
 use crate::format::MAX_NAME;
 use crate::read::fsops::{entry_path, open_dir};
 use crate::read::MAX_DEPTH;
@@ -181,6 +181,7 @@ impl Scanner<'_> {
                 source: Source::Tree {
                     dir: at.node,
                     entry: at.index,
+                    mtime: (st.st_mtime, st.st_mtime_nsec),
                 },
                 size: st.st_size as u64,
             },
@@ -217,7 +218,7 @@ impl Scanner<'_> {
             mode: st.st_mode,
             uid: st.st_uid,
             gid: st.st_gid,
-            mtime: st.st_mtime.clamp(0, i64::from(u32::MAX)) as u32,
+            mtime: stored_mtime(st.st_mtime),
         };
         self.b
             .add(kind, &meta, xattrs)
@@ -286,7 +287,7 @@ mod tests {
             .map(|&n| match &tree.nodes[n].kind {
                 Kind::Dir { entries, .. } => format!("dir{}", entries.len()),
                 Kind::File {
-                    source: Source::Tree { dir, entry },
+                    source: Source::Tree { dir, entry, .. },
                     size,
                 } => match &tree.nodes[*dir].kind {
                     Kind::Dir { entries, .. } => {

@@ -5,8 +5,14 @@
 //! data: a file is asked with `SEEK_DATA`/`SEEK_HOLE`, an image has sparse
 //! blocks. So a 1 TiB sparse file with one data block costs one block read,
 //! in the data pass and in duplicate detection ([`hash`], [`same`]) alike.
+//!
+//! A file of the tree is held to a [`Stamp`] (size and mtime): the scan's
+//! when it is first opened, then checked before every block and at the
+//! end, so a file that changes while it is read is an [`Error::Changed`]
+//! as soon as it is seen, not a mix of two versions. [`Inputs::reopen`]
+//! reads one again as it is now (see [`crate::Changing::Settle`]).
 
-use super::tree::{Kind, Tree};
+use super::tree::{stored_mtime, Kind, Tree};
 use crate::format::DATA_UNCOMPRESSED;
 use crate::read::decompress::Decoder;
 use crate::read::fsops::{open_dir, Holes};
@@ -19,6 +25,7 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::hash::{DefaultHasher, Hasher};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -26,10 +33,16 @@ use std::rc::Rc;
 const FRAGMENT_CACHE: usize = 8;
 
 /// Where a regular file's contents are.
+#[derive(Clone, Copy)]
 pub(crate) enum Source {
     /// A file of the tree being packed: entry `entry` of directory node
-    /// `dir` (opened relative to its directory, see [`Inputs`]).
-    Tree { dir: usize, entry: usize },
+    /// `dir` (opened relative to its directory, see [`Inputs`]) and the
+    /// mtime the scan saw (seconds, nanoseconds).
+    Tree {
+        dir: usize,
+        entry: usize,
+        mtime: (i64, i64),
+    },
     /// A file of input image `layer`: its inode's metadata reference.
     Image { layer: usize, inode: u64 },
 }
@@ -49,6 +62,33 @@ pub(crate) struct Inputs<'a> {
 
 /// (input image, fragment index).
 type FragmentKey = (usize, u32);
+
+/// A file of the tree as one `stat` saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    pub size: u64,
+    /// Seconds, nanoseconds.
+    pub mtime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(file: &File, path: &Path) -> Result<Stamp> {
+        let m = file.metadata().map_err(|e| Error::io("stat", path, e))?;
+        Ok(Stamp::of_meta(&m))
+    }
+
+    fn of_meta(m: &std::fs::Metadata) -> Stamp {
+        Stamp {
+            size: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+        }
+    }
+
+    /// The mtime as the image stores it.
+    pub(crate) fn stored_mtime(&self) -> u32 {
+        stored_mtime(self.mtime.0)
+    }
+}
 
 /// A piece of contents: `Hole(len)` is `len` zeros not read.
 pub(crate) enum Chunk<'b> {
@@ -96,13 +136,16 @@ impl<'a> Inputs<'a> {
     /// Opens `source` (of `size` bytes) for reading in `block`-byte chunks.
     pub(crate) fn open(&self, source: &Source, size: u64, block: usize) -> Result<Content> {
         let from = match source {
-            Source::Tree { dir, entry } => {
-                let (file, path) = self.open_file(*dir, *entry)?;
-                From::File(FileIn {
-                    file,
-                    path,
-                    holes: Holes::default(),
-                })
+            Source::Tree { dir, entry, mtime } => {
+                let (file, path, now) = self.open_file(*dir, *entry)?;
+                let scanned = Stamp {
+                    size,
+                    mtime: *mtime,
+                };
+                if now != scanned {
+                    return Err(changed(&path, &scanned, &now));
+                }
+                From::File(FileIn::new(file, path, Some(now)))
             }
             Source::Image { layer, inode } => {
                 let img = self.image(*layer)?;
@@ -122,18 +165,33 @@ impl<'a> Inputs<'a> {
                 })
             }
         };
-        Ok(Content {
-            size,
-            pos: 0,
-            block: block.max(1),
-            buf: Vec::new(),
-            from,
-        })
+        Ok(Content::new(size, block, from))
+    }
+
+    /// Opens a file of the tree again, as it is now (an image's file as
+    /// [`Self::open`] does): a checked read holds it to the size and mtime
+    /// it has now; an as-is read (`as_is`) reads what it finds, up to that
+    /// size, and stops early where the file ends.
+    pub(crate) fn reopen(
+        &self,
+        source: &Source,
+        size: u64,
+        block: usize,
+        as_is: bool,
+    ) -> Result<Content> {
+        let Source::Tree { dir, entry, .. } = source else {
+            return self.open(source, size, block);
+        };
+        let (file, path, now) = self.open_file(*dir, *entry)?;
+        let check = (!as_is).then_some(now);
+        let from = From::File(FileIn::new(file, path, check));
+        Ok(Content::new(now.size, block, from))
     }
 
     /// Opens entry `entry` of directory node `dir` (a regular file) without
-    /// following a symlink, through the open directories of `dirs`.
-    fn open_file(&self, dir: usize, entry: usize) -> Result<(File, PathBuf)> {
+    /// following a symlink, through the open directories of `dirs`; with
+    /// its stamp now.
+    fn open_file(&self, dir: usize, entry: usize) -> Result<(File, PathBuf, Stamp)> {
         let tree = self.tree;
         let name = match tree.nodes.get(dir).map(|n| &n.kind) {
             Some(Kind::Dir { entries, .. }) => entries.get(entry).map(|(n, _)| n.as_slice()),
@@ -182,7 +240,7 @@ impl<'a> Inputs<'a> {
                 what: "no longer a regular file".into(),
             });
         }
-        Ok((file, path))
+        Ok((file, path, Stamp::of_meta(&meta)))
     }
 
     fn image(&self, layer: usize) -> Result<&Image> {
@@ -227,7 +285,18 @@ impl<'a> Inputs<'a> {
 }
 
 impl Content {
-    /// The next chunk: `block` bytes, the last one shorter; `None` at the end.
+    fn new(size: u64, block: usize, from: From) -> Content {
+        Content {
+            size,
+            pos: 0,
+            block: block.max(1),
+            buf: Vec::new(),
+            from,
+        }
+    }
+
+    /// The next chunk: `block` bytes, the last one shorter; `None` at the
+    /// end (for an as-is read, also where the file ended).
     pub(crate) fn next(&mut self, inputs: &Inputs) -> Result<Option<Chunk<'_>>> {
         if self.pos >= self.size {
             return Ok(None);
@@ -235,53 +304,103 @@ impl Content {
         let at = self.pos;
         let len = (self.size - at).min(self.block as u64) as usize;
         self.pos += len as u64;
-        let data = match &mut self.from {
-            From::File(f) => f.read(at, len, &mut self.buf, self.size)?,
-            From::Image(i) => i.read(inputs, at, len, &mut self.buf)?,
+        let got = match &mut self.from {
+            From::File(f) => f.read(at, len, &mut self.buf)?,
+            From::Image(i) => i.read(inputs, at, len, &mut self.buf)?.then_some(len),
         };
-        Ok(Some(if data {
-            Chunk::Data(&self.buf[..len])
-        } else {
-            Chunk::Hole(len)
-        }))
-    }
-
-    /// After the last chunk: a file of the tree must still have its size.
-    pub(crate) fn finish(&self) -> Result<()> {
-        if let From::File(f) = &self.from {
-            let now = f
-                .file
-                .metadata()
-                .map_err(|e| Error::io("stat", &f.path, e))?
-                .len();
-            if now != self.size {
-                return Err(changed(&f.path, self.size));
+        let Some(got) = got else {
+            return Ok(Some(Chunk::Hole(len)));
+        };
+        if got < len {
+            // An as-is read: the file ends here now.
+            self.size = at + got as u64;
+            self.pos = self.size;
+            if got == 0 {
+                return Ok(None);
             }
         }
-        Ok(())
+        Ok(Some(Chunk::Data(&self.buf[..got])))
+    }
+
+    /// After the last chunk: a file of the tree must still be as its read
+    /// began, unless it was read as is. Returns how the read saw it (the
+    /// bytes read, the mtime now); `None` for a file of an image.
+    pub(crate) fn finish(&self) -> Result<Option<Stamp>> {
+        let From::File(f) = &self.from else {
+            return Ok(None);
+        };
+        let now = match &f.check {
+            Some(expect) => f.unchanged(expect)?,
+            None => Stamp::of(&f.file, &f.path)?,
+        };
+        Ok(Some(Stamp {
+            size: self.size,
+            mtime: now.mtime,
+        }))
     }
 }
 
-/// A file of the tree and where its holes are.
+/// A file of the tree, where its holes are, and what it must stay while
+/// it is read (`None`: read as is).
 struct FileIn {
     file: File,
     path: PathBuf,
     holes: Holes,
+    check: Option<Stamp>,
 }
 
 impl FileIn {
-    /// Reads `[at, at + len)` into `buf`; `false`: a hole, nothing read.
-    fn read(&mut self, at: u64, len: usize, buf: &mut Vec<u8>, size: u64) -> Result<bool> {
-        if self.holes.is_hole(&self.file, at, len as u64) {
-            return Ok(false);
+    fn new(file: File, path: PathBuf, check: Option<Stamp>) -> FileIn {
+        FileIn {
+            file,
+            path,
+            holes: Holes::default(),
+            check,
+        }
+    }
+
+    /// Reads `[at, at + len)` into `buf`: `None` for a hole (nothing read),
+    /// else the bytes read — all of them, unless read as is and the file
+    /// ends sooner. A checked read first checks that the file is unchanged
+    /// (it was at the open).
+    fn read(&mut self, at: u64, len: usize, buf: &mut Vec<u8>) -> Result<Option<usize>> {
+        let hole = match &self.check {
+            Some(expect) => {
+                if at > 0 {
+                    self.unchanged(expect)?;
+                }
+                self.holes.is_hole(&self.file, at, len as u64)
+            }
+            // Not past the end: the file may have shrunk, and where it
+            // ends is what an as-is read stops at.
+            None => self.holes.is_inner_hole(&self.file, at, len as u64),
+        };
+        if hole {
+            return Ok(None);
         }
         buf.resize(len, 0);
         let got =
             read_full_at(&self.file, buf, at).map_err(|e| Error::io("read", &self.path, e))?;
-        if got != len {
-            return Err(changed(&self.path, size));
+        match &self.check {
+            Some(expect) if got != len => Err(Error::Changed {
+                path: self.path.clone(),
+                what: format!(
+                    "it ended after {} of {} bytes",
+                    at + got as u64,
+                    expect.size
+                ),
+            }),
+            _ => Ok(Some(got)),
         }
-        Ok(true)
+    }
+
+    /// The file's stamp now, if it is `expect`.
+    fn unchanged(&self, expect: &Stamp) -> Result<Stamp> {
+        let now = Stamp::of(&self.file, &self.path)?;
+        if now != *expect {
+            return Err(changed(&self.path, expect, &now));
+        }
+        Ok(now)
     }
 }
 
@@ -411,7 +530,7 @@ pub(crate) fn same(
     let (mut ca, mut cb) = (inputs.open(a, size, block)?, inputs.open(b, size, block)?);
     loop {
         let equal = match (ca.next(inputs)?, cb.next(inputs)?) {
-            (None, None) => return Ok(true),
+            (None, None) => break,
             (Some(Chunk::Hole(_)), Some(Chunk::Hole(_))) => true,
             (Some(Chunk::Hole(_)), Some(Chunk::Data(d)))
             | (Some(Chunk::Data(d)), Some(Chunk::Hole(_))) => is_zero(d),
@@ -422,68 +541,23 @@ pub(crate) fn same(
             return Ok(false);
         }
     }
+    // Both held still while they were compared.
+    ca.finish()?;
+    cb.finish()?;
+    Ok(true)
 }
 
-fn changed(path: &Path, size: u64) -> Error {
+fn changed(path: &Path, was: &Stamp, now: &Stamp) -> Error {
+    let what = if was.size != now.size {
+        format!("its size changed from {} to {} bytes", was.size, now.size)
+    } else {
+        "its mtime changed".into()
+    };
     Error::Changed {
         path: path.to_path_buf(),
-        what: format!("its size changed (was {size} bytes)"),
+        what,
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::Exclude;
-    use std::os::unix::fs::FileExt;
-
-    #[test]
-    fn duplicates_are_confirmed_and_zeros_hash_alike_stored_or_not() {
-        let dir = std::env::temp_dir().join(format!("ramstick-dup-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-        std::fs::write(dir.join("a"), &content).unwrap();
-        std::fs::write(dir.join("b"), &content).unwrap();
-        let mut other = content.clone();
-        other[199_999] ^= 1;
-        std::fs::write(dir.join("c"), &other).unwrap();
-        // Same bytes: zeros written out, and a hole.
-        let mut zeros = vec![0u8; 300_000];
-        zeros[299_999] = 7;
-        std::fs::write(dir.join("d"), &zeros).unwrap();
-        let sparse = File::create(dir.join("e")).unwrap();
-        sparse.set_len(300_000).unwrap();
-        sparse.write_all_at(&[7], 299_999).unwrap();
-        let tree = super::super::scan::scan(&dir, &Exclude::none()).unwrap();
-        let inputs = Inputs::new(&tree, &[]);
-        let source = |name: &[u8]| match &tree.nodes[0].kind {
-            Kind::Dir { entries, .. } => {
-                let i = entries.iter().position(|(n, _)| n == name).unwrap();
-                Source::Tree { dir: 0, entry: i }
-            }
-            _ => unreachable!(),
-        };
-        let (a, b, c, d, e) = (
-            source(b"a"),
-            source(b"b"),
-            source(b"c"),
-            source(b"d"),
-            source(b"e"),
-        );
-        let hash = |s: &Source, size| hash(&inputs, s, size, 65536).unwrap();
-        assert_eq!(hash(&a, 200_000), hash(&b, 200_000));
-        assert_ne!(hash(&a, 200_000), hash(&c, 200_000));
-        assert_eq!(hash(&d, 300_000), hash(&e, 300_000));
-        assert!(same(&inputs, &a, &b, 200_000, 65536).unwrap());
-        assert!(!same(&inputs, &a, &c, 200_000, 65536).unwrap());
-        assert!(same(&inputs, &d, &e, 300_000, 65536).unwrap());
-        // The sparse file's first block is a hole: not read.
-        let mut content = inputs.open(&e, 300_000, 65536).unwrap();
-        assert!(matches!(
-            content.next(&inputs).unwrap(),
-            Some(Chunk::Hole(65536))
-        ));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
+mod tests;

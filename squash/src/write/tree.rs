@@ -108,7 +108,16 @@ impl Tree {
 
     /// The full path of entry `name` of directory `dir` (for messages).
     pub(crate) fn path_of(&self, dir: usize, name: &[u8]) -> PathBuf {
-        let mut path = self.root.clone().unwrap_or_default();
+        self.path_below(self.root.clone().unwrap_or_default(), dir, name)
+    }
+
+    /// The path of entry `name` of directory `dir` from the root, with a
+    /// leading `/`.
+    pub(crate) fn rel_path(&self, dir: usize, name: &[u8]) -> PathBuf {
+        self.path_below(PathBuf::from("/"), dir, name)
+    }
+
+    fn path_below(&self, mut path: PathBuf, dir: usize, name: &[u8]) -> PathBuf {
         for &d in self.chain(dir).iter().skip(1) {
             path.push(OsStr::from_bytes(self.name_of(d).unwrap_or(b"?")));
         }
@@ -275,6 +284,11 @@ impl Builder {
             root: None,
         }
     }
+}
+
+/// An mtime (seconds since the epoch) as squashfs stores it: a u32.
+pub(crate) fn stored_mtime(secs: i64) -> u32 {
+    secs.clamp(0, i64::from(u32::MAX)) as u32
 }
 
 /// Splits a full xattr name into squashfs' (prefix type, rest); `None` for
