@@ -603,8 +603,25 @@ impl Vm {
         self.send(&format!("{s}\n"))
     }
 
-    /// Run a shell command; returns its exit status and output (with `\n` line ends).
+    /// Run a shell command; returns its exit status and output (with `\n`
+    /// line ends), without the kernel's console lines printed meanwhile.
     pub fn run_status(&mut self, cmd: &str, timeout: Duration) -> Result<(i32, String)> {
+        let (rc, out) = self.run_marked(cmd, timeout)?;
+        Ok((rc, without_kernel_lines(&out)))
+    }
+
+    /// Run a command that prints kernel log lines itself (`dmesg`): its
+    /// output as the console shows it, kernel lines included. It must succeed.
+    pub fn run_kernel_log(&mut self, cmd: &str, timeout: Duration) -> Result<String> {
+        let (rc, out) = self.run_marked(cmd, timeout)?;
+        if rc != 0 {
+            bail!("{cmd:?} exited with status {rc}; output:\n{out}");
+        }
+        Ok(out)
+    }
+
+    /// Run a shell command between markers: its exit status and raw output.
+    fn run_marked(&mut self, cmd: &str, timeout: Duration) -> Result<(i32, String)> {
         self.nonce += 1;
         let line = marked_command(cmd, self.nonce);
         self.sendline(&line)?;
@@ -740,6 +757,25 @@ fn parse_marked_output(body: &str, nonce: u64) -> Result<(i32, String)> {
     Ok((rc, body[..at].to_string()))
 }
 
+/// `text` without the kernel's own console lines (`[   41.030471] …`),
+/// which the kernel prints on the serial console whenever it logs, in the
+/// middle of a command's output.
+fn without_kernel_lines(text: &str) -> String {
+    let is_kernel = |line: &str| {
+        line.strip_prefix('[')
+            .and_then(|rest| rest.split_once(']'))
+            .is_some_and(|(stamp, _)| {
+                let stamp = stamp.trim_start();
+                !stamp.is_empty()
+                    && stamp.contains('.')
+                    && stamp.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+            })
+    };
+    text.split_inclusive('\n')
+        .filter(|line| !is_kernel(line))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -751,6 +787,13 @@ mod tests {
             s.feed(c, &mut out);
         }
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn kernel_console_lines_are_not_command_output() {
+        let body = "[   41.030471] iTCO_vendor_support: vendor-support=0\nactive\n[12.5] x\n[not a stamp] kept\n";
+        assert_eq!(without_kernel_lines(body), "active\n[not a stamp] kept\n");
+        assert_eq!(without_kernel_lines("no newline"), "no newline");
     }
 
     #[test]

@@ -184,7 +184,7 @@ pub fn boot(machine: &Machine, log: &Path, entry: usize, prompt: &str) -> Result
 /// Seconds from the kernel's "Run /init" to the first kernel log line containing `end`.
 pub fn init_time(vm: &mut Vm, end: &str) -> Result<f64> {
     let cmd = format!("dmesg | grep -F -e '{RUN_INIT}' -e '{end}'");
-    let out = vm.run(&cmd, CMD_TIMEOUT)?;
+    let out = vm.run_kernel_log(&cmd, CMD_TIMEOUT)?;
     kmsg_interval(&out, RUN_INIT, end)
 }
 

@@ -74,7 +74,7 @@ pub fn check_boot_record(vm: &mut Vm) -> Result<()> {
             "boot.json has no {phase} timing: {info:?}"
         );
     }
-    let log = vm.run("dmesg | grep 'ramstick: '", CMD)?;
+    let log = vm.run_kernel_log("dmesg | grep 'ramstick: '", CMD)?;
     ensure!(
         log.lines()
             .any(|l| l.contains("timings:") && mentions_millis(l)),
