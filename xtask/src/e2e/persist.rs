@@ -440,7 +440,7 @@ fn persist_debian(ctx: &mut Ctx) -> Result<()> {
     );
     let status = out(&mut vm, "/run/ramstick/bin/saver status")?;
     ensure!(
-        status.contains("chain:        1 layers") && status.contains("layer-000001.squashfs"),
+        status.contains("chain:        1 layers") && status.contains("layer-000002.squashfs"),
         "one layer expected (the poweroff save replaced the SIGUSR1 one); saver status:\n{status}"
     );
     let status = vm.run_status("systemctl is-active ramstick-saver.service", CMD)?;
