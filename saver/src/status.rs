@@ -80,13 +80,10 @@ fn print_chains(m: &Manifest) {
             );
         }
     }
-    let shared = m
-        .current
-        .iter()
-        .zip(&m.backup)
-        .take_while(|(a, b)| a == b)
-        .count();
-    if shared == m.backup.len() {
+    let shared = m.shared_prefix();
+    if m.backup.is_empty() {
+        println!("backup:       none (the backup entry starts clean)");
+    } else if shared == m.backup.len() {
         println!("backup:       the first {shared} layers of the chain");
     } else {
         println!("backup:       {}", m.backup.join(", "));
