@@ -159,10 +159,9 @@ mod tests {
     use crate::{pack, PackOptions};
     use std::os::unix::fs::FileExt;
 
-    fn scratch(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("squash-digest-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("tree/etc")).unwrap();
+    fn scratch(name: &str) -> ramstick_testkit::TempDir {
+        let dir = ramstick_testkit::TempDir::new(&format!("squash-digest-{name}"));
+        dir.mkdir("tree/etc");
         std::fs::write(dir.join("tree/etc/a"), vec![7u8; 300_000]).unwrap();
         std::fs::write(dir.join("tree/b"), b"hello").unwrap();
         dir
@@ -208,6 +207,5 @@ mod tests {
         file.set_len(sb.inode_table + 1).unwrap();
         assert!(matches!(meta_digest(&image), Err(Error::Corrupt { .. })));
         assert!(probe(&image).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
