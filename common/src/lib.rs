@@ -10,6 +10,7 @@ pub mod cmdline;
 pub mod digest;
 pub mod elf;
 pub mod human;
+pub mod io;
 pub mod manifest;
 pub mod modules;
 pub mod plan;
