@@ -12,6 +12,7 @@ pub mod elf;
 pub mod human;
 pub mod io;
 pub mod manifest;
+pub mod meminfo;
 pub mod modules;
 pub mod plan;
 pub mod tree;

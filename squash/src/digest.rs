@@ -11,10 +11,11 @@
 //! what is still in the page cache.
 
 use crate::format::{Superblock, SUPERBLOCK_SIZE};
-use crate::read::image::{read_full_at, Image, Kind};
+use crate::read::image::{Image, Kind};
 use crate::{Error, Result};
 use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
 use ramstick_common::digest::Digest;
+use ramstick_common::io::read_full_at;
 use std::fs::File;
 use std::path::Path;
 
