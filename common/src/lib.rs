@@ -3,6 +3,13 @@
 //! Everything here is free of side effects on the running system (it reads
 //! files only where a function says so), so it is unit- and golden-tested.
 
+// This code runs in PID 1, the saver and the codec, which never panic on
+// bad input (the standards): these lints make that checked, outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod blkid;
 pub mod bootinfo;
 pub mod chain;

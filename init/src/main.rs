@@ -13,6 +13,13 @@
 //! `--persist DIR` reads the saved state of a data partition mounted at DIR
 //! and shows the chain of layers the boot type uses and the overlay with it.
 
+// PID 1 never panics (the standards): these lints make that checked,
+// outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 use ramstick_common::chain::{self, Saved};
 use ramstick_common::cmdline;
 use ramstick_common::meminfo;

@@ -6,6 +6,13 @@
 //! [`session`] what boot.json says about this session, [`status`] and
 //! [`daemon`] the other commands, [`codec`] the squashfs codec's commands.
 
+// The saver never panics on bad input (the standards): these lints make
+// that checked, outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod addlayer;
 pub mod check;
 pub mod clock;

@@ -6,6 +6,13 @@
 //! Exit status: 0 on success, 1 when `verify` or `check` finds differences,
 //! 2 on an error.
 
+// The saver never panics on bad input (the standards): these lints make
+// that checked, outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use ramstick_saver::session::Paths;
