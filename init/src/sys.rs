@@ -1,4 +1,5 @@
-//! The system calls of the mount sequence, behind one trait.
+//! The system calls of the boot — mounts, loop devices, sysfs and procfs
+//! files, helper programs — behind one trait.
 //!
 //! [`LinuxSys`] does them for real; the tests' `RecordingSys` (in
 //! `sys/recording.rs`, built for unit tests only) records each call as one

@@ -1,7 +1,8 @@
 //! `saver`: persists the RAM session of a ramstick system to the stick
 //! (`save`, `daemon`), keeps the saved chain short (`compact`), reports on
-//! it (`status`, `check`), and offers the squashfs codec on the command line
-//! (`pack`, `unpack`, `verify`).
+//! it (`status`, `check`), adds a tree to a stick mounted elsewhere
+//! (`add-layer`), and offers the squashfs codec on the command line
+//! (`pack`, `merge`, `unpack`, `verify`).
 //!
 //! Exit status: 0 on success, 1 when `verify` or `check` finds differences,
 //! 2 on an error.

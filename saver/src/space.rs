@@ -1,11 +1,12 @@
-//! How much room a new image needs, and how much /persist has.
+//! How much room a new layer needs, and how much /persist has.
 //!
 //! The compressed size is unknown before packing, so the estimate gives two
 //! bounds: the worst case (nothing compresses: file data as stored, plus
 //! metadata) and a floor (a tenth of that, better than zstd does on typical
 //! data). Below the floor the save is refused without writing anything;
 //! between the two it is tried, and running out of space while writing
-//! removes the partial image (see `save`).
+//! leaves the partial layer unreferenced (no manifest names it; the next
+//! save removes it) and the saved state untouched (see `save`).
 
 use anyhow::{Context, Result};
 use ramstick_squash::Exclude;

@@ -1,8 +1,9 @@
 //! An opened image: superblock, decompressed inode and directory tables, id,
 //! fragment and xattr tables, and bounded readers of data blocks (inodes,
-//! listings and xattrs are parsed in [`super::inode`]). Every offset, count and size read from the image
-//! is checked before use; a failed check is an [`Error::Corrupt`]. No
-//! allocation is larger than what the image's own bytes can describe.
+//! listings and xattrs are parsed in [`super::inode`]). Every offset, count
+//! and size read from the image is checked before use; a failed check is an
+//! [`Error::Corrupt`]. No allocation is larger than what the image's own
+//! bytes can describe.
 
 use super::decompress::{Codec, Decoder};
 pub(crate) use super::inode::{Child, FileData, Inode, Kind};
