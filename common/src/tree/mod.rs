@@ -24,6 +24,7 @@ use std::path::PathBuf;
 pub use listing::tree_listing;
 pub use remove::remove_contents;
 pub use resolve::resolve_in_root;
+pub use walk::is_plain_name;
 
 /// A failed step of a tree operation, with the path it failed on.
 #[derive(Debug, thiserror::Error)]

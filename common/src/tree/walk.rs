@@ -79,9 +79,11 @@ pub(super) fn walk(c: &mut Cursor, v: &mut impl Visitor) -> Result<(), TreeError
     Ok(())
 }
 
-/// True if `name` is a single path component that stays inside its directory.
-pub(super) fn is_safe_name(name: &[u8]) -> bool {
-    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/')
+/// True if `name` is a single path component that stays inside its
+/// directory: not empty, not `.` or `..`, without `/` or NUL. A directory
+/// entry read from disk (or from an image) is used only if it is one.
+pub fn is_plain_name(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
 }
 
 /// Device and inode number: identifies an inode.
@@ -196,7 +198,7 @@ impl Cursor {
             if name.to_bytes() == b"." || name.to_bytes() == b".." {
                 continue;
             }
-            if !is_safe_name(name.to_bytes()) {
+            if !is_plain_name(name.to_bytes()) {
                 return Err(TreeError::OutsideTarget {
                     path: self.path(name),
                 });
@@ -210,21 +212,8 @@ impl Cursor {
     /// Enters subdirectory `name`, which must be the inode `expect`.
     fn down(&mut self, name: &CStr, expect: Id) -> Result<(), TreeError> {
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let fd = openat(&self.fd, name, flags, Mode::empty()).map_err(|e| TreeError::Open {
-            path: self.path(name),
-            source: e.into(),
-        })?;
-        let st = fstat(&fd).map_err(|e| TreeError::Stat {
-            path: self.path(name),
-            source: e.into(),
-        })?;
-        if Id::of(&st) != expect {
-            return Err(TreeError::Changed {
-                path: self.path(name),
-            });
-        }
-        self.fd = fd;
-        self.ids.push(Id::of(&st));
+        self.fd = self.open_entry(name, flags, expect)?;
+        self.ids.push(expect);
         self.rel.push(OsStr::from_bytes(name.to_bytes()));
         Ok(())
     }
@@ -259,6 +248,12 @@ impl Cursor {
     /// Opens regular file `name` for reading and checks it is the inode `st`.
     pub(super) fn open_file(&self, name: &CStr, st: &FileStat) -> Result<File, TreeError> {
         let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        self.open_entry(name, flags, Id::of(st)).map(File::from)
+    }
+
+    /// Opens entry `name` with `flags` (which hold `O_NOFOLLOW`) and checks
+    /// it is still the inode `expect` (nothing replaced it since its lstat).
+    fn open_entry(&self, name: &CStr, flags: OFlag, expect: Id) -> Result<OwnedFd, TreeError> {
         let fd = openat(&self.fd, name, flags, Mode::empty()).map_err(|e| TreeError::Open {
             path: self.path(name),
             source: e.into(),
@@ -267,12 +262,12 @@ impl Cursor {
             path: self.path(name),
             source: e.into(),
         })?;
-        if Id::of(&now) != Id::of(st) {
+        if Id::of(&now) != expect {
             return Err(TreeError::Changed {
                 path: self.path(name),
             });
         }
-        Ok(File::from(fd))
+        Ok(fd)
     }
 }
 
@@ -281,12 +276,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tree_name_validator() {
-        for bad in [&b""[..], b".", b"..", b"a/b", b"/", b"../x"] {
-            assert!(!is_safe_name(bad), "{bad:?}");
+    fn plain_names_stay_in_their_directory() {
+        for bad in [&b""[..], b".", b"..", b"a/b", b"/", b"../x", b"a\0b"] {
+            assert!(!is_plain_name(bad), "{bad:?}");
         }
         for good in [&b"a"[..], b"...", b".hidden", b"a b", b"\xff"] {
-            assert!(is_safe_name(good), "{good:?}");
+            assert!(is_plain_name(good), "{good:?}");
         }
     }
 }

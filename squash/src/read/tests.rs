@@ -115,12 +115,10 @@ fn damaged_images_fail_without_writing_outside() {
 
 #[test]
 fn names_must_stay_in_their_directory() {
-    for bad in [&b""[..], b".", b"..", b"a/b", b"/", b"a\0b"] {
-        assert!(check_name(bad).is_err(), "{bad:?}");
-    }
-    for good in [&b"a"[..], b"...", b".hidden", b"a b", b"\xff"] {
-        assert!(check_name(good).is_ok(), "{good:?}");
-    }
+    // The rule itself is common's `is_plain_name` (tested there).
+    let err = check_name(b"../x").unwrap_err();
+    assert!(err.contains("not a plain file name"), "{err}");
+    assert!(check_name(b"x").is_ok());
 }
 
 /// 1 TiB with 4 KiB of data: pack reads one block (holes found with
