@@ -1,7 +1,16 @@
-//! ramstick-common: the pure logic shared by `init`, `saver` and `xtask`.
+//! ramstick-common: the logic shared by `init`, `saver`, the codec and
+//! `xtask`.
 //!
-//! Everything here is free of side effects on the running system (it reads
-//! files only where a function says so), so it is unit- and golden-tested.
+//! Almost everything here is pure: it reads files only where a function
+//! says so, and only [`tree::remove_contents`] changes the running system;
+//! so it is unit- and golden-tested.
+
+// This code runs in PID 1, the saver and the codec, which never panic on
+// bad input (the standards): these lints make that checked, outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod blkid;
 pub mod bootinfo;
@@ -10,7 +19,9 @@ pub mod cmdline;
 pub mod digest;
 pub mod elf;
 pub mod human;
+pub mod io;
 pub mod manifest;
+pub mod meminfo;
 pub mod modules;
 pub mod plan;
 pub mod tree;

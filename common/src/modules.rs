@@ -704,8 +704,7 @@ alias devname:zram[0-9] zram
 
     #[test]
     fn load_reads_files_and_tolerates_missing_optional_ones() {
-        let dir = std::env::temp_dir().join(format!("ramstick-moddb-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = ramstick_testkit::TempDir::new("moddb");
         let err = ModDb::load(&dir).unwrap_err();
         assert!(err.to_string().contains("modules.dep"), "{err}");
         std::fs::write(dir.join("modules.dep"), DEP).unwrap();
@@ -714,7 +713,6 @@ alias devname:zram[0-9] zram
             names(&db.load_order(&["ext4"]).unwrap()),
             ["jbd2", "mbcache", "crc16", "ext4"]
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The fetched Debian kernel's `lib/modules/<kver>` with `modules.dep`, if any.
@@ -754,14 +752,13 @@ alias devname:zram[0-9] zram
         let dir = root.join("lib/modules").join(&kver);
         let db = ModDb::load(&dir).unwrap();
         // An empty config dir: the host's /etc/modprobe.d must not count.
-        let conf = std::env::temp_dir().join(format!("ramstick-noconf-{}", std::process::id()));
-        std::fs::create_dir_all(&conf).unwrap();
+        let conf = ramstick_testkit::TempDir::new("noconf");
         let prefix = format!("{}/", dir.display());
         let mut compared = 0;
         for name in BOOT_MODULES {
             let out = std::process::Command::new(modprobe)
                 .arg("-C")
-                .arg(&conf)
+                .arg(conf.path())
                 .arg("--show-depends")
                 .arg("-d")
                 .arg(&root)
@@ -790,7 +787,6 @@ alias devname:zram[0-9] zram
             assert_eq!(ours, expected, "load order of {name}");
             compared += usize::from(!expected.is_empty());
         }
-        std::fs::remove_dir_all(&conf).unwrap();
         assert!(compared > 0, "modprobe printed no insmod lines at all");
     }
 }

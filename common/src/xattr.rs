@@ -1,5 +1,5 @@
 //! Extended attributes of an open file or of a path that is not followed:
-//! list, read, set. Shared by the tree copy (`tree`) and the squashfs codec.
+//! list, read, set. Shared by the tree listing (`tree`) and the squashfs codec.
 
 use nix::libc;
 use std::ffi::{CStr, CString};

@@ -7,6 +7,7 @@
 //! temporary directory.
 
 use ramstick_common::blkid::{gpt_partitions, probe, FsInfo, FsKind};
+use ramstick_testkit::TempDir;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -38,31 +39,13 @@ fn tools<const N: usize>(test: &str, names: [&str; N]) -> Option<[PathBuf; N]> {
     found.try_into().ok()
 }
 
-/// A fresh temporary directory for one test, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("ramstick-{test}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    /// A sparse file of `size` bytes in the directory.
-    fn image(&self, name: &str, size: u64) -> PathBuf {
-        let path = self.0.join(name);
-        File::create(&path)
-            .and_then(|f| f.set_len(size))
-            .expect("create image");
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+/// A sparse file `name` of `size` bytes in `dir`.
+fn sparse_file(dir: &Path, name: &str, size: u64) -> PathBuf {
+    let path = dir.join(name);
+    File::create(&path)
+        .and_then(|f| f.set_len(size))
+        .expect("create image");
+    path
 }
 
 /// Runs a command and returns its stdout, panicking with stderr on failure.
@@ -109,7 +92,7 @@ fn ext4_made_by_mkfs() {
         return;
     };
     let dir = TempDir::new("ext4");
-    let image = dir.image("ext4.img", 4 << 20);
+    let image = sparse_file(&dir, "ext4.img", 4 << 20);
     let uuid = "0a1b2c3d-4e5f-6789-abcd-ef0123456789";
     run(Command::new(mkfs)
         .args(["-q", "-F", "-L", "RAMSTICK", "-U", uuid])
@@ -130,7 +113,7 @@ fn fat16_and_fat32_made_by_mkfs() {
     };
     let dir = TempDir::new("fat");
     for (bits, size) in [("16", 16u64 << 20), ("32", 64 << 20)] {
-        let image = dir.image(&format!("fat{bits}.img"), size);
+        let image = sparse_file(&dir, &format!("fat{bits}.img"), size);
         run(Command::new(&mkfs)
             .args(["-F", bits, "-s", "1", "-n", "ESP", "-i", "1234ABCD"])
             .arg(&image));
@@ -151,8 +134,8 @@ fn luks2_made_by_cryptsetup() {
         return;
     };
     let dir = TempDir::new("luks");
-    let image = dir.image("luks.img", 32 << 20);
-    let key = dir.0.join("key");
+    let image = sparse_file(&dir, "luks.img", 32 << 20);
+    let key = dir.join("key");
     fs::write(&key, b"not a secret").expect("write key");
     let uuid = "12345678-9abc-def0-1234-56789abcdef0";
     run(Command::new(cryptsetup)
@@ -177,10 +160,10 @@ fn squashfs_made_by_mksquashfs() {
         return;
     };
     let dir = TempDir::new("squashfs");
-    let content = dir.0.join("content");
+    let content = dir.join("content");
     fs::create_dir(&content).expect("mkdir");
     fs::write(content.join("hello"), b"hello").expect("write");
-    let image = dir.0.join("fs.squashfs");
+    let image = dir.join("fs.squashfs");
     run(Command::new(mksquashfs).arg(&content).arg(&image).args([
         "-quiet",
         "-noappend",
@@ -196,7 +179,7 @@ fn gpt_made_by_sfdisk() {
         return;
     };
     let dir = TempDir::new("gpt");
-    let image = dir.image("disk.img", 16 << 20);
+    let image = sparse_file(&dir, "disk.img", 16 << 20);
     let script = "label: gpt\n\
         start=2048, size=8192, type=uefi, name=\"EFI system\", uuid=6B7B9F2E-1C3D-4E5F-8A9B-0C1D2E3F4A5B\n\
         start=10240, size=4096, type=linux, name=\"\", uuid=00112233-4455-6677-8899-AABBCCDDEEFF\n\

@@ -187,15 +187,11 @@ fn machine_facts(sys: &dyn Sys) -> anyhow::Result<Facts> {
         .to_string_lossy()
         .to_string();
     let meminfo = sys.read_file(Path::new("/proc/meminfo"))?;
-    let mem_total_kib: u64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
+    let mem_total_bytes = ramstick_common::meminfo::mem_total(&meminfo)
         .ok_or_else(|| anyhow::anyhow!("no MemTotal in /proc/meminfo"))?;
     Ok(Facts {
         kernel_version,
-        mem_total_bytes: mem_total_kib * 1024,
+        mem_total_bytes,
     })
 }
 

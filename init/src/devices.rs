@@ -504,8 +504,7 @@ mod tests {
     /// RAMSTICK, 2048 sectors, held by dm-0), and dm-0 (ext4 RAMSTICK).
     #[test]
     fn scan_reads_size_model_and_holders_from_sysfs() {
-        let base = std::env::temp_dir().join(format!("ramstick-scan-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
+        let base = ramstick_testkit::TempDir::new("scan");
         let (sys, devdir) = (base.join("sys"), base.join("dev"));
         let vda = sys.join("devices/pci0000:00/virtio1/block/vda");
         mkfile(&vda.join("size"), b"4096\n");
@@ -548,13 +547,11 @@ mod tests {
             Choice::One(by("dm-0")),
             "the mapping and its container are one stick"
         );
-        let _ = std::fs::remove_dir_all(&base);
     }
 
     #[test]
     fn usb_disks_still_being_set_up_are_counted() {
-        let sys = std::env::temp_dir().join(format!("ramstick-usb-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&sys);
+        let sys = ramstick_testkit::TempDir::new("usb");
         let drv = sys.join("bus/usb/drivers/usb-storage");
         std::fs::create_dir_all(drv.join("1-1:1.0/host0/target0:0:0/0:0:0:0/block/sda")).unwrap();
         mkfile(&drv.join("bind"), b"");
@@ -564,6 +561,5 @@ mod tests {
         std::fs::create_dir_all(sys.join("bus/usb/drivers/uas/2-1:1.0")).unwrap();
         assert_eq!(usb_disks_pending(&sys), 2);
         assert_eq!(usb_disks_pending(&sys.join("nothing")), 0);
-        let _ = std::fs::remove_dir_all(&sys);
     }
 }

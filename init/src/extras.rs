@@ -214,11 +214,8 @@ mod tests {
     }
 
     /// A scratch directory standing in for /persist.
-    fn persist_dir(tag: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("ramstick-swap-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    fn persist_dir(tag: &str) -> ramstick_testkit::TempDir {
+        ramstick_testkit::TempDir::new(&format!("swap-{tag}"))
     }
 
     /// A file of `size` bytes that mkswap has formatted (its signature).
@@ -250,7 +247,6 @@ mod tests {
         assert_eq!(meta.len(), SIZE);
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
         assert!(!d.join("swapfile-tmp").exists());
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -262,7 +258,6 @@ mod tests {
         prepare_swapfile(&sys, &swapfile, SIZE).unwrap();
         assert!(sys.calls().is_empty(), "{:?}", sys.calls());
         assert!(has_swap_signature(&swapfile));
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     /// The power cut between creating and mkswap (older init): the right
@@ -284,7 +279,6 @@ mod tests {
                 d.display()
             )]
         );
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -306,7 +300,6 @@ mod tests {
         assert!(sys.calls().is_empty());
         assert!(!d.join("swapfile-tmp").exists());
         assert!(has_swap_signature(&swapfile));
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -319,13 +312,11 @@ mod tests {
         assert!(format!("{err:#}").contains("cannot format"), "{err:#}");
         assert!(!swapfile.exists());
         assert!(!d.join("swapfile-tmp").exists());
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
     fn user_files_are_linked_without_clobbering() {
-        let base = std::env::temp_dir().join(format!("ramstick-links-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
+        let base = ramstick_testkit::TempDir::new("links");
         let persist_user = base.join("persist/user");
         let newroot = base.join("newroot");
         std::fs::create_dir_all(persist_user.join("Documents")).unwrap();
@@ -353,6 +344,5 @@ mod tests {
         );
         // Running again changes nothing.
         assert_eq!(link_user_files(&persist_user, &newroot, "user").unwrap(), 0);
-        let _ = std::fs::remove_dir_all(&base);
     }
 }

@@ -1,6 +1,13 @@
 //! ramstick's PID 1, as a library so the pieces are unit-tested; `main.rs`
 //! is the thin entry point and `boot.rs` the boot sequence in one function.
 
+// PID 1 never panics (the standards): these lints make that checked,
+// outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod boot;
 pub mod devices;
 pub mod extras;

@@ -13,8 +13,16 @@
 //! `--persist DIR` reads the saved state of a data partition mounted at DIR
 //! and shows the chain of layers the boot type uses and the overlay with it.
 
+// PID 1 never panics (the standards): these lints make that checked,
+// outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 use ramstick_common::chain::{self, Saved};
 use ramstick_common::cmdline;
+use ramstick_common::meminfo;
 use ramstick_common::plan::{make_plan, Facts};
 use ramstick_init::{boot, failure};
 
@@ -101,16 +109,11 @@ fn cli(args: Vec<String>) -> i32 {
             }
         }
         let meminfo = std::path::Path::new(dir).join("proc/meminfo");
-        if let Some(kib) = std::fs::read_to_string(meminfo).ok().and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| {
-                    v.split_whitespace()
-                        .next()
-                        .and_then(|n| n.parse::<u64>().ok())
-                })
-        }) {
-            mem = kib * 1024;
+        if let Some(bytes) = std::fs::read_to_string(meminfo)
+            .ok()
+            .and_then(|m| meminfo::mem_total(&m))
+        {
+            mem = bytes;
         }
     }
     let line = line.unwrap_or_default();

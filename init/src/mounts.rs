@@ -397,7 +397,24 @@ mod tests {
         sys.fail_on
             .push("write /sys/block/zram0/comp_algorithm".into());
         let plan = plan_for("ramstick.zram.alg=nope");
-        assert!(setup_upper(&sys, Path::new("/"), &plan).is_ok());
+        let what = setup_upper(&sys, Path::new("/"), &plan)
+            .map_err(|e| format!("{e:#}"))
+            .unwrap();
+        assert_eq!(what, "zram0");
+        // The refused algorithm is tried, then the upper is made as usual.
+        assert_eq!(
+            sys.calls(),
+            vec![
+                "mkdir /sysroot/upper",
+                "read /sys/block/zram0/disksize",
+                "write /sys/block/zram0/comp_algorithm nope",
+                "write /sys/block/zram0/disksize 1073741824",
+                "run /bin/busybox mke2fs -q -F -b 4096 -I 256 -m 0 -L ramstick-upper /dev/zram0",
+                "mount ext4 /dev/zram0 /sysroot/upper NODEV|NOATIME discard",
+                "mkdir /sysroot/upper/upper",
+                "mkdir /sysroot/upper/work",
+            ]
+        );
     }
 
     #[test]

@@ -1,14 +1,20 @@
-//! The system calls of the mount sequence, behind one trait.
+//! The system calls of the boot — mounts, loop devices, sysfs and procfs
+//! files, helper programs — behind one trait.
 //!
-//! [`LinuxSys`] does them for real; [`RecordingSys`] records each call as one
+//! [`LinuxSys`] does them for real; the tests' `RecordingSys` (in
+//! `sys/recording.rs`, built for unit tests only) records each call as one
 //! line of text, so tests assert the exact sequence, flags and options.
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+#[cfg(test)]
+mod recording;
+#[cfg(test)]
+pub use recording::RecordingSys;
 
 /// How long a program stopped by [`Sys::run_bounded`]'s timeout may take to
 /// end after SIGTERM (e2fsck stops at a safe point) before SIGKILL.
@@ -230,157 +236,5 @@ impl Sys for LinuxSys {
         std::fs::read_dir(dir)?
             .map(|e| e.map(|e| e.file_name().to_string_lossy().to_string()))
             .collect()
-    }
-}
-
-/// Records every call; answers reads from a table and fails calls on request.
-#[derive(Default)]
-pub struct RecordingSys {
-    pub calls: RefCell<Vec<String>>,
-    /// Contents returned by `read_file`, by path; these paths also "exist".
-    pub files: HashMap<PathBuf, String>,
-    /// A call whose recorded line starts with one of these fails with EIO.
-    pub fail_on: Vec<String>,
-    /// What `run_bounded` of a program (argv[0]) returns; exit 0 and no
-    /// output when absent.
-    pub bounded: HashMap<String, Bounded>,
-    next_loop: RefCell<u32>,
-}
-
-impl RecordingSys {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn record(&self, line: String) -> io::Result<()> {
-        let fail = self.fail_on.iter().any(|f| line.starts_with(f.as_str()));
-        self.calls.borrow_mut().push(line);
-        if fail {
-            Err(io::Error::from_raw_os_error(nix::libc::EIO))
-        } else {
-            Ok(())
-        }
-    }
-
-    pub fn calls(&self) -> Vec<String> {
-        self.calls.borrow().clone()
-    }
-}
-
-/// `MS_RDONLY|MS_NOATIME` style text for recorded flags.
-pub fn flags_text(flags: MsFlags) -> String {
-    let names = [
-        (MsFlags::MS_RDONLY, "RDONLY"),
-        (MsFlags::MS_NOSUID, "NOSUID"),
-        (MsFlags::MS_NODEV, "NODEV"),
-        (MsFlags::MS_NOEXEC, "NOEXEC"),
-        (MsFlags::MS_NOATIME, "NOATIME"),
-        (MsFlags::MS_BIND, "BIND"),
-        (MsFlags::MS_MOVE, "MOVE"),
-        (MsFlags::MS_REC, "REC"),
-        (MsFlags::MS_PRIVATE, "PRIVATE"),
-    ];
-    let set: Vec<&str> = names
-        .iter()
-        .filter(|(f, _)| flags.contains(*f))
-        .map(|(_, n)| *n)
-        .collect();
-    if set.is_empty() {
-        "-".into()
-    } else {
-        set.join("|")
-    }
-}
-
-impl Sys for RecordingSys {
-    fn mount(
-        &self,
-        source: &str,
-        target: &Path,
-        fstype: &str,
-        flags: MsFlags,
-        data: &str,
-    ) -> io::Result<()> {
-        self.record(format!(
-            "mount {fstype} {source} {} {} {data}",
-            target.display(),
-            flags_text(flags)
-        ))
-    }
-
-    fn move_mount(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.record(format!("move {} {}", from.display(), to.display()))
-    }
-
-    fn umount(&self, target: &Path, detach: bool) -> io::Result<()> {
-        self.record(format!(
-            "umount {}{}",
-            target.display(),
-            if detach { " detach" } else { "" }
-        ))
-    }
-
-    fn mkdir_all(&self, path: &Path) -> io::Result<()> {
-        self.record(format!("mkdir {}", path.display()))
-    }
-
-    fn loop_attach(&self, image: &Path) -> io::Result<PathBuf> {
-        self.record(format!("loop {}", image.display()))?;
-        let mut n = self.next_loop.borrow_mut();
-        let dev = PathBuf::from(format!("/dev/loop{n}"));
-        *n += 1;
-        Ok(dev)
-    }
-
-    fn write_file(&self, path: &Path, data: &str) -> io::Result<()> {
-        self.record(format!("write {} {}", path.display(), data.trim_end()))
-    }
-
-    fn read_file(&self, path: &Path) -> io::Result<String> {
-        self.record(format!("read {}", path.display()))?;
-        self.files
-            .get(path)
-            .cloned()
-            .ok_or_else(|| io::Error::from_raw_os_error(nix::libc::ENOENT))
-    }
-
-    fn run(&self, argv: &[&str]) -> io::Result<()> {
-        self.record(format!("run {}", argv.join(" ")))
-    }
-
-    fn run_console(&self, argv: &[&str], env: &[(&str, &str)]) -> io::Result<i32> {
-        let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        self.record(format!("run-console {} {}", env.join(" "), argv.join(" ")))
-            .map(|()| 0)
-    }
-
-    fn run_bounded(&self, argv: &[&str], timeout: Duration) -> io::Result<Bounded> {
-        self.record(format!(
-            "run-bounded {}s {}",
-            timeout.as_secs(),
-            argv.join(" ")
-        ))?;
-        Ok(argv
-            .first()
-            .and_then(|p| self.bounded.get(*p))
-            .cloned()
-            .unwrap_or(Bounded {
-                status: Some(0),
-                output: String::new(),
-            }))
-    }
-
-    fn exists(&self, path: &Path) -> bool {
-        self.files.contains_key(path)
-    }
-
-    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
-        self.record(format!("list {}", dir.display()))?;
-        Ok(self
-            .files
-            .keys()
-            .filter(|p| p.parent() == Some(dir))
-            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
-            .collect())
     }
 }

@@ -236,14 +236,12 @@ mod tests {
 
     #[test]
     fn idleness_is_the_load_average() {
-        let dir = std::env::temp_dir().join(format!("saver-load-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = ramstick_testkit::TempDir::new("saver-load");
         let f = dir.join("loadavg");
         std::fs::write(&f, "0.05 0.10 0.20 1/100 42\n").unwrap();
         assert!(is_idle(&f));
         std::fs::write(&f, "1.50 0.10 0.20 1/100 42\n").unwrap();
         assert!(!is_idle(&f));
         assert!(!is_idle(&dir.join("missing")));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

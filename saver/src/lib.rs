@@ -1,10 +1,21 @@
-//! ramstick-saver: persisting the RAM session to the stick, as a library
-//! for the `saver` binary and its privileged test.
+//! ramstick-saver: persisting the RAM session to the stick as a chain of
+//! layers, as a library for the `saver` binary and its privileged test.
 //!
-//! [`save`] is the save sequence, [`rotate`] its crash-safe image rotation,
-//! [`verifymount`] the kernel test mount, [`space`] the space check,
-//! [`session`] what boot.json says about this session, [`status`] and
-//! [`daemon`] the other commands, [`codec`] the squashfs codec's commands.
+//! [`save`] is the save sequence: [`saveplan`] plans it (pure), [`commit`]
+//! runs the steps of any change of the saved state over a [`commit::Stick`]
+//! with the manifest as the single commit point, [`stick`] is the real
+//! stick that writes and reads back a layer ([`verifymount`] is the
+//! kernel's half of the read-back), [`space`] checks the room. [`compact`] plans merging layers and
+//! [`maintain`] runs it. [`session`] is what boot.json and the saver's own
+//! records say about this session; [`daemon`], [`status`], [`check`],
+//! [`addlayer`] and [`codec`] are the other commands.
+
+// The saver never panics on bad input (the standards): these lints make
+// that checked, outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod addlayer;
 pub mod check;

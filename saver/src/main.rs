@@ -1,10 +1,18 @@
 //! `saver`: persists the RAM session of a ramstick system to the stick
 //! (`save`, `daemon`), keeps the saved chain short (`compact`), reports on
-//! it (`status`, `check`), and offers the squashfs codec on the command line
-//! (`pack`, `unpack`, `verify`).
+//! it (`status`, `check`), adds a tree to a stick mounted elsewhere
+//! (`add-layer`), and offers the squashfs codec on the command line
+//! (`pack`, `merge`, `unpack`, `verify`).
 //!
 //! Exit status: 0 on success, 1 when `verify` or `check` finds differences,
 //! 2 on an error.
+
+// The saver never panics on bad input (the standards): these lints make
+// that checked, outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 /// Time between two progress lines.
 const EVERY: Duration = Duration::from_secs(3);
 
-/// Prints `<what>: <progress>` lines at most every [`EVERY`].
+/// Prints `<what>: <progress>` lines at most every 3 seconds (`EVERY`).
 pub struct Reporter {
     what: &'static str,
     last: Mutex<Option<Instant>>,

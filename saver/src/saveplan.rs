@@ -199,8 +199,8 @@ fn plan_on_manifest(s: &Situation, old: &Manifest) -> Result<SavePlan> {
         }
     };
     m.prune();
-    // What no chain names any more (this session's earlier layer, the
-    // backup the rotation retires) is removed after the commit.
+    // What no chain names any more (this session's earlier layer, layers
+    // only the previous backup named) is removed after the commit.
     let handled: Vec<String> = after
         .iter()
         .filter_map(|st| match st {

@@ -142,8 +142,7 @@ mod tests {
 
     #[test]
     fn exclusion_file_missing_or_invalid() {
-        let dir = std::env::temp_dir().join(format!("saver-exclude-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = ramstick_testkit::TempDir::new("saver-exclude");
         let file = dir.join("exclude");
         assert!(load_exclude(&file).unwrap().is_empty());
         std::fs::write(&file, "/tmp/*\n/bad[\n").unwrap();
@@ -152,6 +151,5 @@ mod tests {
         std::fs::write(&file, "# comment\n/tmp/*\n").unwrap();
         let ex = load_exclude(&file).unwrap();
         assert!(ex.matches("/tmp/x") && !ex.matches("/etc/x"));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

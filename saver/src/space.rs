@@ -1,11 +1,12 @@
-//! How much room a new image needs, and how much /persist has.
+//! How much room a new layer needs, and how much /persist has.
 //!
 //! The compressed size is unknown before packing, so the estimate gives two
 //! bounds: the worst case (nothing compresses: file data as stored, plus
 //! metadata) and a floor (a tenth of that, better than zstd does on typical
 //! data). Below the floor the save is refused without writing anything;
 //! between the two it is tried, and running out of space while writing
-//! removes the partial image (see `save`).
+//! leaves the partial layer unreferenced (no manifest names it; the next
+//! save removes it) and the saved state untouched (see `save`).
 
 use anyhow::{Context, Result};
 use ramstick_squash::Exclude;
@@ -102,10 +103,9 @@ mod tests {
 
     #[test]
     fn estimate_counts_data_once_and_skips_exclusions() {
-        let dir = std::env::temp_dir().join(format!("saver-space-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(dir.join("tmp")).unwrap();
-        fs::create_dir_all(dir.join("etc")).unwrap();
+        let dir = ramstick_testkit::TempDir::new("saver-space");
+        dir.mkdir("tmp");
+        dir.mkdir("etc");
         fs::write(dir.join("etc/a"), vec![1u8; 10_000]).unwrap();
         fs::hard_link(dir.join("etc/a"), dir.join("etc/b")).unwrap();
         fs::write(dir.join("tmp/big"), vec![1u8; 100_000]).unwrap();
@@ -123,6 +123,5 @@ mod tests {
         let all = estimate(&dir, &Exclude::none()).unwrap();
         assert_eq!(all.entries, 6);
         assert!(all.data >= 110_000, "{all:?}");
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

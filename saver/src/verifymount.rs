@@ -412,9 +412,8 @@ mod tests {
 
     #[test]
     fn written_since_names_the_files_the_upper_changed_after_that_time() {
-        let dir = std::env::temp_dir().join(format!("saver-since-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("d")).unwrap();
+        let dir = ramstick_testkit::TempDir::new("saver-since");
+        dir.mkdir("d");
         let before = SystemTime::now() - Duration::from_secs(2);
         std::fs::write(dir.join("a log"), "new\n").unwrap();
         let image = lines(&[
@@ -439,7 +438,6 @@ mod tests {
         );
         let later = SystemTime::now() + Duration::from_secs(60);
         assert!(written_since(&diffs, &image, &dir, later).is_empty());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

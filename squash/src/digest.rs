@@ -11,10 +11,11 @@
 //! what is still in the page cache.
 
 use crate::format::{Superblock, SUPERBLOCK_SIZE};
-use crate::read::image::{read_full_at, Image, Kind};
+use crate::read::image::{Image, Kind};
 use crate::{Error, Result};
 use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
 use ramstick_common::digest::Digest;
+use ramstick_common::io::read_full_at;
 use std::fs::File;
 use std::path::Path;
 
@@ -159,10 +160,9 @@ mod tests {
     use crate::{pack, PackOptions};
     use std::os::unix::fs::FileExt;
 
-    fn scratch(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("squash-digest-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("tree/etc")).unwrap();
+    fn scratch(name: &str) -> ramstick_testkit::TempDir {
+        let dir = ramstick_testkit::TempDir::new(&format!("squash-digest-{name}"));
+        dir.mkdir("tree/etc");
         std::fs::write(dir.join("tree/etc/a"), vec![7u8; 300_000]).unwrap();
         std::fs::write(dir.join("tree/b"), b"hello").unwrap();
         dir
@@ -208,6 +208,5 @@ mod tests {
         file.set_len(sb.inode_table + 1).unwrap();
         assert!(matches!(meta_digest(&image), Err(Error::Corrupt { .. })));
         assert!(probe(&image).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -15,6 +15,13 @@
 //!
 //! [`format`] holds the on-disk constants shared by [`write`] and [`read`].
 
+// The codec never panics on bad input, not even a crafted image (the
+// standards): these lints make that checked, outside tests.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
 pub mod digest;
 pub mod error;
 pub mod exclude;

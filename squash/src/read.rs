@@ -52,8 +52,7 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 
 /// Checks that an entry name is one component that stays in its directory.
 pub(crate) fn check_name(name: &[u8]) -> Result<(), String> {
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
-    {
+    if !ramstick_common::tree::is_plain_name(name) {
         return Err(format!(
             "entry name {:?} is not a plain file name",
             String::from_utf8_lossy(name)

@@ -11,10 +11,11 @@ use ramstick_squash::{
     pack, unpack, verify, verify_with, ChangedFile, Changing, Compressor, Error, PackOptions,
     PackStats, UnpackOptions, VerifyOptions,
 };
+use ramstick_testkit::TempDir;
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -93,10 +94,9 @@ impl Drop for Writer {
     }
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ramstick-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(dir.join("src/sub")).unwrap();
+fn scratch(name: &str) -> TempDir {
+    let dir = TempDir::new(name);
+    dir.mkdir("src/sub");
     dir
 }
 
@@ -206,7 +206,6 @@ fn a_file_that_keeps_changing_fails_or_is_stored_as_one_read_saw_it() {
     assert!(text.iter().any(|t| t.starts_with("/sub/b: size 5000")));
     let others = text.iter().filter(|t| t.starts_with("/sub/b:")).count();
     assert_eq!(text.len(), 2 + others, "{text:?}");
-    fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -247,5 +246,4 @@ fn verify_lets_off_a_file_written_since_the_pack_and_nothing_older() {
     let found = verify_with(&image, &src, &since(began)).unwrap();
     let what: Vec<&str> = found.differences.iter().map(|d| d.what.as_str()).collect();
     assert!(what.len() == 1 && what[0].starts_with("mode"), "{what:?}");
-    fs::remove_dir_all(&dir).unwrap();
 }

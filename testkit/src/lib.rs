@@ -1,11 +1,16 @@
-//! Helpers shared by ramstick's privileged tests (dev-only, never shipped):
-//! a harness that runs named cases as root in a private mount namespace on
+//! Helpers shared by ramstick's tests (dev-only, never shipped): for the privileged
+//! ones a harness that runs named cases as root in a private mount namespace on
 //! a scratch tmpfs ([`main_with`]), mount guards ([`Mounted`]), small
 //! command and syscall wrappers, and builders of test trees holding every
 //! kind of entry an overlayfs upper can hold ([`build_every_kind`],
-//! [`build_full_tree`]).
+//! [`build_full_tree`]), and the temporary directory of every test that
+//! needs one ([`TempDir`], removed on drop).
 //!
 //! Errors are plain `String`s: a failed case prints its message.
+
+mod tempdir;
+
+pub use tempdir::TempDir;
 
 use std::collections::HashSet;
 use std::ffi::CString;

@@ -1,8 +1,9 @@
 //! An opened image: superblock, decompressed inode and directory tables, id,
 //! fragment and xattr tables, and bounded readers of data blocks (inodes,
-//! listings and xattrs are parsed in [`super::inode`]). Every offset, count and size read from the image
-//! is checked before use; a failed check is an [`Error::Corrupt`]. No
-//! allocation is larger than what the image's own bytes can describe.
+//! listings and xattrs are parsed in [`super::inode`]). Every offset, count
+//! and size read from the image is checked before use; a failed check is an
+//! [`Error::Corrupt`]. No allocation is larger than what the image's own
+//! bytes can describe.
 
 use super::decompress::{Codec, Decoder};
 pub(crate) use super::inode::{Child, FileData, Inode, Kind};
@@ -11,9 +12,9 @@ use crate::format::{
     SUPERBLOCK_SIZE,
 };
 use crate::{Error, Result};
+use ramstick_common::io::read_full_at;
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// A decompressed metadata table and where each of its blocks starts.
@@ -106,15 +107,8 @@ const FALLBACK_TABLE_LIMIT: u64 = 512 << 20;
 pub(crate) fn table_limit() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|text| mem_available(&text))
+        .and_then(|text| ramstick_common::meminfo::mem_available(&text))
         .map_or(FALLBACK_TABLE_LIMIT, |bytes| bytes / 2)
-}
-
-/// `MemAvailable` of /proc/meminfo's text, in bytes.
-fn mem_available(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kib.checked_mul(1024)
 }
 
 impl Image {
@@ -519,20 +513,6 @@ pub(super) fn locate(t: &Table, r: u64, what: &str) -> Result<usize, String> {
         .map(|&s| s + usize::from(offset))
         .filter(|&p| p < t.data.len());
     pos.ok_or_else(|| format!("{what} reference {block}:{offset} is invalid"))
-}
-
-/// Reads until `buf` is full or the file ends; returns the bytes read.
-pub(crate) fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        match file.read_at(&mut buf[done..], offset + done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
 }
 
 #[cfg(test)]

@@ -4,25 +4,8 @@
 use super::*;
 use crate::{pack, verify, Exclude, PackOptions};
 use nix::sys::stat::mkdirat;
+use ramstick_testkit::TempDir;
 use std::os::unix::fs::MetadataExt;
-
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("squash-read-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
@@ -53,7 +36,7 @@ fn build(src: &Path) {
 #[test]
 fn round_trip_through_our_writer() {
     let t = TempDir::new("roundtrip");
-    let (src, image, out) = (t.0.join("src"), t.0.join("img"), t.0.join("out"));
+    let (src, image, out) = (t.join("src"), t.join("img"), t.join("out"));
     build(&src);
     pack(&src, &image, &PackOptions::default()).unwrap();
     std::fs::create_dir(&out).unwrap();
@@ -99,14 +82,14 @@ fn round_trip_through_our_writer() {
 #[test]
 fn damaged_images_fail_without_writing_outside() {
     let t = TempDir::new("damaged");
-    let (src, image) = (t.0.join("src"), t.0.join("img"));
+    let (src, image) = (t.join("src"), t.join("img"));
     build(&src);
     std::fs::remove_file(src.join("sparse")).unwrap();
     pack(&src, &image, &PackOptions::default()).unwrap();
     let good = std::fs::read(&image).unwrap();
     let used = crate::format::Superblock::parse(&good).unwrap().bytes_used as usize;
-    let bad = t.0.join("bad");
-    let sandbox = t.0.join("sandbox");
+    let bad = t.join("bad");
+    let sandbox = t.join("sandbox");
     let try_unpack = |bytes: &[u8]| {
         std::fs::write(&bad, bytes).unwrap();
         let target = sandbox.join("target");
@@ -132,12 +115,10 @@ fn damaged_images_fail_without_writing_outside() {
 
 #[test]
 fn names_must_stay_in_their_directory() {
-    for bad in [&b""[..], b".", b"..", b"a/b", b"/", b"a\0b"] {
-        assert!(check_name(bad).is_err(), "{bad:?}");
-    }
-    for good in [&b"a"[..], b"...", b".hidden", b"a b", b"\xff"] {
-        assert!(check_name(good).is_ok(), "{good:?}");
-    }
+    // The rule itself is common's `is_plain_name` (tested there).
+    let err = check_name(b"../x").unwrap_err();
+    assert!(err.contains("not a plain file name"), "{err}");
+    assert!(check_name(b"x").is_ok());
 }
 
 /// 1 TiB with 4 KiB of data: pack reads one block (holes found with
@@ -146,7 +127,7 @@ fn names_must_stay_in_their_directory() {
 #[test]
 fn a_terabyte_sparse_file_stays_sparse() {
     let t = TempDir::new("sparse");
-    let (src, image, out) = (t.0.join("src"), t.0.join("img"), t.0.join("out"));
+    let (src, image, out) = (t.join("src"), t.join("img"), t.join("out"));
     std::fs::create_dir(&src).unwrap();
     let f = File::create(src.join("tera")).unwrap();
     f.set_len(1 << 40).unwrap();
@@ -208,7 +189,7 @@ fn nest(root: &Path, levels: usize, name_len: usize) -> String {
 #[test]
 fn a_tree_deeper_than_path_max_round_trips() {
     let t = TempDir::new("deep");
-    let (src, image, out) = (t.0.join("src"), t.0.join("img"), t.0.join("out"));
+    let (src, image, out) = (t.join("src"), t.join("img"), t.join("out"));
     std::fs::create_dir(&src).unwrap();
     nest(&src, 200, 30);
     let stats = pack(&src, &image, &PackOptions::default()).unwrap();
@@ -222,18 +203,18 @@ fn a_tree_deeper_than_path_max_round_trips() {
 #[test]
 fn a_tree_deeper_than_the_reader_allows_is_refused_before_writing() {
     let t = TempDir::new("toodeep");
-    let ok = t.0.join("ok");
+    let ok = t.join("ok");
     std::fs::create_dir(&ok).unwrap();
     // The reader takes 255 nested directories (listings up to depth 256).
     nest(&ok, MAX_DEPTH - 1, 3);
-    let ok_image = t.0.join("ok.img");
+    let ok_image = t.join("ok.img");
     pack(&ok, &ok_image, &PackOptions::default()).unwrap();
-    std::fs::create_dir(t.0.join("ok.out")).unwrap();
-    unpack(&ok_image, &t.0.join("ok.out"), &UnpackOptions::default()).unwrap();
-    let deep = t.0.join("deep");
+    std::fs::create_dir(t.join("ok.out")).unwrap();
+    unpack(&ok_image, &t.join("ok.out"), &UnpackOptions::default()).unwrap();
+    let deep = t.join("deep");
     std::fs::create_dir(&deep).unwrap();
     let last = nest(&deep, MAX_DEPTH, 3);
-    let image = t.0.join("deep.img");
+    let image = t.join("deep.img");
     let err = pack(&deep, &image, &PackOptions::default()).unwrap_err();
     match &err {
         Error::Unpackable { path, what } => {

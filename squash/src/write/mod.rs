@@ -393,9 +393,8 @@ mod tests {
 
     #[test]
     fn tables_follow_each_other_in_the_order_the_kernel_checks() {
-        let root = std::env::temp_dir().join(format!("ramstick-packunit-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(root.join("src/d")).unwrap();
+        let root = ramstick_testkit::TempDir::new("packunit");
+        root.mkdir("src/d");
         std::fs::write(root.join("src/d/f"), vec![7u8; 300_000]).unwrap();
         std::fs::write(root.join("src/g"), vec![7u8; 300_000]).unwrap();
         std::fs::write(root.join("src/zeros"), vec![0u8; 262_144]).unwrap();
@@ -406,7 +405,7 @@ mod tests {
         };
         let stats = pack(&root.join("src"), &image, &options).unwrap();
         let bytes = std::fs::read(&image).unwrap();
-        std::fs::remove_dir_all(&root).unwrap();
+        drop(root);
         let sb = Superblock::parse(&bytes).unwrap();
         assert_eq!((stats.entries, stats.inodes), (5, 5));
         assert_eq!(bytes.len() as u64, stats.image_size);

@@ -269,17 +269,16 @@ mod tests {
 
     #[test]
     fn scan_orders_children_first_and_counts_links() {
-        let root = std::env::temp_dir().join(format!("ramstick-scan-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(root.join("b/c")).unwrap();
-        std::fs::create_dir_all(root.join("skip/deep")).unwrap();
+        let root = ramstick_testkit::TempDir::new("scan");
+        root.mkdir("b/c");
+        root.mkdir("skip/deep");
         std::fs::write(root.join("a"), b"x").unwrap();
         std::fs::hard_link(root.join("a"), root.join("b/c/a2")).unwrap();
         std::fs::write(root.join("z"), b"yz").unwrap();
         std::os::unix::fs::symlink("nowhere", root.join("b/l")).unwrap();
         let exclude = Exclude::new(["/skip"]).unwrap();
         let tree = scan(&root, &exclude).unwrap();
-        std::fs::remove_dir_all(&root).unwrap();
+        drop(root);
         // Writing order: a, b/c (after its a2 = a), b/l, b, z, root.
         let names: Vec<String> = tree
             .order

@@ -2,13 +2,12 @@
 
 use super::*;
 use crate::Exclude;
+use ramstick_testkit::TempDir;
 use std::os::unix::fs::FileExt;
 
 #[test]
 fn duplicates_are_confirmed_and_zeros_hash_alike_stored_or_not() {
-    let dir = std::env::temp_dir().join(format!("ramstick-dup-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("dup");
     let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     std::fs::write(dir.join("a"), &content).unwrap();
     std::fs::write(dir.join("b"), &content).unwrap();
@@ -54,14 +53,11 @@ fn duplicates_are_confirmed_and_zeros_hash_alike_stored_or_not() {
         content.next(&inputs).unwrap(),
         Some(Chunk::Hole(65536))
     ));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_changed_file_fails_a_checked_read_and_an_as_is_read_stops_where_it_ends() {
-    let dir = std::env::temp_dir().join(format!("ramstick-asis-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("asis");
     let path = dir.join("f");
     std::fs::write(&path, vec![7u8; 300_000]).unwrap();
     let tree = super::super::scan::scan(&dir, &Exclude::none()).unwrap();
@@ -89,5 +85,4 @@ fn a_changed_file_fails_a_checked_read_and_an_as_is_read_stops_where_it_ends() {
     let seen = as_is.finish().unwrap().unwrap();
     assert_eq!(seen.size, 100_000);
     assert_eq!(seen, Stamp::of(&file, &path).unwrap());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
