@@ -51,8 +51,15 @@ fn open_uncached(image: &Path) -> Result<(File, u64)> {
     Ok((file, size))
 }
 
-/// Feeds `len` bytes of `file` from `offset` into `digest`.
-fn feed(file: &File, image: &Path, offset: u64, len: u64, digest: &mut Digest) -> Result<()> {
+/// Reads `len` bytes of `file` from `offset` in chunks, handing each to `f`
+/// with its offset; a file that ends early is corrupt.
+fn read_range(
+    file: &File,
+    image: &Path,
+    offset: u64,
+    len: u64,
+    mut f: impl FnMut(u64, &[u8]),
+) -> Result<()> {
     let mut buf = vec![0u8; CHUNK];
     let mut done = 0u64;
     while done < len {
@@ -65,17 +72,21 @@ fn feed(file: &File, image: &Path, offset: u64, len: u64, digest: &mut Digest) -
                 what: format!("truncated at byte {}", offset + done + got as u64),
             });
         }
-        digest.update(&buf[..want]);
+        f(offset + done, &buf[..want]);
         done += want as u64;
     }
     Ok(())
 }
 
-/// The metadata digest and the file size of `image`.
-pub fn meta_digest(image: &Path) -> Result<(u64, String)> {
-    let (file, size) = open_uncached(image)?;
+/// The superblock of an opened image and the range its metadata digest
+/// covers after it: from the inode table to the end of the used bytes.
+fn metadata_range(
+    file: &File,
+    image: &Path,
+    size: u64,
+) -> Result<([u8; SUPERBLOCK_SIZE], u64, u64)> {
     let mut head = [0u8; SUPERBLOCK_SIZE];
-    let got = read_full_at(&file, &mut head, 0).map_err(|e| Error::io("read", image, e))?;
+    let got = read_full_at(file, &mut head, 0).map_err(|e| Error::io("read", image, e))?;
     let corrupt = |what: String| Error::Corrupt {
         image: image.to_path_buf(),
         what,
@@ -87,28 +98,39 @@ pub fn meta_digest(image: &Path) -> Result<(u64, String)> {
             sb.inode_table, sb.bytes_used
         )));
     }
+    Ok((head, sb.inode_table, sb.bytes_used))
+}
+
+/// The metadata digest and the file size of `image`.
+pub fn meta_digest(image: &Path) -> Result<(u64, String)> {
+    let (file, size) = open_uncached(image)?;
+    let (head, start, end) = metadata_range(&file, image, size)?;
     let mut digest = Digest::new();
     digest.update(&head);
-    feed(
-        &file,
-        image,
-        sb.inode_table,
-        sb.bytes_used - sb.inode_table,
-        &mut digest,
-    )?;
+    read_range(&file, image, start, end - start, |_, chunk| {
+        digest.update(chunk)
+    })?;
     Ok((size, digest.hex()))
 }
 
-/// Both digests of `image` (reads it whole, from the device).
+/// Both digests of `image`, in one read of it from the device.
 pub fn digests(image: &Path) -> Result<Digests> {
-    let (size, meta) = meta_digest(image)?;
-    let (file, _) = open_uncached(image)?;
-    let mut digest = Digest::new();
-    feed(&file, image, 0, size, &mut digest)?;
+    let (file, size) = open_uncached(image)?;
+    let (head, start, end) = metadata_range(&file, image, size)?;
+    let mut meta = Digest::new();
+    meta.update(&head);
+    let mut full = Digest::new();
+    read_range(&file, image, 0, size, |at, chunk| {
+        full.update(chunk);
+        // The part of this chunk inside the metadata range.
+        let from = start.clamp(at, at + chunk.len() as u64) - at;
+        let to = end.clamp(at, at + chunk.len() as u64) - at;
+        meta.update(&chunk[from as usize..to as usize]);
+    })?;
     Ok(Digests {
         size,
-        meta,
-        full: digest.hex(),
+        meta: meta.hex(),
+        full: full.hex(),
     })
 }
 
@@ -166,6 +188,29 @@ mod tests {
         std::fs::write(dir.join("tree/etc/a"), vec![7u8; 300_000]).unwrap();
         std::fs::write(dir.join("tree/b"), b"hello").unwrap();
         dir
+    }
+
+    #[test]
+    fn one_pass_digests_equal_separate_ones_across_chunks() {
+        let dir = scratch("chunks");
+        // Incompressible: an image of several read chunks.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let noise: Vec<u8> = (0..(3 << 20))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(dir.join("tree/etc/noise"), noise).unwrap();
+        let image = dir.join("l.squashfs");
+        pack(&dir.join("tree"), &image, &PackOptions::default()).unwrap();
+        let d = digests(&image).unwrap();
+        assert!(d.size > 3 * CHUNK as u64 / 2, "{}", d.size);
+        assert_eq!(meta_digest(&image).unwrap(), (d.size, d.meta.clone()));
+        let whole = std::fs::read(&image).unwrap();
+        assert_eq!(d.full, ramstick_common::digest::xxh3_hex(&whole));
     }
 
     #[test]
