@@ -1,0 +1,589 @@
+//! Rebuilding the device as a power cut could have left it, from a base
+//! image and a write log.
+//!
+//! The log is cut into segments at its barriers (flushes; a FUA write
+//! counts as one). A write before a barrier is on stable storage once the
+//! barrier completed; the writes since the last barrier may or may not be,
+//! in any combination and order, and a write may be torn between the
+//! device's atomic units. So the states a cut can leave are:
+//!
+//! - [`Kind::Flush`]: everything up to a barrier, in order;
+//! - [`Kind::Dropped`]: that, plus some of the next segment's first writes
+//!   with others among them lost;
+//! - [`Kind::Reordered`]: that, plus some of the next segment's writes
+//!   landed in another order than they were issued (later ones without
+//!   earlier ones; where two overlap, the older data may land last);
+//! - [`Kind::Torn`]: that, plus the segment's first writes in order, and
+//!   only some of the [`TEAR`]-sized pieces of the next one.
+//!
+//! Every barrier gives one [`Kind::Flush`] point; the other kinds are
+//! sampled per segment with a seeded generator, so a run can be repeated.
+
+use super::log::{Entry, Log};
+use anyhow::{Context, Result};
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// The unit a write may be torn at: an ext4 block and a flash page.
+pub const TEAR: u64 = 4096;
+/// Attempts at drawing a sample that differs from the in-order states.
+const DRAWS: usize = 16;
+/// Bytes copied from the log at a time.
+const CHUNK: usize = 1 << 20;
+
+/// How a replayed state was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    Flush,
+    Dropped,
+    Reordered,
+    Torn,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Flush, Kind::Dropped, Kind::Reordered, Kind::Torn];
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Flush => "flush",
+            Kind::Dropped => "dropped",
+            Kind::Reordered => "reordered",
+            Kind::Torn => "torn",
+        })
+    }
+}
+
+/// Bytes `from..to` of the data of log entry `entry` (a write).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    pub entry: usize,
+    pub from: u64,
+    pub to: u64,
+}
+
+impl Piece {
+    fn whole(log: &Log, entry: usize) -> Piece {
+        Piece {
+            entry,
+            from: 0,
+            to: log.entries[entry].len,
+        }
+    }
+}
+
+/// The log entries between two barriers: `start..end`, where `end` is the
+/// barrier's index (or the log's length after the last one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub start: usize,
+    pub end: usize,
+    /// The writes among them, in log order.
+    pub writes: Vec<usize>,
+}
+
+/// The segments of `log`, in order (the last one may have no barrier).
+pub fn segments(log: &Log) -> Vec<Segment> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut writes = Vec::new();
+    for (i, e) in log.entries.iter().enumerate() {
+        if e.is_write() {
+            writes.push(i);
+        }
+        if e.is_barrier() {
+            out.push(Segment {
+                start,
+                end: i,
+                writes: std::mem::take(&mut writes),
+            });
+            start = i + 1;
+        }
+    }
+    if start < log.entries.len() {
+        out.push(Segment {
+            start,
+            end: log.entries.len(),
+            writes,
+        });
+    }
+    out
+}
+
+/// One state a power cut could leave: the first `base` entries of the log
+/// applied in order, then `extra`, in this order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Point {
+    pub kind: Kind,
+    pub base: usize,
+    pub extra: Vec<Piece>,
+}
+
+impl Point {
+    /// Everything up to (not including) entry `base`, in order.
+    pub fn prefix(base: usize) -> Point {
+        Point {
+            kind: Kind::Flush,
+            base,
+            extra: Vec::new(),
+        }
+    }
+
+    /// A short description: the kind, the entries applied in order, then
+    /// the extra entries (`n[from..to]` for a piece of one).
+    pub fn describe(&self, log: &Log) -> String {
+        let extra: Vec<String> = self
+            .extra
+            .iter()
+            .map(|p| {
+                if *p == Piece::whole(log, p.entry) {
+                    p.entry.to_string()
+                } else {
+                    format!("{}[{}..{}]", p.entry, p.from, p.to)
+                }
+            })
+            .collect();
+        if extra.is_empty() {
+            format!("{} 0..{}", self.kind, self.base)
+        } else {
+            format!("{} 0..{} + {}", self.kind, self.base, extra.join(","))
+        }
+    }
+}
+
+/// A small seeded generator (xorshift64*): the same seed samples the same points.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9e37_79b9_7f4a_7c15 | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    /// A number in `lo..=hi`.
+    pub fn within(&mut self, lo: usize, hi: usize) -> usize {
+        lo + self.below(hi - lo + 1)
+    }
+
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, self.below(i + 1));
+        }
+    }
+
+    /// A mask of `n` bits with at least one set and one clear (`n` ≥ 2).
+    fn mixed_mask(&mut self, n: usize) -> Vec<bool> {
+        loop {
+            let mask: Vec<bool> = (0..n).map(|_| self.next() & 1 == 1).collect();
+            if mask.iter().any(|&b| b) && mask.iter().any(|&b| !b) {
+                return mask;
+            }
+        }
+    }
+}
+
+/// The [`TEAR`]-aligned pieces of write `entry` (aligned on the device).
+fn tear(log: &Log, entry: usize) -> Vec<Piece> {
+    let e: &Entry = &log.entries[entry];
+    let mut pieces = Vec::new();
+    let mut from = 0;
+    while from < e.len {
+        let next_boundary = (e.offset + from) / TEAR * TEAR + TEAR;
+        let to = (next_boundary - e.offset).min(e.len);
+        pieces.push(Piece { entry, from, to });
+        from = to;
+    }
+    pieces
+}
+
+/// The points of one segment: its barrier (when it has one), and up to
+/// `samples` points of each other kind between its start and its barrier.
+pub fn segment_points(log: &Log, seg: &Segment, samples: usize, rng: &mut Rng) -> Vec<Point> {
+    let mut out = Vec::new();
+    if seg.end < log.entries.len() {
+        out.push(Point::prefix(seg.end + 1));
+    }
+    let w = &seg.writes;
+    let in_order = |extra: &[Piece]| {
+        extra.len() <= w.len()
+            && extra
+                .iter()
+                .zip(w)
+                .all(|(p, &e)| *p == Piece::whole(log, e))
+    };
+    let push = |out: &mut Vec<Point>, kind: Kind, extra: Vec<Piece>| {
+        let p = Point {
+            kind,
+            base: seg.start,
+            extra,
+        };
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    };
+    if w.len() >= 2 {
+        for _ in 0..samples {
+            let j = rng.within(2, w.len());
+            let mask = rng.mixed_mask(j);
+            let extra = w[..j]
+                .iter()
+                .zip(mask)
+                .filter(|(_, keep)| *keep)
+                .map(|(&e, _)| Piece::whole(log, e))
+                .collect();
+            push(&mut out, Kind::Dropped, extra);
+        }
+        for _ in 0..samples {
+            for _ in 0..DRAWS {
+                let mut order = w.clone();
+                rng.shuffle(&mut order);
+                let j = rng.within(1, w.len());
+                let extra: Vec<Piece> = order[..j].iter().map(|&e| Piece::whole(log, e)).collect();
+                if !in_order(&extra) {
+                    push(&mut out, Kind::Reordered, extra);
+                    break;
+                }
+            }
+        }
+    }
+    let tearable: Vec<usize> = (0..w.len())
+        .filter(|&i| tear(log, w[i]).len() >= 2)
+        .collect();
+    if !tearable.is_empty() {
+        for _ in 0..samples {
+            let i = tearable[rng.below(tearable.len())];
+            let pieces = tear(log, w[i]);
+            let mask = rng.mixed_mask(pieces.len());
+            let mut extra: Vec<Piece> = w[..i].iter().map(|&e| Piece::whole(log, e)).collect();
+            extra.extend(
+                pieces
+                    .into_iter()
+                    .zip(mask)
+                    .filter(|(_, k)| *k)
+                    .map(|(p, _)| p),
+            );
+            push(&mut out, Kind::Torn, extra);
+        }
+    }
+    out
+}
+
+/// The part of the device an image holds: bytes `offset..offset + len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Region {
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Applies `pieces` in order to `image`, which holds `region` of the
+/// device (bytes outside it are skipped). Returns the bytes written.
+pub fn apply(log: &Log, pieces: &[Piece], region: Region, image: &File) -> Result<u64> {
+    let mut buf = vec![0u8; CHUNK];
+    let mut written = 0;
+    for p in pieces {
+        let e = &log.entries[p.entry];
+        let start = (e.offset + p.from).max(region.offset);
+        let end = (e.offset + p.to).min(region.offset + region.len);
+        let mut at = start;
+        while at < end {
+            let n = (end - at).min(CHUNK as u64) as usize;
+            log.read_data(e.data + (at - e.offset), &mut buf[..n])?;
+            image
+                .write_all_at(&buf[..n], at - region.offset)
+                .with_context(|| format!("writing a replayed image at {}", at - region.offset))?;
+            at += n as u64;
+            written += n as u64;
+        }
+    }
+    Ok(written)
+}
+
+/// The whole writes among entries `from..to`.
+pub fn writes_between(log: &Log, from: usize, to: usize) -> Vec<Piece> {
+    (from..to)
+        .filter(|&i| log.entries[i].is_write())
+        .map(|i| Piece::whole(log, i))
+        .collect()
+}
+
+/// Bytes the writes among entries `from..to` put outside `region`.
+pub fn outside(log: &Log, from: usize, to: usize, region: Region) -> u64 {
+    log.entries[from..to]
+        .iter()
+        .filter(|e| e.is_write())
+        .map(|e| {
+            let inside = (e.offset + e.len)
+                .min(region.offset + region.len)
+                .saturating_sub(e.offset.max(region.offset));
+            e.len - inside
+        })
+        .sum()
+}
+
+/// An image moved forward through the log in order, from which the points
+/// are copied (points sorted by their base cost one pass over the log).
+pub struct Cursor {
+    path: PathBuf,
+    file: File,
+    region: Region,
+    /// Entries applied so far.
+    at: usize,
+}
+
+impl Cursor {
+    /// A cursor at the start of the log, on a sparse copy of `base`.
+    pub fn new(base: &Path, path: &Path, region: Region) -> Result<Cursor> {
+        sparse_copy(base, path)?;
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(Cursor {
+            path: path.to_path_buf(),
+            file,
+            region,
+            at: 0,
+        })
+    }
+
+    /// Writes the state of `point` to `out`. Points must come in the
+    /// order of their `base`.
+    pub fn materialize(&mut self, log: &Log, point: &Point, out: &Path) -> Result<()> {
+        anyhow::ensure!(
+            point.base >= self.at,
+            "points must be replayed in log order ({} after {})",
+            point.base,
+            self.at
+        );
+        apply(
+            log,
+            &writes_between(log, self.at, point.base),
+            self.region,
+            &self.file,
+        )?;
+        self.at = point.base;
+        sparse_copy(&self.path, out)?;
+        let image = OpenOptions::new()
+            .write(true)
+            .open(out)
+            .with_context(|| format!("opening {}", out.display()))?;
+        apply(log, &point.extra, self.region, &image)?;
+        image
+            .sync_data()
+            .with_context(|| format!("syncing {}", out.display()))
+    }
+}
+
+/// Writes `region` of the disk image `disk` to the new file `out` (its
+/// all-zero MiBs left as holes): the image a [`Cursor`] over that region starts from.
+pub fn extract(disk: &Path, region: Region, out: &Path) -> Result<()> {
+    let from = File::open(disk).with_context(|| format!("opening {}", disk.display()))?;
+    let to = File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    to.set_len(region.len)
+        .with_context(|| format!("sizing {}", out.display()))?;
+    let mut buf = vec![0u8; CHUNK];
+    let mut at = 0;
+    while at < region.len {
+        let n = (region.len - at).min(CHUNK as u64) as usize;
+        from.read_exact_at(&mut buf[..n], region.offset + at)
+            .with_context(|| format!("reading {} at {}", disk.display(), region.offset + at))?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            to.write_all_at(&buf[..n], at)
+                .with_context(|| format!("writing {}", out.display()))?;
+        }
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Copies `from` to `to`, leaving holes for its all-zero blocks.
+pub fn sparse_copy(from: &Path, to: &Path) -> Result<()> {
+    crate::deps::run(
+        crate::deps::cmd("cp")
+            .args(["--sparse=always", "--reflink=auto"])
+            .arg(from)
+            .arg(to),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::log::craft::Crafted;
+    use super::super::test_dir;
+    use super::*;
+    use std::collections::BTreeSet;
+
+    /// A device of 8 blocks of 4 KiB, each block filled with its number,
+    /// and a log: A (blocks 1-2 ← 0xa1), B (block 5 ← 0xb1), flush,
+    /// C (blocks 0-3 ← 0xc1), D (block 2 ← 0xd1), E (block 6 ← 0xe1), flush,
+    /// F (block 7 ← 0xf1), without a flush.
+    fn fixture(name: &str) -> (PathBuf, Log) {
+        let dir = test_dir(name);
+        let base = dir.join("base.img");
+        let bytes: Vec<u8> = (0..8u8).flat_map(|b| vec![b; 4096]).collect();
+        std::fs::write(&base, bytes).unwrap();
+        let mut c = Crafted::new();
+        c.write(4096, &[0xa1; 8192])
+            .write(5 * 4096, &[0xb1; 4096])
+            .flush()
+            .write(0, &[0xc1; 4 * 4096])
+            .write(2 * 4096, &[0xd1; 4096])
+            .write(6 * 4096, &[0xe1; 4096])
+            .flush()
+            .write(7 * 4096, &[0xf1; 4096]);
+        let path = dir.join("write.log");
+        std::fs::write(&path, &c.bytes).unwrap();
+        (dir, Log::open(&path).unwrap())
+    }
+
+    /// The first byte of each 4 KiB block of `image`.
+    fn blocks(image: &Path) -> Vec<u8> {
+        std::fs::read(image)
+            .unwrap()
+            .chunks(4096)
+            .map(|c| c[0])
+            .collect()
+    }
+
+    const WHOLE: Region = Region {
+        offset: 0,
+        len: 8 * 4096,
+    };
+
+    #[test]
+    fn segments_end_at_barriers() {
+        let (_, log) = fixture("segments");
+        let s = segments(&log);
+        assert_eq!(s.len(), 3);
+        assert_eq!(
+            (s[0].start, s[0].end, s[0].writes.clone()),
+            (0, 2, vec![0, 1])
+        );
+        assert_eq!(
+            (s[1].start, s[1].end, s[1].writes.clone()),
+            (3, 6, vec![3, 4, 5])
+        );
+        assert_eq!((s[2].start, s[2].end, s[2].writes.clone()), (7, 8, vec![7]));
+    }
+
+    #[test]
+    fn flush_points_replay_everything_before_the_barrier_in_order() {
+        let (dir, log) = fixture("flush");
+        let mut cur = Cursor::new(&dir.join("base.img"), &dir.join("cursor.img"), WHOLE).unwrap();
+        let out = dir.join("p.img");
+        cur.materialize(&log, &Point::prefix(0), &out).unwrap();
+        assert_eq!(blocks(&out), [0, 1, 2, 3, 4, 5, 6, 7]);
+        cur.materialize(&log, &Point::prefix(3), &out).unwrap();
+        assert_eq!(blocks(&out), [0, 0xa1, 0xa1, 3, 4, 0xb1, 6, 7]);
+        // D after C: block 2 holds D's data.
+        cur.materialize(&log, &Point::prefix(7), &out).unwrap();
+        assert_eq!(blocks(&out), [0xc1, 0xc1, 0xd1, 0xc1, 4, 0xb1, 0xe1, 7]);
+        assert!(
+            cur.materialize(&log, &Point::prefix(3), &out).is_err(),
+            "backwards"
+        );
+    }
+
+    #[test]
+    fn extras_apply_in_their_order_and_torn_pieces_alone() {
+        let (dir, log) = fixture("extras");
+        let mut cur = Cursor::new(&dir.join("base.img"), &dir.join("cursor.img"), WHOLE).unwrap();
+        let out = dir.join("p.img");
+        // Reordered: D lands, then C over it (older data last), E lost.
+        let p = Point {
+            kind: Kind::Reordered,
+            base: 3,
+            extra: vec![Piece::whole(&log, 4), Piece::whole(&log, 3)],
+        };
+        cur.materialize(&log, &p, &out).unwrap();
+        assert_eq!(blocks(&out), [0xc1, 0xc1, 0xc1, 0xc1, 4, 0xb1, 6, 7]);
+        // Torn: only C's second and fourth 4 KiB pieces.
+        let pieces = tear(&log, 3);
+        assert_eq!(pieces.len(), 4);
+        let p = Point {
+            kind: Kind::Torn,
+            base: 3,
+            extra: vec![pieces[1], pieces[3]],
+        };
+        cur.materialize(&log, &p, &out).unwrap();
+        assert_eq!(blocks(&out), [0, 0xc1, 0xa1, 0xc1, 4, 0xb1, 6, 7]);
+    }
+
+    #[test]
+    fn a_region_holds_only_its_part_of_the_device() {
+        let (dir, log) = fixture("region");
+        // Blocks 2..6 of the device, as a partition image.
+        let part = dir.join("part.img");
+        let region = Region {
+            offset: 2 * 4096,
+            len: 4 * 4096,
+        };
+        extract(&dir.join("base.img"), region, &part).unwrap();
+        assert_eq!(blocks(&part), [2, 3, 4, 5]);
+        let mut cur = Cursor::new(&part, &dir.join("cursor.img"), region).unwrap();
+        let out = dir.join("p.img");
+        cur.materialize(&log, &Point::prefix(7), &out).unwrap();
+        assert_eq!(blocks(&out), [0xd1, 0xc1, 4, 0xb1]);
+        assert_eq!(outside(&log, 0, 7, region), 4096 + 2 * 4096 + 4096);
+    }
+
+    #[test]
+    fn sampled_points_are_crash_states_of_their_segment() {
+        let (_, log) = fixture("sample");
+        let segs = segments(&log);
+        let mut rng = Rng::new(7);
+        let points = segment_points(&log, &segs[1], 20, &mut rng);
+        assert_eq!(points[0], Point::prefix(7), "the barrier first");
+        let kinds: BTreeSet<Kind> = points.iter().map(|p| p.kind).collect();
+        assert_eq!(kinds, Kind::ALL.into_iter().collect());
+        let seg_writes = [3usize, 4, 5];
+        for p in &points[1..] {
+            assert_eq!(p.base, 3, "{p:?}");
+            assert!(
+                p.extra.iter().all(|x| seg_writes.contains(&x.entry)),
+                "{p:?}"
+            );
+            match p.kind {
+                Kind::Dropped => {
+                    // In order, a strict subset of a prefix of at least 2.
+                    let e: Vec<usize> = p.extra.iter().map(|x| x.entry).collect();
+                    assert!(e.windows(2).all(|w| w[0] < w[1]) && !e.is_empty() && e.len() < 3);
+                    assert!(p
+                        .extra
+                        .iter()
+                        .all(|x| x.from == 0 && x.to == log.entries[x.entry].len));
+                }
+                Kind::Reordered => {
+                    let e: Vec<usize> = p.extra.iter().map(|x| x.entry).collect();
+                    assert_ne!(e, seg_writes[..e.len()].to_vec(), "not reordered");
+                }
+                Kind::Torn => {
+                    // Only C (16 KiB) can tear; the writes before it whole.
+                    let torn: Vec<&Piece> = p.extra.iter().filter(|x| x.entry == 3).collect();
+                    assert!(!torn.is_empty() && torn.len() < 4, "{p:?}");
+                    assert!(torn.iter().all(|x| x.to - x.from == TEAR));
+                }
+                Kind::Flush => panic!("a second barrier point: {p:?}"),
+            }
+        }
+        // The same seed gives the same points.
+        assert_eq!(points, segment_points(&log, &segs[1], 20, &mut Rng::new(7)));
+        // One write: nothing to drop or reorder, and 4 KiB cannot tear.
+        let last = segment_points(&log, &segs[2], 5, &mut rng);
+        assert!(last.is_empty(), "{last:?}");
+    }
+}
