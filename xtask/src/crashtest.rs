@@ -47,7 +47,7 @@ pub struct Args {
     /// Seed of the sampled points (default: from the clock; printed).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Samples of each kind between two flushes (default: 4; --quick 1).
+    /// Draws of each sampled kind between two flushes (default: 32; --quick 1).
     #[arg(long)]
     pub samples: Option<usize>,
     /// Replayed disks to boot in QEMU (default: 8; --quick 1).
@@ -137,7 +137,7 @@ pub fn run(a: &Args) -> Result<()> {
     let recorded = started.elapsed().as_secs_f64();
     let log = Log::open(&rec.log)?;
     let seed = a.seed.unwrap_or_else(clock_seed);
-    let samples = a.samples.unwrap_or(if a.quick { 1 } else { 4 });
+    let samples = a.samples.unwrap_or(if a.quick { 1 } else { 32 });
     let boots = a.boots.unwrap_or(if a.quick { 1 } else { 8 });
     println!(
         "crashtest: {} log entries of {}-byte sectors ({} counted by the superblock), {} \
@@ -385,6 +385,10 @@ fn select(
     seed: u64,
 ) -> Vec<Point> {
     let mut rng = Rng::new(seed);
+    let how = replay::Sampling {
+        samples,
+        exhaustive: !quick,
+    };
     let span = |name: &str| {
         marks
             .iter()
@@ -401,7 +405,7 @@ fn select(
         .collect();
     let mut points: Vec<Point> = segments
         .iter()
-        .flat_map(|s| replay::segment_points(log, s, samples, &mut rng))
+        .flat_map(|s| replay::segment_points(log, s, how, &mut rng))
         .collect();
     if quick && points.len() > QUICK_POINTS {
         rng.shuffle(&mut points);

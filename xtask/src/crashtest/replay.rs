@@ -8,16 +8,17 @@
 //! device's atomic units. So the states a cut can leave are:
 //!
 //! - [`Kind::Flush`]: everything up to a barrier, in order;
-//! - [`Kind::Dropped`]: that, plus some of the next segment's first writes
-//!   with others among them lost;
+//! - [`Kind::Dropped`]: that, plus the next segment's first writes in
+//!   order, the writes after them lost;
 //! - [`Kind::Reordered`]: that, plus some of the next segment's writes
-//!   landed in another order than they were issued (later ones without
-//!   earlier ones; where two overlap, the older data may land last);
+//!   landed out of the order they were issued in: later ones without
+//!   earlier ones, and where two overlap, the older data last;
 //! - [`Kind::Torn`]: that, plus the segment's first writes in order, and
 //!   only some of the [`TEAR`]-sized pieces of the next one.
 //!
-//! Every barrier gives one [`Kind::Flush`] point; the other kinds are
-//! sampled per segment with a seeded generator, so a run can be repeated.
+//! Every barrier and every in-order prefix is a point; the out-of-order
+//! subsets of a small segment can all be (see [`Sampling`]); the rest is
+//! drawn with a seeded generator, so a run can be repeated.
 
 use super::log::{Entry, Log};
 use anyhow::{Context, Result};
@@ -28,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 /// The unit a write may be torn at: an ext4 block and a flash page.
 pub const TEAR: u64 = 4096;
-/// Attempts at drawing a sample that differs from the in-order states.
+/// Attempts at drawing a sample that is not an in-order state.
 const DRAWS: usize = 16;
 /// Bytes copied from the log at a time.
 const CHUNK: usize = 1 << 20;
@@ -174,11 +175,6 @@ impl Rng {
         (self.next() % n as u64) as usize
     }
 
-    /// A number in `lo..=hi`.
-    pub fn within(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below(hi - lo + 1)
-    }
-
     pub fn shuffle<T>(&mut self, v: &mut [T]) {
         for i in (1..v.len()).rev() {
             v.swap(i, self.below(i + 1));
@@ -210,21 +206,38 @@ fn tear(log: &Log, entry: usize) -> Vec<Piece> {
     pieces
 }
 
-/// The points of one segment: its barrier (when it has one), and up to
-/// `samples` points of each other kind between its start and its barrier.
-pub fn segment_points(log: &Log, seg: &Segment, samples: usize, rng: &mut Rng) -> Vec<Point> {
+/// How many points of each kind a segment gives.
+#[derive(Debug, Clone, Copy)]
+pub struct Sampling {
+    /// Random draws of each kind that is sampled.
+    pub samples: usize,
+    /// Every subset of a segment's writes (up to [`EXHAUSTIVE`] writes)
+    /// rather than draws.
+    pub exhaustive: bool,
+}
+
+/// The most writes between two flushes whose subsets are all replayed.
+pub const EXHAUSTIVE: usize = 10;
+
+/// True when two writes touch a common byte.
+fn overlap(log: &Log, a: usize, b: usize) -> bool {
+    let (a, b) = (&log.entries[a], &log.entries[b]);
+    a.offset < b.offset + b.len && b.offset < a.offset + a.len
+}
+
+/// The points of one segment (writes `w`): its barrier (when it has one);
+/// every in-order prefix (the writes after it lost: [`Kind::Dropped`]);
+/// writes landed out of order ([`Kind::Reordered`]: a subset that is not a
+/// prefix, every one when `exhaustive` and small enough, else drawn, and
+/// drawn orders that put overlapping writes the other way round); and
+/// drawn tears ([`Kind::Torn`]).
+pub fn segment_points(log: &Log, seg: &Segment, how: Sampling, rng: &mut Rng) -> Vec<Point> {
     let mut out = Vec::new();
     if seg.end < log.entries.len() {
         out.push(Point::prefix(seg.end + 1));
     }
     let w = &seg.writes;
-    let in_order = |extra: &[Piece]| {
-        extra.len() <= w.len()
-            && extra
-                .iter()
-                .zip(w)
-                .all(|(p, &e)| *p == Piece::whole(log, e))
-    };
+    let whole = |entries: &[usize]| entries.iter().map(|&e| Piece::whole(log, e)).collect();
     let push = |out: &mut Vec<Point>, kind: Kind, extra: Vec<Piece>| {
         let p = Point {
             kind,
@@ -235,28 +248,46 @@ pub fn segment_points(log: &Log, seg: &Segment, samples: usize, rng: &mut Rng) -
             out.push(p);
         }
     };
-    if w.len() >= 2 {
-        for _ in 0..samples {
-            let j = rng.within(2, w.len());
-            let mask = rng.mixed_mask(j);
-            let extra = w[..j]
-                .iter()
-                .zip(mask)
-                .filter(|(_, keep)| *keep)
-                .map(|(&e, _)| Piece::whole(log, e))
+    for j in 1..w.len() {
+        push(&mut out, Kind::Dropped, whole(&w[..j]));
+    }
+    // A later write landed while an earlier one did not: a non-empty
+    // subset (in issue order) that is not a prefix.
+    let out_of_order = |entries: &[usize]| !entries.is_empty() && entries != &w[..entries.len()];
+    let small = how.exhaustive && w.len() <= EXHAUSTIVE;
+    if small {
+        for bits in 1u32..(1 << w.len()) {
+            let entries: Vec<usize> = (0..w.len())
+                .filter(|i| bits & (1 << i) != 0)
+                .map(|i| w[i])
                 .collect();
-            push(&mut out, Kind::Dropped, extra);
+            if out_of_order(&entries) {
+                push(&mut out, Kind::Reordered, whole(&entries));
+            }
         }
-        for _ in 0..samples {
+    }
+    if w.len() >= 2 {
+        for _ in 0..how.samples {
             for _ in 0..DRAWS {
-                let mut order = w.clone();
+                let mut order: Vec<usize> =
+                    w.iter().copied().filter(|_| rng.next() & 1 == 1).collect();
                 rng.shuffle(&mut order);
-                let j = rng.within(1, w.len());
-                let extra: Vec<Piece> = order[..j].iter().map(|&e| Piece::whole(log, e)).collect();
-                if !in_order(&extra) {
-                    push(&mut out, Kind::Reordered, extra);
-                    break;
+                // The order of the writes matters only where they overlap.
+                let inverted = order
+                    .iter()
+                    .enumerate()
+                    .any(|(i, &a)| order[i + 1..].iter().any(|&b| b < a && overlap(log, a, b)));
+                if !inverted {
+                    if small {
+                        continue; // every such subset is a point already
+                    }
+                    order.sort_unstable();
+                    if !out_of_order(&order) {
+                        continue;
+                    }
                 }
+                push(&mut out, Kind::Reordered, whole(&order));
+                break;
             }
         }
     }
@@ -264,11 +295,11 @@ pub fn segment_points(log: &Log, seg: &Segment, samples: usize, rng: &mut Rng) -
         .filter(|&i| tear(log, w[i]).len() >= 2)
         .collect();
     if !tearable.is_empty() {
-        for _ in 0..samples {
+        for _ in 0..how.samples {
             let i = tearable[rng.below(tearable.len())];
             let pieces = tear(log, w[i]);
             let mask = rng.mixed_mask(pieces.len());
-            let mut extra: Vec<Piece> = w[..i].iter().map(|&e| Piece::whole(log, e)).collect();
+            let mut extra: Vec<Piece> = whole(&w[..i]);
             extra.extend(
                 pieces
                     .into_iter()
@@ -541,49 +572,95 @@ mod tests {
         assert_eq!(outside(&log, 0, 7, region), 4096 + 2 * 4096 + 4096);
     }
 
+    /// The entries of each extra piece, and whether all are whole.
+    fn entries(log: &Log, p: &Point) -> (Vec<usize>, bool) {
+        let whole = p.extra.iter().all(|x| *x == Piece::whole(log, x.entry));
+        (p.extra.iter().map(|x| x.entry).collect(), whole)
+    }
+
+    #[test]
+    fn every_prefix_and_out_of_order_subset_of_a_small_segment() {
+        let (_, log) = fixture("exhaustive");
+        let segs = segments(&log);
+        let how = Sampling {
+            samples: 30,
+            exhaustive: true,
+        };
+        let points = segment_points(&log, &segs[1], how, &mut Rng::new(7));
+        assert_eq!(points[0], Point::prefix(7), "the barrier first");
+        let of = |kind| -> Vec<Vec<usize>> {
+            points
+                .iter()
+                .filter(|p| p.kind == kind)
+                .map(|p| {
+                    assert_eq!(p.base, 3, "{p:?}");
+                    entries(&log, p).0
+                })
+                .collect()
+        };
+        assert_eq!(of(Kind::Dropped), [vec![3], vec![3, 4]]);
+        let reordered = of(Kind::Reordered);
+        // Every subset in issue order that is not a prefix: {4} {5} {3,5} {4,5}.
+        for subset in [vec![4], vec![5], vec![3, 5], vec![4, 5]] {
+            assert!(
+                reordered.contains(&subset),
+                "{subset:?} missing: {reordered:?}"
+            );
+        }
+        // Beyond those, only orders that put D (4) before C (3), which it overlaps.
+        for r in &reordered {
+            let sorted = r.windows(2).all(|w| w[0] < w[1]);
+            let at = |x| r.iter().position(|&e| e == x);
+            let inverted = matches!((at(4), at(3)), (Some(d), Some(c)) if d < c);
+            assert!(sorted || inverted, "{r:?}");
+        }
+        assert!(
+            reordered.len() > 4,
+            "no overlapping write drawn the other way: {reordered:?}"
+        );
+        for t in of(Kind::Torn) {
+            // Only C (16 KiB) tears, and nothing is before it.
+            assert!(
+                t.iter().all(|&e| e == 3) && !t.is_empty() && t.len() < 4,
+                "{t:?}"
+            );
+        }
+        assert!(points
+            .iter()
+            .filter(|p| p.kind == Kind::Torn)
+            .all(|p| p.extra.iter().all(|x| x.to - x.from == TEAR)));
+        // The same seed gives the same points.
+        assert_eq!(
+            points,
+            segment_points(&log, &segs[1], how, &mut Rng::new(7))
+        );
+    }
+
     #[test]
     fn sampled_points_are_crash_states_of_their_segment() {
         let (_, log) = fixture("sample");
         let segs = segments(&log);
-        let mut rng = Rng::new(7);
-        let points = segment_points(&log, &segs[1], 20, &mut rng);
-        assert_eq!(points[0], Point::prefix(7), "the barrier first");
+        let how = Sampling {
+            samples: 20,
+            exhaustive: false,
+        };
+        let mut rng = Rng::new(11);
+        let points = segment_points(&log, &segs[1], how, &mut rng);
         let kinds: BTreeSet<Kind> = points.iter().map(|p| p.kind).collect();
         assert_eq!(kinds, Kind::ALL.into_iter().collect());
-        let seg_writes = [3usize, 4, 5];
         for p in &points[1..] {
-            assert_eq!(p.base, 3, "{p:?}");
-            assert!(
-                p.extra.iter().all(|x| seg_writes.contains(&x.entry)),
-                "{p:?}"
-            );
+            let (e, whole) = entries(&log, p);
+            assert!(e.iter().all(|x| [3, 4, 5].contains(x)), "{p:?}");
+            let prefix = e == [3, 4, 5][..e.len().min(3)];
             match p.kind {
-                Kind::Dropped => {
-                    // In order, a strict subset of a prefix of at least 2.
-                    let e: Vec<usize> = p.extra.iter().map(|x| x.entry).collect();
-                    assert!(e.windows(2).all(|w| w[0] < w[1]) && !e.is_empty() && e.len() < 3);
-                    assert!(p
-                        .extra
-                        .iter()
-                        .all(|x| x.from == 0 && x.to == log.entries[x.entry].len));
-                }
-                Kind::Reordered => {
-                    let e: Vec<usize> = p.extra.iter().map(|x| x.entry).collect();
-                    assert_ne!(e, seg_writes[..e.len()].to_vec(), "not reordered");
-                }
-                Kind::Torn => {
-                    // Only C (16 KiB) can tear; the writes before it whole.
-                    let torn: Vec<&Piece> = p.extra.iter().filter(|x| x.entry == 3).collect();
-                    assert!(!torn.is_empty() && torn.len() < 4, "{p:?}");
-                    assert!(torn.iter().all(|x| x.to - x.from == TEAR));
-                }
+                Kind::Dropped => assert!(whole && prefix && e.len() < 3, "{p:?}"),
+                Kind::Reordered => assert!(whole && !prefix, "{p:?}"),
+                Kind::Torn => assert!(!whole && e.iter().all(|&x| x == 3), "{p:?}"),
                 Kind::Flush => panic!("a second barrier point: {p:?}"),
             }
         }
-        // The same seed gives the same points.
-        assert_eq!(points, segment_points(&log, &segs[1], 20, &mut Rng::new(7)));
-        // One write: nothing to drop or reorder, and 4 KiB cannot tear.
-        let last = segment_points(&log, &segs[2], 5, &mut rng);
+        // One write: nothing to reorder, and 4 KiB cannot tear.
+        let last = segment_points(&log, &segs[2], how, &mut rng);
         assert!(last.is_empty(), "{last:?}");
     }
 }
