@@ -4,8 +4,9 @@
 
 use super::check::State;
 use super::log::Log;
+use super::points::{Kind, Point, Rng};
 use super::record::{boot_to_shell, Recording, CMD};
-use super::replay::{Cursor, Kind, Point, Region, Rng};
+use super::replay::{Cursor, Region};
 use super::{guest_view, parse_view, Shown};
 use crate::deps;
 use anyhow::{ensure, Context, Result};
