@@ -3,6 +3,7 @@
 
 mod bench;
 mod build;
+mod crashtest;
 mod deps;
 mod e2e;
 mod fuzz;
@@ -63,6 +64,9 @@ enum Cmd {
     Fuzz(fuzz::Args),
     /// Measure speed, size and writes against the standard tools; prints one table.
     Bench(bench::Args),
+    /// Replay every write of a save and a compaction as a power cut could
+    /// leave it; check each state on the host, boot a sample (needs root).
+    Crashtest(crashtest::Args),
 }
 
 fn main() {
@@ -84,6 +88,7 @@ fn main() {
         Cmd::Test(a) => testall::run(&a),
         Cmd::Fuzz(a) => fuzz::run(&a),
         Cmd::Bench(a) => bench::run(&a),
+        Cmd::Crashtest(a) => crashtest::run(&a),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

@@ -97,6 +97,12 @@ enum Console {
 impl Machine {
     /// The QEMU command line; also puts a fresh copy of the OVMF variables in place.
     fn command(&self, console: Console) -> Result<Command> {
+        self.command_logged(console, None)
+    }
+
+    /// [`Machine::command`], with every write and flush the guest sends to
+    /// `disk` logged to `write_log` when given (see [`Vm::spawn_logged`]).
+    fn command_logged(&self, console: Console, write_log: Option<&Path>) -> Result<Command> {
         if !self.disk.is_file() {
             bail!("disk image {} does not exist", self.disk.display());
         }
@@ -128,11 +134,23 @@ impl Machine {
         } else {
             ""
         };
-        cmd.arg("-drive").arg(format!(
-            "if=none,id=stick,format=raw,file={}{cache}",
-            qemu_path(&self.disk)
-        ));
-        if self.usb {
+        match write_log {
+            None => cmd.arg("-drive").arg(format!(
+                "if=none,id=stick,format=raw,file={}{cache}",
+                qemu_path(&self.disk)
+            )),
+            Some(log) => cmd.args(write_log_blockdevs(&self.disk, log)),
+        };
+        if write_log.is_some() {
+            if self.usb {
+                bail!("a logged disk is attached as virtio-blk only");
+            }
+            // A write-back cache, so that the guest sends the flushes the log records.
+            cmd.args([
+                "-device",
+                "virtio-blk-pci,drive=stick,bootindex=0,write-cache=on",
+            ]);
+        } else if self.usb {
             cmd.args(["-device", "qemu-xhci,id=xhci"]);
             cmd.args(["-device", "usb-storage,bus=xhci.0,drive=stick,bootindex=0"]);
         } else {
@@ -166,6 +184,29 @@ impl Machine {
         };
         Ok(cmd)
     }
+}
+
+/// The `-blockdev` options of a disk whose writes go through QEMU's
+/// `blklogwrites` filter: every write, write-zeroes, discard and flush the
+/// guest sends is appended to `log` in dm-log-writes' format (512-byte log
+/// sectors), in the order the requests complete. No `cache.no-flush`
+/// (`cache=unsafe`): the guest's flushes must reach the filter to be logged.
+fn write_log_blockdevs(disk: &Path, log: &Path) -> [String; 6] {
+    [
+        "-blockdev".into(),
+        format!(
+            "driver=file,node-name=stick-file,filename={}",
+            qemu_path(disk)
+        ),
+        "-blockdev".into(),
+        format!(
+            "driver=file,node-name=stick-log,filename={}",
+            qemu_path(log)
+        ),
+        "-blockdev".into(),
+        "driver=blklogwrites,node-name=stick,file=stick-file,log=stick-log,log-sector-size=512"
+            .into(),
+    ]
 }
 
 /// A path as a QEMU option value (commas are doubled).
@@ -470,6 +511,15 @@ pub struct Vm {
 impl Vm {
     /// Start `machine`, appending its console (cleaned) and QEMU's stderr to `log`.
     pub fn spawn(machine: &Machine, log: &Path) -> Result<Vm> {
+        Vm::spawn_logged(machine, log, None)
+    }
+
+    /// [`Vm::spawn`] with the disk's writes logged to `write_log` (created
+    /// empty, or emptied) through QEMU's `blklogwrites` filter, when given.
+    pub fn spawn_logged(machine: &Machine, log: &Path, write_log: Option<&Path>) -> Result<Vm> {
+        if let Some(write_log) = write_log {
+            File::create(write_log).with_context(|| format!("creating {}", write_log.display()))?;
+        }
         if let Some(dir) = log.parent() {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -481,7 +531,7 @@ impl Vm {
         let errlog = logfile
             .try_clone()
             .with_context(|| format!("opening {}", log.display()))?;
-        let mut cmd = machine.command(Console::Harness)?;
+        let mut cmd = machine.command_logged(Console::Harness, write_log)?;
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(errlog));
@@ -847,6 +897,21 @@ mod tests {
     fn last_line_of_text() {
         assert_eq!(last_line("a\nb: BOOT FAILED: x\n"), "b: BOOT FAILED: x");
         assert_eq!(last_line("single"), "single");
+    }
+
+    #[test]
+    fn a_logged_disk_goes_through_blklogwrites_with_flushes() {
+        let args = write_log_blockdevs(Path::new("/d,1.img"), Path::new("/w.log"));
+        assert_eq!(
+            args[1],
+            "driver=file,node-name=stick-file,filename=/d,,1.img"
+        );
+        assert_eq!(args[3], "driver=file,node-name=stick-log,filename=/w.log");
+        assert!(args[5]
+            .starts_with("driver=blklogwrites,node-name=stick,file=stick-file,log=stick-log"));
+        assert!(args
+            .iter()
+            .all(|a| !a.contains("no-flush") && !a.contains("unsafe")));
     }
 
     #[test]

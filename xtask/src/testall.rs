@@ -1,10 +1,11 @@
 //! `cargo xtask test`: everything CI runs, in order, stopping at the first
 //! failure: system packages, rustfmt, clippy, the unit and integration tests,
 //! 30 s each of fuzzing the squashfs reader and the command line, then the
-//! QEMU end-to-end suite and `bench --quick` (which checks only that every
+//! QEMU end-to-end suite, the reduced crash-consistency replay (`crashtest
+//! --quick`, as root) and `bench --quick` (which checks only that every
 //! bench row produces a figure).
 
-use crate::{bench, deps, e2e, fuzz, workspace_root};
+use crate::{bench, crashtest, deps, e2e, fuzz, workspace_root};
 use anyhow::Result;
 use std::process::Command;
 use std::time::Instant;
@@ -84,9 +85,20 @@ pub fn run(a: &Args) -> Result<()> {
     }
     if a.no_e2e {
         println!("\n==> e2e: skipped (--no-e2e)");
+        println!("\n==> crashtest --quick: skipped (--no-e2e)");
         println!("\n==> bench --quick: skipped (--no-e2e)");
     } else {
         step("cargo xtask e2e", || e2e::run(&e2e::Args::default()))?;
+        if deps::is_root() {
+            step("cargo xtask crashtest --quick", || {
+                crashtest::run(&crashtest::Args {
+                    quick: true,
+                    ..crashtest::Args::default()
+                })
+            })?;
+        } else {
+            println!("\n==> crashtest --quick: skipped (needs root: it loop-mounts)");
+        }
         step("cargo xtask bench --quick", || {
             bench::run(&bench::Args { quick: true })
         })?;
