@@ -440,7 +440,15 @@ fn squashfs_first_half(image: &[u8]) -> Result<&[u8]> {
 fn is_image_source(name: &str) -> bool {
     !matches!(
         name,
-        "qemu.rs" | "e2e.rs" | "testall.rs" | "e2e" | "bench.rs" | "bench" | "fuzz.rs"
+        "qemu.rs"
+            | "e2e.rs"
+            | "testall.rs"
+            | "e2e"
+            | "bench.rs"
+            | "bench"
+            | "fuzz.rs"
+            | "crashtest.rs"
+            | "crashtest"
     )
 }
 
