@@ -38,6 +38,7 @@ fn main() -> ExitCode {
             ("compaction", compaction),
             ("full-stick", full_stick),
             ("no-room", no_room),
+            ("save-waiting-for-the-lock", save_waiting_for_the_lock),
             ("file-keeps-changing", file_keeps_changing),
         ],
     )
@@ -486,6 +487,41 @@ fn no_room(root: &Path) -> CaseResult {
     let paths = &scratch(root)?;
     let (_mounted, m) = small_persist(paths, "200k")?;
     refused(paths, &m, "is free")
+}
+
+/// A save that waits for another one (the daemon's checkpoint and `saver
+/// save` at once) reads the session as the other left it: the lock is
+/// taken first. Here the test holds the lock, puts back the session record
+/// of before the first save while the second save waits, then the real one
+/// before releasing: a save that read the record before locking would see
+/// a session that saved nothing and write it again.
+fn save_waiting_for_the_lock(root: &Path) -> CaseResult {
+    let paths = &scratch(root)?;
+    ensure(
+        matches!(save_now(paths)?, Outcome::Saved { .. }),
+        "first save",
+    )?;
+    let saved = fs::read(paths.session_json()).ctx("session record")?;
+    let lock = ramstick_saver::save::lock(&paths.state).map_err(|e| format!("{e:#}"))?;
+    fs::remove_file(paths.session_json()).ctx("stale view")?;
+    let outcome = std::thread::scope(|s| {
+        let waiting = s.spawn(|| save_now(paths));
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let restored = fs::write(paths.session_json(), &saved).ctx("restore");
+        drop(lock);
+        restored.and_then(|()| {
+            waiting
+                .join()
+                .unwrap_or_else(|_| Err("the save panicked".into()))
+        })
+    })?;
+    ensure(outcome == Outcome::Unchanged, format!("{outcome:?}"))?;
+    let m = manifest(paths)?;
+    ensure(
+        m.current == [layer_name(1)] && m.generation == 1,
+        format!("{m:?}"),
+    )?;
+    Ok(ramstick_testkit::Outcome::Passed)
 }
 
 /// A log of the upper that a thread keeps appending to while the session
