@@ -6,21 +6,33 @@
 //! bench exit non-zero (CI runs `--quick` to keep the harness working; it
 //! never asserts a speed).
 //!
-//! Sections: [`codec`] (pack/unpack vs squashfs-tools), [`size`] (initramfs
-//! vs initramfs-tools), [`boot`] (QEMU boots vs initramfs-tools on ext4),
-//! [`writes`] (sectors written and time per `saver save`).
+//! Sections: [`codec`] (pack/unpack vs squashfs-tools, the session's zstd
+//! level, [`compaction`]'s merge), [`size`] (initramfs vs initramfs-tools),
+//! [`boot`] (QEMU boots vs initramfs-tools on ext4, with a saved state in
+//! both layer modes, an idle session's save), [`chainboot`] (what boot pays
+//! per saved layer), [`writes`] (bytes written and time per `saver save`,
+//! also on a big saved state: [`bigstate`]), [`sessions`] (many sessions
+//! with compaction, simulated on the host).
 
+mod bigstate;
 mod boot;
+mod chainboot;
 mod codec;
+mod compaction;
+mod guest;
 mod measure;
+mod sessions;
 mod size;
+mod sticks;
 mod table;
 mod tree;
 mod writes;
 
+use crate::build::Binaries;
 use crate::{build, deps, kernel, qemu, target_dir};
 use anyhow::{anyhow, bail, Context, Result};
 use std::fs;
+use std::path::Path;
 use std::time::Instant;
 use table::Row;
 
@@ -35,6 +47,29 @@ pub struct Args {
 /// Runs per measurement.
 const RUNS: usize = 3;
 
+/// What the sections that build sticks share.
+#[derive(Clone, Copy)]
+pub struct Inputs<'a> {
+    /// `--quick`.
+    pub quick: bool,
+    /// init and saver (or why they are missing).
+    pub bins: Result<&'a Binaries, &'a str>,
+    /// The bench's own copy of the saver, for the host.
+    pub saver: Result<&'a Path, &'a str>,
+    /// Runs per figure.
+    pub runs: usize,
+}
+
+impl<'a> Inputs<'a> {
+    pub fn bins(&self) -> Result<&'a Binaries> {
+        self.bins.map_err(|e| anyhow!("no init and saver: {e}"))
+    }
+
+    pub fn saver(&self) -> Result<&'a Path> {
+        self.saver.map_err(|e| anyhow!("no saver binary: {e}"))
+    }
+}
+
 const TOOLS: &[(&str, &str)] = &[
     ("mksquashfs", "squashfs-tools"),
     ("unsquashfs", "squashfs-tools"),
@@ -42,6 +77,9 @@ const TOOLS: &[(&str, &str)] = &[
     ("zstd", "zstd"),
     ("xz", "xz-utils"),
     ("chroot", "coreutils"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("losetup", "mount"),
+    ("mount", "mount"),
 ];
 
 pub fn run(a: &Args) -> Result<()> {
@@ -70,8 +108,22 @@ pub fn run(a: &Args) -> Result<()> {
     };
     let t = Section::start("codec");
     let codec_work = dir.join("codec");
-    let generated = tree::ensure(&dir.join("trees").join(name), shape);
-    let mut codec_rows = codec::rows("generated tree", generated, saver, &codec_work, RUNS);
+    let trees = dir.join("trees");
+    let generated = tree::ensure(&trees.join(name), shape);
+    let tree_copy = || {
+        generated
+            .as_ref()
+            .map(Clone::clone)
+            .map_err(|e| anyhow!("{e:#}"))
+    };
+    let mut codec_rows = codec::rows(
+        "generated tree",
+        tree_copy(),
+        saver,
+        &codec_work,
+        RUNS,
+        true,
+    );
     // --quick uses the Debian rootfs only if it is already built (for the size row).
     let debian = boot::debian_rootfs(!a.quick);
     if !a.quick {
@@ -79,7 +131,14 @@ pub fn run(a: &Args) -> Result<()> {
             .as_ref()
             .map(Clone::clone)
             .map_err(|e| anyhow!("{e:#}"));
-        codec_rows.extend(codec::rows("Debian rootfs", tree, saver, &codec_work, RUNS));
+        codec_rows.extend(codec::rows(
+            "Debian rootfs",
+            tree,
+            saver,
+            &codec_work,
+            RUNS,
+            false,
+        ));
     }
     t.done(codec_rows, &mut rows);
 
@@ -104,14 +163,27 @@ pub fn run(a: &Args) -> Result<()> {
         &mut rows,
     );
 
+    let inputs = Inputs {
+        quick: a.quick,
+        bins,
+        saver,
+        runs: RUNS,
+    };
+    let t = Section::start("many sessions with compaction (host)");
+    t.done(sessions::rows(inputs, &dir.join("sessions")), &mut rows);
     let t = Section::start("boots");
     t.done(
-        boot::rows(a.quick, bins, &dir.join("boot"), RUNS),
+        boot::rows(inputs, tree_copy(), &dir.join("boot")),
+        &mut rows,
+    );
+    let t = Section::start("boot per saved layer");
+    t.done(
+        chainboot::rows(inputs, &trees, &dir.join("chain")),
         &mut rows,
     );
     let t = Section::start("writes per save");
     t.done(
-        writes::rows(a.quick, bins, &dir.join("writes"), RUNS),
+        writes::rows(inputs, tree_copy(), &dir.join("writes")),
         &mut rows,
     );
 

@@ -8,6 +8,8 @@ use std::fmt::Write as _;
 pub enum Unit {
     Seconds,
     Bytes,
+    /// A plain number (layers in a chain).
+    Count,
 }
 
 /// `label: text`, or `text` for an empty label.
@@ -118,14 +120,18 @@ impl<const N: usize> Series<N> {
         self.error.is_some()
     }
 
-    /// Figure `index` of every run as a cell.
-    pub fn cell(&self, label: &str, unit: Unit, index: usize) -> Cell {
-        let values = match (&self.error, self.values.get(index)) {
+    /// Figure `index` of every run, or the error that stopped the runs.
+    pub fn values(&self, index: usize) -> anyhow::Result<Vec<f64>> {
+        match (&self.error, self.values.get(index)) {
             (Some(e), _) => Err(anyhow::anyhow!("{e:#}")),
             (None, Some(v)) => Ok(v.clone()),
             (None, None) => Err(anyhow::anyhow!("no figure {index}")),
-        };
-        Cell::from_result(label, unit, values)
+        }
+    }
+
+    /// Figure `index` of every run as a cell.
+    pub fn cell(&self, label: &str, unit: Unit, index: usize) -> Cell {
+        Cell::from_result(label, unit, self.values(index))
     }
 }
 
@@ -179,10 +185,20 @@ impl Row {
     /// ours / reference of the medians, or "—".
     fn ratio(&self) -> String {
         match (self.ours.median(), self.reference.median()) {
-            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+            (Some(a), Some(b)) if b > 0.0 => format_ratio(a / b),
             _ => "—".to_string(),
         }
     }
+}
+
+/// `1.23×`; below 0.1 with two significant digits (`0.043×`, `0.0011×`),
+/// so a tiny ratio does not show as 0.
+fn format_ratio(r: f64) -> String {
+    if r >= 0.1 || r <= 0.0 || !r.is_finite() {
+        return format!("{r:.2}×");
+    }
+    let decimals = (-r.log10()).ceil() as usize + 1;
+    format!("{r:.decimals$}×")
 }
 
 /// Median, minimum and maximum of a set of runs.
@@ -215,9 +231,10 @@ impl Stats {
     }
 }
 
-/// `1.23 s`, `845 ms`, `12.3 MiB`, `512 B`.
+/// `1.23 s`, `845 ms`, `12.3 MiB`, `512 B`, `16`.
 pub fn format_value(v: f64, unit: Unit) -> String {
     match unit {
+        Unit::Count => format!("{v:.0}"),
         Unit::Seconds if v < 1.0 => format!("{:.0} ms", v * 1000.0),
         Unit::Seconds => format!("{v:.2} s"),
         Unit::Bytes => {
@@ -295,6 +312,16 @@ mod tests {
         assert_eq!(format_value(512.0, Unit::Bytes), "512 B");
         assert_eq!(format_value(1536.0, Unit::Bytes), "1.5 KiB");
         assert_eq!(format_value(3.0 * 1048576.0, Unit::Bytes), "3.0 MiB");
+        assert_eq!(format_value(16.0, Unit::Count), "16");
+    }
+
+    #[test]
+    fn small_ratios_keep_two_significant_digits() {
+        assert_eq!(format_ratio(1.234), "1.23×");
+        assert_eq!(format_ratio(0.1), "0.10×");
+        assert_eq!(format_ratio(0.0434), "0.043×");
+        assert_eq!(format_ratio(0.00114), "0.0011×");
+        assert_eq!(format_ratio(0.0), "0.00×");
     }
 
     #[test]
@@ -338,6 +365,8 @@ mod tests {
         s.record(|| Ok([1.0, 10.0]));
         s.record(|| Ok([3.0, 30.0]));
         assert_eq!(s.cell("t", Unit::Seconds, 1), secs("t", &[10.0, 30.0]));
+        assert_eq!(s.values(0).unwrap(), [1.0, 3.0]);
+        assert!(s.values(2).is_err());
         assert!(!s.failed());
         s.record(|| anyhow::bail!("tool crashed"));
         s.record(|| Ok([5.0, 50.0]));

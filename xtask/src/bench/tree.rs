@@ -1,4 +1,4 @@
-//! Deterministic generated trees for the codec and boot benches: many small
+//! Deterministic generated trees for the codec, boot and save benches: many small
 //! text-like files, a few large semi-compressible files, and symlinks. The
 //! same [`Shape`] always gives the same bytes; a finished tree is reused.
 
@@ -35,14 +35,6 @@ pub const QUICK: Shape = Shape {
     files_per_dir: 100,
     large_files: 1,
     large_mib: 4,
-};
-
-/// About 200 MB: the upper image unpacked at boot.
-pub const UPPER: Shape = Shape {
-    dirs: 40,
-    files_per_dir: 100,
-    large_files: 3,
-    large_mib: 60,
 };
 
 /// Words the text is made of (compresses about like source code or logs).
