@@ -5,11 +5,13 @@
 
 pub mod blkid;
 pub mod bootinfo;
+pub mod bootmenu;
 pub mod chain;
 pub mod cmdline;
 pub mod digest;
 pub mod elf;
 pub mod human;
+pub mod initsys;
 pub mod manifest;
 pub mod modules;
 pub mod plan;

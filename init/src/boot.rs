@@ -15,14 +15,12 @@ use crate::images::LinuxImages;
 use crate::kmsg::KmsgLogger;
 use crate::modload::Loader;
 use crate::sys::{LinuxSys, Sys};
-use crate::{extras, fsck, layers, luks, mounts, switchroot};
+use crate::{extras, fsck, kit, layers, luks, mounts, switchroot};
+use ramstick_common::initsys;
 
 /// For failures that only a broken kernel or initramfs can cause.
 const REBUILD_HINT: &str =
     "the kernel or initramfs is broken; rebuild the stick (cargo xtask image) and report this message";
-
-/// Where the initramfs carries the saver binary.
-const SAVER_IN_INITRAMFS: &str = "/bin/saver";
 
 /// Boot: from the kernel's hand-over to exec of the real init.
 pub fn boot() -> Result<Infallible, Failure> {
@@ -101,7 +99,11 @@ pub fn boot() -> Result<Infallible, Failure> {
         "mount the system images",
         "rebuild the stick (cargo xtask image) or copy the missing image onto its data partition",
     )?;
-    mounts::mount_overlay(&sys, root, &plan, &chain.dirs).step(
+    let below = mounts::missing_mount_points(root, &plan, &skipped).step(
+        "make the mount points the rootfs lacks",
+        "/run is full; boot with more RAM",
+    )?;
+    mounts::mount_overlay(&sys, root, &plan, &chain.dirs, below.as_deref()).step(
         "mount the overlay root",
         "boot with ramstick.boot=clean; if that fails too, rebuild the stick",
     )?;
@@ -125,9 +127,16 @@ pub fn boot() -> Result<Infallible, Failure> {
         Err(e) => log::warn!("cannot link /persist/user: {e:#}"),
     }
 
-    // 10 (cont.). The saver, boot.json, and the moves into the new root.
-    install_saver(&sys).step(
-        "install the saver into /run/ramstick/bin",
+    // 10 (cont.). Whether this root saves its session at shutdown: said at
+    // every boot where it will not (a session nobody saves is lost work).
+    let hook = initsys::check(&newroot, &plan.init);
+    if let Some(warning) = &hook.warning {
+        log::error!("!!! {warning} !!!");
+    }
+
+    // The saver and this initramfs's kit, boot.json, the moves into the new root.
+    kit::install(root, Path::new(mounts::RUN_RAMSTICK)).step(
+        "copy the saver and the initramfs's programs to /run/ramstick",
         "the initramfs lacks /bin/saver or /run is full; rebuild it (cargo xtask initramfs)",
     )?;
     let info = BootInfo {
@@ -143,6 +152,7 @@ pub fn boot() -> Result<Infallible, Failure> {
         kernel: facts.kernel_version.clone(),
         upper: upper.clone(),
         problems: plan.problems.iter().map(|p| p.message.clone()).collect(),
+        saver_hook: hook.into(),
     };
     sys.write_file(Path::new(BOOT_JSON), &info.to_json()).step(
         "write /run/ramstick/boot.json",
@@ -197,23 +207,6 @@ fn machine_facts(sys: &dyn Sys) -> anyhow::Result<Facts> {
         kernel_version,
         mem_total_bytes: mem_total_kib * 1024,
     })
-}
-
-/// Copy the saver from the initramfs to /run/ramstick/bin/saver, so the one
-/// that saves always matches the init that booted.
-fn install_saver(sys: &dyn Sys) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = Path::new(mounts::RUN_RAMSTICK).join("bin");
-    sys.mkdir_all(&dir)?;
-    let dest = dir.join("saver");
-    std::fs::copy(SAVER_IN_INITRAMFS, &dest).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot copy {SAVER_IN_INITRAMFS} to {}: {e}",
-            dest.display()
-        )
-    })?;
-    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
-    Ok(())
 }
 
 /// Kernel uptime in ms (from /proc/uptime), 0 if unreadable.

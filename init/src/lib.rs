@@ -7,6 +7,7 @@ pub mod extras;
 pub mod failure;
 pub mod fsck;
 pub mod images;
+pub mod kit;
 pub mod kmsg;
 pub mod layers;
 pub mod luks;

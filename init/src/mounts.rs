@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use nix::mount::MsFlags;
 use ramstick_common::cmdline::UpperKind;
 use ramstick_common::plan::{overlay_options, Plan};
+use ramstick_common::tree::resolve_in_root;
 use std::path::{Path, PathBuf};
 
 use crate::sys::Sys;
@@ -227,9 +228,74 @@ pub(crate) fn mount_squashfs(sys: &dyn Sys, image: &Path, target: &Path) -> Resu
     })
 }
 
-/// The overlay root: the rootfs lowest, the saved layers at `layer_dirs`
-/// (bottom first) above it, the RAM upper on top.
-pub fn mount_overlay(sys: &dyn Sys, root: &Path, plan: &Plan, layer_dirs: &[String]) -> Result<()> {
+/// Where init makes the mount points the rootfs lacks (see [`missing_mount_points`]).
+pub const MOUNT_POINTS: &str = "/run/ramstick/mountpoints";
+
+/// The hand-over's mount points in the new root that the rootfs image does
+/// not have — the modules directory of a kernel installed after the stick
+/// was built (`saver kernel add`) — made as empty directories (at their
+/// real paths: `/lib/modules` may be a link to `usr/lib/modules`) in a tree
+/// the overlay stacks below the rootfs. The new root then shows them
+/// without the upper holding anything: made there, they and their copied-up
+/// parents would count as a change of every session. Returns that tree
+/// when one was needed. (Plain file operations: it runs before the
+/// overlay, on the mounted rootfs.)
+pub fn missing_mount_points(
+    root: &Path,
+    plan: &Plan,
+    skipped: &[String],
+) -> Result<Option<PathBuf>> {
+    let rootfs = plan
+        .lowers
+        .first()
+        .map(|l| at(root, &l.target))
+        .context("the plan has no rootfs lower")?;
+    let tree = at(root, MOUNT_POINTS);
+    let mut made = false;
+    let moved = plan
+        .moves
+        .iter()
+        .filter(|m| !m.to.starts_with("/run/") && !skipped.contains(&m.from))
+        .map(|m| m.to.as_str());
+    for to in moved.chain(API_MOUNTS) {
+        let rel = Path::new(to.trim_start_matches('/'));
+        if resolve_in_root(&rootfs, rel).is_some() {
+            continue;
+        }
+        let real = real_path(&rootfs, rel);
+        let dir = tree.join(&real);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create mount point {}", dir.display()))?;
+        log::debug!("mount point /{} made below the rootfs", real.display());
+        made = true;
+    }
+    Ok(made.then_some(tree))
+}
+
+/// `rel` with its longest prefix that exists in `rootfs` resolved there.
+fn real_path(rootfs: &Path, rel: &Path) -> PathBuf {
+    let parts: Vec<_> = rel.components().collect();
+    for keep in (1..parts.len()).rev() {
+        let prefix: PathBuf = parts[..keep].iter().collect();
+        if let Some(found) = resolve_in_root(rootfs, &prefix) {
+            if let Ok(inside) = found.strip_prefix(rootfs) {
+                return inside.join(parts[keep..].iter().collect::<PathBuf>());
+            }
+        }
+    }
+    rel.to_path_buf()
+}
+
+/// The overlay root: `below` (the mount points the rootfs lacks) lowest,
+/// the rootfs above it, the saved layers at `layer_dirs` (bottom first)
+/// above that, the RAM upper on top.
+pub fn mount_overlay(
+    sys: &dyn Sys,
+    root: &Path,
+    plan: &Plan,
+    layer_dirs: &[String],
+    below: Option<&Path>,
+) -> Result<()> {
     let target = at(root, &plan.overlay_root);
     sys.mkdir_all(&target)
         .with_context(|| format!("cannot create {}", target.display()))?;
@@ -244,6 +310,7 @@ pub fn mount_overlay(sys: &dyn Sys, root: &Path, plan: &Plan, layer_dirs: &[Stri
         .rev()
         .map(|d| at(root, d))
         .chain([rootfs])
+        .chain(below.map(Path::to_path_buf))
         .map(|p| p.to_string_lossy().into_owned())
         .collect();
     let lowers: Vec<&str> = lowers.iter().map(String::as_str).collect();
@@ -263,6 +330,9 @@ pub fn move_target(root: &Path, plan: &Plan, to: &str) -> PathBuf {
     }
 }
 
+/// The API filesystems the new root gets from the initramfs.
+const API_MOUNTS: [&str; 4] = ["/dev", "/proc", "/sys", "/run"];
+
 /// Move the planned mounts (but those in `skipped`, never mounted), then
 /// /dev, /proc, /sys and /run, into the new root.
 pub fn hand_over(sys: &dyn Sys, root: &Path, plan: &Plan, skipped: &[String]) -> Result<()> {
@@ -277,7 +347,7 @@ pub fn hand_over(sys: &dyn Sys, root: &Path, plan: &Plan, skipped: &[String]) ->
         sys.move_mount(&from, &to)
             .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))?;
     }
-    for api in ["/dev", "/proc", "/sys", "/run"] {
+    for api in API_MOUNTS {
         let from = at(root, api);
         let to = at(&newroot, api);
         if !sys.exists(&to) {
@@ -471,7 +541,7 @@ mod tests {
             "/run/ramstick/layers/layer-000001".to_string(),
             "/sysroot/upper/layers/layer-000002".to_string(),
         ];
-        mount_overlay(&sys, Path::new("/"), &plan, &dirs)
+        mount_overlay(&sys, Path::new("/"), &plan, &dirs, None)
             .map_err(|e| format!("{e:#}"))
             .unwrap();
         assert_eq!(
@@ -490,7 +560,7 @@ mod tests {
     fn overlay_and_hand_over_follow_the_plan() {
         let sys = RecordingSys::new();
         let plan = plan_for("");
-        mount_overlay(&sys, Path::new("/"), &plan, &[])
+        mount_overlay(&sys, Path::new("/"), &plan, &[], None)
             .map_err(|e| format!("{e:#}"))
             .unwrap();
         hand_over(&sys, Path::new("/"), &plan, &[])
@@ -523,5 +593,48 @@ mod tests {
                 "move /run /sysroot/overlay_root/run",
             ]
         );
+    }
+
+    #[test]
+    fn a_mount_point_the_rootfs_lacks_is_made_below_it() {
+        let root = std::env::temp_dir().join(format!("ramstick-mp-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let rootfs = root.join("sysroot/rootfs");
+        std::fs::create_dir_all(rootfs.join("usr/lib/modules/6.1.0-1-amd64")).unwrap();
+        std::fs::create_dir_all(rootfs.join("usr/lib/firmware")).unwrap();
+        for dir in ["persist", "dev", "proc", "sys", "run"] {
+            std::fs::create_dir_all(rootfs.join(dir)).unwrap();
+        }
+        std::os::unix::fs::symlink("usr/lib", rootfs.join("lib")).unwrap();
+        let plan = plan_for("");
+        let tree = missing_mount_points(&root, &plan, &[]).unwrap().unwrap();
+        assert_eq!(tree, root.join("run/ramstick/mountpoints"));
+        // At its real path (lib is a link), and only what is missing.
+        assert!(tree.join("usr/lib/modules/6.1.0-56-amd64").is_dir());
+        assert!(!tree.join("lib").exists() && !tree.join("usr/lib/firmware").exists());
+        assert!(!tree.join("persist").exists());
+        std::fs::remove_dir_all(&root).unwrap();
+        for dir in [
+            "persist",
+            "dev",
+            "proc",
+            "sys",
+            "run",
+            "lib/modules/6.1.0-56-amd64",
+        ] {
+            std::fs::create_dir_all(rootfs.join(dir)).unwrap();
+        }
+        std::fs::create_dir_all(rootfs.join("lib/firmware")).unwrap();
+        assert_eq!(missing_mount_points(&root, &plan, &[]).unwrap(), None);
+        // A skipped lower needs no mount point.
+        std::fs::remove_dir(rootfs.join("lib/firmware")).unwrap();
+        let skipped = ["/sysroot/firmware".to_string()];
+        assert_eq!(missing_mount_points(&root, &plan, &skipped).unwrap(), None);
+        let sys = RecordingSys::new();
+        mount_overlay(&sys, Path::new("/"), &plan, &[], Some(Path::new("/run/m")))
+            .map_err(|e| format!("{e:#}"))
+            .unwrap();
+        assert!(sys.calls()[1].contains("lowerdir=/sysroot/rootfs:/run/m,"));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

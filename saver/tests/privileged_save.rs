@@ -117,6 +117,7 @@ fn new_session(
         kernel: "test".into(),
         upper: "tmpfs".into(),
         problems: vec![],
+        saver_hook: Default::default(),
     };
     let _ = fs::remove_file(paths.session_json());
     fs::write(&paths.boot_json, info.to_json()).ctx("boot.json")
