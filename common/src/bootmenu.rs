@@ -22,6 +22,8 @@ use std::fmt::Write;
 pub const MENU_RECORD: &str = "grub/ramstick-menu.json";
 /// GRUB's configuration on the ESP.
 pub const GRUB_CFG: &str = "grub/grub.cfg";
+/// The ESP's FAT volume label (FAT allows at most 11 characters).
+pub const ESP_LABEL: &str = "RAMSTICKESP";
 /// The marker file GRUB's `search` finds the ESP by.
 pub const ESP_ID: &str = "ramstick-esp.id";
 /// The record format this code writes and reads.
