@@ -97,6 +97,7 @@ pub fn mount_esp(persist: &Path) -> Result<MountedEsp> {
 pub fn device_of(mountinfo: &str, mountpoint: &str) -> Option<(u32, u32)> {
     mountinfo
         .lines()
+        .rev()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
             (f.get(4) == Some(&mountpoint)).then(|| f.get(2).copied())?
@@ -105,7 +106,7 @@ pub fn device_of(mountinfo: &str, mountpoint: &str) -> Option<(u32, u32)> {
             let (major, minor) = devno.split_once(':')?;
             Some((major.parse().ok()?, minor.parse().ok()?))
         })
-        .last()
+        .next()
 }
 
 /// The partitions (names under /dev) of the disk that holds the block
