@@ -20,10 +20,13 @@ pub fn at(root: &Path, path: &str) -> PathBuf {
     root.join(path.trim_start_matches('/'))
 }
 
-/// /proc, /sys, /dev (devtmpfs) and /run (tmpfs) for PID 1.
+/// /proc, /sys, /dev (devtmpfs) and /run (tmpfs) for PID 1, and
+/// /run/ramstick, a tmpfs of its own: it holds the saver the new root's
+/// init system runs, so it must stay executable when that system remounts
+/// /run `noexec` (Debian's sysvinit scripts do).
 pub fn mount_api_filesystems(sys: &dyn Sys, root: &Path) -> Result<()> {
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let table: [(&str, &str, &str, MsFlags, &str); 4] = [
+    let table: [(&str, &str, &str, MsFlags, &str); 5] = [
         ("proc", "/proc", "proc", nosuid, ""),
         ("sysfs", "/sys", "sysfs", nosuid, ""),
         (
@@ -36,6 +39,13 @@ pub fn mount_api_filesystems(sys: &dyn Sys, root: &Path) -> Result<()> {
         (
             "tmpfs",
             "/run",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            "mode=0755",
+        ),
+        (
+            "tmpfs",
+            RUN_RAMSTICK,
             "tmpfs",
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             "mode=0755",
@@ -377,6 +387,24 @@ mod tests {
                 mem_total_bytes: 2 << 30,
             },
         )
+    }
+
+    #[test]
+    fn run_ramstick_is_an_executable_tmpfs_of_its_own() {
+        let sys = RecordingSys::new();
+        mount_api_filesystems(&sys, Path::new("/")).unwrap();
+        let mounts: Vec<String> = sys
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("mount "))
+            .collect();
+        assert_eq!(
+            mounts[3..],
+            [
+                "mount tmpfs tmpfs /run NOSUID|NODEV mode=0755",
+                "mount tmpfs tmpfs /run/ramstick NOSUID|NODEV mode=0755",
+            ]
+        );
     }
 
     #[test]
