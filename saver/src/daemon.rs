@@ -18,7 +18,7 @@ use crate::space::{self, human};
 use crate::stick::say;
 use anyhow::{Context, Result};
 use ramstick_common::cmdline::{self, BootType};
-use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::collections::VecDeque;
 use std::path::Path;
@@ -118,8 +118,10 @@ pub fn daemon(paths: &Paths, log: Option<&Path>) -> Result<()> {
     if let Some(log) = log {
         output_to(log, true)?;
     }
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT, SIGUSR1]).context("cannot install signal handlers")?;
+    // SIGHUP is caught and ignored: an init script's terminal going away
+    // must not end the daemon (and with it the shutdown save).
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGHUP])
+        .context("cannot install signal handlers")?;
     let conf = std::fs::read_to_string(CONF).unwrap_or_default();
     let line = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let s = settings(&conf, &line).unwrap_or_else(|e| {
@@ -141,6 +143,9 @@ pub fn daemon(paths: &Paths, log: Option<&Path>) -> Result<()> {
     let mut idle_checked = Instant::now();
     loop {
         for signal in signals.pending() {
+            if signal == SIGHUP {
+                continue;
+            }
             if signal != SIGUSR1 {
                 if log.is_some() {
                     if let Err(e) = output_to(Path::new(CONSOLE), false) {
