@@ -78,10 +78,22 @@ pub fn check_version(kver: &str) -> Result<(), MenuError> {
     }
 }
 
+/// The extra parameters go into grub.cfg inside an entry's braces: no
+/// newline, quote or brace.
+fn check_cmdline(cmdline: &str) -> Result<(), MenuError> {
+    if cmdline.contains(['\n', '"', '{', '}']) {
+        return Err(MenuError::Invalid(format!(
+            "its cmdline {cmdline:?} holds a newline, quote or brace"
+        )));
+    }
+    Ok(())
+}
+
 impl Menu {
     /// A menu of one kernel.
     pub fn new(kver: &str, cmdline: &str) -> Result<Menu, MenuError> {
         check_version(kver)?;
+        check_cmdline(cmdline)?;
         Ok(Menu {
             format: FORMAT,
             kernels: vec![kver.to_string()],
@@ -147,12 +159,7 @@ impl Menu {
         for k in &menu.kernels {
             check_version(k)?;
         }
-        if menu.cmdline.contains(['\n', '"', '{', '}']) {
-            return Err(MenuError::Invalid(format!(
-                "its cmdline {:?} holds a newline, quote or brace",
-                menu.cmdline
-            )));
-        }
+        check_cmdline(&menu.cmdline)?;
         Ok(menu)
     }
 
@@ -327,5 +334,6 @@ mod tests {
         m.cmdline = "x\"}\nmenuentry".into();
         assert!(bad(&m).contains("newline, quote or brace"));
         assert!(Menu::from_json("{").is_err());
+        assert!(Menu::new("k", "a=\"b\"").is_err());
     }
 }

@@ -6,6 +6,7 @@ mod build;
 mod deps;
 mod e2e;
 mod fuzz;
+mod hooks;
 mod image;
 mod initramfs;
 mod kernel;
