@@ -123,7 +123,7 @@ fn persist_session(ctx: &mut Ctx) -> Result<()> {
     vm.run(
         "echo two > /root/session && echo created > /root/new-file \
          && echo changed-host > /etc/hostname && rm /bin/rev \
-         && rm -rf /etc/systemd && mkdir /etc/systemd && echo fresh > /etc/systemd/fresh \
+         && rm -rf /usr/sbin && mkdir /usr/sbin && echo fresh > /usr/sbin/fresh \
          && echo linked > /root/link-a && ln /root/link-a /root/link-b",
         CMD,
     )?;
@@ -180,11 +180,11 @@ fn persist_session(ctx: &mut Ctx) -> Result<()> {
     check(&mut vm, "! -e /bin/rev", "the deleted rootfs file is back")?;
     check(
         &mut vm,
-        "! -e /etc/systemd/system",
+        "! -e /usr/sbin/chroot",
         "the replaced directory shows the rootfs's old contents (not opaque)",
     )?;
     ensure!(
-        out(&mut vm, "cat /etc/systemd/fresh")? == "fresh",
+        out(&mut vm, "cat /usr/sbin/fresh")? == "fresh",
         "the new directory's file is lost"
     );
     let inodes = out(&mut vm, "stat -c %i /root/link-a /root/link-b")?;
@@ -235,8 +235,8 @@ fn persist_session(ctx: &mut Ctx) -> Result<()> {
     );
     check(
         &mut vm,
-        "-d /etc/systemd/system",
-        "a clean boot lacks a rootfs directory",
+        "-e /usr/sbin/chroot",
+        "a clean boot lacks a rootfs directory's file",
     )?;
     let image = identity(&mut vm, MANIFEST)?;
     let before = persist_written(&mut vm)?;
