@@ -99,7 +99,12 @@ pub fn plan(root: &Path, saver: Saver) -> Result<Plan> {
                 Ok(()) => plan
                     .notes
                     .push(format!("the tree has the {system} saver hook already")),
-                Err(_) => wanted.extend(saver_hook(root, &skel, system)?),
+                Err(why) => {
+                    plan.notes.push(format!(
+                        "init system {system}: adding its saver hook ({why})"
+                    ));
+                    wanted.extend(saver_hook(root, &skel, system)?);
+                }
             }
         }
     }

@@ -440,8 +440,11 @@ fn persist_debian(ctx: &mut Ctx) -> Result<()> {
     );
     let status = out(&mut vm, "/run/ramstick/bin/saver status")?;
     ensure!(
-        status.contains("chain:        1 layers") && status.contains("layer-000001.squashfs"),
-        "one layer expected (the poweroff save replaced the SIGUSR1 one); saver status:\n{status}"
+        status.contains("chain:        1 layers")
+            && status.contains("layer-000002.squashfs")
+            && !status.contains("layer-000001.squashfs"),
+        "one layer expected: the poweroff save's layer-000002 replacing the SIGUSR1 save's \
+         layer-000001; saver status:\n{status}"
     );
     let status = vm.run_status("systemctl is-active ramstick-saver.service", CMD)?;
     ensure!(
