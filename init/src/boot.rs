@@ -60,6 +60,7 @@ pub fn boot() -> Result<Infallible, Failure> {
         "load kernel modules",
         "rebuild the initramfs for this kernel",
     )?;
+    load_zram_algorithm(&plan, &mut loader);
     loader.autoload_hardware();
     t.mark("modules");
 
@@ -170,6 +171,23 @@ pub fn boot() -> Result<Infallible, Failure> {
         "boot with ramstick.init=<path of the init program in the rootfs>",
     )
 }
+
+/// zram's compression algorithm is a crypto module in some kernels (lzo-rle
+/// in Debian's cloud kernel; built in in its amd64 one): load it when there
+/// is one. A missing one is said when zram is set up (which falls back to
+/// the kernel's default, or fails with a hint for `ramstick.upper=tmpfs`).
+fn load_zram_algorithm(plan: &Plan, loader: &mut Loader) {
+    if plan.upper_kind != cmdline::UpperKind::Zram {
+        return;
+    }
+    let alg = plan.zram_alg.as_deref().unwrap_or(ZRAM_DEFAULT_ALGORITHM);
+    if let Err(e) = loader.load(&[alg]) {
+        log::debug!("zram algorithm {alg}: no module loaded ({e:#})");
+    }
+}
+
+/// zram's compression algorithm when none is set (Linux 6.1).
+const ZRAM_DEFAULT_ALGORITHM: &str = "lzo-rle";
 
 /// Log every command-line problem; stop on a fatal one.
 fn report_problems(plan: &Plan) -> Result<(), Failure> {
