@@ -13,7 +13,7 @@ use crate::rootfs::Kind;
 use crate::{deps, kernel};
 use anyhow::{ensure, Context, Result};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub const ALL: &[Scenario] = &[Scenario {
     name: "kernel-update",
@@ -58,14 +58,16 @@ fn kernel_update(ctx: &mut Ctx) -> Result<()> {
     let mut vm = boot(ctx, &disk, 0)?;
     let old = out(&mut vm, "uname -r")?;
     ensure!(old != new, "the stick already runs {new}");
+    let started = Instant::now();
     let (rc, log) = vm.run_status(
-        &format!(
-            "cd /persist && apt-get install -y --no-install-recommends ./{deb_name} 2>&1; \
-             rc=$?; cd; exit $rc"
-        ),
+        &format!("(cd /persist && apt-get install -y --no-install-recommends ./{deb_name}) 2>&1"),
         INSTALL,
     )?;
     ensure!(rc == 0, "apt-get install failed:\n{log}");
+    println!(
+        "  kernel-update: apt-get install with the kernel hook took {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
     ensure!(
         log.contains(&format!(
             "kernel {new} is on the stick; GRUB boots {new} by default (fallback entries: {old})"
