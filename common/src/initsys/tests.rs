@@ -3,53 +3,33 @@
 //! sysvinit, busybox).
 
 use super::*;
-use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
+use ramstick_testkit::ScratchTree;
 
-/// A scratch root filesystem tree, removed on drop.
-struct Tree(PathBuf);
+/// A scratch root filesystem tree with the checks as methods.
+struct Tree(ScratchTree);
 
-impl Tree {
-    fn new(tag: &str) -> Tree {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("ramstick-initsys-{}-{tag}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Tree(dir)
-    }
-
-    fn file(&self, rel: &str, content: &[u8], mode: u32) -> &Tree {
-        let path = self.0.join(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let _ = std::fs::remove_file(&path);
-        std::fs::write(&path, content).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-        self
-    }
-
-    fn link(&self, rel: &str, target: &str) -> &Tree {
-        let path = self.0.join(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let _ = std::fs::remove_file(&path);
-        symlink(target, &path).unwrap();
-        self
-    }
-
-    fn detect(&self) -> Result<InitSystem, Unrecognised> {
-        detect(&self.0, "/sbin/init")
-    }
-
-    fn hook(&self, system: InitSystem) -> Result<(), String> {
-        hook_present(&self.0, system)
+impl std::ops::Deref for Tree {
+    type Target = ScratchTree;
+    fn deref(&self) -> &ScratchTree {
+        &self.0
     }
 }
 
-impl Drop for Tree {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+impl Tree {
+    fn new(tag: &str) -> Tree {
+        Tree(ScratchTree::new(tag))
+    }
+
+    fn detect(&self) -> Result<InitSystem, Unrecognised> {
+        detect(&self.0 .0, "/sbin/init")
+    }
+
+    fn hook(&self, system: InitSystem) -> Result<(), String> {
+        hook_present(&self.0 .0, system)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0 .0
     }
 }
 
@@ -145,7 +125,7 @@ fn openrc_hook_is_an_executable_service_in_a_runlevel() {
         .unwrap_err()
         .contains("not an executable"));
     t.file(SERVICE_PATH, b"#!/sbin/openrc-run\n", 0o755);
-    std::fs::create_dir_all(t.0.join("etc/runlevels/boot")).unwrap();
+    std::fs::create_dir_all(t.path().join("etc/runlevels/boot")).unwrap();
     assert!(t
         .hook(InitSystem::OpenRc)
         .unwrap_err()
@@ -253,7 +233,7 @@ fn the_boot_check_gives_a_warning_with_a_fix_or_none() {
     t.file("bin/busybox", ELF, 0o755)
         .link("sbin/init", "../bin/busybox")
         .file("etc/inittab", b"::sysinit:/etc/init.d/rcS\n", 0o644);
-    let c = check(&t.0, "/sbin/init");
+    let c = check(t.path(), "/sbin/init");
     assert_eq!(c.init, Some(InitSystem::Busybox));
     let w = c.warning.unwrap();
     assert!(
@@ -267,13 +247,13 @@ fn the_boot_check_gives_a_warning_with_a_fix_or_none() {
         0o644,
     );
     assert_eq!(
-        check(&t.0, "/sbin/init"),
+        check(t.path(), "/sbin/init"),
         HookCheck {
             init: Some(InitSystem::Busybox),
             warning: None
         }
     );
-    let c = check(&t.0, "/bin/sh");
+    let c = check(t.path(), "/bin/sh");
     assert_eq!(c.init, None);
     let w = c.warning.unwrap();
     assert!(

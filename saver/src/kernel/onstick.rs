@@ -6,8 +6,8 @@
 
 use super::plan::{modules_image, KernelFs, Payload};
 use crate::progress::Reporter;
-use crate::space::human;
-use crate::stick::say;
+use crate::space::{self, human};
+use crate::stick::{say, sync_dir, sync_file};
 use anyhow::{bail, Context, Result};
 use ramstick_common::bootmenu::{Menu, GRUB_CFG, MENU_RECORD};
 use ramstick_initrd::{Archive, Perms};
@@ -141,7 +141,7 @@ impl KernelFs for OnStick {
         };
         let dest = self.esp.join(name);
         let replaced = dest.metadata().map_or(0, |m| m.len());
-        let free = free_bytes(&self.esp)?;
+        let free = space::free(&self.esp)?;
         let needed = bytes.len() as u64 + ESP_SLACK;
         if free + replaced < needed {
             bail!(
@@ -218,25 +218,6 @@ fn remove(path: &Path) -> Result<()> {
         }
         _ => Ok(()),
     }
-}
-
-fn sync_file(path: &Path) -> Result<()> {
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("cannot sync {}", path.display()))
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("cannot sync {}", dir.display()))
-}
-
-/// Bytes free for writing on the filesystem of `dir`.
-fn free_bytes(dir: &Path) -> Result<u64> {
-    let st = nix::sys::statvfs::statvfs(dir)
-        .with_context(|| format!("cannot read the free space of {}", dir.display()))?;
-    Ok(st.blocks_available() * st.fragment_size())
 }
 
 #[cfg(test)]

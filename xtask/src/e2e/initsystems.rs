@@ -8,8 +8,8 @@
 //! stick boots xtask's Debian kernel), cached like every e2e disk.
 
 use super::guest::{
-    boot_info, check, out, poweroff_expecting, wait_shell, BOOT, CMD, ENTRY_DEFAULT, SAVE, SAVED,
-    SAVER,
+    boot_debian, boot_info, check, out, poweroff_expecting, wait_shell, BOOT, CMD, ENTRY_DEFAULT,
+    SAVE, SAVED, SAVER,
 };
 use super::{cache, Ctx, DiskSpec, Scenario};
 use crate::hooks::Saver;
@@ -39,8 +39,6 @@ pub const ALL: &[Scenario] = &[
     },
 ];
 
-/// The Debian kinds' root prompt on ttyS0 (autologin, hostname ramstick).
-const ROOT_PROMPT: &str = "root@ramstick:~# ";
 /// What init says when nothing will save the session.
 const NOT_SAVED: &str = "this session will not be saved";
 /// The saver daemon's pid file and log on OpenRC, sysvinit and busybox.
@@ -83,15 +81,6 @@ fn init_sysvinit(ctx: &mut Ctx) -> Result<()> {
     })
 }
 
-/// Boot to the Debian root shell (autologin) on the default entry.
-fn boot_debian(ctx: &mut Ctx, disk: &Path) -> Result<Vm> {
-    let mut vm = ctx.boot(disk, false)?;
-    vm.select_entry(ENTRY_DEFAULT)?;
-    vm.expect(ROOT_PROMPT, BOOT)
-        .context("no root shell on ttyS0 (autologin)")?;
-    Ok(vm)
-}
-
 /// The session of a Debian tree with `init`: the daemon runs and saves on
 /// SIGUSR1 (into its log), `extra` checks the hook, the poweroff saves (its
 /// messages on the console) and the next boot shows every change.
@@ -101,7 +90,7 @@ fn persists(
     init: &str,
     extra: &dyn Fn(&mut Vm) -> Result<()>,
 ) -> Result<()> {
-    let mut vm = boot_debian(ctx, disk)?;
+    let mut vm = boot_debian(ctx, disk, ENTRY_DEFAULT)?;
     hook_in_boot_json(&mut vm, init)?;
     extra(&mut vm)?;
     vm.run(
@@ -114,7 +103,7 @@ fn persists(
     poweroff_expecting(&mut vm, SAVED)?;
     drop(vm);
 
-    let mut vm = boot_debian(ctx, disk)?;
+    let mut vm = boot_debian(ctx, disk, ENTRY_DEFAULT)?;
     ensure!(
         out(&mut vm, "cat /root/session /root/later")? == "first\nlater",
         "the session was not restored"

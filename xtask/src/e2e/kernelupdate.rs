@@ -6,13 +6,11 @@
 //! default entry runs it, the previous kernel's entry still boots, and the
 //! saved state holds nothing under /lib/modules or /boot.
 
-use super::guest::{out, poweroff_expecting, CMD, SAVE, SAVED, SAVER};
+use super::guest::{boot_debian, out, poweroff_expecting, CMD, ENTRY_DEFAULT, SAVE, SAVED, SAVER};
 use super::{Ctx, DiskSpec, Scenario};
-use crate::qemu::Vm;
 use crate::rootfs::Kind;
 use crate::{deps, kernel};
 use anyhow::{ensure, Context, Result};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 pub const ALL: &[Scenario] = &[Scenario {
@@ -20,23 +18,11 @@ pub const ALL: &[Scenario] = &[Scenario {
     run: kernel_update,
 }];
 
-/// The Debian kind's root prompt on ttyS0.
-const ROOT_PROMPT: &str = "root@ramstick:~# ";
 /// The first entry of the previous kernel (after the newest one's four).
 const ENTRY_PREVIOUS_KERNEL: usize = 4;
 /// The package's unpacking and the hook (packing 100 MB of modules,
 /// building an initramfs) under TCG.
 const INSTALL: Duration = Duration::from_secs(900);
-/// From the GRUB menu to the Debian shell.
-const BOOT: Duration = Duration::from_secs(300);
-
-fn boot(ctx: &mut Ctx, disk: &Path, entry: usize) -> Result<Vm> {
-    let mut vm = ctx.boot(disk, false)?;
-    vm.select_entry(entry)?;
-    vm.expect(ROOT_PROMPT, BOOT)
-        .context("no root shell on ttyS0 (autologin)")?;
-    Ok(vm)
-}
 
 fn kernel_update(ctx: &mut Ctx) -> Result<()> {
     if !deps::is_root() {
@@ -55,7 +41,7 @@ fn kernel_update(ctx: &mut Ctx) -> Result<()> {
     };
     let disk = ctx.kind_disk(Kind::Debian, false, &spec)?;
 
-    let mut vm = boot(ctx, &disk, 0)?;
+    let mut vm = boot_debian(ctx, &disk, ENTRY_DEFAULT)?;
     let old = out(&mut vm, "uname -r")?;
     ensure!(old != new, "the stick already runs {new}");
     let started = Instant::now();
@@ -77,7 +63,7 @@ fn kernel_update(ctx: &mut Ctx) -> Result<()> {
     poweroff_expecting(&mut vm, SAVED)?;
     drop(vm);
 
-    let mut vm = boot(ctx, &disk, 0)?;
+    let mut vm = boot_debian(ctx, &disk, ENTRY_DEFAULT)?;
     ensure!(
         out(&mut vm, "uname -r")? == new,
         "the default entry does not boot {new}"
@@ -119,7 +105,7 @@ fn kernel_update(ctx: &mut Ctx) -> Result<()> {
     vm.poweroff(SAVE)?;
     drop(vm);
 
-    let mut vm = boot(ctx, &disk, ENTRY_PREVIOUS_KERNEL)?;
+    let mut vm = boot_debian(ctx, &disk, ENTRY_PREVIOUS_KERNEL)?;
     ensure!(
         out(&mut vm, "uname -r")? == old,
         "the previous kernel's entry does not boot {old}"

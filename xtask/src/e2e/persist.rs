@@ -6,7 +6,7 @@
 //! session's save appends one layer to the chain in /persist/layers.
 
 use super::guest::{
-    boot_to_shell as boot, check, out, persist_written, poweroff_expecting, BOOT, CMD,
+    boot_debian, boot_to_shell as boot, check, out, persist_written, poweroff_expecting, CMD,
     ENTRY_BACKUP, ENTRY_CLEAN, ENTRY_DEFAULT, SAVE, SAVED, SAVER,
 };
 use super::{Ctx, DiskSpec, Scenario};
@@ -396,16 +396,8 @@ fn persist_debian(ctx: &mut Ctx) -> Result<()> {
         println!("  persist-debian: skipped: mmdebstrap needs root (run as root to include it)");
         return Ok(());
     }
-    const ROOT_PROMPT: &str = "root@ramstick:~# ";
     let disk = ctx.debian_disk()?;
-    let boot_debian = |ctx: &mut Ctx| -> Result<Vm> {
-        let mut vm = ctx.boot(&disk, false)?;
-        vm.select_entry(ENTRY_DEFAULT)?;
-        vm.expect(ROOT_PROMPT, BOOT)
-            .context("no root shell on ttyS0 (autologin)")?;
-        Ok(vm)
-    };
-    let mut vm = boot_debian(ctx)?;
+    let mut vm = boot_debian(ctx, &disk, ENTRY_DEFAULT)?;
     vm.run(
         "echo debian > /root/session && rm /etc/issue.net && mkdir -p /opt/new \
          && ln -s /root/session /opt/new/link",
@@ -424,7 +416,7 @@ fn persist_debian(ctx: &mut Ctx) -> Result<()> {
     poweroff_expecting(&mut vm, SAVED)?;
     drop(vm);
 
-    let mut vm = boot_debian(ctx)?;
+    let mut vm = boot_debian(ctx, &disk, ENTRY_DEFAULT)?;
     ensure!(
         out(&mut vm, "cat /root/session")? == "debian",
         "the session was not restored"

@@ -2,46 +2,29 @@
 //! the pseudo files through a real mksquashfs.
 
 use super::*;
-use std::os::unix::fs::symlink;
-use std::sync::atomic::{AtomicU32, Ordering};
+use ramstick_testkit::ScratchTree;
 
-/// A scratch tree, removed on drop.
-struct Tree(PathBuf);
+/// A scratch tree.
+struct Tree(ScratchTree);
+
+impl std::ops::Deref for Tree {
+    type Target = ScratchTree;
+    fn deref(&self) -> &ScratchTree {
+        &self.0
+    }
+}
 
 impl Tree {
     fn new(tag: &str) -> Tree {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("xtask-hooks-{}-{tag}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Tree(dir)
+        Tree(ScratchTree::new(tag))
     }
 
-    fn file(&self, rel: &str, content: &str, mode: u32) -> &Tree {
-        let path = self.0.join(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, content).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
-        self
-    }
-
-    fn link(&self, rel: &str, target: &str) -> &Tree {
-        let path = self.0.join(rel);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        symlink(target, &path).unwrap();
-        self
+    fn root(&self) -> &Path {
+        &self.0 .0
     }
 
     fn paths(&self, plan: &Plan) -> Vec<String> {
         plan.entries.iter().map(|e| e.path.clone()).collect()
-    }
-}
-
-impl Drop for Tree {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -69,7 +52,7 @@ fn debian_systemd() -> Tree {
 #[test]
 fn systemd_gets_its_unit_enabled_the_exclusions_and_the_kernel_hooks() {
     let t = debian_systemd();
-    let plan = plan(&t.0, Saver::Required).unwrap();
+    let plan = plan(t.root(), Saver::Required).unwrap();
     assert_eq!(plan.init, Some(InitSystem::Systemd));
     assert_eq!(
         t.paths(&plan),
@@ -97,15 +80,15 @@ fn systemd_gets_its_unit_enabled_the_exclusions_and_the_kernel_hooks() {
         "{lines:?}"
     );
     // Applied, the tree has the hook, and a second plan adds nothing.
-    plan.apply(&t.0).unwrap();
-    assert_eq!(initsys::hook_present(&t.0, InitSystem::Systemd), Ok(()));
+    plan.apply(t.root()).unwrap();
+    assert_eq!(initsys::hook_present(t.root(), InitSystem::Systemd), Ok(()));
     let again = plan_of(&t);
     assert!(again.entries.is_empty(), "{:?}", again.entries);
     assert_eq!(again.notes, ["the tree has the systemd saver hook already"]);
 }
 
 fn plan_of(t: &Tree) -> Plan {
-    plan(&t.0, Saver::Required).unwrap()
+    plan(t.root(), Saver::Required).unwrap()
 }
 
 #[test]
@@ -128,11 +111,11 @@ fn openrc_gets_its_service_in_the_default_runlevel_through_a_linked_init_d() {
             "etc/runlevels/default/ramstick-saver",
         ]
     );
-    plan.apply(&t.0).unwrap();
-    assert_eq!(initsys::hook_present(&t.0, InitSystem::OpenRc), Ok(()));
+    plan.apply(t.root()).unwrap();
+    assert_eq!(initsys::hook_present(t.root(), InitSystem::OpenRc), Ok(()));
     // The tree's own exclusion list is kept.
     assert_eq!(
-        std::fs::read_to_string(t.0.join("etc/ramstick/exclude")).unwrap(),
+        std::fs::read_to_string(t.root().join("etc/ramstick/exclude")).unwrap(),
         "/tmp/*\n"
     );
 }
@@ -151,10 +134,13 @@ fn sysvinit_and_busybox_get_the_script_and_their_inittab_edited() {
         .find(|e| e.path == "etc/inittab")
         .unwrap();
     assert!(inittab.replaces);
-    plan.apply(&t.0).unwrap();
-    assert_eq!(initsys::hook_present(&t.0, InitSystem::SysVinit), Ok(()));
+    plan.apply(t.root()).unwrap();
     assert_eq!(
-        std::fs::metadata(t.0.join(SERVICE_PATH))
+        initsys::hook_present(t.root(), InitSystem::SysVinit),
+        Ok(())
+    );
+    assert_eq!(
+        std::fs::metadata(t.root().join(SERVICE_PATH))
             .unwrap()
             .permissions()
             .mode()
@@ -173,8 +159,8 @@ fn sysvinit_and_busybox_get_the_script_and_their_inittab_edited() {
         .find(|e| e.path == "etc/inittab")
         .unwrap();
     assert!(!inittab.replaces);
-    plan.apply(&b.0).unwrap();
-    assert_eq!(initsys::hook_present(&b.0, InitSystem::Busybox), Ok(()));
+    plan.apply(b.root()).unwrap();
+    assert_eq!(initsys::hook_present(b.root(), InitSystem::Busybox), Ok(()));
 }
 
 #[test]
@@ -242,12 +228,12 @@ fn an_unknown_init_is_refused_unless_no_saver() {
     let t = Tree::new("unknown");
     t.file("bin/bash", ELF, 0o755)
         .link("sbin/init", "/bin/bash");
-    let err = plan(&t.0, Saver::Required).unwrap_err().to_string();
+    let err = plan(t.root(), Saver::Required).unwrap_err().to_string();
     assert!(
         err.contains("looked for systemd") && err.contains("--no-saver"),
         "{err}"
     );
-    let plan = plan(&t.0, Saver::None).unwrap();
+    let plan = plan(t.root(), Saver::None).unwrap();
     assert_eq!(plan.init, None);
     assert_eq!(
         t.paths(&plan),
@@ -256,7 +242,7 @@ fn an_unknown_init_is_refused_unless_no_saver() {
     assert!(plan.notes[0].contains("sessions are not saved"), "{plan:?}");
     // --no-saver on a known init adds no hook either.
     let d = debian_systemd();
-    let none = super::plan(&d.0, Saver::None).unwrap();
+    let none = super::plan(d.root(), Saver::None).unwrap();
     assert!(!d.paths(&none).iter().any(|p| p.contains("ramstick-saver")));
 }
 
@@ -276,11 +262,11 @@ fn mksquashfs_puts_the_entries_into_the_image_and_leaves_the_tree() {
         .file("etc/init.d/rc", "#!/bin/sh\n", 0o755);
     let plan = plan_of(&t);
     let work = Tree::new("squash-work");
-    let (pseudo, excludes) = plan.mksquashfs_args(&work.0).unwrap();
+    let (pseudo, excludes) = plan.mksquashfs_args(work.root()).unwrap();
     assert_eq!(excludes, ["etc/inittab"]);
-    let image = work.0.join("root.squashfs");
+    let image = work.root().join("root.squashfs");
     let mut cmd = crate::deps::cmd("mksquashfs");
-    cmd.arg(&t.0)
+    cmd.arg(t.root())
         .arg(&image)
         .args(["-noappend", "-quiet", "-no-progress", "-all-root"]);
     for p in &pseudo {
@@ -288,7 +274,7 @@ fn mksquashfs_puts_the_entries_into_the_image_and_leaves_the_tree() {
     }
     cmd.args(["-wildcards", "-e"]).args(&excludes);
     crate::deps::run(&mut cmd).unwrap();
-    let out = work.0.join("out");
+    let out = work.root().join("out");
     crate::deps::run(
         crate::deps::cmd("unsquashfs")
             .args(["-q", "-no-progress", "-d"])
@@ -300,8 +286,8 @@ fn mksquashfs_puts_the_entries_into_the_image_and_leaves_the_tree() {
     let inittab = std::fs::read_to_string(out.join("etc/inittab")).unwrap();
     assert!(inittab.contains("rsK:06:wait:"), "{inittab}");
     assert_eq!(
-        std::fs::read_to_string(t.0.join("etc/inittab")).unwrap(),
+        std::fs::read_to_string(t.root().join("etc/inittab")).unwrap(),
         DEBIAN_INITTAB
     );
-    assert!(!t.0.join(SERVICE_PATH).exists());
+    assert!(!t.root().join(SERVICE_PATH).exists());
 }
