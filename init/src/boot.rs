@@ -15,7 +15,7 @@ use crate::images::LinuxImages;
 use crate::kmsg::KmsgLogger;
 use crate::modload::Loader;
 use crate::sys::{LinuxSys, Sys};
-use crate::{extras, fsck, kit, layers, luks, mounts, switchroot};
+use crate::{extras, fsck, kit, layers, luks, mountpoints, mounts, switchroot};
 use ramstick_common::initsys;
 
 /// For failures that only a broken kernel or initramfs can cause.
@@ -100,7 +100,7 @@ pub fn boot() -> Result<Infallible, Failure> {
         "mount the system images",
         "rebuild the stick (cargo xtask image) or copy the missing image onto its data partition",
     )?;
-    let below = mounts::missing_mount_points(root, &plan, &skipped).step(
+    let below = mountpoints::missing_mount_points(root, &plan, &skipped).step(
         "make the mount points the rootfs lacks",
         "/run is full; boot with more RAM",
     )?;

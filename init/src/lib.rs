@@ -12,6 +12,7 @@ pub mod kmsg;
 pub mod layers;
 pub mod luks;
 pub mod modload;
+pub mod mountpoints;
 pub mod mounts;
 pub mod switchroot;
 pub mod sys;

@@ -13,6 +13,7 @@ use ramstick_common::manifest::{layer_name, LayerInfo, Manifest, Origin, LAYERS_
 use ramstick_common::plan::{make_plan, Facts, Plan};
 use ramstick_init::images::LinuxImages;
 use ramstick_init::layers;
+use ramstick_init::mountpoints;
 use ramstick_init::mounts::{self, at};
 use ramstick_init::sys::{LinuxSys, Sys};
 use std::os::unix::fs::PermissionsExt;
@@ -310,7 +311,8 @@ fn run_sequence(s: &Scratch, plan: &Plan) -> Result<layers::Assembled, String> {
     mounts::setup_upper(&sys, root, plan).map_err(|e| format!("{e:#}"))?;
     let chain = layers::assemble(&sys, &LinuxImages, root, plan);
     let skipped = mounts::mount_lowers(&sys, root, plan).map_err(|e| format!("{e:#}"))?;
-    let below = mounts::missing_mount_points(root, plan, &skipped).map_err(|e| format!("{e:#}"))?;
+    let below =
+        mountpoints::missing_mount_points(root, plan, &skipped).map_err(|e| format!("{e:#}"))?;
     mounts::mount_overlay(&sys, root, plan, &chain.dirs, below.as_deref())
         .map_err(|e| format!("{e:#}"))?;
     mounts::hand_over(&sys, root, plan, &skipped).map_err(|e| format!("{e:#}"))?;
