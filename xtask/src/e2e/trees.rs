@@ -24,7 +24,11 @@ impl Ctx {
         let mut h = cache::Hasher::default();
         let root = workspace_root();
         h.tree(&root.join("rootfs-skel"))?;
-        for source in ["xtask/src/rootfs.rs", "xtask/src/hooks.rs"] {
+        for source in [
+            "xtask/src/rootfs.rs",
+            "xtask/src/hooks.rs",
+            "common/src/initsys.rs",
+        ] {
             h.file(&root.join(source))?;
         }
         h.str(&format!("{kind:?} {minimal}"));
