@@ -2,11 +2,15 @@
 
 use crate::chain::{Choice, LayerFailure, Saved};
 use crate::cmdline::{BootType, LayersMode};
+use crate::initsys::HookCheck;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Where init records the boot for the saver.
 pub const BOOT_JSON: &str = "/run/ramstick/boot.json";
+/// Where init leaves a copy of its initramfs without the kernel modules
+/// (what `saver kernel add` builds a new kernel's initramfs from).
+pub const INITRAMFS_KIT: &str = "/run/ramstick/initramfs";
 
 /// What the stick held of the saved state when it booted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +35,26 @@ pub struct UsedLayer {
     pub size: u64,
     /// Loop-mounted from the stick, or unpacked into RAM.
     pub how: LayersMode,
+}
+
+/// Whether something saves the session at shutdown: the saver hook of the
+/// booted root's init system (see [`crate::initsys`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaverHook {
+    /// The init system found ("systemd", "OpenRC", …); `None` when not recognised.
+    pub init: Option<String>,
+    /// Why this session will not be saved at shutdown, and the fix; `None`
+    /// when the hook is there.
+    pub warning: Option<String>,
+}
+
+impl From<HookCheck> for SaverHook {
+    fn from(c: HookCheck) -> SaverHook {
+        SaverHook {
+            init: c.init.map(|i| i.to_string()),
+            warning: c.warning,
+        }
+    }
 }
 
 /// The record init writes at the end of a boot.
@@ -59,6 +83,9 @@ pub struct BootInfo {
     pub upper: String,
     /// Command-line problems reported during the boot.
     pub problems: Vec<String>,
+    /// The saver hook check of the booted root (absent in older records).
+    #[serde(default)]
+    pub saver_hook: SaverHook,
 }
 
 impl SavedState {
@@ -102,6 +129,7 @@ impl BootInfo {
             kernel: String::new(),
             upper: String::new(),
             problems: Vec::new(),
+            saver_hook: SaverHook::default(),
         }
     }
 
@@ -159,12 +187,21 @@ mod tests {
             kernel: "6.1.0-56-amd64".into(),
             upper: "zram0".into(),
             problems: vec![],
+            saver_hook: SaverHook {
+                init: Some("systemd".into()),
+                warning: None,
+            },
         };
         let json = info.to_json();
         assert!(json.contains("\"class\": \"corrupt\""), "{json}");
         assert!(json.contains("\"kind\": \"manifest\""), "{json}");
         assert!(info.partial());
         assert_eq!(info.layer_names(), ["layer-000001.squashfs"]);
-        assert_eq!(BootInfo::from_json(&json).ok(), Some(info));
+        assert_eq!(BootInfo::from_json(&json).ok(), Some(info.clone()));
+        // A record written before the hook check reads as "not checked".
+        let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        value.as_object_mut().unwrap().remove("saver_hook");
+        let old = BootInfo::from_json(&value.to_string()).unwrap();
+        assert_eq!(old.saver_hook, SaverHook::default());
     }
 }

@@ -14,11 +14,13 @@
 
 pub mod blkid;
 pub mod bootinfo;
+pub mod bootmenu;
 pub mod chain;
 pub mod cmdline;
 pub mod digest;
 pub mod elf;
 pub mod human;
+pub mod initsys;
 pub mod io;
 pub mod manifest;
 pub mod meminfo;

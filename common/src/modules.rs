@@ -44,6 +44,10 @@ pub const BOOT_MODULES: &[&str] = &[
     "squashfs",
     "overlay",
     "zram",
+    // zram's default compression algorithms: built into Debian's amd64
+    // kernel, modules in its cloud kernel.
+    "lzo_rle",
+    "lzo",
     "loop",
     "dm_mod",
     "dm_crypt",

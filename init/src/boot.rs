@@ -15,14 +15,12 @@ use crate::images::LinuxImages;
 use crate::kmsg::KmsgLogger;
 use crate::modload::Loader;
 use crate::sys::{LinuxSys, Sys};
-use crate::{extras, fsck, layers, luks, mounts, switchroot};
+use crate::{extras, fsck, kit, layers, luks, mountpoints, mounts, switchroot};
+use ramstick_common::initsys;
 
 /// For failures that only a broken kernel or initramfs can cause.
 const REBUILD_HINT: &str =
     "the kernel or initramfs is broken; rebuild the stick (cargo xtask image) and report this message";
-
-/// Where the initramfs carries the saver binary.
-const SAVER_IN_INITRAMFS: &str = "/bin/saver";
 
 /// Boot: from the kernel's hand-over to exec of the real init.
 pub fn boot() -> Result<Infallible, Failure> {
@@ -62,6 +60,7 @@ pub fn boot() -> Result<Infallible, Failure> {
         "load kernel modules",
         "rebuild the initramfs for this kernel",
     )?;
+    load_zram_algorithm(&plan, &mut loader);
     loader.autoload_hardware();
     t.mark("modules");
 
@@ -101,7 +100,11 @@ pub fn boot() -> Result<Infallible, Failure> {
         "mount the system images",
         "rebuild the stick (cargo xtask image) or copy the missing image onto its data partition",
     )?;
-    mounts::mount_overlay(&sys, root, &plan, &chain.dirs).step(
+    let below = mountpoints::missing_mount_points(root, &plan, &skipped).step(
+        "make the mount points the rootfs lacks",
+        "/run is full; boot with more RAM",
+    )?;
+    mounts::mount_overlay(&sys, root, &plan, &chain.dirs, below.as_deref()).step(
         "mount the overlay root",
         "boot with ramstick.boot=clean; if that fails too, rebuild the stick",
     )?;
@@ -125,9 +128,16 @@ pub fn boot() -> Result<Infallible, Failure> {
         Err(e) => log::warn!("cannot link /persist/user: {e:#}"),
     }
 
-    // 10 (cont.). The saver, boot.json, and the moves into the new root.
-    install_saver(&sys).step(
-        "install the saver into /run/ramstick/bin",
+    // 10 (cont.). Whether this root saves its session at shutdown: said at
+    // every boot where it will not (a session nobody saves is lost work).
+    let hook = initsys::check(&newroot, &plan.init);
+    if let Some(warning) = &hook.warning {
+        log::error!("!!! {warning} !!!");
+    }
+
+    // The saver and this initramfs's kit, boot.json, the moves into the new root.
+    kit::install(root, Path::new(mounts::RUN_RAMSTICK)).step(
+        "copy the saver and the initramfs's programs to /run/ramstick",
         "the initramfs lacks /bin/saver or /run is full; rebuild it (cargo xtask initramfs)",
     )?;
     let info = BootInfo {
@@ -143,6 +153,7 @@ pub fn boot() -> Result<Infallible, Failure> {
         kernel: facts.kernel_version.clone(),
         upper: upper.clone(),
         problems: plan.problems.iter().map(|p| p.message.clone()).collect(),
+        saver_hook: hook.into(),
     };
     sys.write_file(Path::new(BOOT_JSON), &info.to_json()).step(
         "write /run/ramstick/boot.json",
@@ -160,6 +171,23 @@ pub fn boot() -> Result<Infallible, Failure> {
         "boot with ramstick.init=<path of the init program in the rootfs>",
     )
 }
+
+/// zram's compression algorithm is a crypto module in some kernels (lzo-rle
+/// in Debian's cloud kernel; built in in its amd64 one): load it when there
+/// is one. A missing one is said when zram is set up (which falls back to
+/// the kernel's default, or fails with a hint for `ramstick.upper=tmpfs`).
+fn load_zram_algorithm(plan: &Plan, loader: &mut Loader) {
+    if plan.upper_kind != cmdline::UpperKind::Zram {
+        return;
+    }
+    let alg = plan.zram_alg.as_deref().unwrap_or(ZRAM_DEFAULT_ALGORITHM);
+    if let Err(e) = loader.load(&[alg]) {
+        log::debug!("zram algorithm {alg}: no module loaded ({e:#})");
+    }
+}
+
+/// zram's compression algorithm when none is set (Linux 6.1).
+const ZRAM_DEFAULT_ALGORITHM: &str = "lzo-rle";
 
 /// Log every command-line problem; stop on a fatal one.
 fn report_problems(plan: &Plan) -> Result<(), Failure> {
@@ -193,23 +221,6 @@ fn machine_facts(sys: &dyn Sys) -> anyhow::Result<Facts> {
         kernel_version,
         mem_total_bytes,
     })
-}
-
-/// Copy the saver from the initramfs to /run/ramstick/bin/saver, so the one
-/// that saves always matches the init that booted.
-fn install_saver(sys: &dyn Sys) -> anyhow::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = Path::new(mounts::RUN_RAMSTICK).join("bin");
-    sys.mkdir_all(&dir)?;
-    let dest = dir.join("saver");
-    std::fs::copy(SAVER_IN_INITRAMFS, &dest).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot copy {SAVER_IN_INITRAMFS} to {}: {e}",
-            dest.display()
-        )
-    })?;
-    std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o755))?;
-    Ok(())
 }
 
 /// Kernel uptime in ms (from /proc/uptime), 0 if unreadable.

@@ -19,10 +19,13 @@ pub fn at(root: &Path, path: &str) -> PathBuf {
     root.join(path.trim_start_matches('/'))
 }
 
-/// /proc, /sys, /dev (devtmpfs) and /run (tmpfs) for PID 1.
+/// /proc, /sys, /dev (devtmpfs) and /run (tmpfs) for PID 1, and
+/// /run/ramstick, a tmpfs of its own: it holds the saver the new root's
+/// init system runs, so it must stay executable when that system remounts
+/// /run `noexec` (Debian's sysvinit scripts do).
 pub fn mount_api_filesystems(sys: &dyn Sys, root: &Path) -> Result<()> {
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let table: [(&str, &str, &str, MsFlags, &str); 4] = [
+    let table: [(&str, &str, &str, MsFlags, &str); 5] = [
         ("proc", "/proc", "proc", nosuid, ""),
         ("sysfs", "/sys", "sysfs", nosuid, ""),
         (
@@ -35,6 +38,13 @@ pub fn mount_api_filesystems(sys: &dyn Sys, root: &Path) -> Result<()> {
         (
             "tmpfs",
             "/run",
+            "tmpfs",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            "mode=0755",
+        ),
+        (
+            "tmpfs",
+            RUN_RAMSTICK,
             "tmpfs",
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             "mode=0755",
@@ -227,9 +237,16 @@ pub(crate) fn mount_squashfs(sys: &dyn Sys, image: &Path, target: &Path) -> Resu
     })
 }
 
-/// The overlay root: the rootfs lowest, the saved layers at `layer_dirs`
-/// (bottom first) above it, the RAM upper on top.
-pub fn mount_overlay(sys: &dyn Sys, root: &Path, plan: &Plan, layer_dirs: &[String]) -> Result<()> {
+/// The overlay root: `below` (the mount points the rootfs lacks) lowest,
+/// the rootfs above it, the saved layers at `layer_dirs` (bottom first)
+/// above that, the RAM upper on top.
+pub fn mount_overlay(
+    sys: &dyn Sys,
+    root: &Path,
+    plan: &Plan,
+    layer_dirs: &[String],
+    below: Option<&Path>,
+) -> Result<()> {
     let target = at(root, &plan.overlay_root);
     sys.mkdir_all(&target)
         .with_context(|| format!("cannot create {}", target.display()))?;
@@ -244,6 +261,7 @@ pub fn mount_overlay(sys: &dyn Sys, root: &Path, plan: &Plan, layer_dirs: &[Stri
         .rev()
         .map(|d| at(root, d))
         .chain([rootfs])
+        .chain(below.map(Path::to_path_buf))
         .map(|p| p.to_string_lossy().into_owned())
         .collect();
     let lowers: Vec<&str> = lowers.iter().map(String::as_str).collect();
@@ -263,6 +281,9 @@ pub fn move_target(root: &Path, plan: &Plan, to: &str) -> PathBuf {
     }
 }
 
+/// The API filesystems the new root gets from the initramfs.
+pub(crate) const API_MOUNTS: [&str; 4] = ["/dev", "/proc", "/sys", "/run"];
+
 /// Move the planned mounts (but those in `skipped`, never mounted), then
 /// /dev, /proc, /sys and /run, into the new root.
 pub fn hand_over(sys: &dyn Sys, root: &Path, plan: &Plan, skipped: &[String]) -> Result<()> {
@@ -277,7 +298,7 @@ pub fn hand_over(sys: &dyn Sys, root: &Path, plan: &Plan, skipped: &[String]) ->
         sys.move_mount(&from, &to)
             .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))?;
     }
-    for api in ["/dev", "/proc", "/sys", "/run"] {
+    for api in API_MOUNTS {
         let from = at(root, api);
         let to = at(&newroot, api);
         if !sys.exists(&to) {
@@ -307,6 +328,24 @@ mod tests {
                 mem_total_bytes: 2 << 30,
             },
         )
+    }
+
+    #[test]
+    fn run_ramstick_is_an_executable_tmpfs_of_its_own() {
+        let sys = RecordingSys::new();
+        mount_api_filesystems(&sys, Path::new("/")).unwrap();
+        let mounts: Vec<String> = sys
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("mount "))
+            .collect();
+        assert_eq!(
+            mounts[3..],
+            [
+                "mount tmpfs tmpfs /run NOSUID|NODEV mode=0755",
+                "mount tmpfs tmpfs /run/ramstick NOSUID|NODEV mode=0755",
+            ]
+        );
     }
 
     #[test]
@@ -488,7 +527,7 @@ mod tests {
             "/run/ramstick/layers/layer-000001".to_string(),
             "/sysroot/upper/layers/layer-000002".to_string(),
         ];
-        mount_overlay(&sys, Path::new("/"), &plan, &dirs)
+        mount_overlay(&sys, Path::new("/"), &plan, &dirs, None)
             .map_err(|e| format!("{e:#}"))
             .unwrap();
         assert_eq!(
@@ -507,7 +546,7 @@ mod tests {
     fn overlay_and_hand_over_follow_the_plan() {
         let sys = RecordingSys::new();
         let plan = plan_for("");
-        mount_overlay(&sys, Path::new("/"), &plan, &[])
+        mount_overlay(&sys, Path::new("/"), &plan, &[], None)
             .map_err(|e| format!("{e:#}"))
             .unwrap();
         hand_over(&sys, Path::new("/"), &plan, &[])

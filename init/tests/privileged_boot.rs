@@ -13,6 +13,7 @@ use ramstick_common::manifest::{layer_name, LayerInfo, Manifest, Origin, LAYERS_
 use ramstick_common::plan::{make_plan, Facts, Plan};
 use ramstick_init::images::LinuxImages;
 use ramstick_init::layers;
+use ramstick_init::mountpoints;
 use ramstick_init::mounts::{self, at};
 use ramstick_init::sys::{LinuxSys, Sys};
 use std::os::unix::fs::PermissionsExt;
@@ -75,6 +76,10 @@ fn main() {
             case_zram,
         ),
         ("missing rootfs names the image", case_missing_rootfs),
+        (
+            "a kernel the rootfs has no modules directory for leaves the upper empty",
+            case_new_kernel_mount_point,
+        ),
     ];
     let (mut passed, mut failed) = (0, 0);
     for (name, case) in cases {
@@ -306,7 +311,10 @@ fn run_sequence(s: &Scratch, plan: &Plan) -> Result<layers::Assembled, String> {
     mounts::setup_upper(&sys, root, plan).map_err(|e| format!("{e:#}"))?;
     let chain = layers::assemble(&sys, &LinuxImages, root, plan);
     let skipped = mounts::mount_lowers(&sys, root, plan).map_err(|e| format!("{e:#}"))?;
-    mounts::mount_overlay(&sys, root, plan, &chain.dirs).map_err(|e| format!("{e:#}"))?;
+    let below =
+        mountpoints::missing_mount_points(root, plan, &skipped).map_err(|e| format!("{e:#}"))?;
+    mounts::mount_overlay(&sys, root, plan, &chain.dirs, below.as_deref())
+        .map_err(|e| format!("{e:#}"))?;
     mounts::hand_over(&sys, root, plan, &skipped).map_err(|e| format!("{e:#}"))?;
     Ok(chain)
 }
@@ -392,6 +400,28 @@ fn case_mount_chain() -> Result<(), String> {
         !upper.join("etc/marker").exists(),
         "the upper holds saved layers".into(),
     )
+}
+
+/// The scratch rootfs has no `lib/modules/<kver>` (a kernel installed after
+/// the stick was built): the modules image is mounted there all the same,
+/// from a mount point below the rootfs, and the upper holds nothing.
+fn case_new_kernel_mount_point() -> Result<(), String> {
+    let s = Scratch::new("newkernel", &[], &[])?;
+    let plan = plan_for("ramstick.upper=tmpfs ramstick.upper.size=64M");
+    run_sequence(&s, &plan)?;
+    let newroot = at(&s.root, &plan.overlay_root);
+    let modules = newroot.join(format!("lib/modules/{KVER}"));
+    check(
+        fstype_at(&modules).as_deref() == Some("squashfs"),
+        format!("{} is not the modules image", modules.display()),
+    )?;
+    let upper = newroot.join("run/ramstick/upper/upper");
+    let left: Vec<String> = std::fs::read_dir(&upper)
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    check(left.is_empty(), format!("the upper holds {left:?}"))
 }
 
 fn case_ram_chain() -> Result<(), String> {

@@ -5,15 +5,20 @@
 //! replaced, so a power cut loses at most that many minutes — unless that
 //! would write more than the hourly budget. When the system is idle it
 //! merges layers the compaction policy asks for.
+//!
+//! With `--log FILE` (init systems without a journal: OpenRC, sysvinit,
+//! busybox init) its messages go to FILE during the session, and those of
+//! the shutdown save to the console, where the person shutting down sees
+//! them (FILE is in RAM and gone after the shutdown anyway).
 
 use crate::maintain::{self, Budget};
 use crate::save::{lock, save, SaveOptions, Trigger};
-use crate::session::{load_exclude, Paths, Session};
+use crate::session::{session_exclude, Paths, Session};
 use crate::space::{self, human};
 use crate::stick::say;
 use anyhow::{Context, Result};
 use ramstick_common::cmdline::{self, BootType};
-use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::collections::VecDeque;
 use std::path::Path;
@@ -92,9 +97,31 @@ impl Spent {
     }
 }
 
-pub fn daemon(paths: &Paths) -> Result<()> {
-    let mut signals =
-        Signals::new([SIGTERM, SIGINT, SIGUSR1]).context("cannot install signal handlers")?;
+/// Sends stdout and stderr to `path` (appending; created 0600).
+fn output_to(path: &Path, create: bool) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(create)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    nix::unistd::dup2_stdout(&file)
+        .and_then(|()| nix::unistd::dup2_stderr(&file))
+        .with_context(|| format!("cannot send the output to {}", path.display()))
+}
+
+/// Where the shutdown save's messages go with `--log`.
+const CONSOLE: &str = "/dev/console";
+
+pub fn daemon(paths: &Paths, log: Option<&Path>) -> Result<()> {
+    if let Some(log) = log {
+        output_to(log, true)?;
+    }
+    // SIGHUP is caught and ignored: an init script's terminal going away
+    // must not end the daemon (and with it the shutdown save).
+    let mut signals = Signals::new([SIGTERM, SIGINT, SIGUSR1, SIGHUP])
+        .context("cannot install signal handlers")?;
     let conf = std::fs::read_to_string(CONF).unwrap_or_default();
     let line = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let s = settings(&conf, &line).unwrap_or_else(|e| {
@@ -116,7 +143,17 @@ pub fn daemon(paths: &Paths) -> Result<()> {
     let mut idle_checked = Instant::now();
     loop {
         for signal in signals.pending() {
+            if signal == SIGHUP {
+                continue;
+            }
             if signal != SIGUSR1 {
+                if log.is_some() {
+                    if let Err(e) = output_to(Path::new(CONSOLE), false) {
+                        say(&format!(
+                            "{e:#}: the shutdown save's messages stay in the log"
+                        ));
+                    }
+                }
                 say("the system is stopping: saving the session");
                 return save(paths, SaveOptions::new(Trigger::Shutdown)).map(drop);
             }
@@ -145,7 +182,7 @@ pub fn daemon(paths: &Paths) -> Result<()> {
 
 /// A checkpoint, unless it would overspend the hourly budget.
 fn checkpoint(paths: &Paths, budget: u64, spent: &mut Spent) {
-    let upper = load_exclude(&paths.exclude)
+    let upper = session_exclude(&paths.exclude)
         .and_then(|ex| space::estimate(&paths.upperdir, &ex))
         .map_or(0, |e| e.data);
     let used = spent.in_last_hour();

@@ -26,6 +26,7 @@ pub mod compact;
 #[cfg(test)]
 mod crashtest;
 pub mod daemon;
+pub mod kernel;
 pub mod maintain;
 pub mod progress;
 pub mod save;

@@ -17,7 +17,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use ramstick_saver::session::Paths;
-use ramstick_saver::{addlayer, check, codec, daemon, maintain, save, status};
+use ramstick_saver::{addlayer, check, codec, daemon, kernel, maintain, save, status};
 
 #[derive(Parser)]
 #[command(
@@ -51,7 +51,14 @@ enum Cmd {
     },
     /// Run until SIGTERM/SIGINT (then save and exit); SIGUSR1 saves and
     /// keeps running; checkpoints every `ramstick.checkpoint` minutes.
-    Daemon,
+    ///
+    /// Example: `saver daemon --log /run/ramstick/saver/daemon.log`
+    Daemon {
+        /// Write the messages to this file; those of the shutdown save go
+        /// to the console (for init systems without a journal).
+        #[arg(long)]
+        log: Option<std::path::PathBuf>,
+    },
     /// Merge every layer below the latest session's into one (the policy
     /// also does this by itself, a few layers at a time).
     ///
@@ -67,6 +74,10 @@ enum Cmd {
     ///
     /// Example: `saver add-layer --persist /mnt/stick ./my-files`
     AddLayer(addlayer::AddLayerArgs),
+    /// A kernel package was installed or removed in the running stick (the
+    /// kernel hooks in /etc/kernel/postinst.d and postrm.d call this).
+    #[command(subcommand)]
+    Kernel(kernel::KernelCmd),
     /// Pack a directory tree into a squashfs image.
     Pack(codec::PackArgs),
     /// Merge overlay layer images into one, bottom first.
@@ -95,10 +106,11 @@ fn main() {
             };
             save::save(&paths, opts).map(|_| true)
         }
-        Cmd::Daemon => daemon::daemon(&paths).map(|()| true),
+        Cmd::Daemon { log } => daemon::daemon(&paths, log.as_deref()).map(|()| true),
         Cmd::Compact => maintain::compact(&paths).map(|()| true),
         Cmd::Check => check::check(&paths),
         Cmd::AddLayer(a) => addlayer::add_layer(a).map(|_| true),
+        Cmd::Kernel(k) => kernel::kernel(k).map(|()| true),
         Cmd::Pack(a) => codec::pack(a).map(|()| true),
         Cmd::Merge(a) => codec::merge(a).map(|()| true),
         Cmd::Unpack(a) => codec::unpack(a).map(|()| true),

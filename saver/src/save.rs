@@ -13,7 +13,7 @@ use crate::clock;
 use crate::commit;
 use crate::maintain;
 use crate::saveplan::{self, Situation};
-use crate::session::{self, load_exclude, Paths, Session};
+use crate::session::{self, session_exclude, Paths, Session};
 use crate::space::{self, human, Estimate};
 use crate::stick::{say, PersistStick};
 use anyhow::{bail, Context, Result};
@@ -82,7 +82,7 @@ pub fn save_locked(paths: &Paths, opts: SaveOptions) -> Result<Outcome> {
         say("clean boot (ramstick.boot=clean): the session is not saved; nothing was written to the stick");
         return Ok(Outcome::CleanBoot);
     }
-    let exclude = load_exclude(&paths.exclude)?;
+    let exclude = session_exclude(&paths.exclude)?;
     let estimate = space::estimate(&paths.upperdir, &exclude)?;
     if !opts.force {
         if let Some(why) = unchanged(paths, &session, &exclude, &estimate) {

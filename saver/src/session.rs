@@ -127,18 +127,75 @@ pub fn layer_files(paths: &Paths) -> Result<Vec<String>> {
     }
 }
 
-/// Reads the exclusion list; a missing file excludes nothing.
-pub fn load_exclude(path: &Path) -> Result<Exclude> {
+/// What a session's layer never holds, whatever `/etc/ramstick/exclude`
+/// says: the kernels, their modules and the firmware. The stick boots its
+/// kernels from the ESP and mounts `modules-<kver>.squashfs` and
+/// `firmware.squashfs` over these directories (a kernel installed in the
+/// session gets its images from the kernel hook, `saver kernel add`);
+/// saved, a copy would only take room, and a whiteout or an opaque
+/// directory there would hide the mounted image at the next boot. The
+/// directories themselves are left out, so no mark on them is saved either.
+pub const BUILTIN_EXCLUDE: &[&str] = &[
+    "/boot",
+    "/lib/modules",
+    "/usr/lib/modules",
+    "/lib/firmware",
+    "/usr/lib/firmware",
+];
+
+/// The exclusions of a session's save: [`BUILTIN_EXCLUDE`], then the
+/// patterns of the exclusion list `path`.
+pub fn session_exclude(path: &Path) -> Result<Exclude> {
+    let text = read_exclude(path)?;
+    Exclude::new(BUILTIN_EXCLUDE.iter().copied().chain(text.lines()))
+        .with_context(|| format!("in {}", path.display()))
+}
+
+/// The text of an exclusion list; a missing file is empty.
+fn read_exclude(path: &Path) -> Result<String> {
     match std::fs::read_to_string(path) {
-        Ok(text) => Exclude::parse(&text).with_context(|| format!("in {}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Exclude::none()),
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
+}
+
+/// Reads an exclusion list (`saver pack --exclude-from`); a missing file
+/// excludes nothing.
+pub fn load_exclude(path: &Path) -> Result<Exclude> {
+    let text = read_exclude(path)?;
+    Exclude::parse(&text).with_context(|| format!("in {}", path.display()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_never_saves_kernels_modules_or_firmware() {
+        let dir = ramstick_testkit::TempDir::new("saver-builtin");
+        let file = dir.join("exclude");
+        for text in ["", "# the user removed every line\n", "/tmp/*\n"] {
+            std::fs::write(&file, text).unwrap();
+            let ex = session_exclude(&file).unwrap();
+            for path in [
+                "/boot",
+                "/lib/modules",
+                "/usr/lib/modules",
+                "/lib/firmware",
+                "/usr/lib/firmware",
+            ] {
+                assert!(ex.matches(path), "{path} with {text:?}");
+            }
+            assert!(!ex.matches("/lib") && !ex.matches("/usr/lib/x86_64-linux-gnu"));
+            assert!(!ex.matches("/home/user/boot") && !ex.matches("/lib/modules-load.d"));
+        }
+        assert!(session_exclude(&dir.join("missing"))
+            .unwrap()
+            .matches("/boot"));
+        std::fs::write(&file, "/bad[\n").unwrap();
+        assert!(session_exclude(&file).is_err());
+    }
 
     #[test]
     fn exclusion_file_missing_or_invalid() {
@@ -151,5 +208,6 @@ mod tests {
         std::fs::write(&file, "# comment\n/tmp/*\n").unwrap();
         let ex = load_exclude(&file).unwrap();
         assert!(ex.matches("/tmp/x") && !ex.matches("/etc/x"));
+        assert!(!ex.matches("/lib/modules"));
     }
 }

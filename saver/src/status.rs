@@ -1,7 +1,7 @@
 //! `saver status`: how this system booted, the saved chain on the stick,
 //! how full the RAM upper is and what changed since the last save.
 
-use crate::session::{self, load_exclude, Paths, Session};
+use crate::session::{self, session_exclude, Paths, Session};
 use crate::space::{self, human};
 use anyhow::Result;
 use ramstick_common::chain::Saved;
@@ -17,6 +17,11 @@ pub fn status(paths: &Paths) -> Result<()> {
         info.asked, info.layers_mode
     );
     println!("boot used:    {}", info.used);
+    match (&info.saver_hook.warning, &info.saver_hook.init) {
+        (Some(warning), _) => println!("saver hook:   MISSING: {warning}"),
+        (None, Some(init)) => println!("saver hook:   {init}: the session is saved at shutdown"),
+        (None, None) => {}
+    }
     for l in &info.layers {
         println!("  in use:     {} ({}, {})", l.name, human(l.size), l.how);
     }
@@ -100,7 +105,7 @@ fn print_chains(m: &Manifest) {
 
 /// How much differs from what this session last saved.
 fn changes(paths: &Paths, session: &Session) -> String {
-    let exclude = match load_exclude(&paths.exclude) {
+    let exclude = match session_exclude(&paths.exclude) {
         Ok(e) => e,
         Err(e) => return format!("unknown ({e:#})"),
     };

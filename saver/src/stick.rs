@@ -222,13 +222,15 @@ fn record(image: &Path, entries: u64, data_bytes: u64, origin: Origin) -> Result
     })
 }
 
-fn sync_file(path: &Path) -> Result<()> {
+/// Makes `path`'s content durable.
+pub fn sync_file(path: &Path) -> Result<()> {
     File::open(path)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("cannot sync {}", path.display()))
 }
 
-fn sync_dir(dir: &Path) -> Result<()> {
+/// Makes `dir`'s entries durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("cannot sync {}", dir.display()))

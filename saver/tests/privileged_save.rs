@@ -40,6 +40,7 @@ fn main() -> ExitCode {
             ("no-room", no_room),
             ("save-waiting-for-the-lock", save_waiting_for_the_lock),
             ("file-keeps-changing", file_keeps_changing),
+            ("kernel-files-never-saved", kernel_files_never_saved),
         ],
     )
 }
@@ -118,6 +119,7 @@ fn new_session(
         kernel: "test".into(),
         upper: "tmpfs".into(),
         problems: vec![],
+        saver_hook: Default::default(),
     };
     let _ = fs::remove_file(paths.session_json());
     fs::write(&paths.boot_json, info.to_json()).ctx("boot.json")
@@ -483,6 +485,46 @@ fn full_stick(root: &Path) -> CaseResult {
 }
 
 /// Room below the floor: refused before writing, with the numbers.
+/// A session that installed a kernel (its image in /boot, its modules under
+/// /usr/lib/modules), removed the running kernel's modules directory (a
+/// whiteout), made /lib/firmware opaque and changed one ordinary file:
+/// the layer holds the ordinary file and nothing of the rest, even with an
+/// exclusion list that names none of it.
+fn kernel_files_never_saved(root: &Path) -> CaseResult {
+    let paths = &scratch(root)?;
+    fs::write(&paths.exclude, "# the user's own list\n").ctx("exclude")?;
+    fresh_upper(
+        paths,
+        &[
+            ("boot/vmlinuz-6.2.0-new", "kernel"),
+            ("usr/lib/modules/6.2.0-new/kernel/x.ko", "module"),
+            ("etc/kept", "kept\n"),
+        ],
+    )?;
+    let u = &paths.upperdir;
+    fs::create_dir_all(u.join("lib/modules")).ctx("lib/modules")?;
+    make_node(&u.join("lib/modules/6.1.0-old"), SFlag::S_IFCHR, 0, (0, 0))?;
+    fs::create_dir_all(u.join("lib/firmware")).ctx("lib/firmware")?;
+    lsetxattr(&u.join("lib/firmware"), "trusted.overlay.opaque", b"y")?;
+    save_now(paths)?;
+    let m = manifest(paths)?;
+    let image = paths.layers().join(&m.current[0]);
+    let view = paths.state.join("layer");
+    fs::create_dir_all(&view).ctx("view")?;
+    let mounted = Mounted::image(&image, "squashfs", &view, true)?;
+    let mut found = Vec::new();
+    for path in ["boot", "usr/lib/modules", "lib/modules", "lib/firmware"] {
+        if view.join(path).symlink_metadata().is_ok() {
+            found.push(path);
+        }
+    }
+    let kept = fs::read_to_string(view.join("etc/kept")).unwrap_or_default();
+    drop(mounted);
+    ensure(found.is_empty(), format!("the layer holds {found:?}"))?;
+    ensure(kept == "kept\n", format!("etc/kept is {kept:?}"))?;
+    Ok(ramstick_testkit::Outcome::Passed)
+}
+
 fn no_room(root: &Path) -> CaseResult {
     let paths = &scratch(root)?;
     let (_mounted, m) = small_persist(paths, "200k")?;

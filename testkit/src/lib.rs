@@ -28,6 +28,9 @@ use nix::sys::stat::{makedev, mknod, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, Gid, Uid};
 
+mod scratch;
+pub use scratch::ScratchTree;
+
 /// How a case ended when it did not fail.
 pub enum Outcome {
     Passed,

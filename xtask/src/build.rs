@@ -6,7 +6,7 @@
 
 use crate::deps;
 use anyhow::{bail, Context, Result};
-pub use ramstick_common::elf::{dynamic_reasons, interpreter, needed_libraries};
+pub use ramstick_common::elf::dynamic_reasons;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

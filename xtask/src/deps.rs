@@ -188,25 +188,8 @@ pub fn fetch_deb(package: &str, into: &Path) -> Result<PathBuf> {
     if dest.is_dir() {
         return Ok(dest);
     }
-    ensure(&[
-        ("apt-get", "apt"),
-        ("apt-cache", "apt"),
-        ("dpkg-deb", "dpkg"),
-    ])?;
-    let dl = into.join("dl");
-    std::fs::create_dir_all(&dl).with_context(|| format!("cannot create {}", dl.display()))?;
-    println!("downloading {package} into {}", dl.display());
-    let download = |dl: &Path| {
-        run(cmd("apt-get")
-            .args(["download", "-q", package])
-            .current_dir(dl))
-    };
-    if download(&dl).is_err() {
-        // An empty or stale package cache is the usual reason.
-        apt_update()?;
-        download(&dl)?;
-    }
-    let deb = find_deb(&dl, package)?;
+    ensure(&[("dpkg-deb", "dpkg")])?;
+    let deb = download_deb(package, &into.join("dl"))?;
     let partial = into.join(format!("{package}.partial-{}", std::process::id()));
     remove_if_exists(&partial)?;
     run(cmd("dpkg-deb").arg("-x").arg(&deb).arg(&partial))?;
@@ -222,6 +205,28 @@ pub fn fetch_deb(package: &str, into: &Path) -> Result<PathBuf> {
     // The extracted tree is the cache; the .deb is not needed any more.
     remove_if_exists(&deb)?;
     Ok(dest)
+}
+
+/// The `.deb` of Debian package `package` in the directory `dir`,
+/// downloaded with `apt-get download` unless one is there already.
+pub fn download_deb(package: &str, dir: &Path) -> Result<PathBuf> {
+    if let Ok(deb) = find_deb(dir, package) {
+        return Ok(deb);
+    }
+    ensure(&[("apt-get", "apt"), ("apt-cache", "apt")])?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    println!("downloading {package} into {}", dir.display());
+    let download = |dir: &Path| {
+        run(cmd("apt-get")
+            .args(["download", "-q", package])
+            .current_dir(dir))
+    };
+    if download(dir).is_err() {
+        // An empty or stale package cache is the usual reason.
+        apt_update()?;
+        download(dir)?;
+    }
+    find_deb(dir, package)
 }
 
 /// The newest `<package>_*.deb` in `dir`.

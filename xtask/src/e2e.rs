@@ -13,11 +13,14 @@
 
 mod cache;
 mod guest;
+mod initsystems;
+mod kernelupdate;
 mod layers;
 mod luks;
 mod persist;
 mod reliab;
 mod scenarios;
+mod trees;
 
 use crate::qemu::{self, Machine, Vm};
 use crate::{build, deps, image, kernel, rootfs, target_dir, workspace_root};
@@ -130,6 +133,8 @@ fn all_scenarios() -> impl Iterator<Item = &'static Scenario> {
         .chain(layers::ALL)
         .chain(luks::ALL)
         .chain(reliab::ALL)
+        .chain(initsystems::ALL)
+        .chain(kernelupdate::ALL)
 }
 
 impl Ctx {
@@ -334,34 +339,9 @@ impl Ctx {
     }
 
     /// A fresh disk of the Debian/systemd rootfs (`rootfs --kind debian`,
-    /// kept in target/rootfs-debian and rebuilt when rootfs-skel/ or the
-    /// rootfs builder change). It boots the rootfs's own kernel.
+    /// see [`Ctx::kind_tree`]). It boots the rootfs's own kernel.
     pub fn debian_disk(&mut self) -> Result<PathBuf> {
-        let dir = target_dir().join("rootfs-debian");
-        let stamp = target_dir().join("rootfs-debian.stamp");
-        let mut h = cache::Hasher::default();
-        let root = workspace_root();
-        h.tree(&root.join("rootfs-skel"))?;
-        h.file(&root.join("xtask/src/rootfs.rs"))?;
-        let want = format!("{:016x}", h.finish());
-        let have = fs::read_to_string(&stamp).unwrap_or_default();
-        if have.trim() != want || !dir.join(rootfs::MARKER).is_file() {
-            println!("e2e: building the Debian rootfs (mmdebstrap, about a minute)");
-            rootfs::build(rootfs::Kind::Debian, &dir)?;
-            fs::write(&stamp, &want).with_context(|| format!("writing {}", stamp.display()))?;
-        }
-        let disk = self.disk_path();
-        image::build(&image::Spec {
-            rootfs: dir,
-            out: disk.clone(),
-            size: None,
-            kernel: self.kernel.clone(),
-            bins: self.bins.clone(),
-            extra_cmdline: String::new(),
-            persist_extra: Vec::new(),
-            omit: Vec::new(),
-        })?;
-        Ok(disk)
+        self.kind_disk(rootfs::Kind::Debian, false, &DiskSpec::default())
     }
 
     /// A valid upper image whose only file is `etc/ramstick-marker` holding `marker`.
@@ -569,9 +549,10 @@ mod tests {
 
     #[test]
     fn scenario_names_are_unique() {
-        let mut names: Vec<&str> = scenarios::ALL.iter().map(|s| s.name).collect();
+        let mut names: Vec<&str> = all_scenarios().map(|s| s.name).collect();
+        let count = names.len();
         names.sort();
         names.dedup();
-        assert_eq!(names.len(), scenarios::ALL.len());
+        assert_eq!(names.len(), count);
     }
 }

@@ -1,12 +1,15 @@
 //! A bootable GPT disk image from a rootfs tree, built without root:
 //!
 //! * partition 1 `ESP`: FAT32 (`mkfs.vfat` + mtools) with a standalone GRUB
-//!   as `EFI/BOOT/BOOTX64.EFI`, `/grub/grub.cfg` (from `grub/grub.cfg`),
-//!   `/vmlinuz`, `/initramfs.img` and the `/ramstick-esp.id` marker GRUB
-//!   searches for;
+//!   as `EFI/BOOT/BOOTX64.EFI`, `/vmlinuz-<kver>`, `/initramfs-<kver>.img`,
+//!   the boot menu record `/grub/ramstick-menu.json` with `/grub/grub.cfg`
+//!   made from it (see [`ramstick_common::bootmenu`]), and the
+//!   `/ramstick-esp.id` marker GRUB searches for;
 //! * partition 2 `RAMSTICK`: ext4 (`mkfs.ext4 -d`) holding
 //!   `rootfs.squashfs` (the tree without kernel modules, firmware and
-//!   `boot/`), `modules-<kver>.squashfs` (the content of
+//!   `boot/`, plus the saver hook for its init system and the other files
+//!   of [`crate::hooks`], which the tree itself never gets),
+//!   `modules-<kver>.squashfs` (the content of
 //!   `lib/modules/<kver>`), `firmware.squashfs` (the content of
 //!   `lib/firmware`) and an empty `user/`; everything root:root 0644/0755
 //!   but `user/` (uid 1000), whoever builds (see [`crate::owners`]), and
@@ -26,10 +29,12 @@
 
 use crate::build::{self, Binaries};
 use crate::deps;
+use crate::hooks::{self, Saver};
 use crate::initramfs::{self, partial_path};
 use crate::kernel::{self, Kernel};
 use crate::{owners, rootfs};
 use anyhow::{bail, Context, Result};
+use ramstick_common::bootmenu::{self, Menu};
 use ramstick_common::tree::resolve_in_root;
 use std::fs::{self, File};
 use std::io::Read;
@@ -41,13 +46,11 @@ pub(crate) const MIB: u64 = 1 << 20;
 const ESP_MIN: u64 = 64 * MIB;
 /// Space before the first partition and after the last (GPT backup).
 pub(crate) const GPT_GAP: u64 = MIB;
-const GRUB_TEMPLATE: &str = include_str!("../../grub/grub.cfg");
 const GRUB_STUB: &str = include_str!("../../grub/stub.cfg");
 const GRUB_MODULES: &str = "part_gpt fat ext2 search search_fs_file search_label normal linux \
                             serial terminal echo test configfile all_video gfxterm";
 const GRUB_DIR: &str = "/usr/lib/grub/x86_64-efi";
-/// The ESP's FAT volume label (FAT allows at most 11 characters).
-pub const ESP_LABEL: &str = "RAMSTICKESP";
+use ramstick_common::bootmenu::ESP_LABEL;
 const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
 const LINUX_TYPE: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
 
@@ -90,6 +93,11 @@ pub struct Args {
     /// many ms instead of a fixed time cost (e.g. 2000 for a real stick).
     #[arg(long, requires = "luks_passphrase_file")]
     pub luks_iter_time: Option<u32>,
+    /// Build the stick although nothing will save its sessions: no saver
+    /// hook is added (e.g. a tree whose init system is not recognised);
+    /// every boot says so.
+    #[arg(long)]
+    pub no_saver: bool,
     #[command(flatten)]
     pub kernel: crate::KernelArgs,
 }
@@ -174,7 +182,12 @@ pub fn run(a: &Args) -> Result<()> {
         persist_extra: Vec::new(),
         omit: Vec::new(),
     };
-    build_encrypted(&spec, luks.as_ref())?;
+    let saver = if a.no_saver {
+        Saver::None
+    } else {
+        Saver::Required
+    };
+    build_full(&spec, luks.as_ref(), saver)?;
     println!("disk image: {}", a.out.display());
     Ok(())
 }
@@ -247,7 +260,16 @@ pub fn build(spec: &Spec) -> Result<()> {
 /// Builds the disk image described by `spec`, with the persist partition
 /// encrypted when `luks` is given.
 pub fn build_encrypted(spec: &Spec, luks: Option<&LuksSpec>) -> Result<()> {
+    build_full(spec, luks, Saver::Required)
+}
+
+/// [`build_encrypted`], with the saver hook as `saver` says.
+pub fn build_full(spec: &Spec, luks: Option<&LuksSpec>, saver: Saver) -> Result<()> {
     check_rootfs(&spec.rootfs)?;
+    let hooks = hooks::plan(&spec.rootfs, saver)?;
+    for line in hooks.describe() {
+        println!("rootfs.squashfs: {line}");
+    }
     if luks.is_some() {
         deps::ensure(&[("cryptsetup", "cryptsetup-bin")])?;
     }
@@ -287,7 +309,7 @@ pub fn build_encrypted(spec: &Spec, luks: Option<&LuksSpec>) -> Result<()> {
         initramfs_luks.as_ref(),
     )?;
     let persist = work.join("persist");
-    stage_persist(spec, &kernel, work, &persist)?;
+    stage_persist(spec, &kernel, &hooks, work, &persist)?;
     let esp = work.join("esp.img");
     let mut cmdline = spec.extra_cmdline.clone();
     if luks.is_some_and(|l| l.keyfile_in_initramfs.is_some()) {
@@ -365,7 +387,13 @@ pub(crate) fn dir_size(dir: &Path) -> Result<u64> {
 
 /// The persist filesystem's content: the squashfs images, `user/` and the
 /// extra files, minus `spec.omit`.
-fn stage_persist(spec: &Spec, kernel: &Kernel, work: &Path, persist: &Path) -> Result<()> {
+fn stage_persist(
+    spec: &Spec,
+    kernel: &Kernel,
+    hooks: &hooks::Plan,
+    work: &Path,
+    persist: &Path,
+) -> Result<()> {
     fs::create_dir_all(persist).with_context(|| format!("cannot create {}", persist.display()))?;
     let wanted = |name: &str| !spec.omit.iter().any(|o| o == name);
     let rootfs = &spec.rootfs;
@@ -376,7 +404,14 @@ fn stage_persist(spec: &Spec, kernel: &Kernel, work: &Path, persist: &Path) -> R
             .unwrap_or_else(|| PathBuf::from("lib/modules"));
         // The empty mountpoint for the modules image, whatever the tree has there.
         let pseudo = format!("{}/{} d 755 0 0", modules_rel.display(), kernel.version);
+        let (hook_files, replaced) = hooks.mksquashfs_args(work)?;
+        let mut options = vec!["-p".to_string(), pseudo];
+        for p in hook_files {
+            options.extend(["-p".to_string(), p]);
+        }
+        let options: Vec<&str> = options.iter().map(String::as_str).collect();
         let mut excludes = vec![rootfs::MARKER.to_string()];
+        excludes.extend(replaced);
         for dir in [
             "lib/modules",
             "lib/firmware",
@@ -389,7 +424,7 @@ fn stage_persist(spec: &Spec, kernel: &Kernel, work: &Path, persist: &Path) -> R
         squashfs(
             rootfs,
             &persist.join("rootfs.squashfs"),
-            &["-p", &pseudo],
+            &options,
             &excludes,
         )?;
     }
@@ -485,16 +520,6 @@ fn squashfs(src: &Path, out: &Path, extra: &[&str], excludes: &[String]) -> Resu
     deps::run(&mut cmd)
 }
 
-/// `grub/grub.cfg` with the kernel version and extra parameters filled in.
-fn render_grub_cfg(kver: &str, extra: &str) -> String {
-    GRUB_TEMPLATE
-        .replace("@KVER@", kver)
-        .replace("@EXTRA@", extra.trim())
-        .lines()
-        .map(|l| format!("{}\n", l.trim_end()))
-        .collect()
-}
-
 /// Builds the FAT32 ESP image at `esp`; returns its size.
 pub(crate) fn make_esp(
     esp: &Path,
@@ -504,17 +529,22 @@ pub(crate) fn make_esp(
     extra: &str,
 ) -> Result<u64> {
     let grub = grub_efi()?;
+    let menu = Menu::new(&kernel.version, extra)?;
     let cfg = work.join("grub.cfg");
-    fs::write(&cfg, render_grub_cfg(&kernel.version, extra))
-        .with_context(|| format!("cannot write {}", cfg.display()))?;
-    let id = work.join("ramstick-esp.id");
+    fs::write(&cfg, menu.render()).with_context(|| format!("cannot write {}", cfg.display()))?;
+    let record = work.join("ramstick-menu.json");
+    fs::write(&record, menu.to_json())
+        .with_context(|| format!("cannot write {}", record.display()))?;
+    let id = work.join(bootmenu::ESP_ID);
     fs::write(&id, "ramstick ESP\n").with_context(|| format!("cannot write {}", id.display()))?;
-    let files: [(&Path, &str); 5] = [
-        (&grub, "::/EFI/BOOT/BOOTX64.EFI"),
-        (&cfg, "::/grub/grub.cfg"),
-        (&id, "::/ramstick-esp.id"),
-        (&kernel.vmlinuz, "::/vmlinuz"),
-        (initrd, "::/initramfs.img"),
+    let on_esp = |name: &str| format!("::/{name}");
+    let files: [(&Path, String); 6] = [
+        (&grub, on_esp("EFI/BOOT/BOOTX64.EFI")),
+        (&cfg, on_esp(bootmenu::GRUB_CFG)),
+        (&record, on_esp(bootmenu::MENU_RECORD)),
+        (&id, on_esp(bootmenu::ESP_ID)),
+        (&kernel.vmlinuz, on_esp(&bootmenu::vmlinuz(&kernel.version))),
+        (initrd, on_esp(&bootmenu::initramfs(&kernel.version))),
     ];
     let mut content = 0;
     for (src, _) in &files {
@@ -833,33 +863,6 @@ mod tests {
         assert!(parse_size("12X").unwrap_err().to_string().contains("12X"));
         assert!(parse_size("M").is_err());
         assert!(parse_size("99999999999T").is_err());
-    }
-
-    #[test]
-    fn grub_cfg_has_four_entries_in_order() {
-        let cfg = render_grub_cfg("6.1.0-56-amd64", "ramstick.debug=1 ");
-        let linux: Vec<&str> = cfg
-            .lines()
-            .filter(|l| l.trim().starts_with("linux "))
-            .collect();
-        assert_eq!(
-            linux,
-            [
-                "    linux /vmlinuz console=tty0 console=ttyS0,115200 ramstick.boot=default ramstick.debug=1",
-                "    linux /vmlinuz console=tty0 console=ttyS0,115200 ramstick.boot=backup ramstick.debug=1",
-                "    linux /vmlinuz console=tty0 console=ttyS0,115200 ramstick.boot=clean ramstick.debug=1",
-                "    linux /vmlinuz console=tty0 console=ttyS0,115200 ramstick.boot=default ramstick.upper=tmpfs ramstick.debug=1",
-            ]
-        );
-        let titles: Vec<&str> = cfg.lines().filter(|l| l.starts_with("menuentry")).collect();
-        assert_eq!(titles.len(), 4);
-        assert!(titles[0].contains("ramstick (default)"));
-        assert!(titles[3].contains("tmpfs upper"));
-        assert!(cfg.contains("search --no-floppy --file --set=root /ramstick-esp.id\n"));
-        assert!(cfg.contains("kernel 6.1.0-56-amd64"));
-        assert!(!cfg.contains('@'));
-        let plain = render_grub_cfg("k", "");
-        assert!(plain.contains("ramstick.boot=clean\n"));
     }
 
     #[test]

@@ -44,8 +44,13 @@ pub fn fetch_debian() -> Result<Kernel> {
 
 /// The package `linux-image-amd64` depends on, e.g. `linux-image-6.1.0-56-amd64`.
 fn current_image_package() -> Result<String> {
+    image_package_of("linux-image-amd64")
+}
+
+/// The `linux-image-<kver>` package the metapackage `meta` depends on.
+fn image_package_of(meta: &str) -> Result<String> {
     let query = || {
-        deps::output(deps::cmd("apt-cache").args(["depends", "linux-image-amd64"]))
+        deps::output(deps::cmd("apt-cache").args(["depends", meta]))
             .ok()
             .and_then(|text| parse_depends(&text))
     };
@@ -53,7 +58,21 @@ fn current_image_package() -> Result<String> {
         return Ok(package);
     }
     deps::apt_update()?;
-    query().context("apt-cache depends linux-image-amd64 names no linux-image-* package")
+    query().with_context(|| format!("apt-cache depends {meta} names no linux-image-* package"))
+}
+
+/// A kernel package of another version than [`fetch_debian`]'s, for the
+/// kernel update test: Debian's cloud kernel (`linux-image-cloud-amd64`'s,
+/// e.g. `6.1.0-57-cloud-amd64`: another `uname -r`, and a quarter of the
+/// size). Returns its version and the `.deb`, kept in `target/kernel/debs/`.
+pub fn fetch_other_deb() -> Result<(String, PathBuf)> {
+    let package = image_package_of("linux-image-cloud-amd64")?;
+    let version = package
+        .strip_prefix("linux-image-")
+        .context("not a linux-image package")?
+        .to_string();
+    let deb = deps::download_deb(&package, &crate::target_dir().join("kernel/debs"))?;
+    Ok((version, deb))
 }
 
 /// The first `Depends: linux-image-…` of `apt-cache depends` output.

@@ -7,6 +7,7 @@ mod crashtest;
 mod deps;
 mod e2e;
 mod fuzz;
+mod hooks;
 mod image;
 mod initramfs;
 mod kernel;

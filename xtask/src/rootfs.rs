@@ -1,16 +1,28 @@
 //! Root filesystem trees for the stick.
 //!
 //! * `busybox` (no root needed): Debian's static busybox with a symlink per
-//!   applet, busybox init with a shell on ttyS0 and tty1, and the saver
-//!   hook in `/etc/inittab`. Its files live in `rootfs-skel/busybox/`.
-//! * `debian` (root needed): `mmdebstrap` of bookworm with systemd and
-//!   Debian's kernel, root auto-logged in on ttyS0, the saver unit enabled.
+//!   applet, busybox init with a shell on ttyS0 and tty1. Its files live in
+//!   `rootfs-skel/busybox/`.
+//! * `debian`, `debian-openrc`, `debian-sysvinit` (root needed):
+//!   `mmdebstrap --variant=minbase` of bookworm with systemd, with sysvinit
+//!   and OpenRC (Debian's OpenRC, standing in for Alpine's, whose
+//!   repositories these machines cannot reach), or with sysvinit; Debian's
+//!   kernel, the recovery and filesystem tools of [`TOOLS`], a `user`
+//!   account, root auto-logged in on ttyS0 with an empty password.
+//!   initramfs-tools stays installed but does not run in the stick (its
+//!   kernel hook is diverted, its updates are off): the stick boots
+//!   ramstick's initramfs, which the kernel hook `zz-ramstick` builds.
+//!   `--minimal` leaves out the kernel (the stick then boots xtask's
+//!   Debian kernel) and the tools: the e2e suite's small trees.
 //!
-//! Both get `rootfs-skel/common/` (hostname, the systemd unit and OpenRC
-//! script that run the saver). A tree built here carries a marker file so
-//! that a rebuild may replace it; any other non-empty `--out` is refused.
+//! Every kind gets `rootfs-skel/common/` (hostname, the default exclusion
+//! list) and the ramstick files of [`crate::hooks`] (the saver hook of its
+//! init system, the kernel hooks), which `cargo xtask image` would add
+//! anyway. A tree built here carries a marker file so that a rebuild may
+//! replace it; any other non-empty `--out` is refused.
 
 use crate::deps;
+use crate::hooks::{self, Saver};
 use crate::initramfs::partial_path;
 use anyhow::{bail, Context, Result};
 use std::os::unix::fs::PermissionsExt;
@@ -19,11 +31,37 @@ use std::path::{Path, PathBuf};
 /// Marks a tree built by `cargo xtask rootfs` (left out of the images).
 pub const MARKER: &str = ".ramstick-rootfs";
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     Busybox,
+    /// Debian with systemd.
     Debian,
+    /// Debian with sysvinit and OpenRC.
+    DebianOpenrc,
+    /// Debian with sysvinit.
+    DebianSysvinit,
 }
+
+/// The recovery and filesystem tools of the Debian kinds (see README for
+/// their size on the stick). Not xfsprogs: it pulls in ICU and Python
+/// (60 MB, three times the rest together).
+pub const TOOLS: &[&str] = &[
+    "e2fsprogs",
+    "dosfstools",
+    "exfatprogs",
+    "ntfs-3g",
+    "btrfs-progs",
+    "cryptsetup-bin",
+    "parted",
+    "fdisk",
+    "gdisk",
+    "gddrescue",
+    "testdisk",
+    "smartmontools",
+    "hdparm",
+    "nvme-cli",
+    "rsync",
+];
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -33,24 +71,35 @@ pub struct Args {
     /// The directory to create (replaced if it is an earlier ramstick rootfs).
     #[arg(long)]
     pub out: PathBuf,
+    /// Debian kinds: no kernel of their own and no tools (smaller and faster
+    /// to build; the stick boots xtask's Debian kernel).
+    #[arg(long)]
+    pub minimal: bool,
 }
 
 pub fn run(a: &Args) -> Result<()> {
-    build(a.kind, &a.out)?;
+    build_with(a.kind, a.minimal, &a.out)?;
     println!("rootfs ({:?}) at {}", a.kind, a.out.display());
     Ok(())
 }
 
-/// Builds a `kind` tree at `out` (via `<out>.partial`, renamed at the end).
+/// Builds a full `kind` tree at `out`.
 pub fn build(kind: Kind, out: &Path) -> Result<()> {
+    build_with(kind, false, out)
+}
+
+/// Builds a `kind` tree at `out` (via `<out>.partial`, renamed at the end),
+/// `minimal` as `--minimal` says.
+pub fn build_with(kind: Kind, minimal: bool, out: &Path) -> Result<()> {
     check_out(out)?;
     let partial = partial_path(out);
     deps::remove_if_exists(&partial)?;
     let skel = crate::workspace_root().join("rootfs-skel");
     let result = match kind {
         Kind::Busybox => busybox(&partial, &skel),
-        Kind::Debian => debian(&partial, &skel),
+        _ => debian(kind, minimal, &partial, &skel),
     }
+    .and_then(|()| ramstick_files(&partial))
     .and_then(|()| {
         std::fs::write(partial.join(MARKER), format!("{kind:?}\n"))
             .with_context(|| format!("cannot write {}", partial.join(MARKER).display()))
@@ -165,38 +214,92 @@ fn applet_link_target(link: &str) -> String {
     format!("{}bin/busybox", "../".repeat(depth))
 }
 
-fn debian(root: &Path, skel: &Path) -> Result<()> {
+/// The ramstick files of [`crate::hooks`], written into the tree.
+fn ramstick_files(root: &Path) -> Result<()> {
+    let plan = hooks::plan(root, Saver::Required)?;
+    plan.apply(root)
+}
+
+/// The packages of a Debian kind besides minbase.
+pub fn debian_packages(kind: Kind, minimal: bool) -> Vec<&'static str> {
+    let mut packages = match kind {
+        Kind::DebianOpenrc => vec!["sysvinit-core", "openrc"],
+        Kind::DebianSysvinit => vec!["sysvinit-core"],
+        _ => vec!["systemd-sysv", "udev"],
+    };
+    packages.extend(["kmod", "procps"]);
+    if !minimal {
+        if kind != Kind::Debian {
+            packages.push("udev");
+        }
+        packages.extend(["iproute2", "less", "linux-image-amd64"]);
+        packages.extend(TOOLS);
+    }
+    packages
+}
+
+/// The serial console's autologin on sysvinit's inittab (the systemd kind
+/// has a getty drop-in in `rootfs-skel/debian/`).
+const SERIAL_AUTOLOGIN: &str = "# ramstick: root logged in on the serial console\n\
+    T0:2345:respawn:/sbin/agetty --autologin root --keep-baud 115200,57600,38400,9600 ttyS0 vt100\n";
+
+/// In the chroot after the packages: initramfs-tools kept (mkinitramfs
+/// works, e.g. for the bench's reference boot) but idle in the stick,
+/// where its initrd would never be used: its kernel hook diverted away,
+/// its trigger's updates off.
+const QUIET_INITRAMFS_TOOLS: &str = "if [ -e \"$1/etc/kernel/postinst.d/initramfs-tools\" ]; then \
+    chroot \"$1\" dpkg-divert --quiet --local --rename \
+      --divert /etc/kernel/postinst.d/initramfs-tools.ramstick-off \
+      --add /etc/kernel/postinst.d/initramfs-tools && \
+    sed -i 's/^update_initramfs=.*/update_initramfs=no/' \
+      \"$1/etc/initramfs-tools/update-initramfs.conf\"; fi";
+
+fn debian(kind: Kind, minimal: bool, root: &Path, skel: &Path) -> Result<()> {
     if !deps::is_root() {
-        bail!("the debian rootfs is built with mmdebstrap in root mode: run xtask as root");
+        bail!("the Debian rootfs kinds are built with mmdebstrap in root mode: run xtask as root");
     }
     deps::ensure(&[("mmdebstrap", "mmdebstrap")])?;
     deps::run(
         deps::cmd("mmdebstrap")
-            .args([
-                "--variant=minbase",
-                "--include=systemd-sysv,linux-image-amd64,udev,kmod,iproute2,procps,less",
-                // The user whose home gets the links to /persist/user.
-                "--customize-hook=chroot \"$1\" useradd -m -u 1000 -U -s /bin/bash user",
-                "bookworm",
-            ])
+            .arg("--variant=minbase")
+            .arg(format!(
+                "--include={}",
+                debian_packages(kind, minimal).join(",")
+            ))
+            // The user whose home gets the links to /persist/user.
+            .arg("--customize-hook=chroot \"$1\" useradd -m -u 1000 -U -s /bin/bash user")
+            .arg(format!("--customize-hook={QUIET_INITRAMFS_TOOLS}"))
+            .arg("bookworm")
             .arg(root),
     )?;
     copy_tree(&skel.join("common"), root)?;
-    copy_tree(&skel.join("debian"), root)?;
-    let wants = root.join("etc/systemd/system/multi-user.target.wants");
-    std::fs::create_dir_all(&wants)
-        .with_context(|| format!("cannot create {}", wants.display()))?;
-    let link = wants.join("ramstick-saver.service");
-    deps::remove_if_exists(&link)?;
-    std::os::unix::fs::symlink("/etc/systemd/system/ramstick-saver.service", &link)
-        .with_context(|| format!("cannot create {}", link.display()))?;
+    if kind == Kind::Debian {
+        copy_tree(&skel.join("debian"), root)?;
+    } else {
+        let inittab = root.join("etc/inittab");
+        let text = std::fs::read_to_string(&inittab)
+            .with_context(|| format!("cannot read {}", inittab.display()))?;
+        std::fs::write(&inittab, format!("{text}{SERIAL_AUTOLOGIN}"))
+            .with_context(|| format!("cannot write {}", inittab.display()))?;
+    }
     let shadow = root.join("etc/shadow");
     let text = std::fs::read_to_string(&shadow)
         .with_context(|| format!("cannot read {}", shadow.display()))?;
     std::fs::write(&shadow, empty_root_password(&text))
         .with_context(|| format!("cannot write {}", shadow.display()))?;
+    let kernel_img = root.join("etc/kernel-img.conf");
+    if !kernel_img.exists() {
+        std::fs::write(&kernel_img, KERNEL_IMG_CONF)
+            .with_context(|| format!("cannot write {}", kernel_img.display()))?;
+    }
     mkdir(&root.join("persist"), 0o755)
 }
+
+/// A kernel package installed in the stick makes no /vmlinuz links in /:
+/// they would point into /boot, which the saver never saves.
+const KERNEL_IMG_CONF: &str =
+    "# ramstick: no /vmlinuz or /initrd.img links (they would point into\n\
+    # /boot, which is not saved with the session)\ndo_symlinks = no\n";
 
 /// `/etc/shadow` text with root's password field emptied.
 fn empty_root_password(shadow: &str) -> String {
@@ -273,6 +376,23 @@ mod tests {
             empty_root_password(shadow),
             "root::19000:0:99999:7:::\nuser:!:1::::::\n"
         );
+    }
+
+    #[test]
+    fn debian_kinds_pick_their_init_and_the_tools_unless_minimal() {
+        let systemd = debian_packages(Kind::Debian, false);
+        assert!(systemd.contains(&"systemd-sysv") && systemd.contains(&"linux-image-amd64"));
+        assert!(TOOLS.iter().all(|t| systemd.contains(t)));
+        assert_eq!(
+            debian_packages(Kind::DebianOpenrc, true),
+            ["sysvinit-core", "openrc", "kmod", "procps"]
+        );
+        assert_eq!(
+            debian_packages(Kind::DebianSysvinit, true),
+            ["sysvinit-core", "kmod", "procps"]
+        );
+        let sysv = debian_packages(Kind::DebianSysvinit, false);
+        assert!(sysv.contains(&"udev") && !sysv.contains(&"systemd-sysv"));
     }
 
     #[test]

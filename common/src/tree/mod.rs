@@ -7,11 +7,14 @@
 //! * [`tree_listing`] describes a tree one line per entry so that two trees
 //!   can be compared (the saver checks the image it wrote against the upper
 //!   with it; the codec's tests use it as their measure of fidelity);
+//! * [`copy_contents`] copies a small tree of our own (init keeps its
+//!   initramfs for the saver's kernel hook with it);
 //! * [`resolve_in_root`] resolves a path inside a tree as a chroot would.
 //!
 //! Unpacking a saved layer into the upper is the codec's job
 //! (`ramstick_squash::unpack`), not a tree copy.
 
+mod copy;
 mod hash;
 mod listing;
 mod remove;
@@ -21,6 +24,7 @@ mod walk;
 use std::io;
 use std::path::PathBuf;
 
+pub use copy::copy_contents;
 pub use listing::tree_listing;
 pub use remove::remove_contents;
 pub use resolve::resolve_in_root;
@@ -45,6 +49,8 @@ pub enum TreeError {
         name: String,
         source: io::Error,
     },
+    #[error("cannot create {path}: {source}")]
+    Create { path: PathBuf, source: io::Error },
     #[error("cannot remove {path}: {source}")]
     Remove { path: PathBuf, source: io::Error },
     #[error("{path} changed while being processed")]

@@ -29,6 +29,19 @@ pub const SAVER: &str = "/run/ramstick/bin/saver";
 /// What the saver prints after committing the session's layer.
 pub const SAVED: &str = "saver: saved the session";
 
+/// The Debian kinds' root prompt on ttyS0 (autologin, hostname ramstick).
+pub const DEBIAN_PROMPT: &str = "root@ramstick:~# ";
+
+/// Boot a disk of a Debian kind with GRUB entry `entry` and wait for its
+/// root shell.
+pub fn boot_debian(ctx: &mut Ctx, disk: &Path, entry: usize) -> Result<Vm> {
+    let mut vm = ctx.boot(disk, false)?;
+    vm.select_entry(entry)?;
+    vm.expect(DEBIAN_PROMPT, BOOT)
+        .context("no root shell on ttyS0 (autologin)")?;
+    Ok(vm)
+}
+
 /// Boot `disk` with GRUB entry `entry` and wait for the rootfs shell.
 pub fn boot_to_shell(ctx: &mut Ctx, disk: &Path, entry: usize) -> Result<Vm> {
     let mut vm = ctx.boot(disk, false)?;

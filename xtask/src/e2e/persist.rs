@@ -6,7 +6,7 @@
 //! session's save appends one layer to the chain in /persist/layers.
 
 use super::guest::{
-    boot_to_shell as boot, check, out, persist_written, poweroff_expecting, BOOT, CMD,
+    boot_debian, boot_to_shell as boot, check, out, persist_written, poweroff_expecting, CMD,
     ENTRY_BACKUP, ENTRY_CLEAN, ENTRY_DEFAULT, SAVE, SAVED, SAVER,
 };
 use super::{Ctx, DiskSpec, Scenario};
@@ -123,7 +123,7 @@ fn persist_session(ctx: &mut Ctx) -> Result<()> {
     vm.run(
         "echo two > /root/session && echo created > /root/new-file \
          && echo changed-host > /etc/hostname && rm /bin/rev \
-         && rm -rf /etc/systemd && mkdir /etc/systemd && echo fresh > /etc/systemd/fresh \
+         && rm -rf /usr/sbin && mkdir /usr/sbin && echo fresh > /usr/sbin/fresh \
          && echo linked > /root/link-a && ln /root/link-a /root/link-b",
         CMD,
     )?;
@@ -180,11 +180,11 @@ fn persist_session(ctx: &mut Ctx) -> Result<()> {
     check(&mut vm, "! -e /bin/rev", "the deleted rootfs file is back")?;
     check(
         &mut vm,
-        "! -e /etc/systemd/system",
+        "! -e /usr/sbin/chroot",
         "the replaced directory shows the rootfs's old contents (not opaque)",
     )?;
     ensure!(
-        out(&mut vm, "cat /etc/systemd/fresh")? == "fresh",
+        out(&mut vm, "cat /usr/sbin/fresh")? == "fresh",
         "the new directory's file is lost"
     );
     let inodes = out(&mut vm, "stat -c %i /root/link-a /root/link-b")?;
@@ -235,8 +235,8 @@ fn persist_session(ctx: &mut Ctx) -> Result<()> {
     );
     check(
         &mut vm,
-        "-d /etc/systemd/system",
-        "a clean boot lacks a rootfs directory",
+        "-e /usr/sbin/chroot",
+        "a clean boot lacks a rootfs directory's file",
     )?;
     let image = identity(&mut vm, MANIFEST)?;
     let before = persist_written(&mut vm)?;
@@ -396,16 +396,8 @@ fn persist_debian(ctx: &mut Ctx) -> Result<()> {
         println!("  persist-debian: skipped: mmdebstrap needs root (run as root to include it)");
         return Ok(());
     }
-    const ROOT_PROMPT: &str = "root@ramstick:~# ";
     let disk = ctx.debian_disk()?;
-    let boot_debian = |ctx: &mut Ctx| -> Result<Vm> {
-        let mut vm = ctx.boot(&disk, false)?;
-        vm.select_entry(ENTRY_DEFAULT)?;
-        vm.expect(ROOT_PROMPT, BOOT)
-            .context("no root shell on ttyS0 (autologin)")?;
-        Ok(vm)
-    };
-    let mut vm = boot_debian(ctx)?;
+    let mut vm = boot_debian(ctx, &disk, ENTRY_DEFAULT)?;
     vm.run(
         "echo debian > /root/session && rm /etc/issue.net && mkdir -p /opt/new \
          && ln -s /root/session /opt/new/link",
@@ -424,7 +416,7 @@ fn persist_debian(ctx: &mut Ctx) -> Result<()> {
     poweroff_expecting(&mut vm, SAVED)?;
     drop(vm);
 
-    let mut vm = boot_debian(ctx)?;
+    let mut vm = boot_debian(ctx, &disk, ENTRY_DEFAULT)?;
     ensure!(
         out(&mut vm, "cat /root/session")? == "debian",
         "the session was not restored"
@@ -440,8 +432,11 @@ fn persist_debian(ctx: &mut Ctx) -> Result<()> {
     );
     let status = out(&mut vm, "/run/ramstick/bin/saver status")?;
     ensure!(
-        status.contains("chain:        1 layers") && status.contains("layer-000002.squashfs"),
-        "one layer expected (the poweroff save replaced the SIGUSR1 one); saver status:\n{status}"
+        status.contains("chain:        1 layers")
+            && status.contains("layer-000002.squashfs")
+            && !status.contains("layer-000001.squashfs"),
+        "one layer expected: the poweroff save's layer-000002 replacing the SIGUSR1 save's \
+         layer-000001; saver status:\n{status}"
     );
     let status = vm.run_status("systemctl is-active ramstick-saver.service", CMD)?;
     ensure!(

@@ -1,0 +1,339 @@
+//! The boot menu on the stick's ESP: which kernels GRUB offers, and the
+//! `grub/grub.cfg` generated from that.
+//!
+//! The ESP holds `vmlinuz-<kver>` and `initramfs-<kver>.img` per kernel and
+//! the record `grub/ramstick-menu.json` ([`Menu`]): the kernels, newest
+//! install first, and the extra kernel parameters of every entry. `cargo
+//! xtask image` writes it for the kernel it builds with; the saver's kernel
+//! hook (`saver kernel add|remove`) changes it when a kernel package is
+//! installed or removed inside the running stick, and writes `grub.cfg`
+//! again from it (so hand edits of `grub.cfg` last until the next kernel
+//! change; the parameters belong in the record's `cmdline`).
+//!
+//! The menu: the first kernel's four entries — default, backup, clean,
+//! default with a tmpfs upper — in that order (tests and users pick them by
+//! position), then a default and a backup entry for every older kernel, the
+//! fallback when a new kernel does not boot.
+
+use serde::{Deserialize, Serialize};
+use std::fmt::Write;
+
+/// The record's path on the ESP.
+pub const MENU_RECORD: &str = "grub/ramstick-menu.json";
+/// GRUB's configuration on the ESP.
+pub const GRUB_CFG: &str = "grub/grub.cfg";
+/// The ESP's FAT volume label (FAT allows at most 11 characters).
+pub const ESP_LABEL: &str = "RAMSTICKESP";
+/// The marker file GRUB's `search` finds the ESP by.
+pub const ESP_ID: &str = "ramstick-esp.id";
+/// The record format this code writes and reads.
+pub const FORMAT: u32 = 1;
+/// Every entry's console parameters.
+const CONSOLE: &str = "console=tty0 console=ttyS0,115200";
+
+/// The kernel image of `kver` on the ESP.
+pub fn vmlinuz(kver: &str) -> String {
+    format!("vmlinuz-{kver}")
+}
+
+/// The initramfs of `kver` on the ESP.
+pub fn initramfs(kver: &str) -> String {
+    format!("initramfs-{kver}.img")
+}
+
+/// The kernels the menu boots and the parameters every entry adds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Menu {
+    pub format: u32,
+    /// Kernel versions (`uname -r`), the default first.
+    pub kernels: Vec<String>,
+    /// Appended to every entry's `linux` line.
+    pub cmdline: String,
+}
+
+/// Why a kernel version or a record cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MenuError {
+    #[error(
+        "kernel version {0:?} is not usable as a file name (letters, digits and . _ + - only)"
+    )]
+    BadVersion(String),
+    #[error("the boot menu record is not valid: {0}")]
+    Invalid(String),
+}
+
+/// A kernel version must be a plain file-name part: it names files on the
+/// ESP and the stick, and goes into grub.cfg unquoted.
+pub fn check_version(kver: &str) -> Result<(), MenuError> {
+    let ok = !kver.is_empty()
+        && kver.len() <= 128
+        && !kver.starts_with('.')
+        && kver
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '+' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(MenuError::BadVersion(kver.to_string()))
+    }
+}
+
+/// The extra parameters go into grub.cfg inside an entry's braces: no
+/// newline, quote or brace.
+fn check_cmdline(cmdline: &str) -> Result<(), MenuError> {
+    if cmdline.contains(['\n', '"', '{', '}']) {
+        return Err(MenuError::Invalid(format!(
+            "its cmdline {cmdline:?} holds a newline, quote or brace"
+        )));
+    }
+    Ok(())
+}
+
+impl Menu {
+    /// A menu of one kernel.
+    pub fn new(kver: &str, cmdline: &str) -> Result<Menu, MenuError> {
+        check_version(kver)?;
+        check_cmdline(cmdline)?;
+        Ok(Menu {
+            format: FORMAT,
+            kernels: vec![kver.to_string()],
+            cmdline: cmdline.trim().to_string(),
+        })
+    }
+
+    /// This menu with `kver` as the default (added, or moved to the front).
+    pub fn with_default(&self, kver: &str) -> Result<Menu, MenuError> {
+        check_version(kver)?;
+        let mut kernels = vec![kver.to_string()];
+        kernels.extend(self.kernels.iter().filter(|k| *k != kver).cloned());
+        Ok(Menu {
+            kernels,
+            ..self.clone()
+        })
+    }
+
+    /// This menu without `kver` (unchanged when it does not list it).
+    pub fn without(&self, kver: &str) -> Menu {
+        Menu {
+            kernels: self
+                .kernels
+                .iter()
+                .filter(|k| *k != kver)
+                .cloned()
+                .collect(),
+            ..self.clone()
+        }
+    }
+
+    /// Whether the menu boots `kver`.
+    pub fn has(&self, kver: &str) -> bool {
+        self.kernels.iter().any(|k| k == kver)
+    }
+
+    /// The ESP files the menu's entries load.
+    pub fn files(&self) -> Vec<String> {
+        self.kernels
+            .iter()
+            .flat_map(|k| [vmlinuz(k), initramfs(k)])
+            .collect()
+    }
+
+    pub fn to_json(&self) -> String {
+        // Serialising plain owned data cannot fail; fall back to an empty object anyway.
+        serde_json::to_string_pretty(self).unwrap_or_else(|_| String::from("{}")) + "\n"
+    }
+
+    /// Parses and checks a record.
+    pub fn from_json(text: &str) -> Result<Menu, MenuError> {
+        let menu: Menu =
+            serde_json::from_str(text).map_err(|e| MenuError::Invalid(e.to_string()))?;
+        if menu.format != FORMAT {
+            return Err(MenuError::Invalid(format!(
+                "format {} (this ramstick reads format {FORMAT})",
+                menu.format
+            )));
+        }
+        if menu.kernels.is_empty() {
+            return Err(MenuError::Invalid("it lists no kernel".into()));
+        }
+        for k in &menu.kernels {
+            check_version(k)?;
+        }
+        check_cmdline(&menu.cmdline)?;
+        Ok(menu)
+    }
+
+    /// `grub/grub.cfg` for this menu.
+    pub fn render(&self) -> String {
+        let mut cfg = String::new();
+        let default = self.kernels.first().map_or("", String::as_str);
+        // Writing to a String cannot fail.
+        let _ = write!(
+            cfg,
+            "# ramstick boot menu, default kernel {default}: written from /{MENU_RECORD} by\n\
+             # `cargo xtask image` and by the saver when a kernel is installed or removed\n\
+             # (edits here last until then; put kernel parameters in the record's cmdline).\n\
+             # Keep the entry order: the tests select entries by index.\n\
+             serial --unit=0 --speed=115200\n\
+             terminal_input serial console\n\
+             terminal_output serial console\n\
+             set timeout=3\n\
+             set default=0\n\
+             \n\
+             # The kernels and initramfs images are on the partition that holds this marker.\n\
+             search --no-floppy --file --set=root /{ESP_ID}\n"
+        );
+        let first = [
+            ("ramstick (default)", "ramstick.boot=default"),
+            ("ramstick (backup)", "ramstick.boot=backup"),
+            ("ramstick (clean)", "ramstick.boot=clean"),
+            (
+                "ramstick (default, tmpfs upper)",
+                "ramstick.boot=default ramstick.upper=tmpfs",
+            ),
+        ];
+        for (title, params) in first {
+            self.entry(&mut cfg, title, default, params);
+        }
+        for kver in self.kernels.iter().skip(1) {
+            for which in ["default", "backup"] {
+                let title = format!("ramstick (kernel {kver}, {which})");
+                self.entry(&mut cfg, &title, kver, &format!("ramstick.boot={which}"));
+            }
+        }
+        cfg
+    }
+
+    fn entry(&self, cfg: &mut String, title: &str, kver: &str, params: &str) {
+        let line = [CONSOLE, params, self.cmdline.trim()]
+            .iter()
+            .filter(|p| !p.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let _ = write!(
+            cfg,
+            "\nmenuentry \"{title}\" {{\n    linux /{} {line}\n    initrd /{}\n}}\n",
+            vmlinuz(kver),
+            initramfs(kver)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn linux_lines(cfg: &str) -> Vec<&str> {
+        cfg.lines()
+            .filter(|l| l.trim().starts_with("linux "))
+            .collect()
+    }
+
+    #[test]
+    fn one_kernel_has_four_entries_in_order() {
+        let cfg = Menu::new("6.1.0-56-amd64", " ramstick.debug=1 ")
+            .unwrap()
+            .render();
+        let k = "/vmlinuz-6.1.0-56-amd64 console=tty0 console=ttyS0,115200";
+        assert_eq!(
+            linux_lines(&cfg),
+            [
+                format!("    linux {k} ramstick.boot=default ramstick.debug=1"),
+                format!("    linux {k} ramstick.boot=backup ramstick.debug=1"),
+                format!("    linux {k} ramstick.boot=clean ramstick.debug=1"),
+                format!(
+                    "    linux {k} ramstick.boot=default ramstick.upper=tmpfs ramstick.debug=1"
+                ),
+            ]
+        );
+        let titles: Vec<&str> = cfg.lines().filter(|l| l.starts_with("menuentry")).collect();
+        assert_eq!(
+            titles,
+            [
+                "menuentry \"ramstick (default)\" {",
+                "menuentry \"ramstick (backup)\" {",
+                "menuentry \"ramstick (clean)\" {",
+                "menuentry \"ramstick (default, tmpfs upper)\" {",
+            ]
+        );
+        assert!(cfg.contains("search --no-floppy --file --set=root /ramstick-esp.id\n"));
+        assert!(cfg.contains("initrd /initramfs-6.1.0-56-amd64.img\n"));
+        assert!(cfg.contains("default kernel 6.1.0-56-amd64"));
+        let plain = Menu::new("k", "").unwrap().render();
+        assert!(plain.contains("ramstick.boot=clean\n"), "{plain}");
+    }
+
+    #[test]
+    fn a_new_kernel_leads_and_the_previous_one_stays_as_fallback() {
+        let menu = Menu::new("6.1.0-57-amd64", "").unwrap();
+        let two = menu.with_default("6.1.0-54-cloud-amd64").unwrap();
+        assert_eq!(two.kernels, ["6.1.0-54-cloud-amd64", "6.1.0-57-amd64"]);
+        let cfg = two.render();
+        let lines = linux_lines(&cfg);
+        assert_eq!(lines.len(), 6);
+        assert!(lines[..4]
+            .iter()
+            .all(|l| l.contains("/vmlinuz-6.1.0-54-cloud-amd64 ")));
+        assert_eq!(
+            lines[4],
+            "    linux /vmlinuz-6.1.0-57-amd64 console=tty0 console=ttyS0,115200 ramstick.boot=default"
+        );
+        assert!(lines[5].ends_with("ramstick.boot=backup"));
+        assert!(cfg.contains("menuentry \"ramstick (kernel 6.1.0-57-amd64, default)\" {\n"));
+        assert!(cfg.contains("initrd /initramfs-6.1.0-57-amd64.img\n"));
+        // The first title appears once: the tests wait for it to find the menu.
+        assert_eq!(cfg.matches("ramstick (default)").count(), 1);
+        // Reinstalling the older one makes it the default again, listed once.
+        let back = two.with_default("6.1.0-57-amd64").unwrap();
+        assert_eq!(back.kernels, ["6.1.0-57-amd64", "6.1.0-54-cloud-amd64"]);
+        assert_eq!(back.without("6.1.0-54-cloud-amd64"), menu);
+        assert_eq!(back.without("other"), back);
+        assert_eq!(
+            two.files(),
+            [
+                "vmlinuz-6.1.0-54-cloud-amd64",
+                "initramfs-6.1.0-54-cloud-amd64.img",
+                "vmlinuz-6.1.0-57-amd64",
+                "initramfs-6.1.0-57-amd64.img"
+            ]
+        );
+        assert!(two.has("6.1.0-57-amd64") && !two.has("6.1.0-57"));
+    }
+
+    #[test]
+    fn versions_are_plain_file_names() {
+        for ok in ["6.1.0-57-amd64", "6.12.9+bpo-amd64", "5.10_rc1"] {
+            check_version(ok).unwrap();
+        }
+        for bad in ["", "../x", "a/b", "..", ".hidden", "a b", "a\"b", "a}b"] {
+            assert_eq!(check_version(bad), Err(MenuError::BadVersion(bad.into())));
+        }
+        assert!(Menu::new("a/b", "").is_err());
+        assert!(Menu::new("k", "").unwrap().with_default("x y").is_err());
+    }
+
+    #[test]
+    fn the_record_round_trips_and_bad_ones_are_refused() {
+        let menu = Menu::new("a", "ramstick.luks.keyfile=/etc/ramstick/luks.key")
+            .unwrap()
+            .with_default("b")
+            .unwrap();
+        assert_eq!(Menu::from_json(&menu.to_json()), Ok(menu.clone()));
+        let bad = |m: &Menu| Menu::from_json(&m.to_json()).unwrap_err().to_string();
+        let mut m = menu.clone();
+        m.format = 2;
+        assert!(bad(&m).contains("format 2"));
+        m = menu.clone();
+        m.kernels.clear();
+        assert!(bad(&m).contains("no kernel"));
+        m = menu.clone();
+        m.kernels.push("../../etc".into());
+        assert!(bad(&m).contains("not usable as a file name"));
+        m = menu.clone();
+        m.cmdline = "x\"}\nmenuentry".into();
+        assert!(bad(&m).contains("newline, quote or brace"));
+        assert!(Menu::from_json("{").is_err());
+        assert!(Menu::new("k", "a=\"b\"").is_err());
+    }
+}

@@ -1,0 +1,116 @@
+//! Copying a small tree of our own: init keeps its initramfs (minus what is
+//! mounted on it) in /run/ramstick for the saver's kernel hook. Directories,
+//! regular files, symlinks and device nodes with their permission bits; the
+//! owner is whoever copies (root at boot, the owner of everything in an
+//! initramfs). Not a fidelity copy: no xattrs, hard links become copies.
+
+use std::ffi::{CStr, OsStr};
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{openat, readlinkat, OFlag};
+use nix::sys::stat::{mkdirat, mknodat, FileStat, Mode, SFlag};
+use nix::unistd::symlinkat;
+
+use super::walk::{kind_of, walk, Cursor, Visit, Visitor};
+use super::TreeError;
+
+/// Copies what is inside `src` into the existing directory `dst`, without
+/// crossing into other filesystems (mount points are left out), and returns
+/// the number of entries copied.
+pub fn copy_contents(src: &Path, dst: &Path) -> Result<u64, TreeError> {
+    let mut c = Cursor::open(src)?;
+    let mut copier = Copier {
+        dst: dst.to_path_buf(),
+        copied: 0,
+    };
+    walk(&mut c, &mut copier)?;
+    Ok(copier.copied)
+}
+
+struct Copier {
+    /// The destination directory matching the cursor's.
+    dst: PathBuf,
+    copied: u64,
+}
+
+impl Copier {
+    fn create_err(&self, name: &CStr) -> impl FnOnce(io::Error) -> TreeError {
+        let path = self.dst.join(OsStr::from_bytes(name.to_bytes()));
+        move |source| TreeError::Create { path, source }
+    }
+
+    fn dst_dir(&self) -> Result<File, TreeError> {
+        File::open(&self.dst).map_err(|source| TreeError::Open {
+            path: self.dst.clone(),
+            source,
+        })
+    }
+
+    fn copy_file(&self, c: &Cursor, name: &CStr, st: &FileStat) -> Result<(), TreeError> {
+        let mut from = c.open_file(name, st)?;
+        let dir = self.dst_dir()?;
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC;
+        let fd =
+            openat(&dir, name, flags, perm(st)).map_err(|e| self.create_err(name)(e.into()))?;
+        let mut to = File::from(fd);
+        io::copy(&mut from, &mut to).map_err(|source| TreeError::Read {
+            path: c.path(name),
+            source,
+        })?;
+        Ok(())
+    }
+}
+
+/// The permission bits of `st` (setuid, setgid and sticky included).
+fn perm(st: &FileStat) -> Mode {
+    Mode::from_bits_truncate(st.st_mode & 0o7777)
+}
+
+impl Visitor for Copier {
+    fn visit(&mut self, c: &Cursor, name: &CStr) -> Result<Visit, TreeError> {
+        let Some(st) = c.stat(name)? else {
+            return Ok(Visit::Next);
+        };
+        if st.st_dev != c.root_id().dev {
+            return Ok(Visit::Next); // a mount point
+        }
+        let dir = self.dst_dir()?;
+        let kind = kind_of(&st);
+        if kind == SFlag::S_IFDIR {
+            mkdirat(&dir, name, perm(&st)).map_err(|e| self.create_err(name)(e.into()))?;
+        } else if kind == SFlag::S_IFREG {
+            self.copy_file(c, name, &st)?;
+        } else if kind == SFlag::S_IFLNK {
+            let target = readlinkat(&c.fd, name).map_err(|e| TreeError::ReadLink {
+                path: c.path(name),
+                source: e.into(),
+            })?;
+            symlinkat(target.as_os_str(), &dir, name)
+                .map_err(|e| self.create_err(name)(e.into()))?;
+        } else {
+            mknodat(&dir, name, kind, perm(&st), st.st_rdev)
+                .map_err(|e| self.create_err(name)(e.into()))?;
+        }
+        self.copied += 1;
+        if kind == SFlag::S_IFDIR {
+            Ok(Visit::Enter(st))
+        } else {
+            Ok(Visit::Next)
+        }
+    }
+
+    fn entered(&mut self, c: &Cursor, _st: &FileStat) -> Result<(), TreeError> {
+        if let Some(name) = c.rel.file_name() {
+            self.dst.push(name);
+        }
+        Ok(())
+    }
+
+    fn left(&mut self, _c: &Cursor, _name: &CStr) -> Result<(), TreeError> {
+        self.dst.pop();
+        Ok(())
+    }
+}
