@@ -114,3 +114,42 @@ impl Visitor for Copier {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ramstick_testkit::TempDir;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    #[test]
+    fn copies_dirs_files_symlinks_and_nodes_with_their_modes() {
+        let tmp = TempDir::new("tree-copy");
+        let (src, dst) = (tmp.mkdir("src"), tmp.mkdir("dst"));
+        std::fs::create_dir_all(src.join("a/b")).unwrap();
+        std::fs::write(src.join("a/b/tool"), b"#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(src.join("a/b/tool"), PermissionsExt::from_mode(0o4755)).unwrap();
+        std::fs::set_permissions(src.join("a"), PermissionsExt::from_mode(0o700)).unwrap();
+        symlink("b/tool", src.join("a/link")).unwrap();
+        symlink("/nowhere", src.join("dangling")).unwrap();
+        nix::unistd::mkfifo(&src.join("fifo"), Mode::from_bits_truncate(0o640)).unwrap();
+
+        assert_eq!(copy_contents(&src, &dst).unwrap(), 6);
+        // Equal but for the times (the seventh field), which are not copied.
+        let without_times = |dir: &Path| -> Vec<String> {
+            let lines = crate::tree::tree_listing(dir).unwrap();
+            let drop_time = |l: &String| {
+                let mut f: Vec<&str> = l.split(' ').collect();
+                f.remove(6);
+                f.join(" ")
+            };
+            lines.iter().map(drop_time).collect()
+        };
+        assert_eq!(without_times(&dst), without_times(&src));
+        assert_eq!(std::fs::read(dst.join("a/link")).unwrap(), b"#!/bin/sh\n");
+        // An existing destination entry is an error, not an overwrite.
+        assert!(matches!(
+            copy_contents(&src, &dst),
+            Err(TreeError::Create { .. })
+        ));
+    }
+}
