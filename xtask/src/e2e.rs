@@ -10,6 +10,11 @@
 //! is deleted when the scenario passes and kept when it fails. Console logs
 //! (`target/e2e/logs/<scenario>.log`) are kept for every scenario, passing or
 //! not, and overwritten by the next run.
+//!
+//! Scenarios run `--jobs` at a time (one QEMU each; TCG keeps a core busy per
+//! guest), each worker with its own scratch directory `target/e2e/work/<n>`;
+//! what workers share — the image cache and the root filesystem trees — is
+//! built under one lock ([`Ctx::building`]), so it is built once.
 
 mod cache;
 mod guest;
@@ -25,8 +30,10 @@ mod trees;
 use crate::qemu::{self, Machine, Vm};
 use crate::{build, deps, image, kernel, rootfs, target_dir, workspace_root};
 use anyhow::{bail, ensure, Context, Result};
+use std::collections::VecDeque;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 /// `cargo xtask e2e`.
@@ -41,6 +48,9 @@ pub struct Args {
     /// Run all scenarios even after one fails.
     #[arg(long)]
     pub keep_going: bool,
+    /// Scenarios run at once (default: the number of cores, at most 4).
+    #[arg(long)]
+    pub jobs: Option<usize>,
 }
 
 /// One end-to-end check.
@@ -60,6 +70,8 @@ pub struct DiskSpec {
 }
 
 /// What all scenarios share: built binaries, kernel, rootfs, directories.
+/// Each worker has its own clone (its own scratch directory `work`).
+#[derive(Clone)]
 pub struct Ctx {
     kvm: bool,
     bins: build::Binaries,
@@ -73,8 +85,22 @@ pub struct Ctx {
     work: PathBuf,
     /// The scenario running now.
     scenario: String,
-    /// Cached images used in this run.
-    used: Vec<PathBuf>,
+    /// Cached images used in this run (by any worker).
+    used: Arc<Mutex<Vec<PathBuf>>>,
+}
+
+/// Held while something the workers share is built (a cached image, a
+/// root filesystem tree): one build at a time, and never a half-built one
+/// seen by another worker.
+static BUILDING: Mutex<()> = Mutex::new(());
+
+/// What the workers share while they run.
+struct Queue {
+    todo: VecDeque<&'static Scenario>,
+    passed: usize,
+    failed: usize,
+    /// A scenario failed and `--keep-going` is off: start no other.
+    stop: bool,
 }
 
 /// Run the scenarios; prints `e2e: N passed, M failed` last.
@@ -90,29 +116,33 @@ pub fn run(a: &Args) -> Result<()> {
             names.join(", ")
         );
     }
-    let mut ctx = Ctx::prepare(a.kvm)?;
-    let (mut passed, mut failed) = (0, 0);
+    let ctx = Ctx::prepare(a.kvm)?;
     let total = selected.len();
-    for s in selected {
-        println!("e2e: running {}", s.name);
-        let started = Instant::now();
-        match ctx.run_scenario(s) {
-            Ok(()) => {
-                passed += 1;
-                println!("PASS {} ({:.1} s)", s.name, started.elapsed().as_secs_f64());
-            }
-            Err(e) => {
-                failed += 1;
-                println!("FAIL {}: {e:#}", s.name);
-                println!("  console log: {}", ctx.log_path().display());
-                if !a.keep_going {
-                    println!("e2e: stopping at the first failure (--keep-going runs the rest)");
-                    break;
-                }
-            }
+    let jobs = a
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)))
+        .clamp(1, total);
+    let queue = Mutex::new(Queue {
+        todo: selected.into(),
+        passed: 0,
+        failed: 0,
+        stop: false,
+    });
+    let started = Instant::now();
+    std::thread::scope(|scope| -> Result<()> {
+        for worker in 0..jobs {
+            let ctx = ctx.for_worker(worker)?;
+            let queue = &queue;
+            scope.spawn(move || work(ctx, queue, a.keep_going));
         }
-    }
-    println!("e2e: {passed} passed, {failed} failed");
+        Ok(())
+    })?;
+    let q = queue.lock().unwrap_or_else(|e| e.into_inner());
+    let (passed, failed) = (q.passed, q.failed);
+    println!(
+        "e2e: {passed} passed, {failed} failed ({jobs} at a time, {:.0} s)",
+        started.elapsed().as_secs_f64()
+    );
     if a.filter.is_none() && passed + failed == total {
         // Every scenario asked for its images: the others are stale.
         if let Err(e) = ctx.prune_cache(true) {
@@ -125,16 +155,54 @@ pub fn run(a: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Every scenario, in the order they run: boot paths, persistence, LUKS.
+/// One worker: takes the next scenario until none is left (or one failed).
+fn work(mut ctx: Ctx, queue: &Mutex<Queue>, keep_going: bool) {
+    let lock = || queue.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let s = {
+            let mut q = lock();
+            match q.todo.pop_front() {
+                Some(s) if !q.stop => s,
+                _ => return,
+            }
+        };
+        println!("e2e: running {}", s.name);
+        let started = Instant::now();
+        let result = ctx.run_scenario(s);
+        let mut q = lock();
+        match result {
+            Ok(()) => {
+                q.passed += 1;
+                println!("PASS {} ({:.1} s)", s.name, started.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                q.failed += 1;
+                println!("FAIL {}: {e:#}", s.name);
+                println!("  console log: {}", ctx.log_path().display());
+                if !keep_going && !q.stop {
+                    q.stop = true;
+                    println!(
+                        "e2e: stopping at the first failure (the running ones finish; \
+                         --keep-going runs the rest)"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Every scenario, in the order they start: the long ones on the Debian
+/// trees first (so that no worker is left with a long one at the end), then
+/// boot paths, persistence, layers, LUKS, reliability.
 fn all_scenarios() -> impl Iterator<Item = &'static Scenario> {
-    scenarios::ALL
+    kernelupdate::ALL
         .iter()
+        .chain(initsystems::ALL)
+        .chain(scenarios::ALL)
         .chain(persist::ALL)
         .chain(layers::ALL)
         .chain(luks::ALL)
         .chain(reliab::ALL)
-        .chain(initsystems::ALL)
-        .chain(kernelupdate::ALL)
 }
 
 impl Ctx {
@@ -166,7 +234,7 @@ impl Ctx {
             logs: e2e.join("logs"),
             work: e2e.join("work"),
             scenario: String::new(),
-            used: Vec::new(),
+            used: Arc::default(),
         };
         for dir in [&ctx.cache, &ctx.run, &ctx.logs, &ctx.work] {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -179,6 +247,7 @@ impl Ctx {
     /// again) and, with `unused`, those no scenario of this run used.
     fn prune_cache(&self, unused: bool) -> Result<()> {
         let prefix = format!("{}-", self.inputs);
+        let used = self.used.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for entry in fs::read_dir(&self.cache)
             .with_context(|| format!("listing {}", self.cache.display()))?
         {
@@ -186,11 +255,26 @@ impl Ctx {
                 .with_context(|| format!("listing {}", self.cache.display()))?
                 .path();
             let name = path.file_name().unwrap_or_default().to_string_lossy();
-            if !name.starts_with(&prefix) || (unused && !self.used.contains(&path)) {
+            if !name.starts_with(&prefix) || (unused && !used.contains(&path)) {
                 fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
             }
         }
         Ok(())
+    }
+
+    /// The context of worker `n`: its own scratch directory.
+    fn for_worker(&self, n: usize) -> Result<Ctx> {
+        let work = self.work.join(n.to_string());
+        fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        Ok(Ctx {
+            work,
+            ..self.clone()
+        })
+    }
+
+    /// Holds the lock under which shared things are built (see [`BUILDING`]).
+    pub fn building() -> MutexGuard<'static, ()> {
+        BUILDING.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn run_scenario(&mut self, s: &Scenario) -> Result<()> {
@@ -259,6 +343,7 @@ impl Ctx {
         build: impl FnOnce(&Ctx, &Path) -> Result<()>,
     ) -> Result<PathBuf> {
         let cached = self.cache.join(format!("{}-{name}.img", self.inputs));
+        let building = Ctx::building();
         if !cached.exists() {
             let partial = cached.with_extension("partial.img");
             println!("e2e: building disk image {}", cached.display());
@@ -267,9 +352,12 @@ impl Ctx {
                 format!("renaming {} to {}", partial.display(), cached.display())
             })?;
         }
-        if !self.used.contains(&cached) {
-            self.used.push(cached.clone());
+        drop(building);
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        if !used.contains(&cached) {
+            used.push(cached.clone());
         }
+        drop(used);
         let disk = self.disk_path();
         deps::run(
             deps::cmd("cp")

@@ -21,6 +21,7 @@ impl Ctx {
         );
         let dir = target_dir().join(&name);
         let stamp = target_dir().join(format!("{name}.stamp"));
+        let _building = Ctx::building();
         let mut h = cache::Hasher::default();
         let root = workspace_root();
         h.tree(&root.join("rootfs-skel"))?;
