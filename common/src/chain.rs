@@ -416,12 +416,11 @@ mod tests {
 
     #[test]
     fn the_dry_run_shows_each_layer_and_the_overlay() {
-        let (cfg, problems) = crate::cmdline::parse("ramstick.layers=ram");
         let facts = crate::plan::Facts {
             kernel_version: "6.1.0-56-amd64".into(),
             mem_total_bytes: 2 << 30,
         };
-        let plan = crate::plan::make_plan(&cfg, problems, &facts);
+        let plan = crate::plan::plan_of("ramstick.layers=ram", &facts);
         let text = describe(&plan, &manifest(&[1, 2], &[3]));
         assert!(
             text.starts_with("saved state: manifest generation 0, 2 layers"),

@@ -178,6 +178,13 @@ pub fn overlay_options(lowers: &[&str], upper_mount: &str) -> String {
     )
 }
 
+/// The plan of kernel command line `line` on a machine with `facts`:
+/// [`crate::cmdline::parse`], then [`make_plan`].
+pub fn plan_of(line: &str, facts: &Facts) -> Plan {
+    let (cfg, problems) = crate::cmdline::parse(line);
+    make_plan(&cfg, problems, facts)
+}
+
 /// Decides the boot plan from the parsed command line and machine facts.
 ///
 /// `problems` are the ones [`crate::cmdline::parse`] returned; they are kept

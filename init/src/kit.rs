@@ -50,8 +50,7 @@ mod tests {
 
     #[test]
     fn the_kit_is_the_initramfs_without_its_modules() {
-        let base = std::env::temp_dir().join(format!("ramstick-kit-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
+        let base = ramstick_testkit::TempDir::new("kit");
         let root = base.join("initramfs");
         let run = base.join("run");
         for (path, body, mode) in [
@@ -84,6 +83,5 @@ mod tests {
             saver.ino(),
             std::fs::metadata(kit.join("bin/saver")).unwrap().ino()
         );
-        std::fs::remove_dir_all(&base).unwrap();
     }
 }

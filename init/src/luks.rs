@@ -174,16 +174,14 @@ fn hint_for(code: i32) -> String {
 mod tests {
     use super::*;
     use ramstick_common::blkid::FsInfo;
-    use ramstick_common::cmdline::parse;
-    use ramstick_common::plan::{make_plan, Facts};
+    use ramstick_common::plan::{plan_of, Facts};
 
     fn luks_plan(cmdline: &str) -> LuksPlan {
-        let (cfg, problems) = parse(cmdline);
         let facts = Facts {
             kernel_version: "6.1.0-56-amd64".into(),
             mem_total_bytes: 1 << 30,
         };
-        make_plan(&cfg, problems, &facts).luks
+        plan_of(cmdline, &facts).luks
     }
 
     #[test]

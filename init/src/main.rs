@@ -23,7 +23,7 @@
 use ramstick_common::chain::{self, Saved};
 use ramstick_common::cmdline;
 use ramstick_common::meminfo;
-use ramstick_common::plan::{make_plan, Facts};
+use ramstick_common::plan::{plan_of, Facts};
 use ramstick_init::{boot, failure};
 
 fn main() {
@@ -117,15 +117,11 @@ fn cli(args: Vec<String>) -> i32 {
         }
     }
     let line = line.unwrap_or_default();
-    let (cfg, problems) = cmdline::parse(&line);
-    let plan = make_plan(
-        &cfg,
-        problems,
-        &Facts {
-            kernel_version: kver,
-            mem_total_bytes: mem,
-        },
-    );
+    let facts = Facts {
+        kernel_version: kver,
+        mem_total_bytes: mem,
+    };
+    let plan = plan_of(&line, &facts);
     print!("{plan}");
     if let Some(dir) = &persist {
         let dir = std::path::Path::new(dir);

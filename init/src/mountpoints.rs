@@ -72,25 +72,19 @@ mod tests {
     use super::*;
     use crate::mounts::mount_overlay;
     use crate::sys::RecordingSys;
-    use ramstick_common::cmdline;
-    use ramstick_common::plan::{make_plan, Facts};
+    use ramstick_common::plan::{plan_of, Facts};
 
     fn plan_for(line: &str) -> Plan {
-        let (cfg, problems) = cmdline::parse(line);
-        make_plan(
-            &cfg,
-            problems,
-            &Facts {
-                kernel_version: "6.1.0-56-amd64".into(),
-                mem_total_bytes: 2 << 30,
-            },
-        )
+        let facts = Facts {
+            kernel_version: "6.1.0-56-amd64".into(),
+            mem_total_bytes: 2 << 30,
+        };
+        plan_of(line, &facts)
     }
 
     #[test]
     fn a_mount_point_the_rootfs_lacks_is_made_below_it() {
-        let root = std::env::temp_dir().join(format!("ramstick-mp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
+        let root = ramstick_testkit::TempDir::new("mountpoints");
         let rootfs = root.join("sysroot/rootfs");
         std::fs::create_dir_all(rootfs.join("usr/lib/modules/6.1.0-1-amd64")).unwrap();
         std::fs::create_dir_all(rootfs.join("usr/lib/firmware")).unwrap();
@@ -105,7 +99,7 @@ mod tests {
         assert!(tree.join("usr/lib/modules/6.1.0-56-amd64").is_dir());
         assert!(!tree.join("lib").exists() && !tree.join("usr/lib/firmware").exists());
         assert!(!tree.join("persist").exists());
-        std::fs::remove_dir_all(&root).unwrap();
+        std::fs::remove_dir_all(root.path()).unwrap();
         for dir in [
             "persist",
             "dev",
@@ -127,6 +121,5 @@ mod tests {
             .map_err(|e| format!("{e:#}"))
             .unwrap();
         assert!(sys.calls()[1].contains("lowerdir=/sysroot/rootfs:/run/m,"));
-        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -315,19 +315,14 @@ pub fn hand_over(sys: &dyn Sys, root: &Path, plan: &Plan, skipped: &[String]) ->
 mod tests {
     use super::*;
     use crate::sys::RecordingSys;
-    use ramstick_common::cmdline;
-    use ramstick_common::plan::{make_plan, Facts};
+    use ramstick_common::plan::{plan_of, Facts};
 
     fn plan_for(line: &str) -> Plan {
-        let (cfg, problems) = cmdline::parse(line);
-        make_plan(
-            &cfg,
-            problems,
-            &Facts {
-                kernel_version: "6.1.0-56-amd64".into(),
-                mem_total_bytes: 2 << 30,
-            },
-        )
+        let facts = Facts {
+            kernel_version: "6.1.0-56-amd64".into(),
+            mem_total_bytes: 2 << 30,
+        };
+        plan_of(line, &facts)
     }
 
     #[test]

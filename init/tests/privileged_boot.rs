@@ -8,9 +8,9 @@
 
 use nix::mount::{mount, MsFlags};
 use ramstick_common::chain::FailureClass;
-use ramstick_common::cmdline::{self, BootType, LayersMode};
+use ramstick_common::cmdline::{BootType, LayersMode};
 use ramstick_common::manifest::{layer_name, LayerInfo, Manifest, Origin, LAYERS_DIR, MANIFEST};
-use ramstick_common::plan::{make_plan, Facts, Plan};
+use ramstick_common::plan::{plan_of, Facts, Plan};
 use ramstick_init::images::LinuxImages;
 use ramstick_init::layers;
 use ramstick_init::mountpoints;
@@ -126,15 +126,11 @@ fn sh(cmd: &str) -> Result<String, String> {
 }
 
 fn plan_for(line: &str) -> Plan {
-    let (cfg, problems) = cmdline::parse(line);
-    make_plan(
-        &cfg,
-        problems,
-        &Facts {
-            kernel_version: KVER.into(),
-            mem_total_bytes: 1 << 30,
-        },
-    )
+    let facts = Facts {
+        kernel_version: KVER.into(),
+        mem_total_bytes: 1 << 30,
+    };
+    plan_of(line, &facts)
 }
 
 /// One saved layer of a scratch stick: its marker, and whether the file is

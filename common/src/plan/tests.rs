@@ -1,6 +1,5 @@
 //! The plan's unit tests.
 use super::*;
-use crate::cmdline::parse;
 
 fn facts() -> Facts {
     Facts {
@@ -10,8 +9,7 @@ fn facts() -> Facts {
 }
 
 fn plan_for(cmdline: &str) -> Plan {
-    let (cfg, problems) = parse(cmdline);
-    make_plan(&cfg, problems, &facts())
+    plan_of(cmdline, &facts())
 }
 
 #[test]

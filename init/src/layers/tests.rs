@@ -3,21 +3,16 @@
 use super::*;
 use crate::images::fake::RecordingImages;
 use crate::sys::RecordingSys;
-use ramstick_common::cmdline;
 use ramstick_common::manifest::{layer_name, Manifest, Origin};
-use ramstick_common::plan::{make_plan, Facts};
+use ramstick_common::plan::{plan_of, Facts};
 use std::path::PathBuf;
 
 fn plan_for(line: &str) -> Plan {
-    let (cfg, problems) = cmdline::parse(line);
-    make_plan(
-        &cfg,
-        problems,
-        &Facts {
-            kernel_version: "6.1.0-56-amd64".into(),
-            mem_total_bytes: 2 << 30,
-        },
-    )
+    let facts = Facts {
+        kernel_version: "6.1.0-56-amd64".into(),
+        mem_total_bytes: 2 << 30,
+    };
+    plan_of(line, &facts)
 }
 
 fn info(n: u64) -> LayerInfo {
