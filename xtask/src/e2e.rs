@@ -16,7 +16,6 @@
 //! what workers share — the image cache and the root filesystem trees — is
 //! built under one lock ([`Ctx::building`]), so it is built once.
 
-mod cache;
 mod guest;
 mod initsystems;
 mod kernelupdate;
@@ -27,6 +26,7 @@ mod reliab;
 mod scenarios;
 mod trees;
 
+use crate::cache;
 use crate::qemu::{self, Machine, Vm};
 use crate::{build, deps, image, kernel, rootfs, target_dir, workspace_root};
 use anyhow::{bail, ensure, Context, Result};

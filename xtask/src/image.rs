@@ -28,6 +28,7 @@
 //! image is renamed to `out`.
 
 use crate::build::{self, Binaries};
+use crate::cache::Hasher;
 use crate::deps;
 use crate::hooks::{self, Saver};
 use crate::initramfs::{self, partial_path};
@@ -471,10 +472,12 @@ fn stage_persist(
 fn modules_squashfs(kernel: &Kernel) -> Result<PathBuf> {
     let dep_path = kernel.modules_dir.join("modules.dep");
     let dep = fs::read(&dep_path).with_context(|| format!("cannot read {}", dep_path.display()))?;
-    let mut hash = fnv1a(&dep, FNV_OFFSET);
-    hash = fnv1a(kernel.modules_dir.as_os_str().as_encoded_bytes(), hash);
-    hash = fnv1a(SQUASHFS_OPTIONS.join(" ").as_bytes(), hash);
-    hash = fnv1a(&[u8::from(deps::is_root())], hash);
+    let mut h = Hasher::default();
+    h.field(&dep);
+    h.field(kernel.modules_dir.as_os_str().as_encoded_bytes());
+    h.str(&SQUASHFS_OPTIONS.join(" "));
+    h.field(&[u8::from(deps::is_root())]);
+    let hash = h.finish();
     let dir = crate::target_dir().join("ramstick/cache");
     let image = dir.join(format!("modules-{}-{hash:016x}.squashfs", kernel.version));
     if image.is_file() {
@@ -583,27 +586,16 @@ pub(crate) fn make_esp(
     Ok(size)
 }
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
-/// 64-bit FNV-1a, a stable cache key.
-fn fnv1a(data: &[u8], mut hash: u64) -> u64 {
-    for &b in data {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x100_0000_01b3);
-    }
-    hash
-}
-
 /// The standalone GRUB EFI binary with `grub/stub.cfg` embedded, cached in
 /// `target/grub/` by a hash of its inputs (stub, modules, GRUB build).
 fn grub_efi() -> Result<PathBuf> {
-    let mut hash = fnv1a(GRUB_STUB.as_bytes(), FNV_OFFSET);
-    hash = fnv1a(GRUB_MODULES.as_bytes(), hash);
+    let mut h = Hasher::default();
+    h.str(GRUB_STUB);
+    h.str(GRUB_MODULES);
     for file in ["kernel.img", "moddep.lst"] {
-        let path = Path::new(GRUB_DIR).join(file);
-        let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        hash = fnv1a(&bytes, hash);
+        h.file(&Path::new(GRUB_DIR).join(file))?;
     }
+    let hash = h.finish();
     let dir = crate::target_dir().join("grub");
     let efi = dir.join(format!("bootx64-{hash:016x}.efi"));
     if efi.is_file() {

@@ -3,6 +3,7 @@
 
 mod bench;
 mod build;
+mod cache;
 mod crashtest;
 mod deps;
 mod e2e;

@@ -1,36 +1,26 @@
-//! Content hashes that name the cached e2e disk images.
+//! Content hashes that name cached build outputs: the e2e disk images and
+//! rootfs trees, the modules image, GRUB's EFI binary.
 //!
-//! FNV-1a 64 (written out here so the value never changes with the Rust
-//! version) over length-prefixed fields, so that ("ab", "c") and ("a", "bc")
+//! FNV-1a 64 (`ramstick_common::digest::Fnv1a`: its values never change with
+//! the Rust version) over length-prefixed fields, so that ("ab", "c") and ("a", "bc")
 //! differ. Trees are hashed by content, not mtime: rebuilding an identical
 //! rootfs keeps its hash and the cached images stay valid.
 
 use anyhow::{Context, Result};
+use ramstick_common::digest::Fnv1a;
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
-/// An incremental FNV-1a 64 hash.
-#[derive(Clone)]
-pub struct Hasher(u64);
-
-impl Default for Hasher {
-    fn default() -> Self {
-        Hasher(FNV_OFFSET)
-    }
-}
+/// An incremental FNV-1a 64 hash of fields.
+#[derive(Clone, Default)]
+pub struct Hasher(Fnv1a);
 
 impl Hasher {
     /// Mix in raw bytes.
     fn bytes(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(FNV_PRIME);
-        }
+        self.0.update(bytes);
     }
 
     /// Mix in one field (its length first).
@@ -101,32 +91,14 @@ impl Hasher {
     }
 
     pub fn finish(&self) -> u64 {
-        self.0
+        self.0.finish()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-
-    /// A scratch directory removed on drop.
-    struct Scratch(PathBuf);
-
-    impl Scratch {
-        fn new(name: &str) -> Scratch {
-            let p = std::env::temp_dir().join(format!("xtask-cache-{}-{name}", std::process::id()));
-            let _ = fs::remove_dir_all(&p);
-            fs::create_dir_all(&p).unwrap();
-            Scratch(p)
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use ramstick_testkit::TempDir;
 
     fn tree_hash(root: &Path) -> u64 {
         let mut h = Hasher::default();
@@ -167,8 +139,8 @@ mod tests {
 
     #[test]
     fn identical_trees_hash_equal_and_changes_show() {
-        let s = Scratch::new("trees");
-        let (one, two) = (s.0.join("one"), s.0.join("two"));
+        let s = TempDir::new("xtask-cache-trees");
+        let (one, two) = (s.join("one"), s.join("two"));
         make_tree(&one);
         make_tree(&two);
         let base = tree_hash(&one);
