@@ -22,14 +22,9 @@ const SAVER: &str = "bin/saver";
 pub fn install(root: &Path, run: &Path) -> Result<()> {
     let kit = run.join(kit_name());
     std::fs::create_dir_all(&kit).with_context(|| format!("cannot create {}", kit.display()))?;
-    copy_contents(root, &kit)
+    // Not lib/modules: the running kernel's; the next kernel brings its own.
+    copy_contents(root, &kit, &[Path::new("lib/modules")])
         .with_context(|| format!("cannot copy the initramfs to {}", kit.display()))?;
-    let modules = kit.join("lib/modules");
-    if modules.is_dir() {
-        // The next kernel brings its own; these are the running kernel's.
-        std::fs::remove_dir_all(&modules)
-            .with_context(|| format!("cannot remove {}", modules.display()))?;
-    }
     let bin = run.join("bin");
     std::fs::create_dir_all(&bin).with_context(|| format!("cannot create {}", bin.display()))?;
     let link = bin.join("saver");

@@ -18,25 +18,28 @@ use super::walk::{kind_of, walk, Cursor, Visit, Visitor};
 use super::TreeError;
 
 /// Copies what is inside `src` into the existing directory `dst`, without
-/// crossing into other filesystems (mount points are left out), and returns
-/// the number of entries copied.
-pub fn copy_contents(src: &Path, dst: &Path) -> Result<u64, TreeError> {
+/// crossing into other filesystems (mount points are left out) and without
+/// the entries at the paths `leave_out` (relative to `src`), and returns the
+/// number of entries copied.
+pub fn copy_contents(src: &Path, dst: &Path, leave_out: &[&Path]) -> Result<u64, TreeError> {
     let mut c = Cursor::open(src)?;
     let mut copier = Copier {
         dst: dst.to_path_buf(),
+        leave_out,
         copied: 0,
     };
     walk(&mut c, &mut copier)?;
     Ok(copier.copied)
 }
 
-struct Copier {
+struct Copier<'a> {
     /// The destination directory matching the cursor's.
     dst: PathBuf,
+    leave_out: &'a [&'a Path],
     copied: u64,
 }
 
-impl Copier {
+impl Copier<'_> {
     fn create_err(&self, name: &CStr) -> impl FnOnce(io::Error) -> TreeError {
         let path = self.dst.join(OsStr::from_bytes(name.to_bytes()));
         move |source| TreeError::Create { path, source }
@@ -69,13 +72,14 @@ fn perm(st: &FileStat) -> Mode {
     Mode::from_bits_truncate(st.st_mode & 0o7777)
 }
 
-impl Visitor for Copier {
+impl Visitor for Copier<'_> {
     fn visit(&mut self, c: &Cursor, name: &CStr) -> Result<Visit, TreeError> {
         let Some(st) = c.stat(name)? else {
             return Ok(Visit::Next);
         };
-        if st.st_dev != c.root_id().dev {
-            return Ok(Visit::Next); // a mount point
+        let rel = c.rel.join(OsStr::from_bytes(name.to_bytes()));
+        if st.st_dev != c.root_id().dev || self.leave_out.contains(&rel.as_path()) {
+            return Ok(Visit::Next); // a mount point, or left out
         }
         let dir = self.dst_dir()?;
         let kind = kind_of(&st);
@@ -133,7 +137,13 @@ mod tests {
         symlink("/nowhere", src.join("dangling")).unwrap();
         nix::unistd::mkfifo(&src.join("fifo"), Mode::from_bits_truncate(0o640)).unwrap();
 
-        assert_eq!(copy_contents(&src, &dst).unwrap(), 6);
+        std::fs::create_dir_all(src.join("a/b/skipped/deep")).unwrap();
+        assert_eq!(
+            copy_contents(&src, &dst, &[Path::new("a/b/skipped")]).unwrap(),
+            6
+        );
+        assert!(!dst.join("a/b/skipped").exists());
+        std::fs::remove_dir_all(src.join("a/b/skipped")).unwrap();
         // Equal but for the times (the seventh field), which are not copied.
         let without_times = |dir: &Path| -> Vec<String> {
             let lines = crate::tree::tree_listing(dir).unwrap();
@@ -148,7 +158,7 @@ mod tests {
         assert_eq!(std::fs::read(dst.join("a/link")).unwrap(), b"#!/bin/sh\n");
         // An existing destination entry is an error, not an overwrite.
         assert!(matches!(
-            copy_contents(&src, &dst),
+            copy_contents(&src, &dst, &[]),
             Err(TreeError::Create { .. })
         ));
     }
