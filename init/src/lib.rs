@@ -23,3 +23,5 @@ pub mod mountpoints;
 pub mod mounts;
 pub mod switchroot;
 pub mod sys;
+#[cfg(test)]
+mod testplan;

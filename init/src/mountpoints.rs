@@ -72,15 +72,7 @@ mod tests {
     use super::*;
     use crate::mounts::mount_overlay;
     use crate::sys::RecordingSys;
-    use ramstick_common::plan::{plan_of, Facts};
-
-    fn plan_for(line: &str) -> Plan {
-        let facts = Facts {
-            kernel_version: "6.1.0-56-amd64".into(),
-            mem_total_bytes: 2 << 30,
-        };
-        plan_of(line, &facts)
-    }
+    use crate::testplan::plan_for;
 
     #[test]
     fn a_mount_point_the_rootfs_lacks_is_made_below_it() {

@@ -315,15 +315,7 @@ pub fn hand_over(sys: &dyn Sys, root: &Path, plan: &Plan, skipped: &[String]) ->
 mod tests {
     use super::*;
     use crate::sys::RecordingSys;
-    use ramstick_common::plan::{plan_of, Facts};
-
-    fn plan_for(line: &str) -> Plan {
-        let facts = Facts {
-            kernel_version: "6.1.0-56-amd64".into(),
-            mem_total_bytes: 2 << 30,
-        };
-        plan_of(line, &facts)
-    }
+    use crate::testplan::plan_for;
 
     #[test]
     fn run_ramstick_is_an_executable_tmpfs_of_its_own() {

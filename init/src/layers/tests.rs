@@ -3,17 +3,9 @@
 use super::*;
 use crate::images::fake::RecordingImages;
 use crate::sys::RecordingSys;
+use crate::testplan::plan_for;
 use ramstick_common::manifest::{layer_name, Manifest, Origin};
-use ramstick_common::plan::{plan_of, Facts};
 use std::path::PathBuf;
-
-fn plan_for(line: &str) -> Plan {
-    let facts = Facts {
-        kernel_version: "6.1.0-56-amd64".into(),
-        mem_total_bytes: 2 << 30,
-    };
-    plan_of(line, &facts)
-}
 
 fn info(n: u64) -> LayerInfo {
     LayerInfo {
