@@ -10,10 +10,11 @@
 //! again from it (so hand edits of `grub.cfg` last until the next kernel
 //! change; the parameters belong in the record's `cmdline`).
 //!
-//! The menu: the first kernel's four entries — default, backup, clean,
-//! default with a tmpfs upper — in that order (tests and users pick them by
-//! position), then a default and a backup entry for every older kernel, the
-//! fallback when a new kernel does not boot.
+//! The menu: the first kernel's entries ([`DEFAULT_KERNEL_ENTRIES`]:
+//! default, backup, clean, default with a tmpfs upper), then every older
+//! kernel's ([`OLDER_KERNEL_ENTRIES`]: default and backup), the fallback when
+//! a new kernel does not boot. Tests pick entries by [`GrubEntry`], whose
+//! position is read from those same lists.
 
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
@@ -30,6 +31,79 @@ pub const ESP_ID: &str = "ramstick-esp.id";
 pub const FORMAT: u32 = 1;
 /// Every entry's console parameters.
 const CONSOLE: &str = "console=tty0 console=ttyS0,115200";
+
+/// A GRUB menu entry, as the tests (and `cargo xtask`) pick it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrubEntry {
+    /// The default kernel, the saved session (`ramstick.boot=default`).
+    Default,
+    /// The default kernel, the session before the last save.
+    Backup,
+    /// The default kernel, no saved session.
+    Clean,
+    /// The default kernel, the saved session under a tmpfs upper.
+    TmpfsUpper,
+    /// The second kernel (the default before the last kernel install), its
+    /// default entry.
+    PreviousKernel,
+    /// The second kernel, its backup entry.
+    PreviousKernelBackup,
+}
+
+/// The default kernel's entries, in menu order: the first of the menu.
+pub const DEFAULT_KERNEL_ENTRIES: [GrubEntry; 4] = [
+    GrubEntry::Default,
+    GrubEntry::Backup,
+    GrubEntry::Clean,
+    GrubEntry::TmpfsUpper,
+];
+
+/// Every older kernel's entries, in menu order, after the default kernel's;
+/// named as the second kernel's (the other kernels' repeat them).
+pub const OLDER_KERNEL_ENTRIES: [GrubEntry; 2] =
+    [GrubEntry::PreviousKernel, GrubEntry::PreviousKernelBackup];
+
+impl GrubEntry {
+    /// The entry's place in the menu (0 = first): where [`Menu::render`]
+    /// writes it, read from the lists it writes from.
+    pub fn position(self) -> usize {
+        let mut order = DEFAULT_KERNEL_ENTRIES.iter().chain(&OLDER_KERNEL_ENTRIES);
+        // Every variant is in one of the lists (a test checks each one's
+        // title at its position), so the fallback is never taken.
+        order.position(|e| *e == self).unwrap_or(0)
+    }
+
+    /// What the title says of the boot, after the kernel for an older one.
+    fn label(self) -> &'static str {
+        match self {
+            GrubEntry::Default | GrubEntry::PreviousKernel => "default",
+            GrubEntry::Backup | GrubEntry::PreviousKernelBackup => "backup",
+            GrubEntry::Clean => "clean",
+            GrubEntry::TmpfsUpper => "default, tmpfs upper",
+        }
+    }
+
+    /// The kernel parameters that make the entry's boot.
+    fn params(self) -> &'static str {
+        match self {
+            GrubEntry::Default | GrubEntry::PreviousKernel => "ramstick.boot=default",
+            GrubEntry::Backup | GrubEntry::PreviousKernelBackup => "ramstick.boot=backup",
+            GrubEntry::Clean => "ramstick.boot=clean",
+            GrubEntry::TmpfsUpper => "ramstick.boot=default ramstick.upper=tmpfs",
+        }
+    }
+}
+
+/// The title of the menu's first entry, which no other entry has: once a
+/// console shows it, the menu is on screen.
+pub fn first_title() -> String {
+    default_kernel_title(DEFAULT_KERNEL_ENTRIES[0])
+}
+
+/// The title of one of the default kernel's entries.
+fn default_kernel_title(entry: GrubEntry) -> String {
+    format!("ramstick ({})", entry.label())
+}
 
 /// The kernel image of `kver` on the ESP.
 pub fn vmlinuz(kver: &str) -> String {
@@ -183,22 +257,14 @@ impl Menu {
              # The kernels and initramfs images are on the partition that holds this marker.\n\
              search --no-floppy --file --set=root /{ESP_ID}\n"
         );
-        let first = [
-            ("ramstick (default)", "ramstick.boot=default"),
-            ("ramstick (backup)", "ramstick.boot=backup"),
-            ("ramstick (clean)", "ramstick.boot=clean"),
-            (
-                "ramstick (default, tmpfs upper)",
-                "ramstick.boot=default ramstick.upper=tmpfs",
-            ),
-        ];
-        for (title, params) in first {
-            self.entry(&mut cfg, title, default, params);
+        for entry in DEFAULT_KERNEL_ENTRIES {
+            let title = default_kernel_title(entry);
+            self.entry(&mut cfg, &title, default, entry.params());
         }
         for kver in self.kernels.iter().skip(1) {
-            for which in ["default", "backup"] {
-                let title = format!("ramstick (kernel {kver}, {which})");
-                self.entry(&mut cfg, &title, kver, &format!("ramstick.boot={which}"));
+            for entry in OLDER_KERNEL_ENTRIES {
+                let title = format!("ramstick (kernel {kver}, {})", entry.label());
+                self.entry(&mut cfg, &title, kver, entry.params());
             }
         }
         cfg
@@ -299,6 +365,52 @@ mod tests {
             ]
         );
         assert!(two.has("6.1.0-57-amd64") && !two.has("6.1.0-57"));
+    }
+
+    #[test]
+    fn every_entry_is_at_its_position() {
+        let menu = Menu::new("new", "").unwrap().with_default("new2").unwrap();
+        let cfg = menu.render();
+        let titles: Vec<&str> = cfg
+            .lines()
+            .filter_map(|l| l.strip_prefix("menuentry \""))
+            .filter_map(|l| l.split('"').next())
+            .collect();
+        let lines = linux_lines(&cfg);
+        let all = [
+            (
+                GrubEntry::Default,
+                "ramstick (default)",
+                "ramstick.boot=default",
+            ),
+            (
+                GrubEntry::Backup,
+                "ramstick (backup)",
+                "ramstick.boot=backup",
+            ),
+            (GrubEntry::Clean, "ramstick (clean)", "ramstick.boot=clean"),
+            (
+                GrubEntry::TmpfsUpper,
+                "ramstick (default, tmpfs upper)",
+                "ramstick.boot=default ramstick.upper=tmpfs",
+            ),
+            (
+                GrubEntry::PreviousKernel,
+                "ramstick (kernel new, default)",
+                "ramstick.boot=default",
+            ),
+            (
+                GrubEntry::PreviousKernelBackup,
+                "ramstick (kernel new, backup)",
+                "ramstick.boot=backup",
+            ),
+        ];
+        for (entry, title, params) in all {
+            assert_eq!(titles[entry.position()], title, "{entry:?}");
+            assert!(lines[entry.position()].ends_with(params), "{entry:?}");
+        }
+        assert_eq!(first_title(), titles[0]);
+        assert_eq!(titles.len(), all.len());
     }
 
     #[test]

@@ -23,6 +23,7 @@ use super::table::Series;
 use crate::build::Binaries;
 use crate::{deps, image};
 use anyhow::{Context, Result};
+use ramstick_common::bootmenu::GrubEntry;
 use ramstick_common::cmdline::LayersMode;
 use std::fs;
 use std::path::Path;
@@ -56,7 +57,12 @@ pub fn measure(
     deps::remove_if_exists(&tree)?;
 
     let machine = super::boot::machine(&disk, work, "busybox-state");
-    let mut b = super::boot::boot(&machine, &work.join("busybox-state.log"), 0, BUSYBOX_PROMPT)?;
+    let mut b = super::boot::boot(
+        &machine,
+        &work.join("busybox-state.log"),
+        GrubEntry::Default,
+        BUSYBOX_PROMPT,
+    )?;
     guest::expect_layers(&mut b.vm, 1, LayersMode::Mount, CMD_TIMEOUT)?;
     let mut save = Series::default();
     let mut full_image = Series::default();

@@ -36,6 +36,7 @@ use crate::kernel::{self, Kernel};
 use crate::qemu::{Machine, Vm};
 use crate::{deps, image, rootfs, target_dir};
 use anyhow::{bail, Context, Result};
+use ramstick_common::bootmenu::GrubEntry;
 use ramstick_common::cmdline::LayersMode;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -52,8 +53,6 @@ pub const SWITCH_ROOT: &str = "switching root to";
 /// systemd's first kernel log line (its version banner) starts with this.
 const SYSTEMD_START: &str = "systemd[1]: systemd ";
 /// The GRUB entries used (see grub/grub.cfg).
-const ENTRY_DEFAULT: usize = 0;
-const ENTRY_CLEAN: usize = 2;
 /// From QEMU start to the prompt, under TCG.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// One shell command.
@@ -179,7 +178,7 @@ fn measure(
         boot_series(
             &mut m.debian,
             &plain,
-            ENTRY_DEFAULT,
+            GrubEntry::Default,
             work,
             "debian-initrd",
             |_| Ok(()),
@@ -187,7 +186,7 @@ fn measure(
         boot_series(
             &mut m.clean,
             &mount_stick,
-            ENTRY_CLEAN,
+            GrubEntry::Clean,
             work,
             "ramstick-clean",
             |vm| guest::expect_layers(vm, 0, LayersMode::Mount, CMD_TIMEOUT),
@@ -195,7 +194,7 @@ fn measure(
         boot_series(
             &mut m.mount,
             &mount_stick,
-            ENTRY_DEFAULT,
+            GrubEntry::Default,
             work,
             "ramstick-mount",
             |vm| {
@@ -210,7 +209,7 @@ fn measure(
         boot_series(
             &mut m.ram,
             &ram_stick,
-            ENTRY_DEFAULT,
+            GrubEntry::Default,
             work,
             "ramstick-ram",
             |vm| guest::expect_layers(vm, 1, LayersMode::Ram, CMD_TIMEOUT),
@@ -251,7 +250,7 @@ fn full_image_save(vm: &mut Vm) -> Result<f64> {
 fn boot_series(
     series: &mut Series<2>,
     master: &Path,
-    entry: usize,
+    entry: GrubEntry,
     work: &Path,
     name: &str,
     then: impl FnOnce(&mut Vm) -> Result<()>,
@@ -307,7 +306,7 @@ pub struct Booted {
 }
 
 /// Start `machine` (console log in `log`, replaced), choose GRUB `entry`, wait for `prompt`.
-pub fn boot(machine: &Machine, log: &Path, entry: usize, prompt: &str) -> Result<Booted> {
+pub fn boot(machine: &Machine, log: &Path, entry: GrubEntry, prompt: &str) -> Result<Booted> {
     fs::write(log, "").with_context(|| format!("creating {}", log.display()))?;
     let started = Instant::now();
     let mut vm = Vm::spawn(machine, log)?;

@@ -21,6 +21,7 @@ use super::Inputs;
 use crate::build::Binaries;
 use crate::deps;
 use anyhow::{Context, Result};
+use ramstick_common::bootmenu::GrubEntry;
 use ramstick_common::cmdline::LayersMode;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -121,14 +122,18 @@ fn init_time(master: &Path, layers: usize, work: &Path) -> Result<[f64; 1]> {
     let name = format!("layers-{layers}");
     let disk = boot::fresh_copy(master, work, &name)?;
     let log = work.join(format!("{name}.log"));
-    let figure = boot::boot(&boot::machine(&disk, work, &name), &log, 0, BUSYBOX_PROMPT).and_then(
-        |mut b| {
-            guest::expect_layers(&mut b.vm, layers, LayersMode::Mount, CMD_TIMEOUT)?;
-            let t = boot::init_time(&mut b.vm, boot::SWITCH_ROOT)?;
-            b.vm.kill();
-            Ok([t])
-        },
-    );
+    let figure = boot::boot(
+        &boot::machine(&disk, work, &name),
+        &log,
+        GrubEntry::Default,
+        BUSYBOX_PROMPT,
+    )
+    .and_then(|mut b| {
+        guest::expect_layers(&mut b.vm, layers, LayersMode::Mount, CMD_TIMEOUT)?;
+        let t = boot::init_time(&mut b.vm, boot::SWITCH_ROOT)?;
+        b.vm.kill();
+        Ok([t])
+    });
     deps::remove_if_exists(&disk)?;
     figure
 }

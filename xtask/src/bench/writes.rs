@@ -23,6 +23,7 @@ use super::Inputs;
 use crate::build::Binaries;
 use crate::{deps, image};
 use anyhow::{anyhow, Context, Result};
+use ramstick_common::bootmenu::GrubEntry;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -177,7 +178,7 @@ fn measure_fresh(
 
     let mut first = Series::<2>::default();
     let mut sessions: Sessions = Default::default();
-    let mut b = boot::boot(&machine, &log, 0, BUSYBOX_PROMPT)?;
+    let mut b = boot::boot(&machine, &log, GrubEntry::Default, BUSYBOX_PROMPT)?;
     first.record(|| Ok([boot::init_time(&mut b.vm, boot::SWITCH_ROOT)?, b.login]));
     for (i, (_, change)) in SESSIONS.iter().enumerate().take(2) {
         if quick && i == 1 {
@@ -196,7 +197,7 @@ fn measure_fresh(
     b.vm.kill();
     println!("bench: rebooting into the saved session");
     let log = work.join("busybox-reboot.log");
-    let mut b = boot::boot(&machine, &log, 0, BUSYBOX_PROMPT)?;
+    let mut b = boot::boot(&machine, &log, GrubEntry::Default, BUSYBOX_PROMPT)?;
     let mut unchanged = Series::default();
     for _ in 0..runs {
         unchanged.record(|| save(&mut b.vm));

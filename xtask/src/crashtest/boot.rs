@@ -5,7 +5,7 @@
 use super::check::State;
 use super::log::Log;
 use super::points::{Kind, Point, Rng};
-use super::record::{boot_to_shell, Recording, CMD};
+use super::record::{boot_default_to_shell, Recording, CMD};
 use super::replay::{Cursor, Region};
 use super::{guest_view, parse_view, Shown};
 use crate::deps;
@@ -105,7 +105,7 @@ fn pick(shown: &[Shown], n: usize, seed: u64) -> Vec<(Point, usize)> {
 
 /// Boots `disk` and compares what it shows with `want`.
 fn boot_and_compare(disk: &Path, dir: &Path, console: &Path, want: &State) -> Result<()> {
-    let mut vm = boot_to_shell(disk, dir, console, None)?;
+    let mut vm = boot_default_to_shell(disk, dir, console, None)?;
     let view = parse_view(&vm.run(&guest_view(), CMD)?)?;
     let json = vm.run(&format!("cat {BOOT_JSON}"), CMD)?;
     vm.kill();

@@ -12,6 +12,7 @@ use super::{guest_view, parse_view};
 use crate::qemu::{Machine, Vm};
 use crate::{build, deps, image, kernel, rootfs, target_dir};
 use anyhow::{bail, ensure, Context, Result};
+use ramstick_common::bootmenu::GrubEntry;
 use ramstick_testkit::noise_seeded;
 use serde_json::{json, Value};
 use std::fs;
@@ -142,7 +143,7 @@ pub fn record(dir: &Path) -> Result<Recording> {
     let log = dir.join("write.log");
     let console = dir.join("console.log");
     println!("crashtest: recording (console: {})", console.display());
-    let mut vm = boot_to_shell(&disk, dir, &console, Some(&log))?;
+    let mut vm = boot_default_to_shell(&disk, dir, &console, Some(&log))?;
     println!("crashtest: booted in {:.0} s", t.elapsed().as_secs_f64());
     let wc = out(&mut vm, "cat /sys/block/vda/queue/write_cache")?;
     ensure!(
@@ -191,7 +192,7 @@ pub fn record(dir: &Path) -> Result<Recording> {
 
 /// Boots `disk` (OVMF variables in `dir`, the console to `console`, the
 /// writes logged to `write_log` if given) to the shell of GRUB's default entry.
-pub fn boot_to_shell(
+pub fn boot_default_to_shell(
     disk: &Path,
     dir: &Path,
     console: &Path,
@@ -208,7 +209,7 @@ pub fn boot_to_shell(
         extra_disks: Vec::new(),
     };
     let mut vm = Vm::spawn_logged(&machine, console, write_log)?;
-    vm.select_entry(0)?;
+    vm.select_entry(GrubEntry::Default)?;
     wait_prompt(&mut vm)?;
     Ok(vm)
 }

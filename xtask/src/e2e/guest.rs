@@ -6,6 +6,7 @@ use super::Ctx;
 use crate::qemu::Vm;
 use anyhow::{bail, ensure, Context, Result};
 use ramstick_common::bootinfo::BootInfo;
+pub use ramstick_common::bootmenu::GrubEntry;
 use std::path::Path;
 use std::time::Duration;
 
@@ -17,11 +18,6 @@ pub const CMD: Duration = Duration::from_secs(60);
 pub const PROMPT: &str = "ramstick:/# ";
 /// The prompt of init's emergency shell.
 pub const EMERGENCY_PROMPT: &str = "(initramfs) # ";
-/// GRUB menu entries, in menu order.
-pub const ENTRY_DEFAULT: usize = 0;
-pub const ENTRY_BACKUP: usize = 1;
-pub const ENTRY_CLEAN: usize = 2;
-pub const ENTRY_TMPFS: usize = 3;
 /// A save of a small session under TCG, then the machine's power-off.
 pub const SAVE: Duration = Duration::from_secs(300);
 /// Where init puts the saver in the running system.
@@ -34,7 +30,7 @@ pub const DEBIAN_PROMPT: &str = "root@ramstick:~# ";
 
 /// Boot a disk of a Debian kind with GRUB entry `entry` and wait for its
 /// root shell.
-pub fn boot_debian(ctx: &mut Ctx, disk: &Path, entry: usize) -> Result<Vm> {
+pub fn boot_debian(ctx: &mut Ctx, disk: &Path, entry: GrubEntry) -> Result<Vm> {
     let mut vm = ctx.boot(disk, false)?;
     vm.select_entry(entry)?;
     vm.expect(DEBIAN_PROMPT, BOOT)
@@ -43,7 +39,7 @@ pub fn boot_debian(ctx: &mut Ctx, disk: &Path, entry: usize) -> Result<Vm> {
 }
 
 /// Boot `disk` with GRUB entry `entry` and wait for the rootfs shell.
-pub fn boot_to_shell(ctx: &mut Ctx, disk: &Path, entry: usize) -> Result<Vm> {
+pub fn boot_disk_to_shell(ctx: &mut Ctx, disk: &Path, entry: GrubEntry) -> Result<Vm> {
     let mut vm = ctx.boot(disk, false)?;
     vm.select_entry(entry)?;
     wait_shell(&mut vm)?;

@@ -8,8 +8,8 @@
 //! stick boots xtask's Debian kernel), cached like every e2e disk.
 
 use super::guest::{
-    boot_debian, boot_info, check, out, poweroff_expecting, wait_shell, BOOT, CMD, ENTRY_DEFAULT,
-    SAVE, SAVED, SAVER,
+    boot_debian, boot_info, check, out, poweroff_expecting, wait_shell, GrubEntry, BOOT, CMD, SAVE,
+    SAVED, SAVER,
 };
 use super::{cache, Ctx, DiskSpec, Scenario};
 use crate::hooks::Saver;
@@ -90,7 +90,7 @@ fn persists(
     init: &str,
     extra: &dyn Fn(&mut Vm) -> Result<()>,
 ) -> Result<()> {
-    let mut vm = boot_debian(ctx, disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_debian(ctx, disk, GrubEntry::Default)?;
     hook_in_boot_json(&mut vm, init)?;
     extra(&mut vm)?;
     vm.run(
@@ -103,7 +103,7 @@ fn persists(
     poweroff_expecting(&mut vm, SAVED)?;
     drop(vm);
 
-    let mut vm = boot_debian(ctx, disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_debian(ctx, disk, GrubEntry::Default)?;
     ensure!(
         out(&mut vm, "cat /root/session /root/later")? == "first\nlater",
         "the session was not restored"
@@ -185,7 +185,7 @@ fn init_plain_mmdebstrap(ctx: &mut Ctx) -> Result<()> {
     let disk = ctx.tree_disk(&tree, &stamp, &DiskSpec::default(), Saver::Required)?;
     let login = |ctx: &mut Ctx| -> Result<Vm> {
         let mut vm = ctx.boot(&disk, false)?;
-        vm.select_entry(ENTRY_DEFAULT)?;
+        vm.select_entry(GrubEntry::Default)?;
         vm.expect("login: ", BOOT)
             .context("no login prompt on ttyS0")?;
         vm.sendline("root")?;
@@ -228,7 +228,7 @@ fn init_no_saver(ctx: &mut Ctx) -> Result<()> {
     let disk = ctx.tree_disk(&tree, &stamp, &DiskSpec::default(), Saver::None)?;
     for boot in 0..2 {
         let mut vm = ctx.boot(&disk, false)?;
-        vm.select_entry(ENTRY_DEFAULT)?;
+        vm.select_entry(GrubEntry::Default)?;
         let line = vm
             .expect_line(NOT_SAVED, BOOT)
             .context("init did not say the session will not be saved")?;

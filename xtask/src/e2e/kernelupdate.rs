@@ -6,7 +6,7 @@
 //! default entry runs it, the previous kernel's entry still boots, and the
 //! saved state holds nothing under /lib/modules or /boot.
 
-use super::guest::{boot_debian, out, poweroff_expecting, CMD, ENTRY_DEFAULT, SAVE, SAVED, SAVER};
+use super::guest::{boot_debian, out, poweroff_expecting, GrubEntry, CMD, SAVE, SAVED, SAVER};
 use super::{Ctx, DiskSpec, Scenario};
 use crate::rootfs::Kind;
 use crate::{deps, kernel};
@@ -18,8 +18,6 @@ pub const ALL: &[Scenario] = &[Scenario {
     run: kernel_update,
 }];
 
-/// The first entry of the previous kernel (after the newest one's four).
-const ENTRY_PREVIOUS_KERNEL: usize = 4;
 /// The package's unpacking and the hook (packing 100 MB of modules,
 /// building an initramfs) under TCG.
 const INSTALL: Duration = Duration::from_secs(900);
@@ -41,7 +39,7 @@ fn kernel_update(ctx: &mut Ctx) -> Result<()> {
     };
     let disk = ctx.kind_disk(Kind::Debian, false, &spec)?;
 
-    let mut vm = boot_debian(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_debian(ctx, &disk, GrubEntry::Default)?;
     let old = out(&mut vm, "uname -r")?;
     ensure!(old != new, "the stick already runs {new}");
     let started = Instant::now();
@@ -63,7 +61,7 @@ fn kernel_update(ctx: &mut Ctx) -> Result<()> {
     poweroff_expecting(&mut vm, SAVED)?;
     drop(vm);
 
-    let mut vm = boot_debian(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_debian(ctx, &disk, GrubEntry::Default)?;
     ensure!(
         out(&mut vm, "uname -r")? == new,
         "the default entry does not boot {new}"
@@ -105,7 +103,7 @@ fn kernel_update(ctx: &mut Ctx) -> Result<()> {
     vm.poweroff(SAVE)?;
     drop(vm);
 
-    let mut vm = boot_debian(ctx, &disk, ENTRY_PREVIOUS_KERNEL)?;
+    let mut vm = boot_debian(ctx, &disk, GrubEntry::PreviousKernel)?;
     ensure!(
         out(&mut vm, "uname -r")? == old,
         "the previous kernel's entry does not boot {old}"

@@ -8,8 +8,8 @@
 //! add-layer`, see [`Ctx::layered`]); a power cut is QEMU killed.
 
 use super::guest::{
-    boot_info, check, out, persist_written, poweroff_expecting, wait_shell, BOOT, CMD,
-    ENTRY_BACKUP, ENTRY_CLEAN, ENTRY_DEFAULT, SAVE, SAVED, SAVER,
+    boot_disk_to_shell, boot_info, check, out, persist_written, poweroff_expecting, wait_shell,
+    GrubEntry, BOOT, CMD, SAVE, SAVED, SAVER,
 };
 use super::{Ctx, DiskSpec, Scenario};
 use crate::deps;
@@ -103,13 +103,6 @@ fn guest_size(vm: &mut Vm, path: &str) -> Result<u64> {
         .with_context(|| format!("the size of {path}"))
 }
 
-fn boot(ctx: &mut Ctx, disk: &Path, entry: usize) -> Result<Vm> {
-    let mut vm = ctx.boot(disk, false)?;
-    vm.select_entry(entry)?;
-    wait_shell(&mut vm)?;
-    Ok(vm)
-}
-
 /// A stick of the legacy layout with a 96 MiB state: its first save
 /// converts it (a hard link, not a copy) and writes about the size of the
 /// session's own layer; so does the next session's; backup = the state
@@ -138,7 +131,7 @@ fn migration(ctx: &mut Ctx) -> Result<()> {
     };
     let disk = ctx.disk(&spec)?;
 
-    let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
     let status = out(&mut vm, &format!("{SAVER} status"))?;
     ensure!(
         status.contains("the legacy layout"),
@@ -147,7 +140,7 @@ fn migration(ctx: &mut Ctx) -> Result<()> {
     for (n, layer) in [(1, "layer-000002.squashfs"), (2, "layer-000003.squashfs")] {
         if n == 2 {
             poweroff_expecting(&mut vm, UNCHANGED)?;
-            vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
+            vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
             ensure!(
                 guest_md5(&mut vm, "/root/big.bin")? == want,
                 "the 96 MiB state changed"
@@ -178,7 +171,7 @@ fn migration(ctx: &mut Ctx) -> Result<()> {
     poweroff_expecting(&mut vm, UNCHANGED)?;
     drop(vm);
 
-    let mut vm = boot(ctx, &disk, ENTRY_BACKUP)?;
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Backup)?;
     check(
         &mut vm,
         "-e /root/s1 -a ! -e /root/s2",
@@ -204,7 +197,7 @@ fn corrupt_middle(ctx: &mut Ctx) -> Result<()> {
         ..DiskSpec::default()
     };
     let disk = ctx.disk(&spec)?;
-    let mut vm = boot(ctx, &disk, ENTRY_CLEAN)?;
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Clean)?;
     vm.run(
         "truncate -s 4096 /persist/layers/layer-000002.squashfs && sync",
         CMD,
@@ -213,7 +206,7 @@ fn corrupt_middle(ctx: &mut Ctx) -> Result<()> {
     drop(vm);
 
     let mut vm = ctx.boot(&disk, false)?;
-    vm.select_entry(ENTRY_DEFAULT)?;
+    vm.select_entry(GrubEntry::Default)?;
     vm.expect("booting the first 1 of the 3 saved layers", BOOT)
         .context("init did not say that it boots a prefix of the chain")?;
     wait_shell(&mut vm)?;
@@ -234,7 +227,7 @@ fn corrupt_middle(ctx: &mut Ctx) -> Result<()> {
     poweroff_expecting(&mut vm, SAVED)?;
     drop(vm);
 
-    let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
     ensure!(
         boot_info(&mut vm)?.failures.is_empty(),
         "still a failing layer"
@@ -265,7 +258,7 @@ fn checkpoint_kill(ctx: &mut Ctx) -> Result<()> {
         ..DiskSpec::default()
     };
     let disk = ctx.disk(&spec)?;
-    let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
     vm.run("echo checkpointed > /root/cp && sync", CMD)?;
     // The busybox rootfs's daemon logs to /run/ramstick/saver/daemon.log.
     let (rc, log) = vm.run_status(
@@ -282,7 +275,7 @@ fn checkpoint_kill(ctx: &mut Ctx) -> Result<()> {
     );
     vm.kill();
     drop(vm);
-    let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
     ensure!(
         out(&mut vm, "cat /root/cp")? == "checkpointed",
         "the checkpoint was lost"
@@ -328,7 +321,7 @@ fn compaction_kill(ctx: &mut Ctx) -> Result<()> {
         ensure!(boot_info(vm)?.failures.is_empty(), "a layer failed");
         Ok(())
     };
-    let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
     same(&mut vm)?;
     let delay = random_millis(8000);
     println!("  cutting the power {delay} ms into the compaction");
@@ -337,7 +330,7 @@ fn compaction_kill(ctx: &mut Ctx) -> Result<()> {
     vm.kill();
     drop(vm);
 
-    let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
     same(&mut vm)?;
     let said = vm.run(&format!("{SAVER} compact 2>&1"), SAVE)?;
     ensure!(
@@ -353,7 +346,7 @@ fn compaction_kill(ctx: &mut Ctx) -> Result<()> {
     );
     poweroff_expecting(&mut vm, UNCHANGED)?;
     drop(vm);
-    let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
     same(&mut vm)?;
     vm.kill();
     Ok(())
@@ -380,7 +373,7 @@ fn ram_mode(ctx: &mut Ctx) -> Result<()> {
         ..DiskSpec::default()
     };
     let disk = ctx.disk(&spec)?;
-    let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
     let info = boot_info(&mut vm)?;
     ensure!(
         info.layers.len() == 2 && info.layers.iter().all(|l| l.how == LayersMode::Ram),
@@ -396,7 +389,7 @@ fn ram_mode(ctx: &mut Ctx) -> Result<()> {
     vm.run("echo ram > /root/ram", CMD)?;
     poweroff_expecting(&mut vm, SAVED)?;
     drop(vm);
-    let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
     check(
         &mut vm,
         "-e /etc/r1 -a -e /etc/r2 -a -e /root/ram",
@@ -423,7 +416,7 @@ fn small_ram(ctx: &mut Ctx) -> Result<()> {
     let disk = ctx.disk(&spec)?;
     for session in 1..=2 {
         let mut vm = ctx.boot_with(&disk, false, 512, &[])?;
-        vm.select_entry(ENTRY_DEFAULT)?;
+        vm.select_entry(GrubEntry::Default)?;
         vm.expect("cannot be unpacked into the RAM upper", BOOT)
             .context("init did not say that the layer does not fit")?;
         wait_shell(&mut vm)?;

@@ -10,7 +10,7 @@
 //! a session saved by the saver at power-off through the opened container
 //! and restored at the next boot.
 
-use super::guest::{wait_shell, BOOT, CMD, EMERGENCY_PROMPT, SAVE, SAVED};
+use super::guest::{wait_shell, GrubEntry, BOOT, CMD, EMERGENCY_PROMPT, SAVE, SAVED};
 use super::{cache, Ctx, DiskSpec, Scenario};
 use crate::qemu::Vm;
 use crate::{build, image};
@@ -87,7 +87,7 @@ fn luks_disk(ctx: &mut Ctx, keyfile: bool) -> Result<PathBuf> {
 /// Boot the first GRUB entry of `disk` and wait for the passphrase prompt.
 fn boot_to_prompt(ctx: &mut Ctx, disk: &Path) -> Result<Vm> {
     let mut vm = ctx.boot(disk, false)?;
-    vm.select_entry(0)?;
+    vm.select_entry(GrubEntry::Default)?;
     vm.expect(PROMPT_PASSPHRASE, BOOT)
         .context("waiting for the passphrase prompt naming /dev/vda2")?;
     Ok(vm)
@@ -202,7 +202,7 @@ fn check_log_lacks(ctx: &Ctx, secret: &str) -> Result<()> {
 fn luks_keyfile(ctx: &mut Ctx) -> Result<()> {
     let disk = luks_disk(ctx, true)?;
     let mut vm = ctx.boot(&disk, false)?;
-    vm.select_entry(0)?;
+    vm.select_entry(GrubEntry::Default)?;
     let seen = vm.expect_any(&["unlocked with the key file", PROMPT_PASSPHRASE], BOOT)?;
     ensure!(seen == 0, "the key file boot asks for the passphrase");
     wait_shell(&mut vm)?;

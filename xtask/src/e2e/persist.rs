@@ -6,8 +6,8 @@
 //! session's save appends one layer to the chain in /persist/layers.
 
 use super::guest::{
-    boot_debian, boot_to_shell as boot, check, out, persist_written, poweroff_expecting, CMD,
-    ENTRY_BACKUP, ENTRY_CLEAN, ENTRY_DEFAULT, SAVE, SAVED, SAVER,
+    boot_debian, boot_disk_to_shell, check, out, persist_written, poweroff_expecting, GrubEntry,
+    CMD, SAVE, SAVED, SAVER,
 };
 use super::{Ctx, DiskSpec, Scenario};
 use crate::deps;
@@ -108,13 +108,13 @@ fn persist_session(ctx: &mut Ctx) -> Result<()> {
     let disk = ctx.disk(&spec)?;
 
     // Session 1: one file.
-    let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
     vm.run("echo one > /root/session", CMD)?;
     poweroff_expecting(&mut vm, SAVED)?;
     drop(vm);
 
     // Session 2: every kind of change.
-    let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
     ensure!(
         out(&mut vm, "cat /root/session")? == "one",
         "session 1 was not restored"
@@ -150,7 +150,7 @@ fn persist_session(ctx: &mut Ctx) -> Result<()> {
     drop(vm);
 
     // Boot default: exactly session 2.
-    let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
     ensure!(
         out(&mut vm, "cat /root/session")? == "two",
         "session 2 was not restored"
@@ -204,7 +204,7 @@ fn persist_session(ctx: &mut Ctx) -> Result<()> {
     drop(vm);
 
     // Boot backup: session 1.
-    let mut vm = boot(ctx, &disk, ENTRY_BACKUP)?;
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Backup)?;
     ensure!(
         out(&mut vm, "cat /root/session")? == "one",
         "backup is not session 1"
@@ -223,7 +223,7 @@ fn persist_session(ctx: &mut Ctx) -> Result<()> {
     drop(vm);
 
     // Boot clean: the pristine rootfs, and saving writes nothing.
-    let mut vm = boot(ctx, &disk, ENTRY_CLEAN)?;
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Clean)?;
     check(
         &mut vm,
         "! -e /root/session",
@@ -264,7 +264,7 @@ fn persist_session(ctx: &mut Ctx) -> Result<()> {
 fn persist_rotation(ctx: &mut Ctx) -> Result<()> {
     let disk = ctx.disk(&DiskSpec::default())?;
     for n in 1..=3 {
-        let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
+        let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
         if n > 1 {
             let seen = out(&mut vm, "cat /root/cycle")?;
             ensure!(
@@ -275,7 +275,7 @@ fn persist_rotation(ctx: &mut Ctx) -> Result<()> {
         vm.run(&format!("echo {n} > /root/cycle"), CMD)?;
         poweroff_expecting(&mut vm, SAVED)?;
     }
-    let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
     ensure!(
         out(&mut vm, "cat /root/cycle")? == "3",
         "the default chain is not the last session"
@@ -289,7 +289,7 @@ fn persist_rotation(ctx: &mut Ctx) -> Result<()> {
     );
     poweroff_expecting(&mut vm, UNCHANGED)?;
     drop(vm);
-    let mut vm = boot(ctx, &disk, ENTRY_BACKUP)?;
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Backup)?;
     ensure!(
         out(&mut vm, "cat /root/cycle")? == "2",
         "the backup chain is not the session before"
@@ -300,13 +300,13 @@ fn persist_rotation(ctx: &mut Ctx) -> Result<()> {
 /// An unchanged session writes far less than an image to the stick.
 fn persist_unchanged(ctx: &mut Ctx) -> Result<()> {
     let disk = ctx.disk(&DiskSpec::default())?;
-    let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
     // 2 MiB of random data: an image far larger than any metadata update.
     vm.run("head -c 2097152 /dev/urandom > /root/blob", CMD)?;
     poweroff_expecting(&mut vm, SAVED)?;
     drop(vm);
 
-    let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
     let image = identity(&mut vm, MANIFEST)?;
     let layer = identity(&mut vm, "/persist/layers/layer-000001.squashfs")?;
     let size: u64 = layer
@@ -335,12 +335,12 @@ fn persist_unchanged(ctx: &mut Ctx) -> Result<()> {
 /// numbers on the console, and the saved state stays as it was.
 fn persist_no_space(ctx: &mut Ctx) -> Result<()> {
     let disk = ctx.disk(&DiskSpec::default())?;
-    let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
     vm.run("echo kept > /root/kept", CMD)?;
     poweroff_expecting(&mut vm, SAVED)?;
     drop(vm);
 
-    let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
     let sum = out(
         &mut vm,
         "md5sum /persist/layers/manifest.json /persist/layers/layer-000001.squashfs",
@@ -369,7 +369,7 @@ fn persist_no_space(ctx: &mut Ctx) -> Result<()> {
     poweroff_expecting(&mut vm, "not enough space on the stick")?;
     drop(vm);
 
-    let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
     ensure!(
         out(&mut vm, "cat /root/kept")? == "kept",
         "the saved session is lost"
@@ -397,7 +397,7 @@ fn persist_debian(ctx: &mut Ctx) -> Result<()> {
         return Ok(());
     }
     let disk = ctx.debian_disk()?;
-    let mut vm = boot_debian(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_debian(ctx, &disk, GrubEntry::Default)?;
     vm.run(
         "echo debian > /root/session && rm /etc/issue.net && mkdir -p /opt/new \
          && ln -s /root/session /opt/new/link",
@@ -416,7 +416,7 @@ fn persist_debian(ctx: &mut Ctx) -> Result<()> {
     poweroff_expecting(&mut vm, SAVED)?;
     drop(vm);
 
-    let mut vm = boot_debian(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot_debian(ctx, &disk, GrubEntry::Default)?;
     ensure!(
         out(&mut vm, "cat /root/session")? == "debian",
         "the session was not restored"

@@ -35,7 +35,7 @@ fn init_interpreter_missing(ctx: &mut Ctx) -> Result<()> {
     };
     let disk = ctx.disk(&spec)?;
     let mut vm = ctx.boot(&disk, false)?;
-    vm.select_entry(ENTRY_DEFAULT)?;
+    vm.select_entry(GrubEntry::Default)?;
     let line = expect_emergency_shell(
         &mut vm,
         "/sbin/pyinit is a script for /usr/bin/python3, which does not exist in the new root",
@@ -72,7 +72,7 @@ fn two_sticks_refused(ctx: &mut Ctx) -> Result<()> {
             .arg(&copy),
     )?;
     let mut vm = ctx.boot_with(&disk, false, 1024, std::slice::from_ref(&copy))?;
-    vm.select_entry(ENTRY_DEFAULT)?;
+    vm.select_entry(GrubEntry::Default)?;
     let line = expect_emergency_shell(
         &mut vm,
         "2 devices match ramstick.persist=LABEL=RAMSTICK, refusing to guess",
@@ -102,7 +102,7 @@ fn fsck_repairs(ctx: &mut Ctx) -> Result<()> {
     let disk = ctx.disk(&DiskSpec::default())?;
     damage_persist(&disk)?;
     let mut vm = ctx.boot(&disk, false)?;
-    vm.select_entry(ENTRY_DEFAULT)?;
+    vm.select_entry(GrubEntry::Default)?;
     vm.expect("e2fsck repaired the data filesystem on /dev/vda2", BOOT)
         .context("init did not report the repair")?;
     wait_shell(&mut vm)?;

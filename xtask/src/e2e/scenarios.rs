@@ -77,15 +77,15 @@ pub const ALL: &[Scenario] = &[
 
 const MARKER: &str = "/etc/ramstick-marker";
 
-/// Boot `spec`'s disk with GRUB entry `entry` to the rootfs shell.
-fn boot_to_shell(ctx: &mut Ctx, spec: &DiskSpec, entry: usize, usb: bool) -> Result<Vm> {
+/// Boot a fresh copy of `spec`'s disk with GRUB entry `entry` to the rootfs shell.
+fn boot_fresh_to_shell(ctx: &mut Ctx, spec: &DiskSpec, entry: GrubEntry, usb: bool) -> Result<Vm> {
     let mut vm = start(ctx, spec, entry, usb)?;
     wait_shell(&mut vm)?;
     Ok(vm)
 }
 
 /// Boot a fresh copy of `spec`'s disk and pick GRUB entry `entry`.
-fn start(ctx: &mut Ctx, spec: &DiskSpec, entry: usize, usb: bool) -> Result<Vm> {
+fn start(ctx: &mut Ctx, spec: &DiskSpec, entry: GrubEntry, usb: bool) -> Result<Vm> {
     let disk = ctx.disk(spec)?;
     let mut vm = ctx.boot(&disk, usb)?;
     vm.select_entry(entry)?;
@@ -153,7 +153,7 @@ fn marker(vm: &mut Vm) -> Result<Option<String>> {
 }
 
 fn boot_default(ctx: &mut Ctx) -> Result<()> {
-    let mut vm = start(ctx, &DiskSpec::default(), ENTRY_DEFAULT, false)?;
+    let mut vm = start(ctx, &DiskSpec::default(), GrubEntry::Default, false)?;
     vm.expect("no saved state on the stick", BOOT)
         .context("a new stick has no saved state and init should say so")?;
     wait_shell(&mut vm)?;
@@ -195,8 +195,8 @@ fn boot_default(ctx: &mut Ctx) -> Result<()> {
 }
 
 /// Boot GRUB entry `entry` of a new stick and check the command line init got.
-fn check_entry(ctx: &mut Ctx, entry: usize, params: &[&str], asked: BootType) -> Result<Vm> {
-    let mut vm = boot_to_shell(ctx, &DiskSpec::default(), entry, false)?;
+fn check_entry(ctx: &mut Ctx, entry: GrubEntry, params: &[&str], asked: BootType) -> Result<Vm> {
+    let mut vm = boot_fresh_to_shell(ctx, &DiskSpec::default(), entry, false)?;
     check_cmdline(&mut vm, params)?;
     let info = boot_info(&mut vm)?;
     ensure!(info.asked == asked, "boot.json: {info:?}");
@@ -206,7 +206,7 @@ fn check_entry(ctx: &mut Ctx, entry: usize, params: &[&str], asked: BootType) ->
 fn entry_backup(ctx: &mut Ctx) -> Result<()> {
     check_entry(
         ctx,
-        ENTRY_BACKUP,
+        GrubEntry::Backup,
         &["ramstick.boot=backup"],
         BootType::Backup,
     )
@@ -214,19 +214,25 @@ fn entry_backup(ctx: &mut Ctx) -> Result<()> {
 }
 
 fn entry_clean(ctx: &mut Ctx) -> Result<()> {
-    check_entry(ctx, ENTRY_CLEAN, &["ramstick.boot=clean"], BootType::Clean).map(drop)
+    check_entry(
+        ctx,
+        GrubEntry::Clean,
+        &["ramstick.boot=clean"],
+        BootType::Clean,
+    )
+    .map(drop)
 }
 
 fn entry_tmpfs(ctx: &mut Ctx) -> Result<()> {
     let params = ["ramstick.boot=default", "ramstick.upper=tmpfs"];
-    let mut vm = check_entry(ctx, ENTRY_TMPFS, &params, BootType::Default)?;
+    let mut vm = check_entry(ctx, GrubEntry::TmpfsUpper, &params, BootType::Default)?;
     let mounts = mounts(&mut vm)?;
     mount_at(&mounts, "/run/ramstick/upper", Some("tmpfs"))?;
     Ok(())
 }
 
 fn usb(ctx: &mut Ctx) -> Result<()> {
-    let mut vm = boot_to_shell(ctx, &DiskSpec::default(), ENTRY_DEFAULT, true)?;
+    let mut vm = boot_fresh_to_shell(ctx, &DiskSpec::default(), GrubEntry::Default, true)?;
     let mounts = mounts(&mut vm)?;
     let persist = mount_at(&mounts, "/persist", Some("ext4"))?;
     ensure!(
@@ -238,7 +244,7 @@ fn usb(ctx: &mut Ctx) -> Result<()> {
 }
 
 fn poweroff(ctx: &mut Ctx) -> Result<()> {
-    let mut vm = boot_to_shell(ctx, &DiskSpec::default(), ENTRY_DEFAULT, false)?;
+    let mut vm = boot_fresh_to_shell(ctx, &DiskSpec::default(), GrubEntry::Default, false)?;
     let status = vm.poweroff(Duration::from_secs(120))?;
     ensure!(status.success(), "QEMU exited with {status}");
     Ok(())
@@ -255,7 +261,7 @@ fn fallback_truncated(ctx: &mut Ctx) -> Result<()> {
         ],
         ..DiskSpec::default()
     };
-    let mut vm = start(ctx, &spec, ENTRY_DEFAULT, false)?;
+    let mut vm = start(ctx, &spec, GrubEntry::Default, false)?;
     vm.expect("falling back to the backup chain", BOOT)?;
     wait_shell(&mut vm)?;
     let found = marker(&mut vm)?;
@@ -280,7 +286,7 @@ fn upper_spec(ctx: &mut Ctx) -> Result<DiskSpec> {
 
 fn clean_ignores_upper(ctx: &mut Ctx) -> Result<()> {
     let spec = upper_spec(ctx)?;
-    let mut vm = boot_to_shell(ctx, &spec, ENTRY_CLEAN, false)?;
+    let mut vm = boot_fresh_to_shell(ctx, &spec, GrubEntry::Clean, false)?;
     let found = marker(&mut vm)?;
     ensure!(found.is_none(), "a clean boot shows {MARKER}: {found:?}");
     Ok(())
@@ -288,7 +294,7 @@ fn clean_ignores_upper(ctx: &mut Ctx) -> Result<()> {
 
 fn default_legacy_upper(ctx: &mut Ctx) -> Result<()> {
     let spec = upper_spec(ctx)?;
-    let mut vm = boot_to_shell(ctx, &spec, ENTRY_DEFAULT, false)?;
+    let mut vm = boot_fresh_to_shell(ctx, &spec, GrubEntry::Default, false)?;
     let found = marker(&mut vm)?;
     ensure!(
         found.as_deref() == Some("from-default"),
@@ -304,7 +310,7 @@ fn missing_rootfs(ctx: &mut Ctx) -> Result<()> {
         omit: vec!["rootfs.squashfs".into()],
         ..DiskSpec::default()
     };
-    let mut vm = start(ctx, &spec, ENTRY_DEFAULT, false)?;
+    let mut vm = start(ctx, &spec, GrubEntry::Default, false)?;
     expect_emergency_shell(&mut vm, "rootfs.squashfs").map(drop)
 }
 
@@ -313,7 +319,7 @@ fn wrong_persist(ctx: &mut Ctx) -> Result<()> {
         extra_cmdline: "ramstick.persist=LABEL=NOPE ramstick.timeout=3".into(),
         ..DiskSpec::default()
     };
-    let mut vm = start(ctx, &spec, ENTRY_DEFAULT, false)?;
+    let mut vm = start(ctx, &spec, GrubEntry::Default, false)?;
     expect_emergency_shell(&mut vm, "LABEL=NOPE").map(drop)
 }
 
@@ -322,7 +328,7 @@ fn bad_init(ctx: &mut Ctx) -> Result<()> {
         extra_cmdline: "ramstick.init=/sbin/nope".into(),
         ..DiskSpec::default()
     };
-    let mut vm = start(ctx, &spec, ENTRY_DEFAULT, false)?;
+    let mut vm = start(ctx, &spec, GrubEntry::Default, false)?;
     let line = expect_emergency_shell(&mut vm, "/sbin/nope does not exist in the new root")?;
     ensure!(
         line.contains("Candidates present: /sbin/init"),
@@ -336,7 +342,7 @@ fn shell_never_reboots(ctx: &mut Ctx) -> Result<()> {
         extra_cmdline: "ramstick.persist=LABEL=NOPE ramstick.timeout=2 ramstick.shell=never".into(),
         ..DiskSpec::default()
     };
-    let mut vm = start(ctx, &spec, ENTRY_DEFAULT, false)?;
+    let mut vm = start(ctx, &spec, GrubEntry::Default, false)?;
     vm.expect("BOOT FAILED", BOOT)?;
     let next = vm.expect_any(&["rebooting in", "starting emergency shell"], CMD)?;
     ensure!(next == 0, "ramstick.shell=never still started a shell");
@@ -354,7 +360,7 @@ fn swap_user_links_bad_param(ctx: &mut Ctx) -> Result<()> {
     };
     let disk = ctx.disk(&spec)?;
     let mut vm = ctx.boot(&disk, false)?;
-    vm.select_entry(ENTRY_DEFAULT)?;
+    vm.select_entry(GrubEntry::Default)?;
     vm.expect("`ramstick.boot=fast` is not valid", BOOT)
         .context("no warning for the malformed ramstick.boot")?;
     wait_shell(&mut vm)?;
@@ -382,7 +388,7 @@ fn swap_user_links_bad_param(ctx: &mut Ctx) -> Result<()> {
 
     // Second boot of the same stick: the user's files are linked into the home.
     let mut vm = ctx.boot(&disk, false)?;
-    vm.select_entry(ENTRY_DEFAULT)?;
+    vm.select_entry(GrubEntry::Default)?;
     wait_shell(&mut vm)?;
     for name in ["Documents", "notes"] {
         let target = vm.run(&format!("readlink /home/user/{name}"), CMD)?;
@@ -441,7 +447,7 @@ fn debian_systemd(ctx: &mut Ctx) -> Result<()> {
     }
     let disk = ctx.debian_disk()?;
     let mut vm = ctx.boot(&disk, false)?;
-    vm.select_entry(ENTRY_DEFAULT)?;
+    vm.select_entry(GrubEntry::Default)?;
     vm.expect("switching root to /sbin/init", BOOT)?;
     vm.expect("Debian GNU/Linux", BOOT)
         .context("systemd did not start")?;
