@@ -504,11 +504,13 @@ fn squashfs_first_half(image: &[u8]) -> Result<&[u8]> {
     Ok(&image[..used / 2])
 }
 
-/// The xtask sources that decide how images are built: all but the QEMU/e2e/test runners.
+/// The xtask sources (files and module directories) that decide how images
+/// are built: all but the QEMU/e2e/test runners.
 fn is_image_source(name: &str) -> bool {
     !matches!(
         name,
         "qemu.rs"
+            | "qemu"
             | "e2e.rs"
             | "testall.rs"
             | "e2e"
@@ -544,9 +546,16 @@ fn inputs_hash(bins: &build::Binaries, kernel: &kernel::Kernel, rootfs: &Path) -
     sources.sort();
     for path in sources {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
-        if path.is_file() && is_image_source(&name) {
+        if !is_image_source(&name) {
+            continue;
+        }
+        if path.is_file() {
             h.str(&name);
             h.file(&path)?;
+        } else if path.is_dir() {
+            // A module's files (image/, hooks/) build images too.
+            h.str(&name);
+            h.tree(&path)?;
         }
     }
     Ok(h.finish())
@@ -631,7 +640,9 @@ mod tests {
     fn runner_sources_do_not_invalidate_images() {
         assert!(!is_image_source("e2e.rs"));
         assert!(!is_image_source("qemu.rs"));
+        assert!(!is_image_source("qemu"));
         assert!(is_image_source("image.rs"));
+        assert!(is_image_source("image"));
         assert!(is_image_source("initramfs.rs"));
     }
 

@@ -189,8 +189,8 @@ fn busybox(root: &Path, skel: &Path) -> Result<()> {
         std::os::unix::fs::symlink(applet_link_target(link), &path)
             .with_context(|| format!("cannot create symlink {}", path.display()))?;
     }
-    copy_tree(&skel.join("common"), root)?;
-    copy_tree(&skel.join("busybox"), root)?;
+    copy_over(&skel.join("common"), root)?;
+    copy_over(&skel.join("busybox"), root)?;
     std::fs::set_permissions(
         root.join("etc/shadow"),
         std::fs::Permissions::from_mode(0o600),
@@ -272,9 +272,9 @@ fn debian(kind: Kind, minimal: bool, root: &Path, skel: &Path) -> Result<()> {
             .arg("bookworm")
             .arg(root),
     )?;
-    copy_tree(&skel.join("common"), root)?;
+    copy_over(&skel.join("common"), root)?;
     if kind == Kind::Debian {
-        copy_tree(&skel.join("debian"), root)?;
+        copy_over(&skel.join("debian"), root)?;
     } else {
         let inittab = root.join("etc/inittab");
         let text = std::fs::read_to_string(&inittab)
@@ -315,9 +315,9 @@ fn empty_root_password(shadow: &str) -> String {
         .collect()
 }
 
-/// Copies the tree `src` into `dst` (files keep their mode, symlinks are
+/// Copies the tree `src` over `dst` (files keep their mode, symlinks are
 /// recreated, existing files are overwritten).
-pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+fn copy_over(src: &Path, dst: &Path) -> Result<()> {
     std::fs::create_dir_all(dst).with_context(|| format!("cannot create {}", dst.display()))?;
     let entries =
         std::fs::read_dir(src).with_context(|| format!("cannot list {}", src.display()))?;
@@ -329,7 +329,7 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
             .symlink_metadata()
             .with_context(|| format!("cannot stat {}", from.display()))?;
         if meta.is_dir() {
-            copy_tree(&from, &to)?;
+            copy_over(&from, &to)?;
         } else if meta.file_type().is_symlink() {
             let target = std::fs::read_link(&from)
                 .with_context(|| format!("cannot read {}", from.display()))?;
