@@ -73,23 +73,19 @@ impl GrubEntry {
         order.position(|e| *e == self).unwrap_or(0)
     }
 
-    /// What the title says of the boot, after the kernel for an older one.
-    fn label(self) -> &'static str {
+    /// What the entry's title says of its boot (after the kernel, for an
+    /// older kernel's entry) and the kernel parameters that make that boot.
+    fn label_and_params(self) -> (&'static str, &'static str) {
         match self {
-            GrubEntry::Default | GrubEntry::PreviousKernel => "default",
-            GrubEntry::Backup | GrubEntry::PreviousKernelBackup => "backup",
-            GrubEntry::Clean => "clean",
-            GrubEntry::TmpfsUpper => "default, tmpfs upper",
-        }
-    }
-
-    /// The kernel parameters that make the entry's boot.
-    fn params(self) -> &'static str {
-        match self {
-            GrubEntry::Default | GrubEntry::PreviousKernel => "ramstick.boot=default",
-            GrubEntry::Backup | GrubEntry::PreviousKernelBackup => "ramstick.boot=backup",
-            GrubEntry::Clean => "ramstick.boot=clean",
-            GrubEntry::TmpfsUpper => "ramstick.boot=default ramstick.upper=tmpfs",
+            GrubEntry::Default | GrubEntry::PreviousKernel => ("default", "ramstick.boot=default"),
+            GrubEntry::Backup | GrubEntry::PreviousKernelBackup => {
+                ("backup", "ramstick.boot=backup")
+            }
+            GrubEntry::Clean => ("clean", "ramstick.boot=clean"),
+            GrubEntry::TmpfsUpper => (
+                "default, tmpfs upper",
+                "ramstick.boot=default ramstick.upper=tmpfs",
+            ),
         }
     }
 }
@@ -102,7 +98,7 @@ pub fn first_title() -> String {
 
 /// The title of one of the default kernel's entries.
 fn default_kernel_title(entry: GrubEntry) -> String {
-    format!("ramstick ({})", entry.label())
+    format!("ramstick ({})", entry.label_and_params().0)
 }
 
 /// The kernel image of `kver` on the ESP.
@@ -259,12 +255,13 @@ impl Menu {
         );
         for entry in DEFAULT_KERNEL_ENTRIES {
             let title = default_kernel_title(entry);
-            self.entry(&mut cfg, &title, default, entry.params());
+            self.entry(&mut cfg, &title, default, entry.label_and_params().1);
         }
         for kver in self.kernels.iter().skip(1) {
             for entry in OLDER_KERNEL_ENTRIES {
-                let title = format!("ramstick (kernel {kver}, {})", entry.label());
-                self.entry(&mut cfg, &title, kver, entry.params());
+                let (label, params) = entry.label_and_params();
+                let title = format!("ramstick (kernel {kver}, {label})");
+                self.entry(&mut cfg, &title, kver, params);
             }
         }
         cfg
