@@ -105,7 +105,7 @@ pub struct Args {
     pub kernel: crate::KernelArgs,
 }
 
-/// Everything [`build`] needs (the e2e harness fills it directly).
+/// Everything [`build()`] needs (the e2e harness fills it directly).
 #[derive(Debug, Clone)]
 pub struct Spec {
     pub rootfs: PathBuf,

@@ -53,7 +53,7 @@ impl Machine {
     }
 
     /// [`Machine::command`], with every write and flush the guest sends to
-    /// `disk` logged to `write_log` when given (see [`Vm::spawn_logged`]).
+    /// `disk` logged to `write_log` when given (see [`super::Vm::spawn_logged`]).
     pub(super) fn command_logged(
         &self,
         console: Console,
