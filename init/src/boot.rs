@@ -111,7 +111,9 @@ pub fn boot(sys: &dyn Sys, images: &dyn Images, root: &Path) -> Result<Infallibl
     let newroot = mounts::at(root, &plan.overlay_root);
     let persist = mounts::at(root, &plan.persist_mount);
     if let Some(size) = plan.swap_bytes {
-        if let Err(e) = extras::enable_swap(sys, &persist.join("swapfile"), size, plan.swappiness) {
+        if let Err(e) =
+            extras::enable_swap(sys, root, &persist.join("swapfile"), size, plan.swappiness)
+        {
             log::warn!("no swap: {e:#}");
         }
     }
