@@ -108,8 +108,8 @@ pub fn boot(sys: &dyn Sys, images: &dyn Images, root: &Path) -> Result<Infallibl
     t.mark("mounts");
 
     // 11. Swap and the user's files (a failure here only costs that feature).
-    let newroot = mounts::at(root, &plan.overlay_root);
-    let persist = mounts::at(root, &plan.persist_mount);
+    let newroot = at(root, &plan.overlay_root);
+    let persist = at(root, &plan.persist_mount);
     if let Some(size) = plan.swap_bytes {
         if let Err(e) =
             extras::enable_swap(sys, root, &persist.join("swapfile"), size, plan.swappiness)
