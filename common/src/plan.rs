@@ -14,6 +14,9 @@ use crate::modules::LUKS_MODULES;
 use serde::Serialize;
 use std::fmt;
 
+mod handover;
+pub use handover::{ApiMount, Landing, Move, API_MOUNTS, RUN_RAMSTICK};
+
 /// Facts about the running machine that the plan depends on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Facts {
@@ -91,16 +94,12 @@ impl LayersPlan {
     }
 }
 
-/// A mount to move before switch_root (`from` in the initramfs, `to` under the new root).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Move {
-    pub from: String,
-    pub to: String,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Plan {
     pub problems: Vec<Problem>,
+    /// The API filesystems, mounted first ([`API_MOUNTS`]: the same at every
+    /// boot; mounted before the command line can be read).
+    pub api_mounts: Vec<ApiMount>,
     /// Module names to load, in order (each after its dependencies is the loader's job).
     pub modules: Vec<String>,
     pub persist_device: DeviceSpec,
@@ -116,15 +115,19 @@ pub struct Plan {
     /// [`crate::chain`]).
     pub boot_asked: BootType,
     pub layers: LayersPlan,
-    /// The rootfs first: the overlay's lowest layer.
+    /// The rootfs first.
     pub lowers: Vec<Lower>,
+    /// Where the rootfs lower is mounted: the overlay's lowest layer (below
+    /// it only the mount points the rootfs lacks).
+    pub rootfs: String,
     /// `/sysroot/overlay_root`
     pub overlay_root: String,
     /// The overlay mount option string with no saved layer (a chain's layers
     /// go above the rootfs: [`Plan::overlay_options_with`]).
     pub overlay_options: String,
-    /// In order. A move whose `from` is the target of an optional lower that
-    /// was not mounted is skipped.
+    /// In order: the planned mounts, then the API filesystems, /run last. A
+    /// move whose `from` is the target of an optional lower that was not
+    /// mounted is skipped.
     pub moves: Vec<Move>,
     pub swap_bytes: Option<u64>,
     pub swappiness: u8,
@@ -132,8 +135,11 @@ pub struct Plan {
     pub init: String,
     /// LUKS unlocking.
     pub luks: LuksPlan,
-    /// When init may start a rescue shell.
+    /// What a failed boot ends in: an emergency shell, then a reboot
+    /// (`auto`), or a reboot (`never`). Set as soon as the plan is made.
     pub shell: ShellPolicy,
+    /// `debug`: the kernel log gets init's debug messages too (the plan
+    /// among them).
     pub log: LogLevel,
     /// `console=` values from the command line (informational).
     pub consoles: Vec<String>,
@@ -242,25 +248,40 @@ pub fn make_plan(cfg: &Config, problems: Vec<Problem>, facts: &Facts) -> Plan {
         required: false,
     };
 
-    let moves = [
-        (PERSIST_MOUNT, "/persist".to_string()),
-        (UPPER_MOUNT, "/run/ramstick/upper".to_string()),
-        (rootfs.target.as_str(), "/run/ramstick/lower".to_string()),
-        (
-            kernel_modules.target.as_str(),
-            format!("/lib/modules/{kver}"),
-        ),
-        (firmware.target.as_str(), "/lib/firmware".to_string()),
-    ]
-    .into_iter()
-    .map(|(from, to)| Move {
-        from: from.to_string(),
-        to,
-    })
-    .collect();
+    let moves = handover::moves(
+        OVERLAY_ROOT,
+        [
+            (
+                PERSIST_MOUNT,
+                "/persist".to_string(),
+                "the stick's data partition: the saver writes the next layers there",
+            ),
+            (
+                UPPER_MOUNT,
+                "/run/ramstick/upper".to_string(),
+                "the session's changes, which the saver saves",
+            ),
+            (
+                rootfs.target.as_str(),
+                "/run/ramstick/lower".to_string(),
+                "the rootfs as shipped, readable without the overlay",
+            ),
+            (
+                kernel_modules.target.as_str(),
+                format!("/lib/modules/{kver}"),
+                "the running kernel's modules, for the new root's modprobe",
+            ),
+            (
+                firmware.target.as_str(),
+                "/lib/firmware".to_string(),
+                "the drivers' firmware",
+            ),
+        ],
+    );
 
     Plan {
         problems,
+        api_mounts: API_MOUNTS.to_vec(),
         modules,
         persist_device,
         device_timeout_secs: cfg.timeout_secs,
@@ -276,6 +297,7 @@ pub fn make_plan(cfg: &Config, problems: Vec<Problem>, facts: &Facts) -> Plan {
         layers,
         overlay_root: OVERLAY_ROOT.to_string(),
         overlay_options: overlay_options(&[&rootfs.target], UPPER_MOUNT),
+        rootfs: rootfs.target.clone(),
         lowers: vec![rootfs, kernel_modules, firmware],
         moves,
         swap_bytes: cfg.swap,
@@ -306,7 +328,7 @@ impl Plan {
     /// first, as a chain lists them) above the rootfs.
     pub fn overlay_options_with(&self, layer_dirs: &[String]) -> String {
         let mut lowers: Vec<&str> = layer_dirs.iter().rev().map(String::as_str).collect();
-        lowers.extend(self.lowers.first().map(|l| l.target.as_str()));
+        lowers.push(&self.rootfs);
         overlay_options(&lowers, &self.upper_mount)
     }
 }
@@ -334,6 +356,13 @@ impl fmt::Display for Plan {
                 let kind = if p.fatal { "FATAL" } else { "non-fatal" };
                 writeln!(f, "  - {kind}: {}", p.message)?;
             }
+        }
+        for a in &self.api_mounts {
+            writeln!(
+                f,
+                "api: {} on {} ({} {}): {}",
+                a.fstype, a.target, a.source, a.options, a.why
+            )?;
         }
         writeln!(f, "modules: {}", self.modules.join(" "))?;
         let key = match &self.luks.keyfile {
@@ -412,7 +441,15 @@ impl fmt::Display for Plan {
             self.overlay_root, self.overlay_options
         )?;
         for m in &self.moves {
-            writeln!(f, "move: {} -> {} (in new root)", m.from, m.to)?;
+            let with = match m.landing {
+                Landing::NewRoot => "",
+                Landing::Run => ", moves with /run",
+            };
+            writeln!(
+                f,
+                "move: {} -> {} (in new root; at {}{with}): {}",
+                m.from, m.to, m.at, m.why
+            )?;
         }
         match self.swap_bytes {
             None => writeln!(f, "swap: off, swappiness {}", self.swappiness)?,
@@ -420,8 +457,16 @@ impl fmt::Display for Plan {
         }
         writeln!(f, "user: {}", self.user)?;
         writeln!(f, "init: {}", self.init)?;
-        writeln!(f, "shell: {}", self.shell)?;
-        writeln!(f, "log: {}", self.log)?;
+        let end = match self.shell {
+            ShellPolicy::Auto => "an emergency shell on the console, then a reboot",
+            ShellPolicy::Never => "a reboot",
+        };
+        writeln!(f, "shell: {} (a failed boot ends in {end})", self.shell)?;
+        let logged = match self.log {
+            LogLevel::Info => "what init does and what fails",
+            LogLevel::Debug => "what init does and what fails, with details and this plan",
+        };
+        writeln!(f, "log: {} (the kernel log gets {logged})", self.log)?;
         if self.consoles.is_empty() {
             writeln!(f, "consoles: kernel default")
         } else {

@@ -4,17 +4,18 @@
 
 use ramstick_common::bootinfo::{BootInfo, BOOT_JSON};
 use ramstick_common::cmdline::{self, ShellPolicy};
-use ramstick_common::plan::{make_plan, Facts, Plan};
+use ramstick_common::plan::{plan_of, Facts, Plan, API_MOUNTS, RUN_RAMSTICK};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::path::Path;
 use std::time::Instant;
 
 use crate::failure::{self, Failure, Step};
-use crate::images::LinuxImages;
+use crate::images::Images;
 use crate::kmsg::KmsgLogger;
 use crate::modload::Loader;
-use crate::sys::{LinuxSys, Sys};
+use crate::mounts::at;
+use crate::sys::Sys;
 use crate::{extras, fsck, kit, layers, luks, mountpoints, mounts, switchroot};
 use ramstick_common::initsys;
 
@@ -22,36 +23,38 @@ use ramstick_common::initsys;
 const REBUILD_HINT: &str =
     "the kernel or initramfs is broken; rebuild the stick (cargo xtask image) and report this message";
 
-/// Boot: from the kernel's hand-over to exec of the real init.
-pub fn boot() -> Result<Infallible, Failure> {
-    let sys = LinuxSys::new();
-    let root = Path::new("/");
+/// Boot: from the kernel's hand-over to exec of the real init, with the
+/// system calls of `sys`, the codec of `images`, and every path under `root`
+/// ("/" at boot; a scratch directory in the tests, which drive the whole
+/// sequence with the recording fakes up to a chosen failure).
+pub fn boot(sys: &dyn Sys, images: &dyn Images, root: &Path) -> Result<Infallible, Failure> {
     let mut t = Timings::new();
 
     // 1. API filesystems and logging.
-    mounts::mount_api_filesystems(&sys, root).step(
+    mounts::mount_api_filesystems(sys, root, &API_MOUNTS).step(
         "mount /proc, /sys, /dev and /run",
         "the kernel needs proc, sysfs, devtmpfs and tmpfs built in",
     )?;
-    KmsgLogger::install(false);
+    KmsgLogger::install(root);
     log::info!("starting");
-    let uptime_at_start = uptime_ms();
+    let uptime_at_start = uptime_ms(sys, root);
 
-    // 2. Command line → plan.
+    // 2. Command line → plan; from here on its failure policy and log level.
     let line = sys
-        .read_file(Path::new("/proc/cmdline"))
+        .read_file(&at(root, "/proc/cmdline"))
         .step("read /proc/cmdline", REBUILD_HINT)?;
-    let (cfg, problems) = cmdline::parse(&line);
-    failure::allow_shell(cfg.shell == ShellPolicy::Auto);
-    KmsgLogger::set_debug(cfg.log == cmdline::LogLevel::Debug);
-    let facts = machine_facts(&sys).step("read the kernel version and RAM size", REBUILD_HINT)?;
-    let plan = make_plan(&cfg, problems, &facts);
+    let facts =
+        machine_facts(sys, root).step("read the kernel version and RAM size", REBUILD_HINT)?;
+    let plan = plan_of(&line, &facts);
+    failure::allow_shell(plan.shell == ShellPolicy::Auto);
+    KmsgLogger::set_debug(plan.log == cmdline::LogLevel::Debug);
     report_problems(&plan)?;
     log::debug!("plan:\n{plan}");
 
     // 3. Kernel modules: the planned ones, then drivers for the hardware present.
-    let moddir = Path::new("/lib/modules").join(&facts.kernel_version);
-    let mut loader = Loader::open(&moddir, Path::new("/sys")).step(
+    let sysfs = at(root, "/sys");
+    let moddir = at(root, "/lib/modules").join(&facts.kernel_version);
+    let mut loader = Loader::open(&moddir, &sysfs).step(
         "read the kernel module database",
         "the initramfs was built for another kernel; rebuild it for this one (cargo xtask initramfs)",
     )?;
@@ -65,25 +68,19 @@ pub fn boot() -> Result<Infallible, Failure> {
     t.mark("modules");
 
     // 4-5. The persist device (opening it first when it is encrypted).
-    let device = luks::find_persist(
-        &sys,
-        &plan,
-        &mut loader,
-        Path::new("/sys"),
-        Path::new("/dev"),
-    )?;
+    let device = luks::find_persist(sys, &plan, &mut loader, &sysfs, &at(root, "/dev"))?;
     log::info!("persist device: {}", device.display());
     t.mark("device_wait");
-    fsck::check(&sys, &device);
+    fsck::check(sys, &device);
     t.mark("fsck");
-    mounts::mount_persist(&sys, root, &device, &plan).step(
+    mounts::mount_persist(sys, root, &device, &plan).step(
         "mount the persist partition",
         "run e2fsck on the stick's data partition from another machine",
     )?;
     t.mark("persist");
 
     // 6. The RAM upper.
-    let upper = mounts::setup_upper(&sys, root, &plan).step(
+    let upper = mounts::setup_upper(sys, root, &plan).step(
         "create the RAM upper",
         "boot with ramstick.upper=tmpfs, or a smaller ramstick.upper.size",
     )?;
@@ -92,11 +89,11 @@ pub fn boot() -> Result<Infallible, Failure> {
 
     // 7-8. The saved layers of the boot type's chain: checked, then mounted
     // or unpacked into RAM; the longest valid prefix is used.
-    let chain = layers::assemble(&sys, &LinuxImages, root, &plan);
+    let chain = layers::assemble(sys, images, root, &plan);
     t.mark("layers");
 
     // 9-10. Lowers and the overlay.
-    let skipped = mounts::mount_lowers(&sys, root, &plan).step(
+    let skipped = mounts::mount_lowers(sys, root, &plan).step(
         "mount the system images",
         "rebuild the stick (cargo xtask image) or copy the missing image onto its data partition",
     )?;
@@ -104,17 +101,18 @@ pub fn boot() -> Result<Infallible, Failure> {
         "make the mount points the rootfs lacks",
         "/run is full; boot with more RAM",
     )?;
-    mounts::mount_overlay(&sys, root, &plan, &chain.dirs, below.as_deref()).step(
+    mounts::mount_overlay(sys, root, &plan, &chain.dirs, below.as_deref()).step(
         "mount the overlay root",
         "boot with ramstick.boot=clean; if that fails too, rebuild the stick",
     )?;
     t.mark("mounts");
 
     // 11. Swap and the user's files (a failure here only costs that feature).
-    let newroot = mounts::at(root, &plan.overlay_root);
-    let persist = mounts::at(root, &plan.persist_mount);
+    let newroot = at(root, &plan.overlay_root);
+    let persist = at(root, &plan.persist_mount);
     if let Some(size) = plan.swap_bytes {
-        if let Err(e) = extras::enable_swap(&sys, &persist.join("swapfile"), size, plan.swappiness)
+        if let Err(e) =
+            extras::enable_swap(sys, root, &persist.join("swapfile"), size, plan.swappiness)
         {
             log::warn!("no swap: {e:#}");
         }
@@ -136,7 +134,7 @@ pub fn boot() -> Result<Infallible, Failure> {
     }
 
     // The saver and this initramfs's kit, boot.json, the moves into the new root.
-    kit::install(root, Path::new(mounts::RUN_RAMSTICK)).step(
+    kit::install(root, &at(root, RUN_RAMSTICK)).step(
         "copy the saver and the initramfs's programs to /run/ramstick",
         "the initramfs lacks /bin/saver or /run is full; rebuild it (cargo xtask initramfs)",
     )?;
@@ -149,18 +147,18 @@ pub fn boot() -> Result<Infallible, Failure> {
         layers: chain.layers,
         failures: chain.failures,
         notes: chain.notes,
-        timings_ms: t.finish(uptime_at_start),
+        timings_ms: t.finish(uptime_at_start, uptime_ms(sys, root)),
         kernel: facts.kernel_version.clone(),
         upper: upper.clone(),
         problems: plan.problems.iter().map(|p| p.message.clone()).collect(),
         saver_hook: hook.into(),
     };
-    sys.write_file(Path::new(BOOT_JSON), &info.to_json()).step(
+    sys.write_file(&at(root, BOOT_JSON), &info.to_json()).step(
         "write /run/ramstick/boot.json",
         "/run is full or read-only; boot with more RAM",
     )?;
     log_timings(&info);
-    mounts::hand_over(&sys, root, &plan, &skipped).step(
+    mounts::hand_over(sys, root, &plan, &skipped).step(
         "move the mounts into the new root",
         "the rootfs needs directories /persist, /run, /dev, /proc, /sys; rebuild it (cargo xtask image)",
     )?;
@@ -208,13 +206,14 @@ fn report_problems(plan: &Plan) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Kernel version (uname -r) and total RAM.
-fn machine_facts(sys: &dyn Sys) -> anyhow::Result<Facts> {
-    let kernel_version = nix::sys::utsname::uname()?
-        .release()
-        .to_string_lossy()
+/// Kernel version (uname -r, which the kernel also shows in
+/// /proc/sys/kernel/osrelease) and total RAM.
+fn machine_facts(sys: &dyn Sys, root: &Path) -> anyhow::Result<Facts> {
+    let kernel_version = sys
+        .read_file(&at(root, "/proc/sys/kernel/osrelease"))?
+        .trim()
         .to_string();
-    let meminfo = sys.read_file(Path::new("/proc/meminfo"))?;
+    let meminfo = sys.read_file(&at(root, "/proc/meminfo"))?;
     let mem_total_bytes = ramstick_common::meminfo::mem_total(&meminfo)
         .ok_or_else(|| anyhow::anyhow!("no MemTotal in /proc/meminfo"))?;
     Ok(Facts {
@@ -224,8 +223,8 @@ fn machine_facts(sys: &dyn Sys) -> anyhow::Result<Facts> {
 }
 
 /// Kernel uptime in ms (from /proc/uptime), 0 if unreadable.
-fn uptime_ms() -> u64 {
-    std::fs::read_to_string("/proc/uptime")
+fn uptime_ms(sys: &dyn Sys, root: &Path) -> u64 {
+    sys.read_file(&at(root, "/proc/uptime"))
         .ok()
         .and_then(|s| {
             s.split_whitespace()
@@ -274,11 +273,14 @@ impl Timings {
         self.last = now;
     }
 
-    fn finish(&self, uptime_at_start: u64) -> BTreeMap<String, u64> {
+    fn finish(&self, uptime_at_start: u64, uptime_at_switch: u64) -> BTreeMap<String, u64> {
         let mut out = self.phases.clone();
         out.insert("total".into(), self.start.elapsed().as_millis() as u64);
         out.insert("kernel_uptime_at_init".into(), uptime_at_start);
-        out.insert("kernel_uptime_at_switch".into(), uptime_ms());
+        out.insert("kernel_uptime_at_switch".into(), uptime_at_switch);
         out
     }
 }
+
+#[cfg(test)]
+mod tests;

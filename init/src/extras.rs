@@ -5,25 +5,25 @@ use anyhow::{Context, Result};
 use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use crate::mounts::at;
 use crate::sys::Sys;
 
 /// Make sure `swapfile` is a complete swap area of `size` bytes, then
-/// enable it with the given swappiness.
-pub fn enable_swap(sys: &dyn Sys, swapfile: &Path, size: u64, swappiness: u8) -> Result<()> {
+/// enable it with the given swappiness (in the /proc under `root`).
+pub fn enable_swap(
+    sys: &dyn Sys,
+    root: &Path,
+    swapfile: &Path,
+    size: u64,
+    swappiness: u8,
+) -> Result<()> {
     prepare_swapfile(sys, swapfile, size)?;
     std::fs::set_permissions(swapfile, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot chmod {}", swapfile.display()))?;
-    let path = std::ffi::CString::new(swapfile.as_os_str().as_encoded_bytes())
-        .context("swapfile path contains a NUL byte")?;
-    // SAFETY: `path` is a valid NUL-terminated string that outlives the call;
-    // swapon(2) only reads it.
-    let rc = unsafe { nix::libc::swapon(path.as_ptr(), 0) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("cannot swapon {}", swapfile.display()));
-    }
+    sys.swapon(swapfile)
+        .with_context(|| format!("cannot swapon {}", swapfile.display()))?;
     sys.write_file(
-        Path::new("/proc/sys/vm/swappiness"),
+        &at(root, "/proc/sys/vm/swappiness"),
         &swappiness.to_string(),
     )
     .context("cannot set vm.swappiness")?;
@@ -229,6 +229,24 @@ mod tests {
     }
 
     const SIZE: u64 = 1 << 20;
+
+    #[test]
+    fn swap_is_prepared_then_enabled_then_tuned() {
+        let d = persist_dir("enable");
+        let swapfile = d.join("swapfile");
+        let sys = crate::sys::RecordingSys::new();
+        enable_swap(&sys, &d, &swapfile, SIZE, 10).unwrap();
+        let root = d.to_string_lossy().to_string();
+        let calls: Vec<String> = sys.calls().iter().map(|c| c.replace(&root, "")).collect();
+        assert_eq!(
+            calls,
+            [
+                "run /bin/busybox mkswap /swapfile-tmp",
+                "swapon /swapfile",
+                "write /proc/sys/vm/swappiness 10",
+            ]
+        );
+    }
 
     #[test]
     fn a_new_swapfile_is_built_under_a_temporary_name() {

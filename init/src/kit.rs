@@ -23,7 +23,11 @@ pub fn install(root: &Path, run: &Path) -> Result<()> {
     let kit = run.join(kit_name());
     std::fs::create_dir_all(&kit).with_context(|| format!("cannot create {}", kit.display()))?;
     // Not lib/modules: the running kernel's; the next kernel brings its own.
-    copy_contents(root, &kit, &[Path::new("lib/modules")])
+    // Nor `run` itself when it lies inside `root` (at boot /run/ramstick is a
+    // mount the copy does not cross anyway; in a test it is a directory).
+    let mut leave_out = vec![Path::new("lib/modules")];
+    leave_out.extend(run.strip_prefix(root).ok());
+    copy_contents(root, &kit, &leave_out)
         .with_context(|| format!("cannot copy the initramfs to {}", kit.display()))?;
     let bin = run.join("bin");
     std::fs::create_dir_all(&bin).with_context(|| format!("cannot create {}", bin.display()))?;

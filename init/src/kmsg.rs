@@ -7,6 +7,7 @@
 use log::{Level, LevelFilter, Log, Metadata, Record};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::path::Path;
 use std::sync::Mutex;
 
 /// Longest message part written in one kmsg record (the kernel limit is 1024
@@ -48,12 +49,16 @@ pub fn split_record(msg: &str, max: usize) -> Vec<&str> {
 }
 
 impl KmsgLogger {
-    /// Install the logger. `debug` raises the level to Debug.
-    pub fn install(debug: bool) {
+    /// Install the logger of the system at `root` (its /dev/kmsg and
+    /// /proc), at the Info level until the plan sets it ([`Self::set_debug`]).
+    pub fn install(root: &Path) {
         // Let our records through however many there are.
-        let _ = std::fs::write("/proc/sys/kernel/printk_devkmsg", "on\n");
-        let kmsg = OpenOptions::new().write(true).open("/dev/kmsg").ok();
-        let console_loglevel = std::fs::read_to_string("/proc/sys/kernel/printk")
+        let _ = std::fs::write(root.join("proc/sys/kernel/printk_devkmsg"), "on\n");
+        let kmsg = OpenOptions::new()
+            .write(true)
+            .open(root.join("dev/kmsg"))
+            .ok();
+        let console_loglevel = std::fs::read_to_string(root.join("proc/sys/kernel/printk"))
             .ok()
             .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
             .unwrap_or(4);
@@ -62,7 +67,7 @@ impl KmsgLogger {
             console_loglevel,
         };
         if log::set_boxed_logger(Box::new(logger)).is_ok() {
-            Self::set_debug(debug);
+            Self::set_debug(false);
         }
     }
 

@@ -24,7 +24,10 @@ use ramstick_common::chain::{self, Saved};
 use ramstick_common::cmdline;
 use ramstick_common::meminfo;
 use ramstick_common::plan::{plan_of, Facts};
+use ramstick_init::images::LinuxImages;
+use ramstick_init::sys::LinuxSys;
 use ramstick_init::{boot, failure};
+use std::path::Path;
 
 fn main() {
     if std::process::id() == 1 {
@@ -42,7 +45,8 @@ fn pid1() -> ! {
         );
         failure::emergency();
     }));
-    match boot::boot() {
+    let sys = LinuxSys::new();
+    match boot::boot(&sys, &LinuxImages, Path::new("/")) {
         Ok(never) => match never {},
         Err(f) => failure::fail(&f),
     }

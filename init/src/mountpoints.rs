@@ -3,11 +3,11 @@
 //! [`missing_mount_points`]).
 
 use anyhow::{Context, Result};
-use ramstick_common::plan::Plan;
+use ramstick_common::plan::{Landing, Plan};
 use ramstick_common::tree::resolve_in_root;
 use std::path::{Path, PathBuf};
 
-use crate::mounts::{at, API_MOUNTS};
+use crate::mounts::at;
 
 /// Where init makes the mount points the rootfs lacks (see [`missing_mount_points`]).
 pub const MOUNT_POINTS: &str = "/run/ramstick/mountpoints";
@@ -26,19 +26,15 @@ pub fn missing_mount_points(
     plan: &Plan,
     skipped: &[String],
 ) -> Result<Option<PathBuf>> {
-    let rootfs = plan
-        .lowers
-        .first()
-        .map(|l| at(root, &l.target))
-        .context("the plan has no rootfs lower")?;
+    let rootfs = at(root, &plan.rootfs);
     let tree = at(root, MOUNT_POINTS);
     let mut made = false;
     let moved = plan
         .moves
         .iter()
-        .filter(|m| !m.to.starts_with("/run/") && !skipped.contains(&m.from))
+        .filter(|m| m.landing == Landing::NewRoot && !skipped.contains(&m.from))
         .map(|m| m.to.as_str());
-    for to in moved.chain(API_MOUNTS) {
+    for to in moved {
         let rel = Path::new(to.trim_start_matches('/'));
         if resolve_in_root(&rootfs, rel).is_some() {
             continue;

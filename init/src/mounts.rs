@@ -6,65 +6,53 @@
 use anyhow::{bail, Context, Result};
 use nix::mount::MsFlags;
 use ramstick_common::cmdline::UpperKind;
-use ramstick_common::plan::{overlay_options, Plan};
+use ramstick_common::plan::{overlay_options, ApiMount, Plan};
 use std::path::{Path, PathBuf};
 
 use crate::sys::Sys;
-
-/// Where the initramfs keeps what the new root will find under /run/ramstick.
-pub const RUN_RAMSTICK: &str = "/run/ramstick";
 
 /// `root` + absolute `path`.
 pub fn at(root: &Path, path: &str) -> PathBuf {
     root.join(path.trim_start_matches('/'))
 }
 
-/// /proc, /sys, /dev (devtmpfs) and /run (tmpfs) for PID 1, and
-/// /run/ramstick, a tmpfs of its own: it holds the saver the new root's
-/// init system runs, so it must stay executable when that system remounts
-/// /run `noexec` (Debian's sysvinit scripts do).
-pub fn mount_api_filesystems(sys: &dyn Sys, root: &Path) -> Result<()> {
-    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let table: [(&str, &str, &str, MsFlags, &str); 5] = [
-        ("proc", "/proc", "proc", nosuid, ""),
-        ("sysfs", "/sys", "sysfs", nosuid, ""),
-        (
-            "devtmpfs",
-            "/dev",
-            "devtmpfs",
-            MsFlags::MS_NOSUID,
-            "mode=0755",
-        ),
-        (
-            "tmpfs",
-            "/run",
-            "tmpfs",
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            "mode=0755",
-        ),
-        (
-            "tmpfs",
-            RUN_RAMSTICK,
-            "tmpfs",
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-            "mode=0755",
-        ),
-    ];
-    for (source, target, fstype, flags, data) in table {
-        let target = at(root, target);
+/// The API filesystems `mounts` (the plan's [`ramstick_common::plan::API_MOUNTS`]),
+/// in order.
+pub fn mount_api_filesystems(sys: &dyn Sys, root: &Path, mounts: &[ApiMount]) -> Result<()> {
+    for m in mounts {
+        let target = at(root, m.target);
+        let (flags, data) = mount_options(m.options);
         sys.mkdir_all(&target)
             .with_context(|| format!("cannot create {}", target.display()))?;
-        match sys.mount(source, &target, fstype, flags, data) {
+        match sys.mount(m.source, &target, m.fstype, flags, &data) {
             Ok(()) => {}
             // Already mounted (e.g. the kernel mounted devtmpfs itself).
             Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {}
             Err(e) => {
                 return Err(e)
-                    .with_context(|| format!("cannot mount {fstype} on {}", target.display()))
+                    .with_context(|| format!("cannot mount {} on {}", m.fstype, target.display()))
             }
         }
     }
     Ok(())
+}
+
+/// mount(8)-style `options` as mount(2) takes them: the flags, and the
+/// filesystem's own options.
+fn mount_options(options: &str) -> (MsFlags, String) {
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for word in options.split(',').filter(|w| !w.is_empty()) {
+        match word {
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "noatime" => flags |= MsFlags::MS_NOATIME,
+            other => data.push(other),
+        }
+    }
+    (flags, data.join(","))
 }
 
 /// Mount the persist partition (ext4) read-write. It stays mounted all
@@ -251,11 +239,7 @@ pub fn mount_overlay(
     sys.mkdir_all(&target)
         .with_context(|| format!("cannot create {}", target.display()))?;
     // The plan's options, with the paths taken under `root`.
-    let rootfs = plan
-        .lowers
-        .first()
-        .map(|l| at(root, &l.target))
-        .context("the plan has no rootfs lower")?;
+    let rootfs = at(root, &plan.rootfs);
     let lowers: Vec<String> = layer_dirs
         .iter()
         .rev()
@@ -270,37 +254,12 @@ pub fn mount_overlay(
         .with_context(|| format!("cannot mount the overlay at {} ({data})", target.display()))
 }
 
-/// Where a planned move lands. Targets under /run are made on the
-/// initramfs's /run tmpfs, which then moves whole into the new root (so
-/// systemd finds /run already mounted and keeps it).
-pub fn move_target(root: &Path, plan: &Plan, to: &str) -> PathBuf {
-    if to.starts_with("/run/") {
-        at(root, to)
-    } else {
-        at(&at(root, &plan.overlay_root), to)
-    }
-}
-
-/// The API filesystems the new root gets from the initramfs.
-pub(crate) const API_MOUNTS: [&str; 4] = ["/dev", "/proc", "/sys", "/run"];
-
-/// Move the planned mounts (but those in `skipped`, never mounted), then
-/// /dev, /proc, /sys and /run, into the new root.
+/// Move the planned mounts (but those in `skipped`, never mounted) into the
+/// new root, in the plan's order (/run last).
 pub fn hand_over(sys: &dyn Sys, root: &Path, plan: &Plan, skipped: &[String]) -> Result<()> {
-    let newroot = at(root, &plan.overlay_root);
     for m in plan.moves.iter().filter(|m| !skipped.contains(&m.from)) {
         let from = at(root, &m.from);
-        let to = move_target(root, plan, &m.to);
-        if !sys.exists(&to) {
-            sys.mkdir_all(&to)
-                .with_context(|| format!("cannot create mount point {}", to.display()))?;
-        }
-        sys.move_mount(&from, &to)
-            .with_context(|| format!("cannot move {} to {}", from.display(), to.display()))?;
-    }
-    for api in API_MOUNTS {
-        let from = at(root, api);
-        let to = at(&newroot, api);
+        let to = at(root, &m.at);
         if !sys.exists(&to) {
             sys.mkdir_all(&to)
                 .with_context(|| format!("cannot create mount point {}", to.display()))?;
@@ -320,7 +279,7 @@ mod tests {
     #[test]
     fn run_ramstick_is_an_executable_tmpfs_of_its_own() {
         let sys = RecordingSys::new();
-        mount_api_filesystems(&sys, Path::new("/")).unwrap();
+        mount_api_filesystems(&sys, Path::new("/"), &plan_for("").api_mounts).unwrap();
         let mounts: Vec<String> = sys
             .calls()
             .into_iter()
@@ -560,9 +519,9 @@ mod tests {
                 "move /sysroot/rootfs /run/ramstick/lower",
                 "move /sysroot/modules-6.1.0-56-amd64 /sysroot/overlay_root/lib/modules/6.1.0-56-amd64",
                 "move /sysroot/firmware /sysroot/overlay_root/lib/firmware",
-                "move /dev /sysroot/overlay_root/dev",
                 "move /proc /sysroot/overlay_root/proc",
                 "move /sys /sysroot/overlay_root/sys",
+                "move /dev /sysroot/overlay_root/dev",
                 "move /run /sysroot/overlay_root/run",
             ]
         );

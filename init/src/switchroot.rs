@@ -178,6 +178,7 @@ pub fn switch_root(newroot: &Path, init: &str) -> Result<Infallible> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ramstick_testkit::TempDir;
     use std::os::unix::fs::symlink;
 
     /// A dynamic program of the host and its loader (a static ELF itself).
@@ -203,9 +204,8 @@ mod tests {
     }
 
     /// A new root whose /bin/busybox is a real static ELF (the host's loader).
-    fn fixture(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("ramstick-sr-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
+    fn fixture(name: &str) -> TempDir {
+        let d = TempDir::new(&format!("sr-{name}"));
         std::fs::create_dir_all(d.join("sbin")).unwrap();
         let (_, loader) = host_dynamic();
         copy_exec(Path::new(&loader), &d.join("bin/busybox"));
@@ -227,7 +227,6 @@ mod tests {
         for p in ["/sbin/init", "/sbin/abs", "/sbin/deep"] {
             assert_eq!(find_init(&d, p).ok(), Some(d.join("bin/busybox")), "{p}");
         }
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -237,7 +236,6 @@ mod tests {
         assert!(err.contains("/sbin/init does not exist"), "{err}");
         assert!(err.contains("Candidates present: /bin/busybox"), "{err}");
         assert!(err.contains("ramstick.init="), "{err}");
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -246,7 +244,6 @@ mod tests {
         symlink("/sbin/b", d.join("sbin/a")).unwrap();
         symlink("/sbin/a", d.join("sbin/b")).unwrap();
         assert!(find_init(&d, "/sbin/a").is_err());
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -254,7 +251,6 @@ mod tests {
         let d = fixture("noexec");
         std::fs::write(d.join("sbin/init"), "x").unwrap();
         assert!(error(&d, "/sbin/init").contains("not an executable file"));
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -264,7 +260,6 @@ mod tests {
             find_init(&d, "/bin/busybox").ok(),
             Some(d.join("bin/busybox"))
         );
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -295,7 +290,6 @@ mod tests {
         std::fs::create_dir_all(inside.parent().unwrap()).unwrap();
         symlink("/usr/lib/ld-real.so", &inside).unwrap();
         assert_eq!(find_init(&d, "/sbin/init").ok(), Some(d.join("sbin/init")));
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -335,7 +329,6 @@ mod tests {
         std::fs::write(d.join("usr/bin/plain"), "#!/bin/sh\n").unwrap();
         write_exec(&d.join("sbin/init"), "#!/usr/bin/plain\n");
         assert!(error(&d, "/sbin/init").contains("/usr/bin/plain, which is not an executable file"));
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
@@ -343,7 +336,6 @@ mod tests {
         let d = fixture("text");
         write_exec(&d.join("sbin/init"), "echo hi\n");
         assert!(error(&d, "/sbin/init").contains("neither an ELF program nor a #! script"));
-        let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -64,6 +64,8 @@ pub trait Sys {
     fn exists(&self, path: &Path) -> bool;
     /// The names in a directory.
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// swapon(2) of a prepared swap area.
+    fn swapon(&self, path: &Path) -> io::Result<()>;
 }
 
 /// The real thing. Attached loop devices stay open here: they are set to
@@ -236,5 +238,17 @@ impl Sys for LinuxSys {
         std::fs::read_dir(dir)?
             .map(|e| e.map(|e| e.file_name().to_string_lossy().to_string()))
             .collect()
+    }
+
+    fn swapon(&self, path: &Path) -> io::Result<()> {
+        let path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(io::Error::other)?;
+        // SAFETY: `path` is a valid NUL-terminated string that outlives the
+        // call; swapon(2) only reads it.
+        if unsafe { nix::libc::swapon(path.as_ptr(), 0) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 }

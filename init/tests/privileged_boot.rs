@@ -220,7 +220,8 @@ impl Scratch {
             std::fs::write(layers.join(MANIFEST), m.render()).map_err(|e| e.to_string())?;
         }
         // The API filesystems, mounted by init's own code, so hand_over can move them.
-        mounts::mount_api_filesystems(&LinuxSys::new(), &root).map_err(|e| format!("{e:#}"))?;
+        mounts::mount_api_filesystems(&LinuxSys::new(), &root, &ramstick_common::plan::API_MOUNTS)
+            .map_err(|e| format!("{e:#}"))?;
         Ok(Scratch { root })
     }
 }

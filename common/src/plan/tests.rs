@@ -57,24 +57,48 @@ fn default_plan() {
     assert!(plan.overlay_options.starts_with(
         "lowerdir=/sysroot/rootfs,upperdir=/sysroot/upper/upper,workdir=/sysroot/upper/work,"
     ));
-    let moves: Vec<(&str, &str)> = plan
+    let moves: Vec<(&str, &str, &str)> = plan
         .moves
         .iter()
-        .map(|m| (m.from.as_str(), m.to.as_str()))
+        .map(|m| (m.from.as_str(), m.to.as_str(), m.at.as_str()))
         .collect();
     assert_eq!(
         moves,
         [
-            ("/sysroot/persist", "/persist"),
-            ("/sysroot/upper", "/run/ramstick/upper"),
-            ("/sysroot/rootfs", "/run/ramstick/lower"),
+            (
+                "/sysroot/persist",
+                "/persist",
+                "/sysroot/overlay_root/persist"
+            ),
+            (
+                "/sysroot/upper",
+                "/run/ramstick/upper",
+                "/run/ramstick/upper"
+            ),
+            (
+                "/sysroot/rootfs",
+                "/run/ramstick/lower",
+                "/run/ramstick/lower"
+            ),
             (
                 "/sysroot/modules-6.1.0-56-amd64",
-                "/lib/modules/6.1.0-56-amd64"
+                "/lib/modules/6.1.0-56-amd64",
+                "/sysroot/overlay_root/lib/modules/6.1.0-56-amd64"
             ),
-            ("/sysroot/firmware", "/lib/firmware"),
+            (
+                "/sysroot/firmware",
+                "/lib/firmware",
+                "/sysroot/overlay_root/lib/firmware"
+            ),
+            ("/proc", "/proc", "/sysroot/overlay_root/proc"),
+            ("/sys", "/sys", "/sysroot/overlay_root/sys"),
+            ("/dev", "/dev", "/sysroot/overlay_root/dev"),
+            ("/run", "/run", "/sysroot/overlay_root/run"),
         ]
     );
+    assert_eq!(plan.rootfs, "/sysroot/rootfs");
+    let api: Vec<&str> = plan.api_mounts.iter().map(|a| a.target).collect();
+    assert_eq!(api, ["/proc", "/sys", "/dev", "/run", "/run/ramstick"]);
     assert_eq!(plan.swap_bytes, None);
     assert_eq!(plan.swappiness, 1);
     assert_eq!(plan.user, "user");
@@ -88,10 +112,26 @@ fn every_move_source_is_mounted_by_the_plan() {
     for m in &plan.moves {
         let mounted = m.from == plan.persist_mount
             || m.from == plan.upper_mount
-            || plan.lowers.iter().any(|l| l.target == m.from);
+            || plan.lowers.iter().any(|l| l.target == m.from)
+            || plan.api_mounts.iter().any(|a| a.target == m.from);
         assert!(mounted, "{} is never mounted", m.from);
         assert!(m.to.starts_with('/'));
     }
+}
+
+#[test]
+fn what_lands_on_run_moves_before_run_and_run_moves_last() {
+    let plan = plan_for("");
+    let last = plan.moves.last().map(|m| m.from.as_str());
+    assert_eq!(last, Some("/run"));
+    for m in &plan.moves {
+        match m.landing {
+            Landing::Run => assert!(m.at.starts_with("/run/") && m.at == m.to, "{m:?}"),
+            Landing::NewRoot => assert_eq!(m.at, format!("{}{}", plan.overlay_root, m.to)),
+        }
+    }
+    // /run/ramstick is inside /run: it goes along, it is not moved itself.
+    assert!(!plan.moves.iter().any(|m| m.from == RUN_RAMSTICK));
 }
 
 #[test]

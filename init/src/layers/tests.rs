@@ -27,13 +27,22 @@ fn layer_path(n: u64) -> PathBuf {
 /// A stick whose manifest has `current` 1..=n (backup 1..n-1), every layer
 /// present with the digest its record says.
 fn stick(n: u64) -> (RecordingSys, RecordingImages) {
+    let current: Vec<u64> = (1..=n).collect();
+    stick_of(&current, &current[..current.len().saturating_sub(1)])
+}
+
+/// A stick whose manifest has the chains `current` and `backup` (layer
+/// numbers, bottom first), every layer present with the digest its record
+/// says.
+fn stick_of(current: &[u64], backup: &[u64]) -> (RecordingSys, RecordingImages) {
     let mut m = Manifest::empty();
-    for i in 1..=n {
+    let all: std::collections::BTreeSet<u64> = current.iter().chain(backup).copied().collect();
+    for &i in &all {
         m.layers.insert(layer_name(i), info(i));
-        m.current.push(layer_name(i));
     }
-    m.backup = m.current[..m.current.len().saturating_sub(1)].to_vec();
-    m.next_layer = n + 1;
+    m.current = current.iter().map(|&i| layer_name(i)).collect();
+    m.backup = backup.iter().map(|&i| layer_name(i)).collect();
+    m.next_layer = all.last().map_or(1, |n| n + 1);
     m.generation = 9;
     let mut sys = RecordingSys::new();
     sys.files.insert(
@@ -44,13 +53,26 @@ fn stick(n: u64) -> (RecordingSys, RecordingImages) {
         free: 1 << 30,
         ..RecordingImages::default()
     };
-    for i in 1..=n {
+    for &i in &all {
         sys.files.insert(layer_path(i), String::new());
         images
             .digests
             .insert(layer_path(i), (info(i).size, info(i).meta_digest));
     }
     (sys, images)
+}
+
+/// The calls of reading the manifest, then loop-mounting the layers
+/// numbered `layers`, in order.
+fn read_then_mount(layers: &[u64]) -> Vec<String> {
+    let mut calls = vec!["read /sysroot/persist/layers/manifest.json".to_string()];
+    for (dev, &n) in layers.iter().enumerate() {
+        let dir = format!("/run/ramstick/layers/layer-{n:06}");
+        calls.push(format!("mkdir {dir}"));
+        calls.push(format!("loop {}", layer_path(n).display()));
+        calls.push(format!("mount squashfs /dev/loop{dev} {dir} RDONLY|NODEV "));
+    }
+    calls
 }
 
 fn names(a: &Assembled) -> Vec<String> {
@@ -74,18 +96,7 @@ fn mount_mode_checks_then_mounts_each_layer_read_only() {
         ]
     );
     assert!(a.failures.is_empty() && a.notes.is_empty());
-    assert_eq!(
-        sys.calls(),
-        vec![
-            "read /sysroot/persist/layers/manifest.json",
-            "mkdir /run/ramstick/layers/layer-000001",
-            "loop /sysroot/persist/layers/layer-000001.squashfs",
-            "mount squashfs /dev/loop0 /run/ramstick/layers/layer-000001 RDONLY|NODEV ",
-            "mkdir /run/ramstick/layers/layer-000002",
-            "loop /sysroot/persist/layers/layer-000002.squashfs",
-            "mount squashfs /dev/loop1 /run/ramstick/layers/layer-000002 RDONLY|NODEV ",
-        ]
-    );
+    assert_eq!(sys.calls(), read_then_mount(&[1, 2]));
     assert_eq!(
         images.calls(),
         vec![
@@ -270,13 +281,93 @@ fn a_damaged_manifest_or_a_clean_boot_uses_nothing() {
         (a.used, a.layers.len(), a.asked_chain.len()),
         (BootType::Clean, 0, 0)
     );
-    assert_eq!(
-        sys.calls(),
-        vec!["read /sysroot/persist/layers/manifest.json"]
-    );
+    assert_eq!(sys.calls(), read_then_mount(&[]));
     assert!(images.calls().is_empty());
 
     let sys = RecordingSys::new();
     let a = assemble(&sys, &images, Path::new("/"), &plan_for(""));
     assert_eq!((a.saved, a.used), (SavedState::Nothing, BootType::Clean));
+}
+
+#[test]
+fn a_corrupt_top_layer_boots_the_layers_below_it() {
+    let (sys, mut images) = stick(3);
+    images
+        .digests
+        .insert(layer_path(3), (info(3).size, "other".into()));
+    let a = assemble(&sys, &images, Path::new("/"), &plan_for(""));
+    assert_eq!(
+        (a.used, names(&a)),
+        (BootType::Default, vec![layer_name(1), layer_name(2)])
+    );
+    assert_eq!(
+        (a.failures.len(), a.failures[0].class),
+        (1, FailureClass::Corrupt)
+    );
+    assert_eq!(a.failures[0].layer, layer_name(3));
+    // Checked bottom first; the corrupt one is never mounted.
+    assert_eq!(
+        images.calls(),
+        vec![
+            "digest /sysroot/persist/layers/layer-000001.squashfs",
+            "digest /sysroot/persist/layers/layer-000002.squashfs",
+            "digest /sysroot/persist/layers/layer-000003.squashfs",
+        ]
+    );
+    assert_eq!(sys.calls(), read_then_mount(&[1, 2]));
+}
+
+#[test]
+fn a_corrupt_first_layer_falls_back_to_a_backup_chain_of_another_layer() {
+    let (sys, mut images) = stick_of(&[2, 3], &[1]);
+    images
+        .digests
+        .insert(layer_path(2), (info(2).size, "other".into()));
+    let a = assemble(&sys, &images, Path::new("/"), &plan_for(""));
+    assert_eq!((a.used, names(&a)), (BootType::Backup, vec![layer_name(1)]));
+    assert_eq!(a.asked_chain, [layer_name(2), layer_name(3)]);
+    assert_eq!(a.dirs, ["/run/ramstick/layers/layer-000001"]);
+    assert_eq!(
+        (a.failures.len(), a.failures[0].class),
+        (1, FailureClass::Corrupt)
+    );
+    // Layer 3 is never looked at: the current chain stopped below it.
+    assert_eq!(
+        images.calls(),
+        vec![
+            "digest /sysroot/persist/layers/layer-000002.squashfs",
+            "digest /sysroot/persist/layers/layer-000001.squashfs",
+        ]
+    );
+    assert_eq!(sys.calls(), read_then_mount(&[1]));
+}
+
+#[test]
+fn a_missing_backup_after_a_corrupt_current_boots_clean() {
+    let (mut sys, mut images) = stick_of(&[2, 3], &[1]);
+    images
+        .digests
+        .insert(layer_path(2), (info(2).size, "other".into()));
+    sys.files.remove(&layer_path(1));
+    let a = assemble(&sys, &images, Path::new("/"), &plan_for(""));
+    assert_eq!((a.used, a.layers.len()), (BootType::Clean, 0));
+    assert!(a.dirs.is_empty());
+    let failed: Vec<(String, FailureClass)> = a
+        .failures
+        .iter()
+        .map(|f| (f.layer.clone(), f.class))
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            (layer_name(2), FailureClass::Corrupt),
+            (layer_name(1), FailureClass::Missing),
+        ]
+    );
+    // Nothing mounted; the missing layer is not read.
+    assert_eq!(sys.calls(), read_then_mount(&[]));
+    assert_eq!(
+        images.calls(),
+        vec!["digest /sysroot/persist/layers/layer-000002.squashfs"]
+    );
 }

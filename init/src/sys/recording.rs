@@ -159,4 +159,8 @@ impl Sys for RecordingSys {
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
             .collect())
     }
+
+    fn swapon(&self, path: &Path) -> io::Result<()> {
+        self.record(format!("swapon {}", path.display()))
+    }
 }
