@@ -43,11 +43,19 @@ pub fn boot(sys: &dyn Sys, images: &dyn Images, root: &Path) -> Result<Infallibl
     let line = sys
         .read_file(&at(root, "/proc/cmdline"))
         .step("read /proc/cmdline", REBUILD_HINT)?;
-    let facts =
-        machine_facts(sys, root).step("read the kernel version and RAM size", REBUILD_HINT)?;
+    // The failure policy depends on the command line alone: it is set from a
+    // plan of unknown facts before reading them can fail, so that
+    // `ramstick.shell=never` holds for that failure too.
+    let facts = machine_facts(sys, root);
+    let unknown = Facts {
+        kernel_version: String::new(),
+        mem_total_bytes: 0,
+    };
+    let policy = plan_of(&line, facts.as_ref().unwrap_or(&unknown));
+    failure::allow_shell(policy.shell == ShellPolicy::Auto);
+    KmsgLogger::set_debug(policy.log == cmdline::LogLevel::Debug);
+    let facts = facts.step("read the kernel version and RAM size", REBUILD_HINT)?;
     let plan = plan_of(&line, &facts);
-    failure::allow_shell(plan.shell == ShellPolicy::Auto);
-    KmsgLogger::set_debug(plan.log == cmdline::LogLevel::Debug);
     report_problems(&plan)?;
     log::debug!("plan:\n{plan}");
 

@@ -14,6 +14,11 @@ pub fn allow_shell(allowed: bool) {
     SHELL_ALLOWED.store(allowed, Ordering::SeqCst);
 }
 
+/// Whether a failure now ends in the emergency shell (else a reboot).
+pub fn shell_allowed() -> bool {
+    SHELL_ALLOWED.load(Ordering::SeqCst)
+}
+
 /// How long to show the message before rebooting without a shell.
 const REBOOT_DELAY: Duration = Duration::from_secs(10);
 
@@ -55,7 +60,7 @@ pub fn fail(f: &Failure) -> ! {
 /// Emergency shell if allowed and present, then reboot.
 pub fn emergency() -> ! {
     let sh = Path::new("/bin/sh");
-    if SHELL_ALLOWED.load(Ordering::SeqCst) && sh.exists() {
+    if shell_allowed() && sh.exists() {
         log::error!("starting emergency shell; the stick is untouched. Type `exit` to reboot");
         let mut cmd = std::process::Command::new(sh);
         cmd.env("PS1", "(initramfs) # ")

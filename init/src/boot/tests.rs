@@ -80,8 +80,30 @@ const API: [&str; 5] = [
     "mount tmpfs tmpfs /run/ramstick NOSUID|NODEV mode=0755",
 ];
 
+/// The boot sets the process-wide failure policy: the tests that boot run
+/// one at a time.
+static BOOTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn booting() -> std::sync::MutexGuard<'static, ()> {
+    BOOTING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[test]
+fn shell_never_holds_when_the_machine_facts_cannot_be_read() {
+    let _one = booting();
+    let (root, mut sys) = machine("ramstick.shell=never");
+    sys.files.remove(&root.join("proc/meminfo"));
+    failure::allow_shell(true);
+    let Err(f) = boot(&sys, &RecordingImages::default(), &root);
+    assert_eq!(f.what, "read the kernel version and RAM size");
+    assert!(!failure::shell_allowed());
+    let calls = calls(&sys, &root);
+    assert_eq!(mounts_and_moves(&calls), API);
+}
+
 #[test]
 fn a_fatal_command_line_problem_stops_before_any_mount_but_the_api_ones() {
+    let _one = booting();
     let (root, sys) = machine("ramstick.luks=secret");
     let Err(f) = boot(&sys, &RecordingImages::default(), &root);
     assert_eq!(f.what, "use ramstick.luks=secret");
@@ -104,6 +126,7 @@ fn a_fatal_command_line_problem_stops_before_any_mount_but_the_api_ones() {
 
 #[test]
 fn a_boot_mounts_and_moves_in_the_planned_order_up_to_the_switch() {
+    let _one = booting();
     let (root, sys) = machine("ramstick.upper=tmpfs ramstick.upper.size=256M");
     let images = RecordingImages::default();
     let Err(f) = boot(&sys, &images, &root);
