@@ -26,8 +26,10 @@ pub mod compact;
 #[cfg(test)]
 mod crashtest;
 pub mod daemon;
+pub mod diff;
 pub mod kernel;
 pub mod maintain;
+pub mod onoff;
 pub mod progress;
 pub mod save;
 pub mod saveplan;

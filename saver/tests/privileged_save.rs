@@ -66,6 +66,9 @@ fn scratch(root: &Path) -> Result<Paths, String> {
         exclude: root.join("exclude"),
         boot_json: root.join("boot.json"),
         state: root.join("state"),
+        cmdline: root.join("cmdline"),
+        rootfs: root.join("rootfs"),
+        layer_mounts: root.join("layer-mounts"),
     };
     let u = &paths.upperdir;
     for d in ["etc/opaque", "tmp", "bin", "root"] {
