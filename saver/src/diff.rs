@@ -64,6 +64,20 @@ pub enum What {
     Mtime,
 }
 
+impl What {
+    /// The word `--all` and `--json` use.
+    pub fn word(self) -> &'static str {
+        match self {
+            What::Type => "type",
+            What::Content => "content",
+            What::Mode => "mode",
+            What::Owner => "owner",
+            What::Xattrs => "xattrs",
+            What::Mtime => "mtime",
+        }
+    }
+}
+
 impl Change {
     /// True when the content is the lower's: a change of metadata only.
     pub fn metadata_only(&self) -> bool {
@@ -432,10 +446,7 @@ pub fn render(report: &Report, all: bool) -> String {
             Change::Replaced => ("R", "opaque: the saved contents below are hidden".into()),
             Change::Modified(what) if what.is_empty() => ("M", "copied up, unchanged".into()),
             Change::Modified(what) => {
-                let list: Vec<String> = what
-                    .iter()
-                    .map(|w| format!("{w:?}").to_lowercase())
-                    .collect();
+                let list: Vec<&str> = what.iter().map(|w| w.word()).collect();
                 let only = if e.change.metadata_only() {
                     "metadata only: "
                 } else {
@@ -472,8 +483,7 @@ pub fn diff_command(paths: &Paths, all: bool, json: bool) -> Result<bool> {
     // upper is still what the session's layer holds (as `save` decides).
     let unchanged_since = match &session.state.layer {
         Some(layer) if !report.entries.is_empty() => {
-            let exclude = Exclude::new(session_patterns(&paths.exclude)?)?;
-            ramstick_squash::verify(&paths.layers().join(layer), &paths.upperdir, &exclude)
+            ramstick_squash::verify(&paths.layers().join(layer), &paths.upperdir, &patterns.all)
                 .ok()
                 .filter(Vec::is_empty)
                 .map(|_| layer.clone())
@@ -696,6 +706,13 @@ mod tests {
         assert!(text.contains("excluded:  2 paths"), "{text}");
         let all = render(&r, true);
         assert!(all.contains("metadata only: mode"), "{all}");
+        let json = serde_json::to_string(&r.entries).unwrap();
+        assert!(
+            json.contains(
+                r#"{"path":"/etc/hostname","change":"modified","what":["content"],"bytes":13}"#
+            ) && json.contains(r#"{"path":"/root/new","change":"added","bytes":5}"#),
+            "{json}"
+        );
         assert!(all.contains("excluded by /var/cache/apt"), "{all}");
         // An empty upper: nothing to save.
         let empty = dir.mkdir("empty");
