@@ -112,6 +112,9 @@ pub struct Report {
     /// In walk order (a directory before its contents).
     pub entries: Vec<Entry>,
     pub excluded: Vec<Excluded>,
+    /// Entries of the upper the save packs (the excluded ones aside),
+    /// directories without a change of their own included.
+    pub packed: u64,
 }
 
 /// The metadata [`compare`] looks at.
@@ -342,6 +345,7 @@ fn walk(
             });
             continue;
         }
+        report.packed += 1;
         let up = Meta::read(&here)?;
         let (low, below) = look_up(&lowers, &name)?;
         let low_meta = low.as_deref().map(Meta::read).transpose()?;
@@ -410,8 +414,13 @@ pub fn render(report: &Report, all: bool) -> String {
     let (meta_only, _) = count(&|c| c.metadata_only());
     let (deleted, _) = count(&|c| *c == Change::Deleted);
     let (replaced, _) = count(&|c| *c == Change::Replaced);
-    if report.entries.is_empty() {
+    if report.packed == 0 {
         out.push_str("nothing to save: the session changed nothing the save keeps\n");
+    } else if report.entries.is_empty() {
+        out.push_str(&format!(
+            "no change, but a save would write {} directories the overlay copied up\n",
+            report.packed
+        ));
     } else {
         out.push_str(&format!(
             "added:     {added} ({})\nmodified:  {modified} ({}; {meta_only} of them metadata only)\n\
@@ -479,18 +488,17 @@ pub fn diff_command(paths: &Paths, all: bool, json: bool) -> Result<bool> {
     let session = Session::load(paths)?;
     let patterns = Patterns::new(&session_patterns(&paths.exclude)?)?;
     let report = diff(&paths.upperdir, &paths.lowers(&session.info), &patterns)?;
-    // After a save in this session, the next one writes nothing when the
-    // upper is still what the session's layer holds (as `save` decides).
-    let unchanged_since = match &session.state.layer {
-        Some(layer) if !report.entries.is_empty() => {
-            ramstick_squash::verify(&paths.layers().join(layer), &paths.upperdir, &patterns.all)
-                .ok()
-                .filter(Vec::is_empty)
-                .map(|_| layer.clone())
-        }
-        _ => None,
+    // Whether the next save writes anything, as `save` decides it: an
+    // upper with nothing to pack, or one still equal to the layer this
+    // session saved last.
+    let unchanged_since = session.state.layer.as_ref().filter(|layer| {
+        ramstick_squash::verify(&paths.layers().join(layer), &paths.upperdir, &patterns.all)
+            .is_ok_and(|d| d.is_empty())
+    });
+    let nothing = match &session.state.layer {
+        None => report.packed == 0,
+        Some(_) => unchanged_since.is_some(),
     };
-    let nothing = report.entries.is_empty() || unchanged_since.is_some();
     let off = onoff::why_off(paths);
     if json {
         let value = serde_json::json!({
@@ -716,9 +724,15 @@ mod tests {
         assert!(all.contains("excluded by /var/cache/apt"), "{all}");
         // An empty upper: nothing to save.
         let empty = dir.mkdir("empty");
-        let r = diff(&empty, &[rootfs], &patterns).unwrap();
+        let r = diff(&empty, std::slice::from_ref(&rootfs), &patterns).unwrap();
         assert_eq!(r, Report::default());
         assert!(render(&r, false).starts_with("nothing to save"));
+        // A directory the overlay copied up (a file made in it and removed):
+        // no change, but a save packs it.
+        fs::create_dir_all(empty.join("etc")).unwrap();
+        let r = diff(&empty, std::slice::from_ref(&rootfs), &patterns).unwrap();
+        assert!(r.entries.is_empty() && r.packed == 1, "{r:?}");
+        assert!(render(&r, false).starts_with("no change, but a save would write 1 "));
     }
 
     #[test]
