@@ -402,18 +402,65 @@ fn look_up(lowers: &[PathBuf], name: &std::ffi::OsStr) -> Result<(Option<PathBuf
     Ok((shown, dirs))
 }
 
+/// The numbers of a report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub added: usize,
+    pub added_bytes: u64,
+    pub modified: usize,
+    pub modified_bytes: u64,
+    /// Modified entries whose content is the lower's.
+    pub metadata_only: usize,
+    pub deleted: usize,
+    pub replaced: usize,
+    pub excluded: usize,
+    pub excluded_bytes: u64,
+}
+
+impl Report {
+    pub fn counts(&self) -> Counts {
+        let mut c = Counts::default();
+        for e in &self.entries {
+            match &e.change {
+                Change::Added => (c.added, c.added_bytes) = (c.added + 1, c.added_bytes + e.bytes),
+                Change::Modified(_) => {
+                    c.modified += 1;
+                    c.modified_bytes += e.bytes;
+                    c.metadata_only += usize::from(e.change.metadata_only());
+                }
+                Change::Deleted => c.deleted += 1,
+                Change::Replaced => c.replaced += 1,
+            }
+        }
+        c.excluded = self.excluded.len();
+        c.excluded_bytes = self.excluded.iter().map(|x| x.bytes).sum();
+        c
+    }
+}
+
+impl Counts {
+    /// One line: `1 added (6 B), 2 modified (1.1 KiB; 0 metadata only), 1 deleted`.
+    pub fn line(&self) -> String {
+        let mut line = format!(
+            "{} added ({}), {} modified ({}; {} metadata only), {} deleted",
+            self.added,
+            human(self.added_bytes),
+            self.modified,
+            human(self.modified_bytes),
+            self.metadata_only,
+            self.deleted
+        );
+        if self.replaced > 0 {
+            line.push_str(&format!(", {} directories replaced", self.replaced));
+        }
+        line
+    }
+}
+
 /// `saver diff`'s text: a summary, or (`all`) one line per entry.
 pub fn render(report: &Report, all: bool) -> String {
     let mut out = String::new();
-    let count = |f: &dyn Fn(&Change) -> bool| {
-        let hits: Vec<&Entry> = report.entries.iter().filter(|e| f(&e.change)).collect();
-        (hits.len(), hits.iter().map(|e| e.bytes).sum::<u64>())
-    };
-    let (added, added_bytes) = count(&|c| *c == Change::Added);
-    let (modified, modified_bytes) = count(&|c| matches!(c, Change::Modified(_)));
-    let (meta_only, _) = count(&|c| c.metadata_only());
-    let (deleted, _) = count(&|c| *c == Change::Deleted);
-    let (replaced, _) = count(&|c| *c == Change::Replaced);
+    let c = report.counts();
     if report.packed == 0 {
         out.push_str("nothing to save: the session changed nothing the save keeps\n");
     } else if report.entries.is_empty() {
@@ -423,23 +470,26 @@ pub fn render(report: &Report, all: bool) -> String {
         ));
     } else {
         out.push_str(&format!(
-            "added:     {added} ({})\nmodified:  {modified} ({}; {meta_only} of them metadata only)\n\
-             deleted:   {deleted}\n",
-            human(added_bytes),
-            human(modified_bytes)
+            "added:     {} ({})\nmodified:  {} ({}; {} of them metadata only)\ndeleted:   {}\n",
+            c.added,
+            human(c.added_bytes),
+            c.modified,
+            human(c.modified_bytes),
+            c.metadata_only,
+            c.deleted
         ));
-        if replaced > 0 {
+        if c.replaced > 0 {
             out.push_str(&format!(
-                "replaced:  {replaced} directories (opaque: what was below them is hidden)\n"
+                "replaced:  {} directories (opaque: what was below them is hidden)\n",
+                c.replaced
             ));
         }
     }
-    if !report.excluded.is_empty() {
-        let bytes: u64 = report.excluded.iter().map(|e| e.bytes).sum();
+    if c.excluded > 0 {
         out.push_str(&format!(
-            "excluded:  {} paths ({}), not saved\n",
-            report.excluded.len(),
-            human(bytes)
+            "excluded:  {} ({}), not saved\n",
+            c.excluded,
+            human(c.excluded_bytes)
         ));
     }
     if !all {
@@ -469,7 +519,9 @@ pub fn render(report: &Report, all: bool) -> String {
         } else {
             String::new()
         };
-        out.push_str(&format!("{mark}  {:<50} {size:>10}  {note}\n", e.path));
+        let line = format!("{mark}  {:<50} {size:>10}  {note}", e.path);
+        out.push_str(line.trim_end());
+        out.push('\n');
     }
     for x in &report.excluded {
         out.push_str(&format!(
@@ -513,7 +565,7 @@ pub fn diff_command(paths: &Paths, all: bool, json: bool) -> Result<bool> {
     }
     print!("{}", render(&report, all));
     if let Some(layer) = unchanged_since {
-        println!("unchanged since this session's save ({layer}): the next save writes nothing");
+        println!("all of this is saved already ({layer}, this session's save): the next save writes nothing");
     }
     if let Some(why) = off {
         println!("saving is off ({why}): none of this will be saved");
@@ -711,9 +763,14 @@ mod tests {
         assert!(text.contains("added:     5 (5 B)"), "{text}");
         assert!(text.contains("modified:  4"), "{text}");
         assert!(text.contains("2 of them metadata only"), "{text}");
-        assert!(text.contains("excluded:  2 paths"), "{text}");
+        assert!(text.contains("excluded:  2 ("), "{text}");
+        assert_eq!(
+            r.counts().line(),
+            "5 added (5 B), 4 modified (41 B; 2 metadata only), 0 deleted"
+        );
         let all = render(&r, true);
         assert!(all.contains("metadata only: mode"), "{all}");
+        assert!(!all.lines().any(|l| l.ends_with(' ')), "{all}");
         let json = serde_json::to_string(&r.entries).unwrap();
         assert!(
             json.contains(

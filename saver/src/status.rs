@@ -4,8 +4,9 @@
 //! since the last save; `--json` gives the same for scripts.
 
 use crate::daemon::{self, Spent};
+use crate::diff;
 use crate::onoff;
-use crate::session::{self, session_exclude, Paths, Session};
+use crate::session::{self, session_exclude, session_patterns, Paths, Session};
 use crate::space::{self, human};
 use anyhow::Result;
 use ramstick_common::chain::Saved;
@@ -208,13 +209,17 @@ fn changes(paths: &Paths, session: &Session) -> String {
                 Err(e) => format!("unknown: cannot compare with {layer}: {e}"),
             }
         }
-        None => match space::estimate(&paths.upperdir, &exclude) {
-            Ok(est) => format!(
-                "{} entries ({} of file data) since boot{not_saved}",
-                est.entries,
-                human(est.data)
-            ),
-            Err(e) => format!("unknown: {e:#}"),
-        },
+        None => {
+            let report = session_patterns(&paths.exclude)
+                .and_then(|lines| diff::Patterns::new(&lines))
+                .and_then(|p| diff::diff(&paths.upperdir, &paths.lowers(&session.info), &p));
+            match report {
+                Ok(r) => format!(
+                    "{} since boot{not_saved} (`saver diff` lists them)",
+                    r.counts().line()
+                ),
+                Err(e) => format!("unknown: {e:#}"),
+            }
+        }
     }
 }

@@ -95,7 +95,7 @@ fn diff_off(ctx: &mut Ctx) -> Result<()> {
     );
     let (rc, after) = diff_all(&mut vm)?;
     ensure!(
-        rc == 0 && after.contains("unchanged since this session's save"),
+        rc == 0 && after.contains("the next save writes nothing"),
         "the diff right after a save exits {rc}: {after}"
     );
     poweroff_expecting(&mut vm, UNCHANGED)?;
