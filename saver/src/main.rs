@@ -18,7 +18,9 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use ramstick_saver::session::Paths;
-use ramstick_saver::{addlayer, check, codec, daemon, diff, kernel, maintain, onoff, save, status};
+use ramstick_saver::{
+    addlayer, check, codec, daemon, diffshow, kernel, maintain, onoff, save, status,
+};
 
 #[derive(Parser)]
 #[command(
@@ -147,7 +149,7 @@ fn main() {
                 other => other.map(|_| true),
             }
         }
-        Cmd::Diff { all, json } => diff::diff_command(&paths, *all, *json),
+        Cmd::Diff { all, json } => diffshow::diff_command(&paths, *all, *json),
         Cmd::Off => onoff::turn_off(&paths).map(|said| {
             println!("saving is off for this session ({said}): nothing is saved at shutdown");
             true
