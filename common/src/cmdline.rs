@@ -85,6 +85,15 @@ pub enum LayersMode {
     Ram,
 }
 
+/// Whether the session may be saved (`ramstick.save`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SaveMode {
+    On,
+    /// Boot the saved state, never save (the saver refuses every save).
+    Off,
+}
+
 /// The LUKS parameters. The key file and tries apply to the container
 /// `device` names, or, without it, to a LUKS header found on the persist device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -116,6 +125,8 @@ pub struct Config {
     /// Minutes between the saver daemon's checkpoints; `None` =
     /// `ramstick.checkpoint=off` (saves only at shutdown or on demand).
     pub checkpoint_minutes: Option<u32>,
+    /// `ramstick.save=off`: the saver never saves this session.
+    pub save: SaveMode,
     /// `console=` values seen (informational; the kernel handles them).
     pub consoles: Vec<String>,
 }
@@ -161,6 +172,7 @@ impl Default for Config {
             },
             layers: LAYERS.default_value(),
             checkpoint_minutes: CHECKPOINT.default_value(),
+            save: SAVE.default_value(),
             consoles: Vec::new(),
         }
     }
@@ -197,6 +209,7 @@ keywords!(UpperKind { Zram => "zram", Tmpfs => "tmpfs" });
 keywords!(ShellPolicy { Auto => "auto", Never => "never" });
 keywords!(LogLevel { Info => "info", Debug => "debug" });
 keywords!(LayersMode { Mount => "mount", Ram => "ram" });
+keywords!(SaveMode { On => "on", Off => "off" });
 
 /// Parses a kernel command line (e.g. the contents of `/proc/cmdline`).
 ///

@@ -45,6 +45,9 @@ pub fn add_layer(a: &AddLayerArgs) -> Result<String> {
         exclude: state.join("no-exclusions"),
         boot_json: state.join("no-boot.json"),
         state: state.clone(),
+        cmdline: state.join("no-cmdline"),
+        rootfs: state.join("no-rootfs"),
+        layer_mounts: state.join("no-layers"),
     };
     let result = add(&paths);
     let _ = std::fs::remove_dir_all(&state);

@@ -12,6 +12,7 @@
 //! them (FILE is in RAM and gone after the shutdown anyway).
 
 use crate::maintain::{self, Budget};
+use crate::onoff;
 use crate::save::{lock, save, SaveOptions, Trigger};
 use crate::session::{session_exclude, Paths, Session};
 use crate::space::{self, human};
@@ -20,9 +21,8 @@ use anyhow::{Context, Result};
 use ramstick_common::cmdline::{self, BootType};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
-use std::collections::VecDeque;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The daemon's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,20 +81,59 @@ pub fn settings(conf: &str, cmdline_text: &str) -> Result<Settings> {
     Ok(s)
 }
 
-/// Bytes written by checkpoints in the last hour.
-struct Spent(VecDeque<(Instant, u64)>);
+/// Bytes checkpoints wrote, each with its time (Unix seconds): kept in the
+/// saver's run-time directory, so that a restarted daemon keeps to the
+/// budget and `saver status` shows what is left of it.
+pub struct Spent {
+    file: PathBuf,
+    writes: Vec<(u64, u64)>,
+}
 
 impl Spent {
-    fn in_last_hour(&mut self) -> u64 {
-        while self
-            .0
-            .front()
-            .is_some_and(|(t, _)| t.elapsed() > Duration::from_secs(3600))
-        {
-            self.0.pop_front();
-        }
-        self.0.iter().map(|(_, b)| b).sum()
+    /// The record of `paths` (empty when missing or unreadable: the budget
+    /// only paces checkpoints, it guards no data).
+    pub fn load(paths: &Paths) -> Spent {
+        let file = paths.state.join("checkpoints");
+        let writes = std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (at, bytes) = l.split_once(' ')?;
+                Some((at.parse().ok()?, bytes.parse().ok()?))
+            })
+            .collect();
+        Spent { file, writes }
     }
+
+    /// Bytes written in the hour before `now`.
+    pub fn in_last_hour(&self, now: u64) -> u64 {
+        self.writes
+            .iter()
+            .filter(|(at, _)| now.saturating_sub(*at) < 3600)
+            .map(|(_, b)| b)
+            .sum()
+    }
+
+    /// Records `bytes` written at `now`, forgetting what is older than an hour.
+    fn add(&mut self, now: u64, bytes: u64) {
+        self.writes.retain(|(at, _)| now.saturating_sub(*at) < 3600);
+        self.writes.push((now, bytes));
+        let text: String = self
+            .writes
+            .iter()
+            .map(|(at, b)| format!("{at} {b}\n"))
+            .collect();
+        if let Err(e) = std::fs::write(&self.file, text) {
+            say(&format!("cannot write {}: {e}", self.file.display()));
+        }
+    }
+}
+
+/// Seconds since the epoch.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Sends stdout and stderr to `path` (appending; created 0600).
@@ -138,7 +177,8 @@ pub fn daemon(paths: &Paths, log: Option<&Path>) -> Result<()> {
         )),
         (false, None) => say("checkpoints off: saving at shutdown and on demand (SIGUSR1)"),
     }
-    let mut spent = Spent(VecDeque::new());
+    let mut spent = Spent::load(paths);
+    let mut was_off = None;
     let mut last = Instant::now();
     let mut idle_checked = Instant::now();
     loop {
@@ -165,6 +205,21 @@ pub fn daemon(paths: &Paths, log: Option<&Path>) -> Result<()> {
         if clean {
             continue;
         }
+        // Checkpoints and compaction write to the stick: not while saving
+        // is off (said once each time it is turned off or on).
+        let off = onoff::why_off(paths);
+        if off != was_off {
+            match &off {
+                Some(why) => say(&format!(
+                    "saving is off ({why}): no checkpoint, no compaction"
+                )),
+                None => say("saving is on again: checkpoints resume"),
+            }
+            was_off = off.clone();
+        }
+        if off.is_some() {
+            continue;
+        }
         if let Some(minutes) = s.checkpoint {
             if last.elapsed() >= Duration::from_secs(u64::from(minutes) * 60) {
                 last = Instant::now();
@@ -185,7 +240,7 @@ fn checkpoint(paths: &Paths, budget: u64, spent: &mut Spent) {
     let upper = session_exclude(&paths.exclude)
         .and_then(|ex| space::estimate(&paths.upperdir, &ex))
         .map_or(0, |e| e.data);
-    let used = spent.in_last_hour();
+    let used = spent.in_last_hour(now_secs());
     if used + upper > budget {
         say(&format!(
             "checkpoint skipped: it would write up to {} and checkpoints wrote {} in the last \
@@ -198,7 +253,7 @@ fn checkpoint(paths: &Paths, budget: u64, spent: &mut Spent) {
         return;
     }
     match save(paths, SaveOptions::new(Trigger::Checkpoint)) {
-        Ok(crate::save::Outcome::Saved { bytes, .. }) => spent.0.push_back((Instant::now(), bytes)),
+        Ok(crate::save::Outcome::Saved { bytes, .. }) => spent.add(now_secs(), bytes),
         Ok(_) => {}
         Err(e) => say(&format!("checkpoint failed: {e:#}")),
     }
@@ -260,15 +315,24 @@ mod tests {
     }
 
     #[test]
-    fn the_budget_forgets_what_is_older_than_an_hour() {
-        let mut spent = Spent(VecDeque::new());
-        spent.0.push_back((Instant::now(), 10));
-        spent.0.push_back((Instant::now(), 5));
-        assert_eq!(spent.in_last_hour(), 15);
-        if let Some(old) = Instant::now().checked_sub(Duration::from_secs(7200)) {
-            spent.0.push_front((old, 100));
-            assert_eq!(spent.in_last_hour(), 15);
-        }
+    fn the_budget_forgets_what_is_older_than_an_hour_and_outlives_the_daemon() {
+        let dir = ramstick_testkit::TempDir::new("saver-budget");
+        let paths = Paths {
+            state: dir.path().to_path_buf(),
+            ..Paths::system()
+        };
+        let mut spent = Spent::load(&paths);
+        assert_eq!(spent.in_last_hour(10_000), 0);
+        spent.add(5_000, 100);
+        spent.add(9_000, 10);
+        spent.add(9_500, 5);
+        assert_eq!(spent.in_last_hour(9_600), 15);
+        // A restarted daemon (or `saver status`) reads the same.
+        let again = Spent::load(&paths);
+        assert_eq!(again.in_last_hour(9_600), 15);
+        assert_eq!(again.in_last_hour(12_700), 5);
+        std::fs::write(dir.join("checkpoints"), "garbage\n7 x\n").unwrap();
+        assert_eq!(Spent::load(&paths).in_last_hour(8), 0);
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //! stick that writes and reads back a layer ([`verifymount`] is the
 //! kernel's half of the read-back), [`space`] checks the room. [`compact`] plans merging layers and
 //! [`maintain`] runs it. [`session`] is what boot.json and the saver's own
-//! records say about this session; [`daemon`], [`status`], [`check`],
-//! [`addlayer`] and [`codec`] are the other commands.
+//! records say about this session; [`onoff`] whether it may be saved;
+//! [`diff`] compares the upper with the lowers (`saver diff`, printed by
+//! [`diffshow`]); [`daemon`], [`status`], [`check`], [`addlayer`] and
+//! [`codec`] are the other commands.
 
 // The saver never panics on bad input (the standards): these lints make
 // that checked, outside tests.
@@ -26,8 +28,11 @@ pub mod compact;
 #[cfg(test)]
 mod crashtest;
 pub mod daemon;
+pub mod diff;
+pub mod diffshow;
 pub mod kernel;
 pub mod maintain;
+pub mod onoff;
 pub mod progress;
 pub mod save;
 pub mod saveplan;

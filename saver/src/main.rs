@@ -4,8 +4,9 @@
 //! (`add-layer`), and offers the squashfs codec on the command line
 //! (`pack`, `merge`, `unpack`, `verify`).
 //!
-//! Exit status: 0 on success, 1 when `verify` or `check` finds differences,
-//! 2 on an error.
+//! Exit status: 0 on success, 1 when `verify` or `check` finds differences
+//! or `diff` finds something to save, 2 on an error, 3 when `save` is
+//! refused because saving is off (`saver off`, `ramstick.save=off`).
 
 // The saver never panics on bad input (the standards): these lints make
 // that checked, outside tests.
@@ -17,7 +18,9 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use ramstick_saver::session::Paths;
-use ramstick_saver::{addlayer, check, codec, daemon, kernel, maintain, save, status};
+use ramstick_saver::{
+    addlayer, check, codec, daemon, diffshow, kernel, maintain, onoff, save, status,
+};
 
 #[derive(Parser)]
 #[command(
@@ -34,7 +37,36 @@ struct Cli {
 enum Cmd {
     /// Show how this system booted, the saved chain on the stick, the
     /// upper's usage and how much changed since the last save.
-    Status,
+    ///
+    /// Example: `saver status` (`saver status --json | jq .saving`)
+    Status {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what the next save would write: paths added, modified (content,
+    /// mode, owner, xattrs, or metadata only), deleted, and those the
+    /// exclusion list leaves out with the pattern that matched. Exit 0 when
+    /// nothing would be saved, 1 when something would.
+    ///
+    /// Example: `saver diff --all | less`
+    Diff {
+        /// List every path, not only the counts.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON (every path) for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Do not save this session: the shutdown save, checkpoints and `saver
+    /// save` refuse until `saver on` (a reboot turns saving on again).
+    ///
+    /// Example: `saver off`, then try things out and power off
+    Off,
+    /// Undo `saver off`: the session is saved again at shutdown.
+    ///
+    /// Example: `saver on && saver save`
+    On,
     /// Save the session to the stick now: pack the RAM upper into a new
     /// layer, read it back, commit it to the chain (a second save in one
     /// session replaces the session's layer).
@@ -76,17 +108,25 @@ enum Cmd {
     AddLayer(addlayer::AddLayerArgs),
     /// A kernel package was installed or removed in the running stick (the
     /// kernel hooks in /etc/kernel/postinst.d and postrm.d call this).
+    ///
+    /// Example: `saver kernel add 6.1.0-57-amd64 /boot/vmlinuz-6.1.0-57-amd64`
     #[command(subcommand)]
     Kernel(kernel::KernelCmd),
     /// Pack a directory tree into a squashfs image.
+    ///
+    /// Example: `saver pack --exclude-from /etc/ramstick/exclude ./tree tree.squashfs`
     Pack(codec::PackArgs),
     /// Merge overlay layer images into one, bottom first.
     ///
     /// Example: `saver merge merged.squashfs l1.squashfs l2.squashfs`
     Merge(codec::MergeArgs),
     /// Unpack a squashfs image into a directory.
+    ///
+    /// Example: `saver unpack /persist/layers/layer-000003.squashfs /tmp/layer3`
     Unpack(codec::UnpackArgs),
     /// Compare an image with a directory; exit 0 only when identical.
+    ///
+    /// Example: `saver verify tree.squashfs ./tree`
     Verify(codec::VerifyArgs),
 }
 
@@ -94,7 +134,7 @@ fn main() {
     let cli = Cli::parse();
     let paths = Paths::system();
     let result: Result<bool> = match &cli.cmd {
-        Cmd::Status => status::status(&paths).map(|()| true),
+        Cmd::Status { json } => status::status(&paths, *json).map(|()| true),
         Cmd::Save {
             force,
             onto_partial,
@@ -104,8 +144,20 @@ fn main() {
                 onto_partial: *onto_partial,
                 trigger: save::Trigger::Demand,
             };
-            save::save(&paths, opts).map(|_| true)
+            match save::save(&paths, opts) {
+                Ok(save::Outcome::Off(_)) => std::process::exit(3),
+                other => other.map(|_| true),
+            }
         }
+        Cmd::Diff { all, json } => diffshow::diff_command(&paths, *all, *json),
+        Cmd::Off => onoff::turn_off(&paths).map(|said| {
+            println!("saving is off for this session ({said}): nothing is saved at shutdown");
+            true
+        }),
+        Cmd::On => onoff::turn_on(&paths).map(|()| {
+            println!("saving is on: the session is saved at shutdown");
+            true
+        }),
         Cmd::Daemon { log } => daemon::daemon(&paths, log.as_deref()).map(|()| true),
         Cmd::Compact => maintain::compact(&paths).map(|()| true),
         Cmd::Check => check::check(&paths),

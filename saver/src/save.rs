@@ -12,6 +12,7 @@
 use crate::clock;
 use crate::commit;
 use crate::maintain;
+use crate::onoff::{self, Off};
 use crate::saveplan::{self, Situation};
 use crate::session::{self, session_exclude, Paths, Session};
 use crate::space::{self, human, Estimate};
@@ -64,6 +65,8 @@ pub enum Outcome {
     CleanBoot,
     /// Nothing changed: nothing written.
     Unchanged,
+    /// Saving is off (`saver off`, `ramstick.save=off`): nothing written.
+    Off(Off),
     /// A new layer of this many bytes.
     Saved { layer: String, bytes: u64 },
 }
@@ -81,6 +84,12 @@ pub fn save_locked(paths: &Paths, opts: SaveOptions) -> Result<Outcome> {
     if session.info.asked == BootType::Clean {
         say("clean boot (ramstick.boot=clean): the session is not saved; nothing was written to the stick");
         return Ok(Outcome::CleanBoot);
+    }
+    if let Some(off) = onoff::why_off(paths) {
+        say(&format!(
+            "session not saved: saving is off ({off}); nothing was written to the stick"
+        ));
+        return Ok(Outcome::Off(off));
     }
     let exclude = session_exclude(&paths.exclude)?;
     let estimate = space::estimate(&paths.upperdir, &exclude)?;

@@ -6,6 +6,7 @@ use crate::saveplan::SessionState;
 use anyhow::{Context, Result};
 use ramstick_common::bootinfo::{BootInfo, BOOT_JSON};
 use ramstick_common::chain::Saved;
+use ramstick_common::cmdline::LayersMode;
 use ramstick_common::manifest::{LAYERS_DIR, LEGACY_BACKUP_IMAGE, LEGACY_IMAGE, MANIFEST};
 use ramstick_squash::Exclude;
 use std::path::{Path, PathBuf};
@@ -25,6 +26,13 @@ pub struct Paths {
     pub boot_json: PathBuf,
     /// The saver's own run-time directory (lock, session record, test mounts).
     pub state: PathBuf,
+    /// The kernel command line (`ramstick.save=off`).
+    pub cmdline: PathBuf,
+    /// The rootfs, the overlay's bottom lower.
+    pub rootfs: PathBuf,
+    /// Where boot loop-mounts the saved layers (`ramstick.layers=mount`);
+    /// in `ram` mode they are unpacked under `upper_mount/layers`.
+    pub layer_mounts: PathBuf,
 }
 
 impl Paths {
@@ -37,7 +45,25 @@ impl Paths {
             exclude: "/etc/ramstick/exclude".into(),
             boot_json: BOOT_JSON.into(),
             state: "/run/ramstick/saver".into(),
+            cmdline: "/proc/cmdline".into(),
+            rootfs: "/run/ramstick/lower".into(),
+            layer_mounts: ramstick_common::plan::LAYER_MOUNTS.into(),
         }
+    }
+
+    /// The overlay's lowers as boot stacked them, top first: the layers in
+    /// use (where their `how` put them), then the rootfs.
+    pub fn lowers(&self, info: &BootInfo) -> Vec<PathBuf> {
+        info.layers
+            .iter()
+            .rev()
+            .map(|l| match l.how {
+                LayersMode::Mount => self.layer_mounts.join(&l.name),
+                // `ram_dir` of the boot plan: beside the upperdir.
+                LayersMode::Ram => self.upper_mount.join("layers").join(&l.name),
+            })
+            .chain([self.rootfs.clone()])
+            .collect()
     }
 
     /// What this session saved (absent until its first save).
@@ -146,9 +172,19 @@ pub const BUILTIN_EXCLUDE: &[&str] = &[
 /// The exclusions of a session's save: [`BUILTIN_EXCLUDE`], then the
 /// patterns of the exclusion list `path`.
 pub fn session_exclude(path: &Path) -> Result<Exclude> {
+    Exclude::new(session_patterns(path)?).with_context(|| format!("in {}", path.display()))
+}
+
+/// The lines [`session_exclude`] compiles, in order (for `saver diff`,
+/// which names the pattern that left a path out).
+pub fn session_patterns(path: &Path) -> Result<Vec<String>> {
     let text = read_exclude(path)?;
-    Exclude::new(BUILTIN_EXCLUDE.iter().copied().chain(text.lines()))
-        .with_context(|| format!("in {}", path.display()))
+    Ok(BUILTIN_EXCLUDE
+        .iter()
+        .copied()
+        .chain(text.lines())
+        .map(str::to_string)
+        .collect())
 }
 
 /// The text of an exclusion list; a missing file is empty.

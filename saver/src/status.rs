@@ -1,17 +1,31 @@
 //! `saver status`: how this system booted, the saved chain on the stick,
-//! how full the RAM upper is and what changed since the last save.
+//! whether saving is on, the session's last save, how full the RAM upper
+//! is, what the checkpoints may still write this hour and what changed
+//! since the last save; `--json` gives the same for scripts.
 
-use crate::session::{self, session_exclude, Paths, Session};
+use crate::daemon::{self, Spent};
+use crate::diff;
+use crate::onoff;
+use crate::session::{self, session_exclude, session_patterns, Paths, Session};
 use crate::space::{self, human};
 use anyhow::Result;
 use ramstick_common::chain::Saved;
 use ramstick_common::cmdline::BootType;
 use ramstick_common::manifest::Manifest;
+use serde_json::{json, Value};
 
-/// Prints the status to stdout.
-pub fn status(paths: &Paths) -> Result<()> {
+/// Prints the status to stdout (as JSON with `json`).
+pub fn status(paths: &Paths, json: bool) -> Result<()> {
     let session = Session::load(paths)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&as_json(paths, &session))?
+        );
+        return Ok(());
+    }
     let info = &session.info;
+    println!("saving:       {}", saving(paths, &session).1);
     println!(
         "boot asked:   {} (layers: {})",
         info.asked, info.layers_mode
@@ -53,11 +67,85 @@ pub fn status(paths: &Paths) -> Result<()> {
         ),
         Err(e) => println!("upper:        {e:#}"),
     }
-    if let Some(layer) = &session.state.layer {
-        println!("saved:        during this session, as {layer}");
-    }
+    println!("last save:    {}", last_save(paths, &session));
+    println!("checkpoints:  {}", checkpoints(paths).1);
     println!("changes:      {}", changes(paths, &session));
     Ok(())
+}
+
+/// Whether the session will be saved: (on, what to say).
+fn saving(paths: &Paths, session: &Session) -> (bool, String) {
+    if session.info.asked == BootType::Clean {
+        return (false, "off: clean boot (ramstick.boot=clean)".into());
+    }
+    match onoff::why_off(paths) {
+        Some(why) => (false, format!("OFF: {why}")),
+        None => (true, "on: the session is saved at shutdown".into()),
+    }
+}
+
+/// The session's last save, from the manifest's record of its layer.
+fn last_save(paths: &Paths, session: &Session) -> String {
+    let Some(layer) = &session.state.layer else {
+        return "none in this session".into();
+    };
+    match session::read_saved(paths) {
+        Saved::Manifest(m) => match m.layers.get(layer) {
+            Some(l) => format!("{layer} at {} ({})", l.saved, human(l.size)),
+            None => format!("{layer} (no longer in the manifest: compacted)"),
+        },
+        _ => layer.clone(),
+    }
+}
+
+/// The daemon's checkpoint settings and the budget left this hour:
+/// (as JSON, what to say).
+fn checkpoints(paths: &Paths) -> (Value, String) {
+    let conf = std::fs::read_to_string(daemon::CONF).unwrap_or_default();
+    let line = std::fs::read_to_string(&paths.cmdline).unwrap_or_default();
+    let s = daemon::settings(&conf, &line).unwrap_or_else(|_| daemon::defaults());
+    let spent = Spent::load(paths).in_last_hour(daemon::now_secs());
+    let left = s.budget.saturating_sub(spent);
+    let value = json!({"minutes": s.checkpoint, "budget": s.budget, "left": left});
+    let text = match s.checkpoint {
+        Some(m) => format!(
+            "every {m} min when something changed; {} of the {} hourly budget left",
+            human(left),
+            human(s.budget)
+        ),
+        None => "off (saves at shutdown and on demand only)".into(),
+    };
+    (value, text)
+}
+
+/// The status for scripts.
+fn as_json(paths: &Paths, session: &Session) -> Value {
+    let (on, why) = saving(paths, session);
+    let chain = match session::read_saved(paths) {
+        Saved::Manifest(m) => json!({
+            "generation": m.generation,
+            "current": m.current.iter().map(|n| json!({"name": n, "layer": m.layers.get(n)})).collect::<Vec<_>>(),
+            "backup": m.backup,
+            "kept": m.kept,
+        }),
+        Saved::Legacy { default, backup } => {
+            json!({"legacy": {"default": default, "backup": backup}})
+        }
+        Saved::Damaged(why) => json!({"damaged": why}),
+        Saved::Nothing => Value::Null,
+    };
+    let upper = space::usage(&paths.upper_mount)
+        .map(|(used, size)| json!({"used": used, "size": size, "kind": session.info.upper}))
+        .unwrap_or(Value::Null);
+    json!({
+        "boot": session.info,
+        "saving": {"on": on, "why": why},
+        "last_save": session.state.layer.as_ref().map(|_| last_save(paths, session)),
+        "chain": chain,
+        "upper": upper,
+        "checkpoints": checkpoints(paths).0,
+        "changes": changes(paths, session),
+    })
 }
 
 /// The chains of the manifest, one layer a line.
@@ -121,13 +209,17 @@ fn changes(paths: &Paths, session: &Session) -> String {
                 Err(e) => format!("unknown: cannot compare with {layer}: {e}"),
             }
         }
-        None => match space::estimate(&paths.upperdir, &exclude) {
-            Ok(est) => format!(
-                "{} entries ({} of file data) since boot{not_saved}",
-                est.entries,
-                human(est.data)
-            ),
-            Err(e) => format!("unknown: {e:#}"),
-        },
+        None => {
+            let report = session_patterns(&paths.exclude)
+                .and_then(|lines| diff::Patterns::new(&lines))
+                .and_then(|p| diff::diff(&paths.upperdir, &paths.lowers(&session.info), &p));
+            match report {
+                Ok(r) => format!(
+                    "{} since boot{not_saved} (`saver diff` lists them)",
+                    r.counts().line()
+                ),
+                Err(e) => format!("unknown: {e:#}"),
+            }
+        }
     }
 }

@@ -13,6 +13,8 @@ use ramstick_common::bootinfo::{BootInfo, SavedState, UsedLayer};
 use ramstick_common::chain::{FailureClass, LayerFailure};
 use ramstick_common::cmdline::{BootType, LayersMode};
 use ramstick_common::manifest::{layer_name, Manifest};
+use ramstick_saver::diff::{diff, Change, Patterns, What};
+use ramstick_saver::onoff::{self, Off};
 use ramstick_saver::save::{save, Outcome, SaveOptions, Trigger};
 use ramstick_saver::session::Paths;
 use ramstick_squash::Exclude;
@@ -41,6 +43,8 @@ fn main() -> ExitCode {
             ("save-waiting-for-the-lock", save_waiting_for_the_lock),
             ("file-keeps-changing", file_keeps_changing),
             ("kernel-files-never-saved", kernel_files_never_saved),
+            ("diff-over-an-overlay", diff_over_an_overlay),
+            ("saving-off", saving_off),
         ],
     )
 }
@@ -66,6 +70,9 @@ fn scratch(root: &Path) -> Result<Paths, String> {
         exclude: root.join("exclude"),
         boot_json: root.join("boot.json"),
         state: root.join("state"),
+        cmdline: root.join("cmdline"),
+        rootfs: root.join("rootfs"),
+        layer_mounts: root.join("layer-mounts"),
     };
     let u = &paths.upperdir;
     for d in ["etc/opaque", "tmp", "bin", "root"] {
@@ -657,5 +664,132 @@ fn save_while_appending(
         ),
     )?;
     ensure(appended > 0, "the writer never ran")?;
+    Ok(ramstick_testkit::Outcome::Passed)
+}
+
+/// `saver diff` of an upperdir the kernel's overlay wrote (copy-ups,
+/// whiteouts, an opaque directory) over a saved layer and a rootfs, as
+/// `Paths::lowers` finds them from boot.json.
+fn diff_over_an_overlay(root: &Path) -> CaseResult {
+    let paths = &scratch(root)?;
+    fresh_upper(paths, &[])?;
+    let layer = layer_name(1);
+    new_session(paths, BootType::Default, &[&layer], vec![])?;
+    let saved = paths.layer_mounts.join(&layer);
+    for (dir, files) in [
+        (
+            &paths.rootfs,
+            &[
+                ("etc/hostname", "base\n"),
+                ("etc/motd", "hello\n"),
+                ("bin/tool", "#!/bin/sh\n"),
+                ("bin/rev", "x\n"),
+                ("usr/sbin/chroot", "x\n"),
+            ][..],
+        ),
+        (&saved, &[("etc/hostname", "saved\n")][..]),
+    ] {
+        for (f, text) in files {
+            let p = dir.join(f);
+            fs::create_dir_all(p.parent().unwrap_or(dir)).ctx(f)?;
+            fs::write(&p, text).ctx(f)?;
+        }
+    }
+    let work = paths.upper_mount.join("work");
+    let merged = root.join("merged");
+    fs::create_dir_all(&work).ctx("work")?;
+    fs::create_dir_all(&merged).ctx("merged")?;
+    let lowers = paths.lowers(
+        &ramstick_common::bootinfo::BootInfo::from_json(
+            &fs::read_to_string(&paths.boot_json).ctx("boot.json")?,
+        )
+        .ctx("boot.json")?,
+    );
+    ensure(
+        lowers == [saved.clone(), paths.rootfs.clone()],
+        format!("lowers {lowers:?}"),
+    )?;
+    let lowerdir: Vec<String> = lowers.iter().map(|l| l.display().to_string()).collect();
+    run(Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={},index=off,metacopy=off,redirect_dir=off",
+            lowerdir.join(":"),
+            paths.upperdir.display(),
+            work.display()
+        ))
+        .arg(&merged))?;
+    let changed = run(Command::new("sh").current_dir(&merged).arg("-c").arg(
+        "echo changed-host > etc/hostname && chmod 755 bin/tool && rm bin/rev \
+         && touch -d '2001-01-01' etc/motd && rm -r usr/sbin && mkdir usr/sbin \
+         && echo fresh > usr/sbin/fresh && mkdir -p root tmp && echo new > root/new \
+         && echo junk > tmp/junk",
+    ));
+    run(Command::new("umount").arg(&merged))?;
+    changed?;
+    let patterns = Patterns::new(
+        &ramstick_saver::session::session_patterns(&paths.exclude).map_err(|e| format!("{e:#}"))?,
+    )
+    .map_err(|e| format!("{e:#}"))?;
+    let report = diff(&paths.upperdir, &lowers, &patterns).map_err(|e| format!("{e:#}"))?;
+    let got: BTreeMap<&str, &Change> = report
+        .entries
+        .iter()
+        .map(|e| (e.path.as_str(), &e.change))
+        .collect();
+    let want: BTreeMap<&str, Change> = [
+        ("/bin/rev", Change::Deleted),
+        ("/bin/tool", Change::Modified(vec![What::Mode])),
+        ("/etc/hostname", Change::Modified(vec![What::Content])),
+        ("/etc/motd", Change::Modified(vec![What::Mtime])),
+        ("/root", Change::Added),
+        ("/root/new", Change::Added),
+        ("/tmp", Change::Added),
+        ("/usr/sbin", Change::Replaced),
+        ("/usr/sbin/fresh", Change::Added),
+    ]
+    .into_iter()
+    .collect();
+    ensure(
+        got == want.iter().map(|(k, v)| (*k, v)).collect(),
+        format!("diff {got:#?}"),
+    )?;
+    let excluded: Vec<(&str, &str)> = report
+        .excluded
+        .iter()
+        .map(|x| (x.path.as_str(), x.pattern.as_str()))
+        .collect();
+    ensure(
+        excluded == [("/tmp/junk", "/tmp/*")],
+        format!("excluded {excluded:?}"),
+    )?;
+    Ok(ramstick_testkit::Outcome::Passed)
+}
+
+/// `saver off` and `ramstick.save=off`: a save writes nothing and says why;
+/// `saver on` (or a command line without the parameter) saves again.
+fn saving_off(root: &Path) -> CaseResult {
+    let paths = &scratch(root)?;
+    let said = onoff::turn_off(paths).map_err(|e| format!("{e:#}"))?;
+    for trigger in [Trigger::Shutdown, Trigger::Checkpoint, Trigger::Demand] {
+        let got = save(paths, SaveOptions::new(trigger)).map_err(|e| format!("{e:#}"))?;
+        ensure(
+            got == Outcome::Off(Off::Flag(said.clone())),
+            format!("{trigger:?}: {got:?}"),
+        )?;
+    }
+    ensure(!paths.layers().exists(), "written while saving was off")?;
+    onoff::turn_on(paths).map_err(|e| format!("{e:#}"))?;
+    fs::write(&paths.cmdline, "quiet ramstick.save=off\n").ctx("cmdline")?;
+    ensure(
+        save_now(paths)? == Outcome::Off(Off::CommandLine),
+        "saved with ramstick.save=off",
+    )?;
+    ensure(!paths.layers().exists(), "written with ramstick.save=off")?;
+    fs::write(&paths.cmdline, "quiet\n").ctx("cmdline")?;
+    ensure(
+        matches!(save_now(paths)?, Outcome::Saved { .. }),
+        "not saved once saving is on",
+    )?;
     Ok(ramstick_testkit::Outcome::Passed)
 }

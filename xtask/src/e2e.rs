@@ -25,6 +25,7 @@ mod persist;
 mod reliab;
 mod scenarios;
 mod trees;
+mod userview;
 
 use crate::cache;
 use crate::qemu::{self, Machine, Vm};
@@ -200,6 +201,7 @@ fn all_scenarios() -> impl Iterator<Item = &'static Scenario> {
         .chain(initsystems::ALL)
         .chain(scenarios::ALL)
         .chain(persist::ALL)
+        .chain(userview::ALL)
         .chain(layers::ALL)
         .chain(luks::ALL)
         .chain(reliab::ALL)

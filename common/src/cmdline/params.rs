@@ -17,7 +17,7 @@ use super::syntax::{
     Syntax, Text, Unset, Words,
 };
 use super::{
-    BootType, Config, DeviceSpec, LayersMode, LogLevel, ShellPolicy, Size, UpperKind,
+    BootType, Config, DeviceSpec, LayersMode, LogLevel, SaveMode, ShellPolicy, Size, UpperKind,
     DEFAULT_PERSIST_LABEL,
 };
 
@@ -151,6 +151,7 @@ table!(
     LUKS_TRIES,
     LAYERS,
     CHECKPOINT,
+    SAVE,
 );
 
 pub(super) const PERSIST: Param<DeviceSpec> = Param {
@@ -381,4 +382,16 @@ pub(super) const CHECKPOINT: Param<Option<u32>> = Param {
     on_bad: OnBad::UseDefault,
     only_with: None,
     field: |c| &mut c.checkpoint_minutes,
+};
+
+pub(super) const SAVE: Param<SaveMode> = Param {
+    name: "ramstick.save",
+    syntax: &Words::<SaveMode>::new(),
+    default: || SaveMode::On,
+    help: "`off` boots the saved state but never saves it: the shutdown save, checkpoints, \
+           idle compaction and `saver save` all refuse and write nothing to the stick (`saver \
+           off` does the same for one session once booted).",
+    on_bad: OnBad::UseDefault,
+    only_with: None,
+    field: |c| &mut c.save,
 };

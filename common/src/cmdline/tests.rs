@@ -230,7 +230,7 @@ fn all_parameters_set_their_fields() {
          ramstick.swap=2G ramstick.swappiness=0 ramstick.user=bob ramstick.shell=never \
          ramstick.log=debug ramstick.luks=UUID=AB ramstick.luks.keyfile=/key \
          ramstick.luks.tries=10 ramstick.layers=ram ramstick.checkpoint=off \
-         console=ttyS0 console=tty1",
+         ramstick.save=off console=ttyS0 console=tty1",
     );
     assert!(problems.is_empty(), "{problems:?}");
     let expected = Config {
@@ -253,6 +253,7 @@ fn all_parameters_set_their_fields() {
         },
         layers: LayersMode::Ram,
         checkpoint_minutes: None,
+        save: SaveMode::Off,
         consoles: vec!["ttyS0".into(), "tty1".into()],
     };
     assert_eq!(cfg, expected);
@@ -433,4 +434,16 @@ fn checkpoint_forms() {
         assert_eq!(problems.len(), 1);
         assert!(problems[0].message.contains(" is not valid: "), "{value}");
     }
+}
+
+#[test]
+fn save_forms() {
+    assert_eq!(Config::default().save, SaveMode::On);
+    assert_eq!(parse("ramstick.save=off").0.save, SaveMode::Off);
+    assert_eq!(parse("ramstick.save=on").0.save, SaveMode::On);
+    let p = one_problem("ramstick.save=no");
+    assert!(
+        p.message.contains("use on or off; using on") && !p.fatal,
+        "{p:?}"
+    );
 }
