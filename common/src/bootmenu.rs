@@ -11,7 +11,7 @@
 //! change; the parameters belong in the record's `cmdline`).
 //!
 //! The menu: the first kernel's entries ([`DEFAULT_KERNEL_ENTRIES`]:
-//! default, backup, clean, default with a tmpfs upper), then every older
+//! default, backup, clean, default with a tmpfs upper, default read-only), then every older
 //! kernel's ([`OLDER_KERNEL_ENTRIES`]: default and backup), the fallback when
 //! a new kernel does not boot. Tests pick entries by [`GrubEntry`], whose
 //! position is read from those same lists.
@@ -43,6 +43,9 @@ pub enum GrubEntry {
     Clean,
     /// The default kernel, the saved session under a tmpfs upper.
     TmpfsUpper,
+    /// The default kernel, the saved session, never saved
+    /// (`ramstick.save=off`): to try something and throw it away.
+    ReadOnly,
     /// The second kernel (the default before the last kernel install), its
     /// default entry.
     PreviousKernel,
@@ -51,11 +54,12 @@ pub enum GrubEntry {
 }
 
 /// The default kernel's entries, in menu order: the first of the menu.
-pub const DEFAULT_KERNEL_ENTRIES: [GrubEntry; 4] = [
+pub const DEFAULT_KERNEL_ENTRIES: [GrubEntry; 5] = [
     GrubEntry::Default,
     GrubEntry::Backup,
     GrubEntry::Clean,
     GrubEntry::TmpfsUpper,
+    GrubEntry::ReadOnly,
 ];
 
 /// Every older kernel's entries, in menu order, after the default kernel's;
@@ -85,6 +89,10 @@ impl GrubEntry {
             GrubEntry::TmpfsUpper => (
                 "default, tmpfs upper",
                 "ramstick.boot=default ramstick.upper=tmpfs",
+            ),
+            GrubEntry::ReadOnly => (
+                "default, read-only",
+                "ramstick.boot=default ramstick.save=off",
             ),
         }
     }
@@ -294,7 +302,7 @@ mod tests {
     }
 
     #[test]
-    fn one_kernel_has_four_entries_in_order() {
+    fn one_kernel_has_five_entries_in_order() {
         let cfg = Menu::new("6.1.0-56-amd64", " ramstick.debug=1 ")
             .unwrap()
             .render();
@@ -308,6 +316,7 @@ mod tests {
                 format!(
                     "    linux {k} ramstick.boot=default ramstick.upper=tmpfs ramstick.debug=1"
                 ),
+                format!("    linux {k} ramstick.boot=default ramstick.save=off ramstick.debug=1"),
             ]
         );
         let titles: Vec<&str> = cfg.lines().filter(|l| l.starts_with("menuentry")).collect();
@@ -318,6 +327,7 @@ mod tests {
                 "menuentry \"ramstick (backup)\" {",
                 "menuentry \"ramstick (clean)\" {",
                 "menuentry \"ramstick (default, tmpfs upper)\" {",
+                "menuentry \"ramstick (default, read-only)\" {",
             ]
         );
         assert!(cfg.contains("search --no-floppy --file --set=root /ramstick-esp.id\n"));
@@ -334,15 +344,15 @@ mod tests {
         assert_eq!(two.kernels, ["6.1.0-54-cloud-amd64", "6.1.0-57-amd64"]);
         let cfg = two.render();
         let lines = linux_lines(&cfg);
-        assert_eq!(lines.len(), 6);
-        assert!(lines[..4]
+        assert_eq!(lines.len(), 7);
+        assert!(lines[..5]
             .iter()
             .all(|l| l.contains("/vmlinuz-6.1.0-54-cloud-amd64 ")));
         assert_eq!(
-            lines[4],
+            lines[5],
             "    linux /vmlinuz-6.1.0-57-amd64 console=tty0 console=ttyS0,115200 ramstick.boot=default"
         );
-        assert!(lines[5].ends_with("ramstick.boot=backup"));
+        assert!(lines[6].ends_with("ramstick.boot=backup"));
         assert!(cfg.contains("menuentry \"ramstick (kernel 6.1.0-57-amd64, default)\" {\n"));
         assert!(cfg.contains("initrd /initramfs-6.1.0-57-amd64.img\n"));
         // The first title appears once: the tests wait for it to find the menu.
@@ -390,6 +400,11 @@ mod tests {
                 GrubEntry::TmpfsUpper,
                 "ramstick (default, tmpfs upper)",
                 "ramstick.boot=default ramstick.upper=tmpfs",
+            ),
+            (
+                GrubEntry::ReadOnly,
+                "ramstick (default, read-only)",
+                "ramstick.boot=default ramstick.save=off",
             ),
             (
                 GrubEntry::PreviousKernel,

@@ -6,8 +6,8 @@
 //! `init --dry-run` prints them (golden-tested in `tests/golden/`).
 
 use crate::cmdline::{
-    BootType, Config, DeviceSpec, LayersMode, LogLevel, Problem, ShellPolicy, Size, UpperKind,
-    DEFAULT_PERSIST_LABEL,
+    BootType, Config, DeviceSpec, LayersMode, LogLevel, Problem, SaveMode, ShellPolicy, Size,
+    UpperKind, DEFAULT_PERSIST_LABEL,
 };
 use crate::manifest::{LAYERS_DIR, LEGACY_BACKUP_IMAGE, LEGACY_IMAGE, MANIFEST};
 use crate::modules::LUKS_MODULES;
@@ -141,6 +141,9 @@ pub struct Plan {
     /// `debug`: the kernel log gets init's debug messages too (the plan
     /// among them).
     pub log: LogLevel,
+    /// `off`: the saver never saves this session (it reads the same
+    /// command line; init only shows it here).
+    pub save: SaveMode,
     /// `console=` values from the command line (informational).
     pub consoles: Vec<String>,
 }
@@ -307,6 +310,7 @@ pub fn make_plan(cfg: &Config, problems: Vec<Problem>, facts: &Facts) -> Plan {
         luks,
         shell: cfg.shell,
         log: cfg.log,
+        save: cfg.save,
         consoles: cfg.consoles.clone(),
     }
 }
@@ -467,6 +471,11 @@ impl fmt::Display for Plan {
             LogLevel::Debug => "what init does and what fails, with details and this plan",
         };
         writeln!(f, "log: {} (the kernel log gets {logged})", self.log)?;
+        let saved = match self.save {
+            SaveMode::On => "the saver saves the session at shutdown, on demand and at checkpoints",
+            SaveMode::Off => "the saver never saves this session: the saved state is only read",
+        };
+        writeln!(f, "save: {} ({saved})", self.save)?;
         if self.consoles.is_empty() {
             writeln!(f, "consoles: kernel default")
         } else {

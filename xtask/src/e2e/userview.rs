@@ -1,13 +1,15 @@
 //! e2e scenario of the user's view of a session: `saver diff` lists what
 //! the next save would write, `saver off` makes a poweroff save nothing,
-//! `saver on` and a save keep the session.
+//! `saver on` and a save keep the session, and GRUB's "default, read-only"
+//! entry boots that session without ever saving.
 
 use super::guest::{
-    boot_to_shell as boot, check, out, poweroff_expecting, ENTRY_DEFAULT, SAVE, SAVED, SAVER,
+    boot_disk_to_shell as boot, check, out, poweroff_expecting, SAVE, SAVED, SAVER,
 };
 use super::{Ctx, DiskSpec, Scenario};
 use crate::qemu::Vm;
 use anyhow::{ensure, Result};
+use ramstick_common::bootmenu::GrubEntry;
 use std::time::Duration;
 
 /// The scenario of this file.
@@ -44,7 +46,7 @@ fn diff_off(ctx: &mut Ctx) -> Result<()> {
     let disk = ctx.disk(&DiskSpec::default())?;
 
     // Session 1: changes listed by the diff, then saving turned off.
-    let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot(ctx, &disk, GrubEntry::Default)?;
     let (rc, clean) = diff_all(&mut vm)?;
     ensure!(rc == 0, "a fresh boot's diff exits {rc}: {clean}");
     ensure!(
@@ -83,7 +85,7 @@ fn diff_off(ctx: &mut Ctx) -> Result<()> {
 
     // Session 2: nothing of session 1 was saved; the same changes, saving
     // off and on again, saved by hand.
-    let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot(ctx, &disk, GrubEntry::Default)?;
     check(&mut vm, "! -e /root/added", "session 1 was saved while off")?;
     check(&mut vm, "-e /bin/rev", "session 1's deletion was saved")?;
     change_things(&mut vm)?;
@@ -102,7 +104,7 @@ fn diff_off(ctx: &mut Ctx) -> Result<()> {
     drop(vm);
 
     // Session 3: session 2 kept, the excluded file not.
-    let mut vm = boot(ctx, &disk, ENTRY_DEFAULT)?;
+    let mut vm = boot(ctx, &disk, GrubEntry::Default)?;
     ensure!(
         out(&mut vm, "cat /root/added")? == "added",
         "session 2 was not kept"
@@ -122,5 +124,25 @@ fn diff_off(ctx: &mut Ctx) -> Result<()> {
         "an excluded directory was saved",
     )?;
     poweroff_expecting(&mut vm, UNCHANGED)?;
+    drop(vm);
+
+    // Session 4, GRUB's read-only entry: the saved session, never saved.
+    let mut vm = boot(ctx, &disk, GrubEntry::ReadOnly)?;
+    ensure!(
+        out(&mut vm, "cat /root/added")? == "added",
+        "the read-only entry does not boot the saved session"
+    );
+    out(&mut vm, "echo thrown-away > /root/added")?;
+    let status = out(&mut vm, &format!("{SAVER} status"))?;
+    ensure!(
+        status.contains("saving:       OFF") && status.contains("ramstick.save=off"),
+        "saver status on the read-only entry:\n{status}"
+    );
+    let (rc, refused) = vm.run_status(&format!("{SAVER} save 2>&1"), SAVE)?;
+    ensure!(
+        rc == 3 && refused.contains(NOT_SAVED),
+        "saver save on the read-only entry exits {rc}: {refused}"
+    );
+    poweroff_expecting(&mut vm, NOT_SAVED)?;
     Ok(())
 }
