@@ -26,43 +26,36 @@ use std::process::{Command, ExitCode};
 
 const KVER: &str = "6.1.0-test";
 
-/// Every case loop-mounts the rootfs and mounts the API filesystems.
-const BOOT: &[Root] = &[Root::LoopDevices, Root::ApiFilesystems];
+/// A case of the boot sequence: it loop-mounts a rootfs made by mksquashfs
+/// and mounts the API filesystems.
+fn boot_case(name: &'static str, run: fn(&Path) -> CaseResult) -> Case {
+    Case::new(name, run)
+        .root(&[Root::LoopDevices, Root::ApiFilesystems])
+        .tools(&[MKSQUASHFS])
+}
 
 fn main() -> ExitCode {
     main_with(
         "privileged_boot",
         &[
-            Case::new("mount mode: a chain of two layers", case_mount_chain)
-                .root(BOOT)
-                .tools(&[MKSQUASHFS]),
-            Case::new(
+            boot_case("mount mode: a chain of two layers", case_mount_chain),
+            boot_case(
                 "ram mode: the chain unpacked into the upper",
                 case_ram_chain,
-            )
-            .root(BOOT)
-            .tools(&[MKSQUASHFS]),
-            Case::new(
+            ),
+            boot_case(
                 "ram mode: a layer too big for the upper is mounted",
                 case_ram_too_small,
-            )
-            .root(BOOT)
-            .tools(&[MKSQUASHFS]),
-            Case::new(
+            ),
+            boot_case(
                 "a truncated middle layer boots the prefix",
                 case_truncated_middle_layer,
-            )
-            .root(BOOT)
-            .tools(&[MKSQUASHFS]),
-            Case::new(
+            ),
+            boot_case(
                 "a truncated legacy upperfs falls back to its backup",
                 case_legacy_fallback,
-            )
-            .root(BOOT)
-            .tools(&[MKSQUASHFS]),
-            Case::new("clean boot ignores the layers", case_clean)
-                .root(BOOT)
-                .tools(&[MKSQUASHFS]),
+            ),
+            boot_case("clean boot ignores the layers", case_clean),
             Case::new(
                 "zram upper is ext2 with xattrs, clean under e2fsck",
                 case_zram,
@@ -74,15 +67,11 @@ fn main() -> ExitCode {
                 Root::TrustedXattrs,
             ])
             .tools(&[MKSQUASHFS, BUSYBOX, SETFATTR, GETFATTR, E2FSCK]),
-            Case::new("missing rootfs names the image", case_missing_rootfs)
-                .root(BOOT)
-                .tools(&[MKSQUASHFS]),
-            Case::new(
+            boot_case("missing rootfs names the image", case_missing_rootfs),
+            boot_case(
                 "a kernel the rootfs has no modules directory for leaves the upper empty",
                 case_new_kernel_mount_point,
-            )
-            .root(BOOT)
-            .tools(&[MKSQUASHFS]),
+            ),
         ],
     )
 }

@@ -168,6 +168,15 @@ impl Case {
         Case { tools, ..self }
     }
 
+    /// The name of its directory: the name with only plain characters, as
+    /// the path goes into mount options, where `:` and `,` are separators.
+    fn dir_name(&self) -> String {
+        let plain = |c: char| c.is_ascii_alphanumeric() || c == '-';
+        (self.name.chars())
+            .map(|c| if plain(c) { c } else { '_' })
+            .collect()
+    }
+
     /// Why the case cannot run here, if it cannot.
     fn cannot_run(&self, place: Place) -> Option<String> {
         if place == Place::UserNamespace && !self.root.is_empty() {
@@ -219,18 +228,7 @@ pub fn main_with(name: &str, cases: &[Case]) -> ExitCode {
         ),
     }
     for case in cases {
-        // Only plain characters: the path goes into mount options, where
-        // `:` and `,` are separators.
-        let plain: String = (case.name.chars())
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let dir = scratch.mount.target.join(plain);
+        let dir = scratch.mount.target.join(case.dir_name());
         let result = match case.cannot_run(place) {
             Some(why) => Ok(Outcome::Skipped(why)),
             None => std::fs::create_dir(&dir)
@@ -377,7 +375,8 @@ mod tests {
 
     #[test]
     fn a_case_says_why_it_cannot_run() {
-        let anywhere = Case::new("a", passes).tools(&[("sh", "dash")]);
+        let anywhere = Case::new("a: one, two", passes).tools(&[("sh", "dash")]);
+        assert_eq!(anywhere.dir_name(), "a__one__two");
         assert_eq!(anywhere.cannot_run(Place::UserNamespace), None);
         let root = Case::new("b", passes).root(&[Root::LoopDevices, Root::TrustedXattrs]);
         assert_eq!(root.cannot_run(Place::Root), None);
