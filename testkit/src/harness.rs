@@ -319,20 +319,26 @@ struct Scratch {
 }
 
 /// Enters a private mount namespace (in a user namespace of our own when
-/// not root) and mounts the scratch tmpfs, which `name` tags.
+/// not root) and mounts the scratch tmpfs, which `name` tags. Root of a
+/// user namespace already (a rootless container, `unshare -r`) may mount
+/// there but no more than in ours: its cases run as in ours.
 fn isolate(name: &str) -> Result<(Scratch, Place), Isolation> {
-    let place = if geteuid().is_root() {
-        unshare(CloneFlags::CLONE_NEWNS)
-            .ctx("unshare(CLONE_NEWNS)")
-            .map_err(Isolation::Failed)?;
-        Place::Root
-    } else {
+    let place = if !geteuid().is_root() {
         enter_user_namespace().map_err(|e| {
             Isolation::Refused(format!(
                 "needs root or an unprivileged user namespace ({e})"
             ))
         })?;
         Place::UserNamespace
+    } else {
+        unshare(CloneFlags::CLONE_NEWNS)
+            .ctx("unshare(CLONE_NEWNS)")
+            .map_err(Isolation::Failed)?;
+        if in_initial_user_namespace() {
+            Place::Root
+        } else {
+            Place::UserNamespace
+        }
     };
     let scratch = (|| {
         // Nothing mounted here propagates to the host's namespace.
@@ -349,6 +355,15 @@ fn isolate(name: &str) -> Result<(Scratch, Place), Isolation> {
         Ok(Scratch { mount, _dir: dir })
     })();
     scratch.map(|s| (s, place)).map_err(Isolation::Failed)
+}
+
+/// Whether this process is in the initial user namespace, whose uid map is
+/// the identity of every uid.
+fn in_initial_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map").is_ok_and(|map| {
+        let fields: Vec<&str> = map.split_whitespace().collect();
+        fields == ["0", "0", "4294967295"]
+    })
 }
 
 /// Becomes root of a new user namespace (mapped to the caller's uid and
