@@ -1,7 +1,8 @@
 //! Helpers shared by ramstick's tests (dev-only, never shipped): for the privileged
 //! ones a harness that runs named cases in a private mount namespace on a
 //! scratch tmpfs, as root or else in an unprivileged user namespace, and
-//! reports every skip ([`main_with`]); mount guards ([`Mounted`]), small
+//! reports every skip ([`main_with`]); the commands tests run, with their
+//! Debian packages ([`TOOLS`]); mount guards ([`Mounted`]), small
 //! command and syscall wrappers, and builders of test trees holding every
 //! kind of entry an overlayfs upper can hold ([`build_every_kind`],
 //! [`build_full_tree`]); and the temporary directory (or small tree) of
@@ -11,13 +12,14 @@
 
 mod harness;
 mod tempdir;
+mod tools;
 
-pub use harness::{
-    have, main_with, no_skip, skip, tool, Case, CaseResult, Outcome, Root, Tool, BLKID, BUSYBOX,
-    CRYPTSETUP, E2FSCK, GETFATTR, LOSETUP, MKFS_EXT4, MKFS_FAT, MKSQUASHFS, NO_SKIP, SETFATTR,
-    SFDISK, TOOLS, UNSQUASHFS,
-};
+pub use harness::{main_with, no_skip, skip, Case, CaseResult, Outcome, Root, NO_SKIP};
 pub use tempdir::TempDir;
+pub use tools::{
+    have, tool, Tool, BLKID, BUSYBOX, CRYPTSETUP, E2FSCK, GETFATTR, LOSETUP, MKFS_EXT4, MKFS_FAT,
+    MKSQUASHFS, SETFATTR, SFDISK, TOOLS, UNSQUASHFS,
+};
 
 use std::collections::HashSet;
 use std::ffi::CString;
