@@ -2,36 +2,30 @@
 //! cryptsetup, mksquashfs and sfdisk, compared with what `blkid -p` and
 //! `sfdisk --json` say about them.
 //!
-//! A test whose tools are missing prints why and passes without checking (run
-//! with `--nocapture` to see the reasons). Images are sparse files in a
+//! A test whose tools are missing says why and passes without checking (run
+//! with `--nocapture` to see the reasons); with `RAMSTICK_NO_SKIP=1` it fails. Images are sparse files in a
 //! temporary directory.
 
 use ramstick_common::blkid::{gpt_partitions, probe, FsInfo, FsKind};
-use ramstick_testkit::TempDir;
+use ramstick_testkit::{
+    skip, tool, TempDir, Tool, BLKID, CRYPTSETUP, MKFS_EXT4, MKFS_FAT, MKSQUASHFS, SFDISK,
+};
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Finds `name` in PATH or the sbin directories (which cargo's PATH may lack).
-fn tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    let found = path
-        .split(':')
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
-        .map(|dir| Path::new(dir).join(name))
-        .find(|p| p.is_file());
-    found
-}
-
-/// All `names` found, or `None` after printing which one is missing.
-fn tools<const N: usize>(test: &str, names: [&str; N]) -> Option<[PathBuf; N]> {
+/// The paths of all `tools`, or `None` after saying which one is missing
+/// (a skip: see `ramstick_testkit::skip`).
+fn tools<const N: usize>(tools: [Tool; N]) -> Option<[PathBuf; N]> {
     let mut found = Vec::new();
-    for name in names {
+    for (name, package) in tools {
         match tool(name) {
             Some(p) => found.push(p),
             None => {
-                eprintln!("skipping {test}: `{name}` is not installed");
+                skip(&format!(
+                    "`{name}` is not installed: apt-get install {package}"
+                ));
                 return None;
             }
         }
@@ -88,7 +82,7 @@ fn assert_agrees_with_blkid(info: &FsInfo, blkid: &HashMap<String, String>) {
 
 #[test]
 fn ext4_made_by_mkfs() {
-    let Some([mkfs, blkid]) = tools("ext4_made_by_mkfs", ["mkfs.ext4", "blkid"]) else {
+    let Some([mkfs, blkid]) = tools([MKFS_EXT4, BLKID]) else {
         return;
     };
     let dir = TempDir::new("ext4");
@@ -108,7 +102,7 @@ fn ext4_made_by_mkfs() {
 
 #[test]
 fn fat16_and_fat32_made_by_mkfs() {
-    let Some([mkfs, blkid]) = tools("fat_made_by_mkfs", ["mkfs.fat", "blkid"]) else {
+    let Some([mkfs, blkid]) = tools([MKFS_FAT, BLKID]) else {
         return;
     };
     let dir = TempDir::new("fat");
@@ -129,8 +123,7 @@ fn fat16_and_fat32_made_by_mkfs() {
 
 #[test]
 fn luks2_made_by_cryptsetup() {
-    let Some([cryptsetup, blkid]) = tools("luks2_made_by_cryptsetup", ["cryptsetup", "blkid"])
-    else {
+    let Some([cryptsetup, blkid]) = tools([CRYPTSETUP, BLKID]) else {
         return;
     };
     let dir = TempDir::new("luks");
@@ -156,7 +149,7 @@ fn luks2_made_by_cryptsetup() {
 
 #[test]
 fn squashfs_made_by_mksquashfs() {
-    let Some([mksquashfs]) = tools("squashfs_made_by_mksquashfs", ["mksquashfs"]) else {
+    let Some([mksquashfs]) = tools([MKSQUASHFS]) else {
         return;
     };
     let dir = TempDir::new("squashfs");
@@ -175,7 +168,7 @@ fn squashfs_made_by_mksquashfs() {
 
 #[test]
 fn gpt_made_by_sfdisk() {
-    let Some([sfdisk]) = tools("gpt_made_by_sfdisk", ["sfdisk"]) else {
+    let Some([sfdisk]) = tools([SFDISK]) else {
         return;
     };
     let dir = TempDir::new("gpt");

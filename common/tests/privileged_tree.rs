@@ -4,10 +4,10 @@
 //! squashfs image; `remove_contents` is run around mount points; listing a
 //! damaged image fails cleanly (the saver lists every image it writes).
 //!
-//! Needs root (skips with a message otherwise). Everything happens in a
-//! private mount namespace on a scratch tmpfs (`ramstick_testkit`); loop
-//! devices are detached and mounts unmounted by guards even when a case
-//! fails.
+//! Everything happens in a private mount namespace on a scratch tmpfs
+//! (testkit's harness); loop devices are detached and mounts unmounted by
+//! guards even when a case fails. Not as root, only the case that needs no
+//! more than a user namespace runs; the others say that they are skipped.
 
 use std::fs::File;
 use std::os::unix::fs::{symlink, FileExt};
@@ -19,27 +19,36 @@ use std::time::Duration;
 use nix::sys::stat::SFlag;
 use ramstick_common::tree::{remove_contents, tree_listing, TreeError};
 use ramstick_testkit::{
-    build_every_kind, ensure, ensure_same, getfattr, have, make_node, noise, run, Case, CaseResult,
-    Ctx, Mounted, Outcome,
+    build_every_kind, ensure, ensure_same, getfattr, main_with, make_node, noise, run, Case,
+    CaseResult, Ctx, Mounted, Outcome, Root, GETFATTR, MKSQUASHFS,
 };
 
 fn main() -> ExitCode {
-    let cases: [Case; 4] = [
-        (
-            "listing_of_every_entry_kind_and_its_squashfs",
-            listing_of_every_entry_kind_and_its_squashfs,
-        ),
-        ("remove_contents_keeps_mounts", remove_contents_keeps_mounts),
-        (
-            "truncated_squashfs_fails_cleanly",
-            truncated_squashfs_fails_cleanly,
-        ),
-        (
-            "corrupted_squashfs_fails_cleanly",
-            corrupted_squashfs_fails_cleanly,
-        ),
-    ];
-    ramstick_testkit::main_with("privileged_tree", &cases)
+    use Root::{DeviceNodes, ForeignOwners, LoopDevices, TrustedXattrs};
+    main_with(
+        "privileged_tree",
+        &[
+            Case::new(
+                "listing_of_every_entry_kind_and_its_squashfs",
+                listing_of_every_entry_kind_and_its_squashfs,
+            )
+            .root(&[DeviceNodes, ForeignOwners, TrustedXattrs, LoopDevices])
+            .tools(&[MKSQUASHFS, GETFATTR]),
+            Case::new("remove_contents_keeps_mounts", remove_contents_keeps_mounts),
+            Case::new(
+                "truncated_squashfs_fails_cleanly",
+                truncated_squashfs_fails_cleanly,
+            )
+            .root(&[LoopDevices])
+            .tools(&[MKSQUASHFS]),
+            Case::new(
+                "corrupted_squashfs_fails_cleanly",
+                corrupted_squashfs_fails_cleanly,
+            )
+            .root(&[LoopDevices])
+            .tools(&[MKSQUASHFS]),
+        ],
+    )
 }
 
 /// The xattrs of a listing as `getfattr` shows them, sorted: `path:
@@ -82,11 +91,6 @@ fn listing_xattrs(listing: &[String]) -> Result<Vec<String>, String> {
 /// Case 1: a tree of every entry kind: its listing agrees with getfattr,
 /// and the squashfs image mksquashfs makes of it lists the same.
 fn listing_of_every_entry_kind_and_its_squashfs(dir: &Path) -> CaseResult {
-    if !have("mksquashfs") {
-        return Ok(Outcome::Skipped(
-            "mksquashfs missing (squashfs-tools)".into(),
-        ));
-    }
     let src = dir.join("src");
     std::fs::create_dir(&src).ctx("mkdir src")?;
     build_every_kind(&src)?;
@@ -99,20 +103,16 @@ fn listing_of_every_entry_kind_and_its_squashfs(dir: &Path) -> CaseResult {
         want.iter().any(|l| l == "/sub/hl2 hardlink-of:/hl1"),
         "hardlink missing in listing",
     )?;
-    if have("getfattr") {
-        let attrs = getfattr(&src)?;
-        ensure(
-            attrs.iter().any(|l| l.contains("security.capability=0x")),
-            format!("getfattr shows no capability: {attrs:#?}"),
-        )?;
-        ensure_same(
-            "xattrs (getfattr, listing)",
-            &attrs,
-            &listing_xattrs(&want)?,
-        )?;
-    } else {
-        println!("note: getfattr missing (package attr): xattr cross-check skipped");
-    }
+    let attrs = getfattr(&src)?;
+    ensure(
+        attrs.iter().any(|l| l.contains("security.capability=0x")),
+        format!("getfattr shows no capability: {attrs:#?}"),
+    )?;
+    ensure_same(
+        "xattrs (getfattr, listing)",
+        &attrs,
+        &listing_xattrs(&want)?,
+    )?;
 
     let image = dir.join("upper.squashfs");
     run(Command::new("mksquashfs")
@@ -175,10 +175,7 @@ fn remove_contents_keeps_mounts(dir: &Path) -> CaseResult {
 }
 
 /// Makes a squashfs image of one 4 MiB file; returns the image path.
-fn four_mib_image(dir: &Path, letters: bool) -> Result<Option<PathBuf>, String> {
-    if !have("mksquashfs") {
-        return Ok(None);
-    }
+fn four_mib_image(dir: &Path, letters: bool) -> Result<PathBuf, String> {
     let src = dir.join("src");
     std::fs::create_dir(&src).ctx("mkdir src")?;
     std::fs::write(src.join("data"), noise(4 << 20, letters)).ctx("write data")?;
@@ -187,7 +184,7 @@ fn four_mib_image(dir: &Path, letters: bool) -> Result<Option<PathBuf>, String> 
         .arg(&src)
         .arg(&image)
         .args(["-noappend", "-quiet"]))?;
-    Ok(Some(image))
+    Ok(image)
 }
 
 /// Lists `image`'s contents (which reads every file), expecting the mount
@@ -221,9 +218,7 @@ fn list_broken_image(dir: &Path, image: &Path) -> CaseResult {
 
 /// Case 3: an image truncated to half its size.
 fn truncated_squashfs_fails_cleanly(dir: &Path) -> CaseResult {
-    let Some(image) = four_mib_image(dir, false)? else {
-        return Ok(Outcome::Skipped("mksquashfs missing".into()));
-    };
+    let image = four_mib_image(dir, false)?;
     let file = File::options().write(true).open(&image).ctx("open image")?;
     let size = file.metadata().ctx("stat image")?.len();
     file.set_len(size / 2).ctx("truncate image")?;
@@ -234,9 +229,7 @@ fn truncated_squashfs_fails_cleanly(dir: &Path) -> CaseResult {
 /// Case 3b: intact metadata, but compressed data blocks overwritten, so the
 /// mount succeeds and reading the file fails.
 fn corrupted_squashfs_fails_cleanly(dir: &Path) -> CaseResult {
-    let Some(image) = four_mib_image(dir, true)? else {
-        return Ok(Outcome::Skipped("mksquashfs missing".into()));
-    };
+    let image = four_mib_image(dir, true)?;
     let file = File::options().write(true).open(&image).ctx("open image")?;
     file.write_all_at(&[0xaa; 512 << 10], 64 << 10)
         .ctx("corrupt image")?;

@@ -3,8 +3,8 @@
 //! (mounted, unpacked, cut short, legacy) and the overlay with its hand-over moves — all under a scratch root
 //! in a private mount namespace, with the same functions init runs at boot.
 //!
-//! Needs root, `mksquashfs` and `/bin/busybox` (for mke2fs); otherwise it
-//! prints why it is skipped. Output ends with "N passed, M failed".
+//! Needs root and `mksquashfs` (the zram case also `/bin/busybox`, for
+//! mke2fs): testkit's harness says why each case is skipped otherwise.
 
 use nix::mount::{mount, MsFlags};
 use ramstick_common::chain::FailureClass;
@@ -16,99 +16,64 @@ use ramstick_init::layers;
 use ramstick_init::mountpoints;
 use ramstick_init::mounts::{self, at};
 use ramstick_init::sys::{LinuxSys, Sys};
+use ramstick_testkit::{
+    main_with, noise, Case, CaseResult, Outcome, Root, BUSYBOX, E2FSCK, GETFATTR, MKSQUASHFS,
+    SETFATTR,
+};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitCode};
 
 const KVER: &str = "6.1.0-test";
 
-fn main() {
-    if !nix::unistd::geteuid().is_root() {
-        println!("privileged_boot: skipped: needs root (real loop/squashfs/overlay/zram mounts)");
-        println!("0 passed, 0 failed, 1 skipped");
-        return;
-    }
-    for tool in ["mksquashfs", "/bin/busybox"] {
-        if !tool_exists(tool) {
-            println!("privileged_boot: skipped: {tool} not found (apt-get install squashfs-tools busybox-static)");
-            println!("0 passed, 0 failed, 1 skipped");
-            return;
-        }
-    }
-    // A private mount namespace: nothing here leaks to the host.
-    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS) {
-        println!("privileged_boot: skipped: cannot unshare the mount namespace: {e}");
-        println!("0 passed, 0 failed, 1 skipped");
-        return;
-    }
-    if let Err(e) = mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    ) {
-        println!("privileged_boot: cannot make / private: {e}");
-        std::process::exit(1);
-    }
-    type Case = fn() -> Result<(), String>;
-    let cases: Vec<(&str, Case)> = vec![
-        ("mount mode: a chain of two layers", case_mount_chain),
-        (
-            "ram mode: the chain unpacked into the upper",
-            case_ram_chain,
-        ),
-        (
-            "ram mode: a layer too big for the upper is mounted",
-            case_ram_too_small,
-        ),
-        (
-            "a truncated middle layer boots the prefix",
-            case_truncated_middle_layer,
-        ),
-        (
-            "a truncated legacy upperfs falls back to its backup",
-            case_legacy_fallback,
-        ),
-        ("clean boot ignores the layers", case_clean),
-        (
-            "zram upper is ext2 with xattrs, clean under e2fsck",
-            case_zram,
-        ),
-        ("missing rootfs names the image", case_missing_rootfs),
-        (
-            "a kernel the rootfs has no modules directory for leaves the upper empty",
-            case_new_kernel_mount_point,
-        ),
-    ];
-    let (mut passed, mut failed) = (0, 0);
-    for (name, case) in cases {
-        match case() {
-            Ok(()) => {
-                println!("ok   {name}");
-                passed += 1;
-            }
-            Err(e) => {
-                println!("FAIL {name}: {e}");
-                failed += 1;
-            }
-        }
-    }
-    println!("{passed} passed, {failed} failed");
-    if failed > 0 {
-        std::process::exit(1);
-    }
+/// A case of the boot sequence: it loop-mounts a rootfs made by mksquashfs
+/// and mounts the API filesystems.
+fn boot_case(name: &'static str, run: fn(&Path) -> CaseResult) -> Case {
+    Case::new(name, run)
+        .root(&[Root::LoopDevices, Root::ApiFilesystems])
+        .tools(&[MKSQUASHFS])
 }
 
-fn tool_exists(tool: &str) -> bool {
-    if tool.starts_with('/') {
-        return Path::new(tool).exists();
-    }
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+fn main() -> ExitCode {
+    main_with(
+        "privileged_boot",
+        &[
+            boot_case("mount mode: a chain of two layers", case_mount_chain),
+            boot_case(
+                "ram mode: the chain unpacked into the upper",
+                case_ram_chain,
+            ),
+            boot_case(
+                "ram mode: a layer too big for the upper is mounted",
+                case_ram_too_small,
+            ),
+            boot_case(
+                "a truncated middle layer boots the prefix",
+                case_truncated_middle_layer,
+            ),
+            boot_case(
+                "a truncated legacy upperfs falls back to its backup",
+                case_legacy_fallback,
+            ),
+            boot_case("clean boot ignores the layers", case_clean),
+            Case::new(
+                "zram upper is ext2 with xattrs, clean under e2fsck",
+                case_zram,
+            )
+            .root(&[
+                Root::LoopDevices,
+                Root::ApiFilesystems,
+                Root::Zram,
+                Root::TrustedXattrs,
+            ])
+            .tools(&[MKSQUASHFS, BUSYBOX, SETFATTR, GETFATTR, E2FSCK]),
+            boot_case("missing rootfs names the image", case_missing_rootfs),
+            boot_case(
+                "a kernel the rootfs has no modules directory for leaves the upper empty",
+                case_new_kernel_mount_point,
+            ),
+        ],
+    )
 }
 
 fn sh(cmd: &str) -> Result<String, String> {
@@ -158,13 +123,14 @@ struct Scratch {
 }
 
 impl Scratch {
+    /// On its own tmpfs on `dir` (the case's directory), so that one
+    /// recursive unmount undoes every mount the sequence made below it.
     fn new(
-        name: &str,
+        dir: &Path,
         chain: &[LayerSpec],
         legacy: &[(&str, &'static str, bool)],
     ) -> Result<Self, String> {
-        let root = std::env::temp_dir().join(format!("ramstick-pb-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
+        let root = dir.to_path_buf();
         mount(
             Some("tmpfs"),
             &root,
@@ -243,7 +209,7 @@ fn upper_image(dir: &Path, image: &Path, spec: &LayerSpec) -> Result<LayerInfo, 
     .map_err(|e| format!("mknod whiteout: {e}"))?;
     std::fs::write(
         dir.join(format!("noise-{}.bin", spec.marker)),
-        noise(spec.noise),
+        noise(spec.noise, false),
     )
     .map_err(|e| e.to_string())?;
     ramstick_squash::pack(dir, image, &Default::default()).map_err(|e| e.to_string())?;
@@ -268,19 +234,6 @@ fn upper_image(dir: &Path, image: &Path, spec: &LayerSpec) -> Result<LayerInfo, 
     })
 }
 
-/// Incompressible bytes.
-fn noise(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = Command::new("umount")
@@ -288,7 +241,6 @@ impl Drop for Scratch {
             .arg("-l")
             .arg(&self.root)
             .status();
-        let _ = std::fs::remove_dir_all(&self.root);
     }
 }
 
@@ -362,8 +314,8 @@ fn shows_chain(newroot: &Path, top: &str, markers: &[&str]) -> Result<(), String
     Ok(())
 }
 
-fn case_mount_chain() -> Result<(), String> {
-    let s = Scratch::new("mount", &[layer("one"), layer("two")], &[])?;
+fn case_mount_chain(dir: &Path) -> CaseResult {
+    let s = Scratch::new(dir, &[layer("one"), layer("two")], &[])?;
     let plan = plan_for("ramstick.upper=tmpfs ramstick.upper.size=256M");
     let chain = run_sequence(&s, &plan)?;
     check(
@@ -396,14 +348,15 @@ fn case_mount_chain() -> Result<(), String> {
     check(
         !upper.join("etc/marker").exists(),
         "the upper holds saved layers".into(),
-    )
+    )?;
+    Ok(Outcome::Passed)
 }
 
 /// The scratch rootfs has no `lib/modules/<kver>` (a kernel installed after
 /// the stick was built): the modules image is mounted there all the same,
 /// from a mount point below the rootfs, and the upper holds nothing.
-fn case_new_kernel_mount_point() -> Result<(), String> {
-    let s = Scratch::new("newkernel", &[], &[])?;
+fn case_new_kernel_mount_point(dir: &Path) -> CaseResult {
+    let s = Scratch::new(dir, &[], &[])?;
     let plan = plan_for("ramstick.upper=tmpfs ramstick.upper.size=64M");
     run_sequence(&s, &plan)?;
     let newroot = at(&s.root, &plan.overlay_root);
@@ -418,11 +371,12 @@ fn case_new_kernel_mount_point() -> Result<(), String> {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    check(left.is_empty(), format!("the upper holds {left:?}"))
+    check(left.is_empty(), format!("the upper holds {left:?}"))?;
+    Ok(Outcome::Passed)
 }
 
-fn case_ram_chain() -> Result<(), String> {
-    let s = Scratch::new("ram", &[layer("one"), layer("two")], &[])?;
+fn case_ram_chain(dir: &Path) -> CaseResult {
+    let s = Scratch::new(dir, &[layer("one"), layer("two")], &[])?;
     let plan = plan_for("ramstick.upper=tmpfs ramstick.upper.size=256M ramstick.layers=ram");
     let chain = run_sequence(&s, &plan)?;
     let how: Vec<LayersMode> = chain.layers.iter().map(|l| l.how).collect();
@@ -437,16 +391,17 @@ fn case_ram_chain() -> Result<(), String> {
     check(
         fstype_at(&newroot.join("run/ramstick/layers/layer-000001")).is_none(),
         "a ram-mode layer is also mounted".into(),
-    )
+    )?;
+    Ok(Outcome::Passed)
 }
 
-fn case_ram_too_small() -> Result<(), String> {
+fn case_ram_too_small(dir: &Path) -> CaseResult {
     let big = LayerSpec {
         marker: "big",
         noise: 24 << 20,
         truncate: false,
     };
-    let s = Scratch::new("small", &[layer("one"), big], &[])?;
+    let s = Scratch::new(dir, &[layer("one"), big], &[])?;
     let plan = plan_for("ramstick.upper=tmpfs ramstick.upper.size=16M ramstick.layers=ram");
     let chain = run_sequence(&s, &plan)?;
     let how: Vec<LayersMode> = chain.layers.iter().map(|l| l.how).collect();
@@ -457,15 +412,16 @@ fn case_ram_too_small() -> Result<(), String> {
     check(!chain.notes.is_empty(), "the fall back is not noted".into())?;
     let newroot = at(&s.root, &plan.overlay_root);
     let len = std::fs::metadata(newroot.join("noise-big.bin")).map_or(0, |m| m.len());
-    check(len == 24 << 20, format!("noise-big.bin has {len} bytes"))
+    check(len == 24 << 20, format!("noise-big.bin has {len} bytes"))?;
+    Ok(Outcome::Passed)
 }
 
-fn case_truncated_middle_layer() -> Result<(), String> {
+fn case_truncated_middle_layer(dir: &Path) -> CaseResult {
     let cut = LayerSpec {
         truncate: true,
         ..layer("two")
     };
-    let s = Scratch::new("cut", &[layer("one"), cut, layer("three")], &[])?;
+    let s = Scratch::new(dir, &[layer("one"), cut, layer("three")], &[])?;
     let plan = plan_for("ramstick.upper=tmpfs ramstick.upper.size=256M");
     let chain = run_sequence(&s, &plan)?;
     check(
@@ -474,12 +430,13 @@ fn case_truncated_middle_layer() -> Result<(), String> {
             && chain.failures[0].class == FailureClass::Corrupt,
         format!("{chain:?}"),
     )?;
-    shows_chain(&at(&s.root, &plan.overlay_root), "one", &["one"])
+    shows_chain(&at(&s.root, &plan.overlay_root), "one", &["one"])?;
+    Ok(Outcome::Passed)
 }
 
-fn case_legacy_fallback() -> Result<(), String> {
+fn case_legacy_fallback(dir: &Path) -> CaseResult {
     let s = Scratch::new(
-        "legacy",
+        dir,
         &[],
         &[
             ("upperfs.squashfs", "from-default", true),
@@ -498,11 +455,12 @@ fn case_legacy_fallback() -> Result<(), String> {
         "backup marker not visible".into(),
     )?;
     let noise = std::fs::metadata(newroot.join("noise-from-backup.bin")).map_or(0, |m| m.len());
-    check(noise == 4 << 20, format!("backup noise has {noise} bytes"))
+    check(noise == 4 << 20, format!("backup noise has {noise} bytes"))?;
+    Ok(Outcome::Passed)
 }
 
-fn case_clean() -> Result<(), String> {
-    let s = Scratch::new("clean", &[layer("one")], &[])?;
+fn case_clean(dir: &Path) -> CaseResult {
+    let s = Scratch::new(dir, &[layer("one")], &[])?;
     let plan = plan_for("ramstick.boot=clean ramstick.upper=tmpfs");
     let chain = run_sequence(&s, &plan)?;
     check(
@@ -517,25 +475,27 @@ fn case_clean() -> Result<(), String> {
     check(
         read(&newroot.join("etc/os-release")) == "NAME=lower\n",
         "lower not visible".into(),
-    )
+    )?;
+    Ok(Outcome::Passed)
 }
 
-fn case_zram() -> Result<(), String> {
+fn case_zram(dir: &Path) -> CaseResult {
     if !Path::new("/sys/class/zram-control").exists() {
         let _ = Command::new("modprobe").arg("zram").status();
     }
     if !Path::new("/sys/class/zram-control").exists() {
-        println!("     (zram unavailable on this host kernel: case skipped)");
-        return Ok(());
+        return Ok(Outcome::Skipped(
+            "zram unavailable on this host kernel".into(),
+        ));
     }
-    let s = Scratch::new("zram", &[layer("one")], &[])?;
+    let s = Scratch::new(dir, &[layer("one")], &[])?;
     let plan = plan_for(
         "ramstick.upper=zram ramstick.upper.size=64M ramstick.zram.alg=lz4 ramstick.layers=ram",
     );
     let sys = LinuxSys::new();
     let dev = mounts::setup_upper(&sys, &s.root, &plan).map_err(|e| format!("{e:#}"))?;
     let upper = at(&s.root, &plan.upper_mount);
-    let result = (|| {
+    let result: Result<(), String> = (|| {
         let chain = layers::assemble(&sys, &LinuxImages, &s.root, &plan);
         check(
             chain.used == BootType::Default && chain.layers[0].how == LayersMode::Ram,
@@ -566,11 +526,12 @@ fn case_zram() -> Result<(), String> {
             let _ = sys.write_file(Path::new("/sys/class/zram-control/hot_remove"), n);
         }
     }
-    result
+    result?;
+    Ok(Outcome::Passed)
 }
 
-fn case_missing_rootfs() -> Result<(), String> {
-    let s = Scratch::new("norootfs", &[], &[])?;
+fn case_missing_rootfs(dir: &Path) -> CaseResult {
+    let s = Scratch::new(dir, &[], &[])?;
     std::fs::remove_file(s.root.join("sysroot/persist/rootfs.squashfs"))
         .map_err(|e| e.to_string())?;
     let plan = plan_for("ramstick.upper=tmpfs");
@@ -578,5 +539,6 @@ fn case_missing_rootfs() -> Result<(), String> {
         Ok(_) => return Err("boot went on without rootfs.squashfs".into()),
         Err(e) => e,
     };
-    check(err.contains("rootfs.squashfs is missing"), err)
+    check(err.contains("rootfs.squashfs is missing"), err)?;
+    Ok(Outcome::Passed)
 }

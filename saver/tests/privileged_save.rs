@@ -6,7 +6,7 @@
 //! clean boot, full sticks (small tmpfs mounts as /persist), and a file
 //! that keeps growing while the session is saved. Each state
 //! is checked the way boot shows it: the chain stacked by a kernel overlay.
-//! Skipped (with the reason printed) when not root.
+//! Needs root (the harness says why each case is skipped otherwise).
 
 use nix::sys::stat::SFlag;
 use ramstick_common::bootinfo::{BootInfo, SavedState, UsedLayer};
@@ -19,7 +19,7 @@ use ramstick_saver::save::{save, Outcome, SaveOptions, Trigger};
 use ramstick_saver::session::Paths;
 use ramstick_squash::Exclude;
 use ramstick_testkit::{
-    ensure, lsetxattr, main_with, make_node, noise, run, CaseResult, Ctx, Mounted,
+    ensure, lsetxattr, main_with, make_node, noise, run, Case, CaseResult, Ctx, Mounted, Root,
 };
 use std::collections::BTreeMap;
 use std::fs;
@@ -30,21 +30,25 @@ use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+/// Every case's upper holds `trusted.*` xattrs, and each layer saved is
+/// read back by the kernel over a loop device.
+const UPPER: &[Root] = &[Root::TrustedXattrs, Root::LoopDevices];
+
 fn main() -> ExitCode {
     main_with(
         "privileged_save",
         &[
-            ("sessions", sessions),
-            ("legacy-conversion", legacy_conversion),
-            ("corrupt-layer", corrupt_layer),
-            ("compaction", compaction),
-            ("full-stick", full_stick),
-            ("no-room", no_room),
-            ("save-waiting-for-the-lock", save_waiting_for_the_lock),
-            ("file-keeps-changing", file_keeps_changing),
-            ("kernel-files-never-saved", kernel_files_never_saved),
-            ("diff-over-an-overlay", diff_over_an_overlay),
-            ("saving-off", saving_off),
+            Case::new("sessions", sessions).root(UPPER),
+            Case::new("legacy-conversion", legacy_conversion).root(UPPER),
+            Case::new("corrupt-layer", corrupt_layer).root(UPPER),
+            Case::new("compaction", compaction).root(UPPER),
+            Case::new("full-stick", full_stick).root(UPPER),
+            Case::new("no-room", no_room).root(UPPER),
+            Case::new("save-waiting-for-the-lock", save_waiting_for_the_lock).root(UPPER),
+            Case::new("file-keeps-changing", file_keeps_changing).root(UPPER),
+            Case::new("kernel-files-never-saved", kernel_files_never_saved).root(UPPER),
+            Case::new("diff-over-an-overlay", diff_over_an_overlay).root(UPPER),
+            Case::new("saving-off", saving_off).root(UPPER),
         ],
     )
 }

@@ -8,8 +8,9 @@
 //! types, modes, owners, sizes, mtimes, targets, xattrs, content hashes,
 //! hardlink groups), and so must the merged image unpacked by our reader.
 //!
-//! Needs root (skips with a message otherwise); runs in a private mount
-//! namespace on a scratch tmpfs (`ramstick_testkit`).
+//! Needs root (loop devices, `trusted.*` xattrs; the harness says why each
+//! case is skipped otherwise); runs in a private mount namespace on a
+//! scratch tmpfs (testkit's harness).
 
 mod merge_layers;
 
@@ -21,17 +22,32 @@ use merge_layers::{build_base, build_hand_layers, build_random_layers};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use ramstick_common::tree::tree_listing;
 use ramstick_squash::{merge, pack, unpack, Compressor, PackOptions, UnpackOptions};
-use ramstick_testkit::{ensure, ensure_same, main_with, CaseResult, Ctx, Mounted, Outcome};
+use ramstick_testkit::{
+    ensure, ensure_same, main_with, Case, CaseResult, Ctx, Mounted, Outcome, Root, MKFS_EXT4,
+};
+
+/// Layers hold device nodes, foreign owners and `trusted.*` xattrs, and
+/// are loop-mounted.
+const LAYERS: &[Root] = &[
+    Root::DeviceNodes,
+    Root::ForeignOwners,
+    Root::TrustedXattrs,
+    Root::LoopDevices,
+];
 
 fn main() -> ExitCode {
     main_with(
         "squash_merge",
         &[
-            ("hand_built_layers", hand_built_layers),
-            ("random_layers", random_layers),
-            ("single_layer_is_itself", single_layer_is_itself),
-            ("merging_a_merged_layer", merging_a_merged_layer),
-            ("damaged_layers_fail_cleanly", damaged_layers_fail_cleanly),
+            Case::new("hand_built_layers", hand_built_layers)
+                .root(LAYERS)
+                .tools(&[MKFS_EXT4]),
+            Case::new("random_layers", random_layers)
+                .root(LAYERS)
+                .tools(&[MKFS_EXT4]),
+            Case::new("single_layer_is_itself", single_layer_is_itself).root(LAYERS),
+            Case::new("merging_a_merged_layer", merging_a_merged_layer).root(LAYERS),
+            Case::new("damaged_layers_fail_cleanly", damaged_layers_fail_cleanly).root(LAYERS),
         ],
     )
 }

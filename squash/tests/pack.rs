@@ -4,9 +4,10 @@
 //! entry (`tree_listing`: types, modes, owners, mtimes, xattrs, targets,
 //! devices, hardlinks, content hashes) and xattr by xattr (`getfattr`).
 //!
-//! Needs root (skips with a message otherwise); runs in a private mount
-//! namespace on a scratch tmpfs (`ramstick_testkit`). Sources live on a
-//! loop-mounted ext4, which holds `user.*` xattrs.
+//! Needs root (every image is loop-mounted; the harness says why each case
+//! is skipped otherwise); runs in a private mount namespace on a scratch
+//! tmpfs (testkit's harness). Sources live on a loop-mounted ext4, which
+//! holds `user.*` xattrs.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -19,23 +20,49 @@ use ramstick_squash::{
     pack, unpack, verify, Compressor, Exclude, PackOptions, PackStats, UnpackOptions,
 };
 use ramstick_testkit::{
-    build_every_kind, build_full_tree, chmod, ensure, ensure_same, getfattr, have, lchown, run,
-    set_mtimes, Case, CaseResult, Ctx, Mounted, Outcome,
+    build_every_kind, build_full_tree, chmod, ensure, ensure_same, getfattr, lchown, main_with,
+    run, set_mtimes, Case, CaseResult, Ctx, Mounted, Outcome, Root, Tool, GETFATTR, MKFS_EXT4,
+    MKSQUASHFS, UNSQUASHFS,
 };
 
+/// Images are loop-mounted; the trees of every kind hold devices, foreign
+/// owners and `trusted.*` xattrs.
+const EVERY_KIND: &[Root] = &[
+    Root::LoopDevices,
+    Root::DeviceNodes,
+    Root::ForeignOwners,
+    Root::TrustedXattrs,
+];
+/// Sources on ext4 checked against unsquashfs and getfattr.
+const ON_EXT4: &[Tool] = &[MKFS_EXT4, UNSQUASHFS, GETFATTR];
+
 fn main() -> ExitCode {
-    let cases: [Case; 6] = [
-        ("full_tree", full_tree),
-        (
-            "round_trip_through_the_reader",
-            round_trip_through_the_reader,
-        ),
-        ("every_compressor", every_compressor),
-        ("exclusion", exclusion),
-        ("root_only", root_only),
-        ("empty_dirs_only", empty_dirs_only),
-    ];
-    ramstick_testkit::main_with("squash_pack", &cases)
+    main_with(
+        "squash_pack",
+        &[
+            Case::new("full_tree", full_tree)
+                .root(EVERY_KIND)
+                .tools(&[MKFS_EXT4, UNSQUASHFS, GETFATTR, MKSQUASHFS]),
+            Case::new(
+                "round_trip_through_the_reader",
+                round_trip_through_the_reader,
+            )
+            .root(EVERY_KIND)
+            .tools(ON_EXT4),
+            Case::new("every_compressor", every_compressor)
+                .root(EVERY_KIND)
+                .tools(ON_EXT4),
+            Case::new("exclusion", exclusion)
+                .root(EVERY_KIND)
+                .tools(ON_EXT4),
+            Case::new("root_only", root_only)
+                .root(&[Root::LoopDevices, Root::ForeignOwners])
+                .tools(&[UNSQUASHFS]),
+            Case::new("empty_dirs_only", empty_dirs_only)
+                .root(&[Root::LoopDevices])
+                .tools(&[UNSQUASHFS]),
+        ],
+    )
 }
 
 /// Mounts a fresh ext4 of `size` bytes at `dir/ext4` with an empty `src`
@@ -90,33 +117,19 @@ fn check_image(
             &getfattr(&mnt)?,
         )?;
     }
-    if have("unsquashfs") {
-        let out = dir.join(format!("{name}.unsquashfs"));
-        run(Command::new("unsquashfs")
-            .args(["-q", "-n", "-d"])
-            .arg(&out)
-            .arg(image))?;
-        let got = tree_listing(&out).ctx("listing of unsquashfs' output")?;
-        ensure_same(&format!("{name}: unsquashfs"), want, &got)?;
-        if let Some(want_attrs) = want_attrs {
-            let got = getfattr(&out)?;
-            ensure_same(&format!("{name}: xattrs by unsquashfs"), want_attrs, &got)?;
-        }
-        std::fs::remove_dir_all(&out).ctx("remove unsquashfs output")?;
-    } else {
-        println!("note: unsquashfs missing (squashfs-tools): cross-check skipped");
+    let out = dir.join(format!("{name}.unsquashfs"));
+    run(Command::new("unsquashfs")
+        .args(["-q", "-n", "-d"])
+        .arg(&out)
+        .arg(image))?;
+    let got = tree_listing(&out).ctx("listing of unsquashfs' output")?;
+    ensure_same(&format!("{name}: unsquashfs"), want, &got)?;
+    if let Some(want_attrs) = want_attrs {
+        let got = getfattr(&out)?;
+        ensure_same(&format!("{name}: xattrs by unsquashfs"), want_attrs, &got)?;
     }
+    std::fs::remove_dir_all(&out).ctx("remove unsquashfs output")?;
     Ok(mounted)
-}
-
-/// The xattrs of `src` when getfattr is there.
-fn attrs_of(src: &Path) -> Result<Option<Vec<String>>, String> {
-    if have("getfattr") {
-        Ok(Some(getfattr(src)?))
-    } else {
-        println!("note: getfattr missing (package attr): xattr cross-check skipped");
-        Ok(None)
-    }
 }
 
 /// Inode number and link count of `path`.
@@ -130,18 +143,16 @@ fn full_tree(dir: &Path) -> CaseResult {
     let (_ext4, src) = ext4_source(dir, 2 << 30)?;
     build_full_tree(&src, true)?;
     let want = tree_listing(&src).ctx("listing of source")?;
-    let want_attrs = attrs_of(&src)?;
-    if let Some(attrs) = &want_attrs {
-        for name in [
-            "trusted.overlay.opaque",
-            "security.capability",
-            "user.origin",
-        ] {
-            ensure(
-                attrs.iter().any(|l| l.contains(name)),
-                format!("source lacks {name}"),
-            )?;
-        }
+    let want_attrs = getfattr(&src)?;
+    for name in [
+        "trusted.overlay.opaque",
+        "security.capability",
+        "user.origin",
+    ] {
+        ensure(
+            want_attrs.iter().any(|l| l.contains(name)),
+            format!("source lacks {name}"),
+        )?;
     }
     let reports = AtomicU64::new(0);
     let last = std::sync::Mutex::new(None);
@@ -175,7 +186,7 @@ fn full_tree(dir: &Path) -> CaseResult {
         format!("total bytes {last:?}"),
     )?;
     let mnt = dir.join("full.mnt");
-    let _mounted = check_image(&image, dir, "full", &want, want_attrs.as_deref())?;
+    let _mounted = check_image(&image, dir, "full", &want, Some(&want_attrs))?;
     // (e) Hardlinks are one inode with the right link count.
     let (a, b, c) = (
         ino(&mnt.join("many/three"))?,
@@ -195,23 +206,21 @@ fn full_tree(dir: &Path) -> CaseResult {
     }
     // Holes, duplicates and fragments make it about as small as
     // mksquashfs' image (zstd 15 as well).
-    if have("mksquashfs") {
-        let theirs = dir.join("mksquashfs.squashfs");
-        run(Command::new("mksquashfs").arg(&src).arg(&theirs).args([
-            "-noappend",
-            "-quiet",
-            "-no-progress",
-            "-comp",
-            "zstd",
-        ]))?;
-        let ours = stats.image_size as f64;
-        let theirs = std::fs::metadata(&theirs).ctx("stat")?.len() as f64;
-        println!("note: image size {:.4} × mksquashfs'", ours / theirs);
-        ensure(
-            ours <= theirs * 1.03,
-            format!("image of {ours} bytes, mksquashfs' {theirs}"),
-        )?;
-    }
+    let theirs = dir.join("mksquashfs.squashfs");
+    run(Command::new("mksquashfs").arg(&src).arg(&theirs).args([
+        "-noappend",
+        "-quiet",
+        "-no-progress",
+        "-comp",
+        "zstd",
+    ]))?;
+    let ours = stats.image_size as f64;
+    let theirs = std::fs::metadata(&theirs).ctx("stat")?.len() as f64;
+    println!("note: image size {:.4} × mksquashfs'", ours / theirs);
+    ensure(
+        ours <= theirs * 1.03,
+        format!("image of {ours} bytes, mksquashfs' {theirs}"),
+    )?;
     Ok(Outcome::Passed)
 }
 
@@ -221,7 +230,7 @@ fn round_trip_through_the_reader(dir: &Path) -> CaseResult {
     let (_ext4, src) = ext4_source(dir, 512 << 20)?;
     build_full_tree(&src, false)?;
     let want = tree_listing(&src).ctx("listing of source")?;
-    let want_attrs = attrs_of(&src)?;
+    let want_attrs = getfattr(&src)?;
     let (image, _) = pack_into(&src, dir, "round", &PackOptions::default())?;
     let differences = verify(&image, &src, &Exclude::none()).ctx("verify")?;
     ensure(
@@ -233,9 +242,7 @@ fn round_trip_through_the_reader(dir: &Path) -> CaseResult {
     unpack(&image, &out, &UnpackOptions::default()).ctx("unpack")?;
     let got = tree_listing(&out).ctx("listing of the unpacked tree")?;
     ensure_same("unpacked tree", &want, &got)?;
-    if let Some(want_attrs) = want_attrs {
-        ensure_same("unpacked xattrs", &want_attrs, &getfattr(&out)?)?;
-    }
+    ensure_same("unpacked xattrs", &want_attrs, &getfattr(&out)?)?;
     Ok(Outcome::Passed)
 }
 
@@ -244,7 +251,7 @@ fn every_compressor(dir: &Path) -> CaseResult {
     let (_ext4, src) = ext4_source(dir, 256 << 20)?;
     build_every_kind(&src)?;
     let want = tree_listing(&src).ctx("listing of source")?;
-    let want_attrs = attrs_of(&src)?;
+    let want_attrs = getfattr(&src)?;
     let compressors = [
         ("zstd15", Compressor::Zstd(15)),
         ("zstd3", Compressor::Zstd(3)),
@@ -261,7 +268,7 @@ fn every_compressor(dir: &Path) -> CaseResult {
             ..PackOptions::default()
         };
         let (image, _) = pack_into(&src, dir, name, &options)?;
-        check_image(&image, dir, name, &want, want_attrs.as_deref())?;
+        check_image(&image, dir, name, &want, Some(&want_attrs))?;
     }
     Ok(Outcome::Passed)
 }

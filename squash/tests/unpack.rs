@@ -4,7 +4,8 @@
 //! difference; crafted malicious images are refused without writing outside
 //! the target; truncated and bit-flipped images fail cleanly.
 //!
-//! Needs root and squashfs-tools (skips with a message otherwise).
+//! Needs squashfs-tools and attr, and root but for the malicious images
+//! (the harness says why each case is skipped otherwise).
 
 use std::fs::File;
 use std::os::unix::fs::{symlink, FileExt, PermissionsExt};
@@ -14,20 +15,40 @@ use std::process::{Command, ExitCode};
 use ramstick_common::tree::tree_listing;
 use ramstick_squash::{pack, unpack, verify, Error, Exclude, PackOptions, UnpackOptions};
 use ramstick_testkit::{
-    build_every_kind, build_full_tree, ensure, ensure_same, getfattr, have, lsetxattr, main_with,
-    run, CaseResult, Ctx, Mounted, Outcome,
+    build_every_kind, build_full_tree, ensure, ensure_same, getfattr, lsetxattr, main_with, run,
+    Case, CaseResult, Ctx, Mounted, Outcome, Root, Tool, GETFATTR, MKSQUASHFS, UNSQUASHFS,
 };
+
+/// What the trees of every kind hold.
+const EVERY_KIND: &[Root] = &[Root::DeviceNodes, Root::ForeignOwners, Root::TrustedXattrs];
+/// Images made by mksquashfs, trees compared with unsquashfs' and getfattr.
+const TOOLS: &[Tool] = &[MKSQUASHFS, UNSQUASHFS, GETFATTR];
 
 fn main() -> ExitCode {
     main_with(
         "unpack",
         &[
-            ("every_compressor_matches_unsquashfs", every_compressor),
-            ("our_writer_matches_unsquashfs", our_writer),
-            ("full_tree_matches_unsquashfs_and_mount", full_tree),
-            ("verify_names_each_difference", verify_differences),
-            ("malicious_images_are_refused", malicious_images),
-            ("damaged_images_fail_cleanly", damaged_images),
+            Case::new("every_compressor_matches_unsquashfs", every_compressor)
+                .root(EVERY_KIND)
+                .tools(TOOLS),
+            Case::new("our_writer_matches_unsquashfs", our_writer)
+                .root(EVERY_KIND)
+                .tools(TOOLS),
+            Case::new("full_tree_matches_unsquashfs_and_mount", full_tree)
+                .root(&[
+                    Root::DeviceNodes,
+                    Root::ForeignOwners,
+                    Root::TrustedXattrs,
+                    Root::LoopDevices,
+                ])
+                .tools(TOOLS),
+            Case::new("verify_names_each_difference", verify_differences)
+                .root(EVERY_KIND)
+                .tools(TOOLS),
+            Case::new("malicious_images_are_refused", malicious_images).tools(&[MKSQUASHFS]),
+            Case::new("damaged_images_fail_cleanly", damaged_images)
+                .root(EVERY_KIND)
+                .tools(&[MKSQUASHFS]),
         ],
     )
 }
@@ -40,15 +61,6 @@ fn mksquashfs(src: &Path, image: &Path, comp: &str, extra: &[&str]) -> Result<()
         .args(["-noappend", "-quiet", "-no-progress", "-comp", comp])
         .args(extra))
     .map(drop)
-}
-
-fn tools() -> Option<Outcome> {
-    for tool in ["mksquashfs", "unsquashfs", "getfattr"] {
-        if !have(tool) {
-            return Some(Outcome::Skipped(format!("{tool} not installed")));
-        }
-    }
-    None
 }
 
 /// A fresh `dir/src` holding [`build_every_kind`]'s tree.
@@ -98,9 +110,6 @@ fn same_trees(what: &str, want: &Path, got: &Path) -> Result<(), String> {
 }
 
 fn every_compressor(dir: &Path) -> CaseResult {
-    if let Some(skip) = tools() {
-        return Ok(skip);
-    }
     let src = every_kind_source(dir)?;
     for comp in ["zstd", "gzip", "xz", "lz4"] {
         let image = dir.join(format!("{comp}.sqfs"));
@@ -128,9 +137,6 @@ fn every_compressor(dir: &Path) -> CaseResult {
 }
 
 fn our_writer(dir: &Path) -> CaseResult {
-    if let Some(skip) = tools() {
-        return Ok(skip);
-    }
     let src = every_kind_source(dir)?;
     let image = dir.join("ours.sqfs");
     pack(&src, &image, &PackOptions::default()).ctx("pack")?;
@@ -142,9 +148,6 @@ fn our_writer(dir: &Path) -> CaseResult {
 }
 
 fn full_tree(dir: &Path) -> CaseResult {
-    if let Some(skip) = tools() {
-        return Ok(skip);
-    }
     let src = dir.join("src");
     std::fs::create_dir(&src).ctx("mkdir src")?;
     build_full_tree(&src, false)?;
@@ -173,9 +176,6 @@ fn full_tree(dir: &Path) -> CaseResult {
 }
 
 fn verify_differences(dir: &Path) -> CaseResult {
-    if let Some(skip) = tools() {
-        return Ok(skip);
-    }
     let src = every_kind_source(dir)?;
     let image = dir.join("img.sqfs");
     mksquashfs(&src, &image, "zstd", &[])?;
@@ -292,9 +292,6 @@ fn refused(dir: &Path, name: &str, image: &Path) -> Result<(), String> {
 }
 
 fn malicious_images(dir: &Path) -> CaseResult {
-    if let Some(skip) = tools() {
-        return Ok(skip);
-    }
     // Uncompressed metadata so that names and references can be patched.
     let plain = ["-noI", "-noD", "-noF", "-noX", "-no-xattrs"];
     let src = dir.join("src");
@@ -375,9 +372,6 @@ fn malicious_images(dir: &Path) -> CaseResult {
 }
 
 fn damaged_images(dir: &Path) -> CaseResult {
-    if let Some(skip) = tools() {
-        return Ok(skip);
-    }
     let src = every_kind_source(dir)?;
     // Drop the 1 GiB sparse file and the 3 MiB file: keep each try quick.
     std::fs::remove_file(src.join("sparse")).ctx("rm")?;

@@ -1,123 +1,45 @@
 //! Helpers shared by ramstick's tests (dev-only, never shipped): for the privileged
-//! ones a harness that runs named cases as root in a private mount namespace on
-//! a scratch tmpfs ([`main_with`]), mount guards ([`Mounted`]), small
+//! ones a harness that runs named cases in a private mount namespace on a
+//! scratch tmpfs, as root or else in an unprivileged user namespace, and
+//! reports every skip ([`main_with`]); the commands tests run, with their
+//! Debian packages ([`TOOLS`]); mount guards ([`Mounted`]), small
 //! command and syscall wrappers, and builders of test trees holding every
 //! kind of entry an overlayfs upper can hold ([`build_every_kind`],
-//! [`build_full_tree`]), and the temporary directory of every test that
-//! needs one ([`TempDir`], removed on drop).
+//! [`build_full_tree`]); and the temporary directory (or small tree) of
+//! every test that needs one ([`TempDir`], removed on drop).
 //!
 //! Errors are plain `String`s: a failed case prints its message.
 
+mod harness;
 mod tempdir;
+mod tools;
 
+pub use harness::{main_with, no_skip, skip, Case, CaseResult, Outcome, Root, NO_SKIP};
 pub use tempdir::TempDir;
+pub use tools::{
+    have, tool, Tool, BLKID, BUSYBOX, CRYPTSETUP, E2FSCK, GETFATTR, LOSETUP, MKFS_EXT4, MKFS_FAT,
+    MKSQUASHFS, SETFATTR, SFDISK, TOOLS, UNSQUASHFS,
+};
 
 use std::collections::HashSet;
 use std::ffi::CString;
 use std::fmt::Display;
 use std::fs::File;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{symlink, FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::Command;
 
 use nix::fcntl::{AtFlags, AT_FDCWD};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sched::{unshare, CloneFlags};
 use nix::sys::stat::{makedev, mknod, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, Gid, Uid};
-
-mod scratch;
-pub use scratch::ScratchTree;
-
-/// How a case ended when it did not fail.
-pub enum Outcome {
-    Passed,
-    Skipped(String),
-}
-
-/// What a case returns: `Err` is the failure message.
-pub type CaseResult = Result<Outcome, String>;
-
-/// A named test case run on its own fresh scratch directory.
-pub type Case = (&'static str, fn(&Path) -> CaseResult);
-
-/// Runs `cases` as a `harness = false` test binary named `name`: skips all
-/// (successfully) when not root; otherwise enters a private mount namespace
-/// with a scratch tmpfs and runs each case in its own directory there.
-/// Must be called while the process is still single-threaded.
-pub fn main_with(name: &str, cases: &[Case]) -> ExitCode {
-    if !nix::unistd::geteuid().is_root() {
-        println!("{name}: skipped: needs root (run as root to test real mounts)");
-        println!("0 passed, 0 failed, {} skipped", cases.len());
-        return ExitCode::SUCCESS;
-    }
-    let scratch = match isolate(name) {
-        Ok(scratch) => scratch,
-        Err(e) => {
-            println!("FAIL setup: {e}");
-            println!("0 passed, 1 failed, 0 skipped");
-            return ExitCode::FAILURE;
-        }
-    };
-    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
-    for (case_name, case) in cases {
-        let dir = scratch.target.join(case_name);
-        let result = std::fs::create_dir(&dir)
-            .ctx("create case dir")
-            .and_then(|()| case(&dir));
-        match result {
-            Ok(Outcome::Passed) => {
-                passed += 1;
-                println!("ok {case_name}");
-            }
-            Ok(Outcome::Skipped(reason)) => {
-                skipped += 1;
-                println!("skip {case_name}: {reason}");
-            }
-            Err(e) => {
-                failed += 1;
-                println!("FAIL {case_name}: {e}");
-            }
-        }
-        // Free the scratch memory of a finished case.
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    drop(scratch);
-    println!("{passed} passed, {failed} failed, {skipped} skipped");
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
-}
-
-/// Enters a private mount namespace and mounts a scratch tmpfs (removed
-/// again when the guard drops). `name` tags the scratch directory.
-pub fn isolate(name: &str) -> Result<Mounted, String> {
-    unshare(CloneFlags::CLONE_NEWNS).ctx("unshare(CLONE_NEWNS)")?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .ctx("make / rprivate")?;
-    let dir = std::env::temp_dir().join(format!("ramstick-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).ctx("create scratch dir")?;
-    let mut scratch = Mounted::tmpfs_sized(&dir, "6g")?;
-    scratch.rmdir = true;
-    Ok(scratch)
-}
 
 /// A mount (optionally on a loop device) undone on drop.
 pub struct Mounted {
     pub target: PathBuf,
     loop_dev: Option<String>,
-    /// Remove `target` after unmounting.
-    rmdir: bool,
 }
 
 impl Mounted {
@@ -139,7 +61,6 @@ impl Mounted {
         Ok(Mounted {
             target: target.to_path_buf(),
             loop_dev: None,
-            rmdir: false,
         })
     }
 
@@ -154,7 +75,6 @@ impl Mounted {
         let mut guard = Mounted {
             target: target.to_path_buf(),
             loop_dev: Some(dev.clone()),
-            rmdir: false,
         };
         let flags = if ro {
             MsFlags::MS_RDONLY
@@ -201,9 +121,6 @@ impl Drop for Mounted {
         if let Some(dev) = &self.loop_dev {
             let _ = Command::new("losetup").args(["-d", dev]).status();
         }
-        if self.rmdir {
-            let _ = std::fs::remove_dir(&self.target);
-        }
     }
 }
 
@@ -238,15 +155,6 @@ pub fn run(cmd: &mut Command) -> Result<String, String> {
         ));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Whether `tool` is an executable on PATH.
-pub fn have(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| {
-            std::fs::metadata(dir.join(tool)).is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
-        })
-    })
 }
 
 /// Sets the xattr `name` of `path` (not following a symlink).

@@ -1,9 +1,12 @@
 //! A temporary directory for one test, removed with everything in it when
 //! it drops — also when the test fails, since a failed assertion unwinds
 //! through it (a path built by hand and removed at the end of the test
-//! stays behind on every failure).
+//! stays behind on every failure). Its builder methods make the small trees
+//! unit tests look at (init system detection, hook selection) a line per
+//! entry.
 
 use std::ops::Deref;
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -38,6 +41,40 @@ impl TempDir {
         let path = self.0.join(rel);
         if let Err(e) = std::fs::create_dir_all(&path) {
             panic!("cannot create directory {}: {e}", path.display());
+        }
+        path
+    }
+
+    /// Writes the file `rel` (parents made, a file or link there replaced)
+    /// with `mode`.
+    pub fn file(&self, rel: &str, content: impl AsRef<[u8]>, mode: u32) -> &TempDir {
+        let path = self.parent_made(rel);
+        let _ = std::fs::remove_file(&path);
+        if let Err(e) = std::fs::write(&path, content)
+            .and_then(|()| std::fs::set_permissions(&path, PermissionsExt::from_mode(mode)))
+        {
+            panic!("cannot write {}: {e}", path.display());
+        }
+        self
+    }
+
+    /// Makes `rel` a symlink to `target` (parents made, a file there replaced).
+    pub fn link(&self, rel: &str, target: &str) -> &TempDir {
+        let path = self.parent_made(rel);
+        let _ = std::fs::remove_file(&path);
+        if let Err(e) = symlink(target, &path) {
+            panic!("cannot create the symlink {}: {e}", path.display());
+        }
+        self
+    }
+
+    /// The path of `rel`, its parent directory made.
+    fn parent_made(&self, rel: &str) -> PathBuf {
+        let path = self.0.join(rel);
+        if let Some(parent) = path.parent() {
+            if let Err(e) = std::fs::create_dir_all(parent) {
+                panic!("cannot create directory {}: {e}", parent.display());
+            }
         }
         path
     }
@@ -88,5 +125,26 @@ mod tests {
         .and_then(|p| p.downcast::<PathBuf>().ok())
         .unwrap();
         assert!(!path.exists(), "{}", path.display());
+    }
+
+    #[test]
+    fn file_and_link_make_parents_and_replace_what_is_there() {
+        use std::os::unix::fs::MetadataExt;
+        let t = TempDir::new("tree");
+        t.file("a/b/f", "one", 0o750).link("a/l", "b/f");
+        let meta = std::fs::metadata(t.join("a/b/f")).unwrap();
+        assert_eq!(meta.mode() & 0o7777, 0o750);
+        assert_eq!(std::fs::read_to_string(t.join("a/l")).unwrap(), "one");
+        // A file replaces the link (not writing through it), and back.
+        t.file("a/l", "two", 0o644);
+        assert!(!std::fs::symlink_metadata(t.join("a/l"))
+            .unwrap()
+            .is_symlink());
+        assert_eq!(std::fs::read_to_string(t.join("a/b/f")).unwrap(), "one");
+        t.link("a/l", "elsewhere");
+        assert_eq!(
+            std::fs::read_link(t.join("a/l")).unwrap(),
+            Path::new("elsewhere")
+        );
     }
 }

@@ -3,34 +3,11 @@
 //! sysvinit, busybox).
 
 use super::*;
-use ramstick_testkit::ScratchTree;
+use ramstick_testkit::TempDir;
 
-/// A scratch root filesystem tree with the checks as methods.
-struct Tree(ScratchTree);
-
-impl std::ops::Deref for Tree {
-    type Target = ScratchTree;
-    fn deref(&self) -> &ScratchTree {
-        &self.0
-    }
-}
-
-impl Tree {
-    fn new(tag: &str) -> Tree {
-        Tree(ScratchTree::new(tag))
-    }
-
-    fn detect(&self) -> Result<InitSystem, Unrecognised> {
-        detect(&self.0 .0, "/sbin/init")
-    }
-
-    fn hook(&self, system: InitSystem) -> Result<(), String> {
-        hook_present(&self.0 .0, system)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0 .0
-    }
+/// What init detects in the tree `t`.
+fn detected(t: &Path) -> Result<InitSystem, Unrecognised> {
+    detect(t, "/sbin/init")
 }
 
 /// The start of an ELF program (what `is_elf` looks at).
@@ -42,50 +19,52 @@ const SYSV_INITTAB: &str = "# /etc/inittab: init(8) configuration.\nid:2:initdef
 
 #[test]
 fn systemd_with_absolute_and_merged_usr_links() {
-    let t = Tree::new("systemd");
+    let t = TempDir::new("systemd");
     t.file("lib/systemd/systemd", ELF, 0o755)
         .link("sbin/init", "/lib/systemd/systemd");
-    assert_eq!(t.detect(), Ok(InitSystem::Systemd));
-    let merged = Tree::new("merged");
+    assert_eq!(detected(&t), Ok(InitSystem::Systemd));
+    let merged = TempDir::new("merged");
     merged
         .link("sbin", "usr/sbin")
         .link("lib", "usr/lib")
         .file("usr/lib/systemd/systemd", ELF, 0o755)
         .link("usr/sbin/init", "../lib/systemd/systemd");
-    assert_eq!(merged.detect(), Ok(InitSystem::Systemd));
+    assert_eq!(detected(&merged), Ok(InitSystem::Systemd));
 }
 
 #[test]
 fn systemd_hook_must_be_installed_unmasked_and_enabled() {
-    let t = Tree::new("systemd-hook");
+    let t = TempDir::new("systemd-hook");
     t.file("lib/systemd/systemd", ELF, 0o755)
         .link("sbin/init", "/lib/systemd/systemd");
-    let err = t.hook(InitSystem::Systemd).unwrap_err();
+    let err = hook_present(&t, InitSystem::Systemd).unwrap_err();
     assert!(err.contains("not installed"), "{err}");
     t.link(SYSTEMD_UNIT_PATH, "/dev/null");
-    assert!(t.hook(InitSystem::Systemd).unwrap_err().contains("masked"));
+    assert!(hook_present(&t, InitSystem::Systemd)
+        .unwrap_err()
+        .contains("masked"));
     t.file(SYSTEMD_UNIT_PATH, b"[Unit]\n", 0o644);
-    let err = t.hook(InitSystem::Systemd).unwrap_err();
+    let err = hook_present(&t, InitSystem::Systemd).unwrap_err();
     assert!(err.contains("not enabled"), "{err}");
     t.link(
         &format!("{SYSTEMD_WANTS}/{SYSTEMD_UNIT}"),
         "/etc/systemd/system/ramstick-saver.service",
     );
-    assert_eq!(t.hook(InitSystem::Systemd), Ok(()));
+    assert_eq!(hook_present(&t, InitSystem::Systemd), Ok(()));
     // A unit shipped in /usr/lib, enabled by another target, counts too.
-    let other = Tree::new("systemd-usr");
+    let other = TempDir::new("systemd-usr");
     other
         .file("usr/lib/systemd/system/ramstick-saver.service", b"x", 0o644)
         .link(
             "etc/systemd/system/basic.target.wants/ramstick-saver.service",
             "/usr/lib/systemd/system/ramstick-saver.service",
         );
-    assert_eq!(other.hook(InitSystem::Systemd), Ok(()));
+    assert_eq!(hook_present(&other, InitSystem::Systemd), Ok(()));
 }
 
 #[test]
 fn openrc_on_alpine_debian_and_openrc_init() {
-    let alpine = Tree::new("alpine");
+    let alpine = TempDir::new("alpine");
     alpine
         .file("bin/busybox", ELF, 0o755)
         .link("sbin/init", "/bin/busybox")
@@ -94,8 +73,8 @@ fn openrc_on_alpine_debian_and_openrc_init() {
             b"::sysinit:/sbin/openrc sysinit\n::wait:/sbin/openrc default\n",
             0o644,
         );
-    assert_eq!(alpine.detect(), Ok(InitSystem::OpenRc));
-    let debian = Tree::new("debian-openrc");
+    assert_eq!(detected(&alpine), Ok(InitSystem::OpenRc));
+    let debian = TempDir::new("debian-openrc");
     debian
         .file("sbin/init", ELF, 0o755)
         .file("etc/inittab", SYSV_INITTAB.as_bytes(), 0o644)
@@ -104,42 +83,39 @@ fn openrc_on_alpine_debian_and_openrc_init() {
             b"#!/bin/sh\n# Wrapper of OpenRC called from inittab\nexec /sbin/openrc sysinit\n",
             0o755,
         );
-    assert_eq!(debian.detect(), Ok(InitSystem::OpenRc));
-    let openrc_init = Tree::new("openrc-init");
+    assert_eq!(detected(&debian), Ok(InitSystem::OpenRc));
+    let openrc_init = TempDir::new("openrc-init");
     openrc_init
         .file("sbin/openrc-init", ELF, 0o755)
         .link("sbin/init", "openrc-init");
-    assert_eq!(openrc_init.detect(), Ok(InitSystem::OpenRc));
+    assert_eq!(detected(&openrc_init), Ok(InitSystem::OpenRc));
 }
 
 #[test]
 fn openrc_hook_is_an_executable_service_in_a_runlevel() {
-    let t = Tree::new("openrc-hook");
-    assert!(t
-        .hook(InitSystem::OpenRc)
+    let t = TempDir::new("openrc-hook");
+    assert!(hook_present(&t, InitSystem::OpenRc)
         .unwrap_err()
         .contains("/etc/init.d/ramstick-saver is missing"));
     t.file(SERVICE_PATH, b"#!/sbin/openrc-run\n", 0o644);
-    assert!(t
-        .hook(InitSystem::OpenRc)
+    assert!(hook_present(&t, InitSystem::OpenRc)
         .unwrap_err()
         .contains("not an executable"));
     t.file(SERVICE_PATH, b"#!/sbin/openrc-run\n", 0o755);
     std::fs::create_dir_all(t.path().join("etc/runlevels/boot")).unwrap();
-    assert!(t
-        .hook(InitSystem::OpenRc)
+    assert!(hook_present(&t, InitSystem::OpenRc)
         .unwrap_err()
         .contains("in no runlevel"));
     t.link(
         "etc/runlevels/default/ramstick-saver",
         "/etc/init.d/ramstick-saver",
     );
-    assert_eq!(t.hook(InitSystem::OpenRc), Ok(()));
+    assert_eq!(hook_present(&t, InitSystem::OpenRc), Ok(()));
 }
 
 #[test]
 fn sysvinit_is_init_with_an_inittab_and_no_openrc() {
-    let t = Tree::new("sysvinit");
+    let t = TempDir::new("sysvinit");
     t.file("sbin/init", ELF, 0o755)
         .file("etc/inittab", SYSV_INITTAB.as_bytes(), 0o644)
         .file(
@@ -148,8 +124,8 @@ fn sysvinit_is_init_with_an_inittab_and_no_openrc() {
             0o755,
         )
         .file("etc/init.d/rc", b"#! /bin/sh\n# sysv-rc\n", 0o755);
-    assert_eq!(t.detect(), Ok(InitSystem::SysVinit));
-    let err = t.hook(InitSystem::SysVinit).unwrap_err();
+    assert_eq!(detected(&t), Ok(InitSystem::SysVinit));
+    let err = hook_present(&t, InitSystem::SysVinit).unwrap_err();
     assert!(
         err.contains("/etc/init.d/ramstick-saver is missing"),
         "{err}"
@@ -157,37 +133,37 @@ fn sysvinit_is_init_with_an_inittab_and_no_openrc() {
     t.file(SERVICE_PATH, b"#!/bin/sh\n", 0o755);
     let stop_at_0 = format!("{SYSV_INITTAB}rsK:0:wait:{INITTAB_STOP}\n");
     t.file("etc/inittab", stop_at_0.as_bytes(), 0o644);
-    let err = t.hook(InitSystem::SysVinit).unwrap_err();
+    let err = hook_present(&t, InitSystem::SysVinit).unwrap_err();
     assert!(err.contains("runlevels 0 and 6"), "{err}");
     let both = format!("{SYSV_INITTAB}rsK:06:wait:{INITTAB_STOP}\n");
     t.file("etc/inittab", both.as_bytes(), 0o644);
-    assert_eq!(t.hook(InitSystem::SysVinit), Ok(()));
+    assert_eq!(hook_present(&t, InitSystem::SysVinit), Ok(()));
     // A commented-out line does not count.
     let commented = format!("{SYSV_INITTAB}#rsK:06:wait:{INITTAB_STOP}\n");
     t.file("etc/inittab", commented.as_bytes(), 0o644);
-    assert!(t.hook(InitSystem::SysVinit).is_err());
+    assert!(hook_present(&t, InitSystem::SysVinit).is_err());
 }
 
 #[test]
 fn busybox_by_name_or_by_content() {
-    let t = Tree::new("busybox");
+    let t = TempDir::new("busybox");
     t.file("bin/busybox", ELF, 0o755)
         .link("sbin/init", "../bin/busybox");
-    assert_eq!(t.detect(), Ok(InitSystem::Busybox));
-    let err = t.hook(InitSystem::Busybox).unwrap_err();
+    assert_eq!(detected(&t), Ok(InitSystem::Busybox));
+    let err = hook_present(&t, InitSystem::Busybox).unwrap_err();
     assert!(err.contains("no /etc/inittab"), "{err}");
     t.file(
         "etc/inittab",
         b"::sysinit:/etc/init.d/rcS\n::shutdown:/bin/umount -a -r\n",
         0o644,
     );
-    assert!(t.hook(InitSystem::Busybox).is_err());
+    assert!(hook_present(&t, InitSystem::Busybox).is_err());
     t.file(
         "etc/inittab",
         format!("::shutdown:{INITTAB_STOP}\n::shutdown:/bin/umount -a -r\n").as_bytes(),
         0o644,
     );
-    assert_eq!(t.hook(InitSystem::Busybox), Ok(()));
+    assert_eq!(hook_present(&t, InitSystem::Busybox), Ok(()));
     // The line of older busybox trees, which ran the saver directly.
     t.file(
         "etc/inittab",
@@ -195,33 +171,32 @@ fn busybox_by_name_or_by_content() {
           /run/ramstick/bin/saver save\"\n",
         0o644,
     );
-    assert_eq!(t.hook(InitSystem::Busybox), Ok(()));
+    assert_eq!(hook_present(&t, InitSystem::Busybox), Ok(()));
     // A hard-linked busybox named init, without an inittab.
-    let copy = Tree::new("busybox-copy");
+    let copy = TempDir::new("busybox-copy");
     let mut program = ELF.to_vec();
     program.extend_from_slice(b"...BusyBox v1.35.0 (Debian 1:1.35.0-4+b3)...");
     copy.file("sbin/init", &program, 0o755);
-    assert_eq!(copy.detect(), Ok(InitSystem::Busybox));
+    assert_eq!(detected(&copy), Ok(InitSystem::Busybox));
 }
 
 #[test]
 fn unrecognised_inits_say_what_was_looked_for() {
-    let t = Tree::new("unknown");
-    let e = t.detect().unwrap_err();
+    let t = TempDir::new("unknown");
+    let e = detected(&t).unwrap_err();
     assert!(e.why.contains("does not exist"), "{e}");
     t.file("bin/bash", ELF, 0o755)
         .link("sbin/init", "/bin/bash");
-    let e = t.detect().unwrap_err();
+    let e = detected(&t).unwrap_err();
     assert_eq!(e.why, "it is /bin/bash");
     let text = e.to_string();
     assert!(
         text.contains("/sbin/init") && text.contains(LOOKED_FOR),
         "{text}"
     );
-    let script = Tree::new("script");
+    let script = TempDir::new("script");
     script.file("sbin/init", b"#!/bin/sh\nexec /bin/sh\n", 0o755);
-    assert!(script
-        .detect()
+    assert!(detected(&script)
         .unwrap_err()
         .why
         .contains("without /etc/inittab"));
@@ -229,7 +204,7 @@ fn unrecognised_inits_say_what_was_looked_for() {
 
 #[test]
 fn the_boot_check_gives_a_warning_with_a_fix_or_none() {
-    let t = Tree::new("check");
+    let t = TempDir::new("check");
     t.file("bin/busybox", ELF, 0o755)
         .link("sbin/init", "../bin/busybox")
         .file("etc/inittab", b"::sysinit:/etc/init.d/rcS\n", 0o644);

@@ -2,30 +2,11 @@
 //! the pseudo files through a real mksquashfs.
 
 use super::*;
-use ramstick_testkit::ScratchTree;
+use ramstick_testkit::TempDir;
 
-/// A scratch tree.
-struct Tree(ScratchTree);
-
-impl std::ops::Deref for Tree {
-    type Target = ScratchTree;
-    fn deref(&self) -> &ScratchTree {
-        &self.0
-    }
-}
-
-impl Tree {
-    fn new(tag: &str) -> Tree {
-        Tree(ScratchTree::new(tag))
-    }
-
-    fn root(&self) -> &Path {
-        &self.0 .0
-    }
-
-    fn paths(&self, plan: &Plan) -> Vec<String> {
-        plan.entries.iter().map(|e| e.path.clone()).collect()
-    }
+/// The paths of the plan's entries.
+fn paths(plan: &Plan) -> Vec<String> {
+    plan.entries.iter().map(|e| e.path.clone()).collect()
 }
 
 const ELF: &str = "\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0";
@@ -36,8 +17,8 @@ const DEBIAN_INITTAB: &str = "id:2:initdefault:\nsi::sysinit:/etc/init.d/rcS\n\
 
 /// A Debian tree with systemd and dpkg, with /etc/init.d a link (to check
 /// that paths are taken through symlinked directories).
-fn debian_systemd() -> Tree {
-    let t = Tree::new("systemd");
+fn debian_systemd() -> TempDir {
+    let t = TempDir::new("systemd");
     t.file("lib/systemd/systemd", ELF, 0o755)
         .link("sbin/init", "/lib/systemd/systemd")
         .file("var/lib/dpkg/status", "", 0o644)
@@ -52,10 +33,10 @@ fn debian_systemd() -> Tree {
 #[test]
 fn systemd_gets_its_unit_enabled_the_exclusions_and_the_kernel_hooks() {
     let t = debian_systemd();
-    let plan = plan(t.root(), Saver::Required).unwrap();
+    let plan = plan(t.path(), Saver::Required).unwrap();
     assert_eq!(plan.init, Some(InitSystem::Systemd));
     assert_eq!(
-        t.paths(&plan),
+        paths(&plan),
         [
             "etc/systemd",
             "etc/systemd/system",
@@ -80,20 +61,20 @@ fn systemd_gets_its_unit_enabled_the_exclusions_and_the_kernel_hooks() {
         "{lines:?}"
     );
     // Applied, the tree has the hook, and a second plan adds nothing.
-    plan.apply(t.root()).unwrap();
-    assert_eq!(initsys::hook_present(t.root(), InitSystem::Systemd), Ok(()));
+    plan.apply(t.path()).unwrap();
+    assert_eq!(initsys::hook_present(t.path(), InitSystem::Systemd), Ok(()));
     let again = plan_of(&t);
     assert!(again.entries.is_empty(), "{:?}", again.entries);
     assert_eq!(again.notes, ["the tree has the systemd saver hook already"]);
 }
 
-fn plan_of(t: &Tree) -> Plan {
-    plan(t.root(), Saver::Required).unwrap()
+fn plan_of(t: &TempDir) -> Plan {
+    plan(t.path(), Saver::Required).unwrap()
 }
 
 #[test]
 fn openrc_gets_its_service_in_the_default_runlevel_through_a_linked_init_d() {
-    let t = Tree::new("openrc");
+    let t = TempDir::new("openrc");
     t.file("bin/busybox", ELF, 0o755)
         .link("sbin/init", "/bin/busybox")
         .file("etc/inittab", "::sysinit:/sbin/openrc sysinit\n", 0o644)
@@ -104,25 +85,25 @@ fn openrc_gets_its_service_in_the_default_runlevel_through_a_linked_init_d() {
     let plan = plan_of(&t);
     assert_eq!(plan.init, Some(InitSystem::OpenRc));
     assert_eq!(
-        t.paths(&plan),
+        paths(&plan),
         [
             "etc/rc.d/init.d/ramstick-saver",
             "etc/runlevels/default",
             "etc/runlevels/default/ramstick-saver",
         ]
     );
-    plan.apply(t.root()).unwrap();
-    assert_eq!(initsys::hook_present(t.root(), InitSystem::OpenRc), Ok(()));
+    plan.apply(t.path()).unwrap();
+    assert_eq!(initsys::hook_present(t.path(), InitSystem::OpenRc), Ok(()));
     // The tree's own exclusion list is kept.
     assert_eq!(
-        std::fs::read_to_string(t.root().join("etc/ramstick/exclude")).unwrap(),
+        std::fs::read_to_string(t.path().join("etc/ramstick/exclude")).unwrap(),
         "/tmp/*\n"
     );
 }
 
 #[test]
 fn sysvinit_and_busybox_get_the_script_and_their_inittab_edited() {
-    let t = Tree::new("sysv");
+    let t = TempDir::new("sysv");
     t.file("sbin/init", ELF, 0o755)
         .file("etc/inittab", DEBIAN_INITTAB, 0o644)
         .file("etc/init.d/rc", "#!/bin/sh\n", 0o755);
@@ -134,13 +115,13 @@ fn sysvinit_and_busybox_get_the_script_and_their_inittab_edited() {
         .find(|e| e.path == "etc/inittab")
         .unwrap();
     assert!(inittab.replaces);
-    plan.apply(t.root()).unwrap();
+    plan.apply(t.path()).unwrap();
     assert_eq!(
-        initsys::hook_present(t.root(), InitSystem::SysVinit),
+        initsys::hook_present(t.path(), InitSystem::SysVinit),
         Ok(())
     );
     assert_eq!(
-        std::fs::metadata(t.root().join(SERVICE_PATH))
+        std::fs::metadata(t.path().join(SERVICE_PATH))
             .unwrap()
             .permissions()
             .mode()
@@ -148,7 +129,7 @@ fn sysvinit_and_busybox_get_the_script_and_their_inittab_edited() {
         0o755
     );
 
-    let b = Tree::new("busybox");
+    let b = TempDir::new("busybox");
     b.file("bin/busybox", ELF, 0o755)
         .link("sbin/init", "../bin/busybox");
     let plan = plan_of(&b);
@@ -159,8 +140,8 @@ fn sysvinit_and_busybox_get_the_script_and_their_inittab_edited() {
         .find(|e| e.path == "etc/inittab")
         .unwrap();
     assert!(!inittab.replaces);
-    plan.apply(b.root()).unwrap();
-    assert_eq!(initsys::hook_present(b.root(), InitSystem::Busybox), Ok(()));
+    plan.apply(b.path()).unwrap();
+    assert_eq!(initsys::hook_present(b.path(), InitSystem::Busybox), Ok(()));
 }
 
 #[test]
@@ -225,25 +206,25 @@ fn the_busybox_lines_go_after_sysinit_and_before_the_unmount() {
 
 #[test]
 fn an_unknown_init_is_refused_unless_no_saver() {
-    let t = Tree::new("unknown");
+    let t = TempDir::new("unknown");
     t.file("bin/bash", ELF, 0o755)
         .link("sbin/init", "/bin/bash");
-    let err = plan(t.root(), Saver::Required).unwrap_err().to_string();
+    let err = plan(t.path(), Saver::Required).unwrap_err().to_string();
     assert!(
         err.contains("looked for systemd") && err.contains("--no-saver"),
         "{err}"
     );
-    let plan = plan(t.root(), Saver::None).unwrap();
+    let plan = plan(t.path(), Saver::None).unwrap();
     assert_eq!(plan.init, None);
     assert_eq!(
-        t.paths(&plan),
+        paths(&plan),
         ["etc", "etc/ramstick", "etc/ramstick/exclude"]
     );
     assert!(plan.notes[0].contains("sessions are not saved"), "{plan:?}");
     // --no-saver on a known init adds no hook either.
     let d = debian_systemd();
-    let none = super::plan(d.root(), Saver::None).unwrap();
-    assert!(!d.paths(&none).iter().any(|p| p.contains("ramstick-saver")));
+    let none = super::plan(d.path(), Saver::None).unwrap();
+    assert!(!paths(&none).iter().any(|p| p.contains("ramstick-saver")));
 }
 
 /// The pseudo files through the host's mksquashfs: the image holds the
@@ -253,20 +234,20 @@ fn mksquashfs_puts_the_entries_into_the_image_and_leaves_the_tree() {
     if crate::deps::find_command("mksquashfs").is_none()
         || crate::deps::find_command("unsquashfs").is_none()
     {
-        println!("skipped: no mksquashfs/unsquashfs");
+        ramstick_testkit::skip("no mksquashfs/unsquashfs");
         return;
     }
-    let t = Tree::new("squash");
+    let t = TempDir::new("squash");
     t.file("sbin/init", ELF, 0o755)
         .file("etc/inittab", DEBIAN_INITTAB, 0o644)
         .file("etc/init.d/rc", "#!/bin/sh\n", 0o755);
     let plan = plan_of(&t);
-    let work = Tree::new("squash-work");
-    let (pseudo, excludes) = plan.mksquashfs_args(work.root()).unwrap();
+    let work = TempDir::new("squash-work");
+    let (pseudo, excludes) = plan.mksquashfs_args(work.path()).unwrap();
     assert_eq!(excludes, ["etc/inittab"]);
-    let image = work.root().join("root.squashfs");
+    let image = work.path().join("root.squashfs");
     let mut cmd = crate::deps::cmd("mksquashfs");
-    cmd.arg(t.root())
+    cmd.arg(t.path())
         .arg(&image)
         .args(["-noappend", "-quiet", "-no-progress", "-all-root"]);
     for p in &pseudo {
@@ -274,7 +255,7 @@ fn mksquashfs_puts_the_entries_into_the_image_and_leaves_the_tree() {
     }
     cmd.args(["-wildcards", "-e"]).args(&excludes);
     crate::deps::run(&mut cmd).unwrap();
-    let out = work.root().join("out");
+    let out = work.path().join("out");
     crate::deps::run(
         crate::deps::cmd("unsquashfs")
             .args(["-q", "-no-progress", "-d"])
@@ -286,8 +267,8 @@ fn mksquashfs_puts_the_entries_into_the_image_and_leaves_the_tree() {
     let inittab = std::fs::read_to_string(out.join("etc/inittab")).unwrap();
     assert!(inittab.contains("rsK:06:wait:"), "{inittab}");
     assert_eq!(
-        std::fs::read_to_string(t.root().join("etc/inittab")).unwrap(),
+        std::fs::read_to_string(t.path().join("etc/inittab")).unwrap(),
         DEBIAN_INITTAB
     );
-    assert!(!t.root().join(SERVICE_PATH).exists());
+    assert!(!t.path().join(SERVICE_PATH).exists());
 }
