@@ -231,10 +231,9 @@ fn an_unknown_init_is_refused_unless_no_saver() {
 /// hook (the replaced inittab with its new content), the tree is unchanged.
 #[test]
 fn mksquashfs_puts_the_entries_into_the_image_and_leaves_the_tree() {
-    if crate::deps::find_command("mksquashfs").is_none()
-        || crate::deps::find_command("unsquashfs").is_none()
-    {
-        ramstick_testkit::skip("no mksquashfs/unsquashfs");
+    use ramstick_testkit::{have, skip, MKSQUASHFS, UNSQUASHFS};
+    if !have(MKSQUASHFS.0) || !have(UNSQUASHFS.0) {
+        skip("no mksquashfs/unsquashfs");
         return;
     }
     let t = TempDir::new("squash");
