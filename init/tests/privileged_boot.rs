@@ -17,10 +17,10 @@ use ramstick_init::mountpoints;
 use ramstick_init::mounts::{self, at};
 use ramstick_init::sys::{LinuxSys, Sys};
 use ramstick_testkit::{
-    main_with, noise, Case, CaseResult, Outcome, Root, BUSYBOX, E2FSCK, GETFATTR, MKSQUASHFS,
-    SETFATTR,
+    ensure, main_with, noise, run, Case, CaseResult, Ctx, Outcome, Root, BUSYBOX, E2FSCK, GETFATTR,
+    MKSQUASHFS, SETFATTR,
 };
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -74,20 +74,6 @@ fn main() -> ExitCode {
             ),
         ],
     )
-}
-
-fn sh(cmd: &str) -> Result<String, String> {
-    let out = Command::new("sh")
-        .args(["-c", cmd])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!(
-            "`{cmd}` failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
 
 fn plan_for(line: &str) -> Plan {
@@ -245,11 +231,13 @@ impl Drop for Scratch {
 }
 
 fn squash(dir: &Path, image: &Path) -> Result<(), String> {
-    sh(&format!(
-        "mksquashfs '{}' '{}' -noappend -quiet -comp zstd -no-progress >/dev/null",
-        dir.display(),
-        image.display()
-    ))
+    run(Command::new("mksquashfs").arg(dir).arg(image).args([
+        "-noappend",
+        "-quiet",
+        "-comp",
+        "zstd",
+        "-no-progress",
+    ]))
     .map(|_| ())
 }
 
@@ -272,14 +260,6 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| format!("<{e}>"))
 }
 
-fn check(cond: bool, what: String) -> Result<(), String> {
-    if cond {
-        Ok(())
-    } else {
-        Err(what)
-    }
-}
-
 /// The filesystem type mounted at `dir`, if any.
 fn fstype_at(dir: &Path) -> Option<String> {
     let dir = dir.to_string_lossy().to_string();
@@ -292,24 +272,24 @@ fn fstype_at(dir: &Path) -> Option<String> {
 /// The new root shows the chain: the top layer's marker, both layers' files,
 /// the whiteout hiding the rootfs's file.
 fn shows_chain(newroot: &Path, top: &str, markers: &[&str]) -> Result<(), String> {
-    check(
+    ensure(
         read(&newroot.join("etc/marker")) == top,
         format!(
             "etc/marker is {:?}, not {top:?}",
             read(&newroot.join("etc/marker"))
         ),
     )?;
-    check(
+    ensure(
         read(&newroot.join("etc/os-release")) == "NAME=upper\n",
-        "a layer must win over the rootfs".into(),
+        "a layer must win over the rootfs",
     )?;
-    check(
+    ensure(
         !newroot.join("etc/doomed").exists(),
-        "the whiteout did not hide etc/doomed".into(),
+        "the whiteout did not hide etc/doomed",
     )?;
     for m in markers {
         let len = std::fs::metadata(newroot.join(format!("noise-{m}.bin"))).map_or(0, |m| m.len());
-        check(len == 1 << 20, format!("noise-{m}.bin has {len} bytes"))?;
+        ensure(len == 1 << 20, format!("noise-{m}.bin has {len} bytes"))?;
     }
     Ok(())
 }
@@ -318,7 +298,7 @@ fn case_mount_chain(dir: &Path) -> CaseResult {
     let s = Scratch::new(dir, &[layer("one"), layer("two")], &[])?;
     let plan = plan_for("ramstick.upper=tmpfs ramstick.upper.size=256M");
     let chain = run_sequence(&s, &plan)?;
-    check(
+    ensure(
         chain.used == BootType::Default && chain.layers.len() == 2 && chain.failures.is_empty(),
         format!("{chain:?}"),
     )?;
@@ -333,7 +313,7 @@ fn case_mount_chain(dir: &Path) -> CaseResult {
         (newroot.join("run/ramstick/layers/layer-000002"), "squashfs"),
         (newroot.join(format!("lib/modules/{KVER}")), "squashfs"),
     ] {
-        check(
+        ensure(
             fstype_at(&dir).as_deref() == Some(fstype),
             format!("{} is not a {fstype} mount", dir.display()),
         )?;
@@ -341,13 +321,13 @@ fn case_mount_chain(dir: &Path) -> CaseResult {
     // New files go to the RAM upper, which starts empty: only this session.
     std::fs::write(newroot.join("etc/new"), "n").map_err(|e| e.to_string())?;
     let upper = newroot.join("run/ramstick/upper/upper");
-    check(
+    ensure(
         upper.join("etc/new").exists(),
-        "write did not land in the upper".into(),
+        "write did not land in the upper",
     )?;
-    check(
+    ensure(
         !upper.join("etc/marker").exists(),
-        "the upper holds saved layers".into(),
+        "the upper holds saved layers",
     )?;
     Ok(Outcome::Passed)
 }
@@ -361,7 +341,7 @@ fn case_new_kernel_mount_point(dir: &Path) -> CaseResult {
     run_sequence(&s, &plan)?;
     let newroot = at(&s.root, &plan.overlay_root);
     let modules = newroot.join(format!("lib/modules/{KVER}"));
-    check(
+    ensure(
         fstype_at(&modules).as_deref() == Some("squashfs"),
         format!("{} is not the modules image", modules.display()),
     )?;
@@ -371,7 +351,7 @@ fn case_new_kernel_mount_point(dir: &Path) -> CaseResult {
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    check(left.is_empty(), format!("the upper holds {left:?}"))?;
+    ensure(left.is_empty(), format!("the upper holds {left:?}"))?;
     Ok(Outcome::Passed)
 }
 
@@ -380,17 +360,17 @@ fn case_ram_chain(dir: &Path) -> CaseResult {
     let plan = plan_for("ramstick.upper=tmpfs ramstick.upper.size=256M ramstick.layers=ram");
     let chain = run_sequence(&s, &plan)?;
     let how: Vec<LayersMode> = chain.layers.iter().map(|l| l.how).collect();
-    check(how == [LayersMode::Ram; 2], format!("{chain:?}"))?;
+    ensure(how == [LayersMode::Ram; 2], format!("{chain:?}"))?;
     let newroot = at(&s.root, &plan.overlay_root);
     shows_chain(&newroot, "two", &["one", "two"])?;
     let unpacked = newroot.join("run/ramstick/upper/layers/layer-000001/etc/marker");
-    check(
+    ensure(
         read(&unpacked) == "one",
         format!("{} is not unpacked", unpacked.display()),
     )?;
-    check(
+    ensure(
         fstype_at(&newroot.join("run/ramstick/layers/layer-000001")).is_none(),
-        "a ram-mode layer is also mounted".into(),
+        "a ram-mode layer is also mounted",
     )?;
     Ok(Outcome::Passed)
 }
@@ -405,14 +385,14 @@ fn case_ram_too_small(dir: &Path) -> CaseResult {
     let plan = plan_for("ramstick.upper=tmpfs ramstick.upper.size=16M ramstick.layers=ram");
     let chain = run_sequence(&s, &plan)?;
     let how: Vec<LayersMode> = chain.layers.iter().map(|l| l.how).collect();
-    check(
+    ensure(
         how == [LayersMode::Ram, LayersMode::Mount] && chain.failures.is_empty(),
         format!("{chain:?}"),
     )?;
-    check(!chain.notes.is_empty(), "the fall back is not noted".into())?;
+    ensure(!chain.notes.is_empty(), "the fall back is not noted")?;
     let newroot = at(&s.root, &plan.overlay_root);
     let len = std::fs::metadata(newroot.join("noise-big.bin")).map_or(0, |m| m.len());
-    check(len == 24 << 20, format!("noise-big.bin has {len} bytes"))?;
+    ensure(len == 24 << 20, format!("noise-big.bin has {len} bytes"))?;
     Ok(Outcome::Passed)
 }
 
@@ -424,7 +404,7 @@ fn case_truncated_middle_layer(dir: &Path) -> CaseResult {
     let s = Scratch::new(dir, &[layer("one"), cut, layer("three")], &[])?;
     let plan = plan_for("ramstick.upper=tmpfs ramstick.upper.size=256M");
     let chain = run_sequence(&s, &plan)?;
-    check(
+    ensure(
         chain.layers.len() == 1
             && chain.failures.len() == 1
             && chain.failures[0].class == FailureClass::Corrupt,
@@ -445,17 +425,17 @@ fn case_legacy_fallback(dir: &Path) -> CaseResult {
     )?;
     let plan = plan_for("ramstick.upper=tmpfs ramstick.upper.size=256M ramstick.layers=ram");
     let chain = run_sequence(&s, &plan)?;
-    check(
+    ensure(
         chain.used == BootType::Backup && chain.failures[0].layer == "upperfs.squashfs",
         format!("{chain:?}"),
     )?;
     let newroot = at(&s.root, &plan.overlay_root);
-    check(
+    ensure(
         read(&newroot.join("etc/marker")) == "from-backup",
-        "backup marker not visible".into(),
+        "backup marker not visible",
     )?;
     let noise = std::fs::metadata(newroot.join("noise-from-backup.bin")).map_or(0, |m| m.len());
-    check(noise == 4 << 20, format!("backup noise has {noise} bytes"))?;
+    ensure(noise == 4 << 20, format!("backup noise has {noise} bytes"))?;
     Ok(Outcome::Passed)
 }
 
@@ -463,18 +443,18 @@ fn case_clean(dir: &Path) -> CaseResult {
     let s = Scratch::new(dir, &[layer("one")], &[])?;
     let plan = plan_for("ramstick.boot=clean ramstick.upper=tmpfs");
     let chain = run_sequence(&s, &plan)?;
-    check(
+    ensure(
         chain.used == BootType::Clean,
         format!("used {:?}", chain.used),
     )?;
     let newroot = at(&s.root, &plan.overlay_root);
-    check(
+    ensure(
         !newroot.join("etc/marker").exists(),
-        "clean boot shows a layer".into(),
+        "clean boot shows a layer",
     )?;
-    check(
+    ensure(
         read(&newroot.join("etc/os-release")) == "NAME=lower\n",
-        "lower not visible".into(),
+        "lower not visible",
     )?;
     Ok(Outcome::Passed)
 }
@@ -497,29 +477,41 @@ fn case_zram(dir: &Path) -> CaseResult {
     let upper = at(&s.root, &plan.upper_mount);
     let result: Result<(), String> = (|| {
         let chain = layers::assemble(&sys, &LinuxImages, &s.root, &plan);
-        check(
+        ensure(
             chain.used == BootType::Default && chain.layers[0].how == LayersMode::Ram,
             format!("{chain:?}"),
         )?;
         // trusted.* xattrs (what overlayfs writes) must work on the upper.
-        sh(&format!(
-            "setfattr -n trusted.overlay.opaque -v y '{}/upper' && \
-             getfattr -n trusted.overlay.opaque '{0}/layers/layer-000001/etc' 2>&1 | grep -q 'No such attr' && \
-             test -c '{0}/layers/layer-000001/etc/doomed'",
-            upper.display()
-        ))?;
+        run(Command::new("setfattr")
+            .args(["-n", "trusted.overlay.opaque", "-v", "y"])
+            .arg(upper.join("upper")))?;
+        // The unpacked layer kept its whiteout and no opaque mark.
+        let etc = upper.join("layers/layer-000001/etc");
+        let opaque = run(Command::new("getfattr")
+            .args(["-n", "trusted.overlay.opaque"])
+            .arg(&etc));
+        ensure(
+            opaque.as_ref().is_err_and(|e| e.contains("No such attr")),
+            format!("{}: {opaque:?}", etc.display()),
+        )?;
+        let doomed = std::fs::symlink_metadata(etc.join("doomed")).ctx("doomed")?;
+        ensure(
+            doomed.file_type().is_char_device(),
+            format!("etc/doomed is {:?}", doomed.file_type()),
+        )?;
         let perms = std::fs::metadata(upper.join("upper"))
             .map_err(|e| e.to_string())?
             .permissions();
-        check(
+        ensure(
             perms.mode() & 0o7777 == 0o755,
             format!("the upperdir has mode {:o}, not 755", perms.mode() & 0o7777),
         )?;
-        sh(&format!("umount '{}'", upper.display()))?;
-        sh(&format!("e2fsck -fn /dev/{dev}"))?;
+        run(Command::new("umount").arg(&upper))?;
+        run(Command::new("e2fsck").arg("-fn").arg(format!("/dev/{dev}")))?;
         Ok(())
     })();
-    let _ = sh(&format!("umount '{}' 2>/dev/null", upper.display()));
+    // Already unmounted unless the checks failed.
+    let _ = run(Command::new("umount").arg(&upper));
     let _ = sys.write_file(Path::new(&format!("/sys/block/{dev}/reset")), "1");
     if let Some(n) = dev.strip_prefix("zram") {
         if n != "0" {
@@ -539,6 +531,6 @@ fn case_missing_rootfs(dir: &Path) -> CaseResult {
         Ok(_) => return Err("boot went on without rootfs.squashfs".into()),
         Err(e) => e,
     };
-    check(err.contains("rootfs.squashfs is missing"), err)?;
+    ensure(err.contains("rootfs.squashfs is missing"), err)?;
     Ok(Outcome::Passed)
 }

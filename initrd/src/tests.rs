@@ -3,63 +3,57 @@
 //! library closure against `ldd`.
 
 use super::*;
-use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use ramstick_testkit::{skip, tool, TempDir, CRYPTSETUP, LDD};
 
 /// A scratch directory with fake programs, a skel tree and a tiny modules dir.
 struct Fixture {
-    root: PathBuf,
+    root: TempDir,
 }
 
 const KVER: &str = "6.1.0-test";
 
 impl Fixture {
     fn new(name: &str) -> Fixture {
-        let root = std::env::temp_dir().join(format!("ramstick-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        let m = root.join("modules").join(KVER);
-        for dir in [
-            "kernel/fs/ext4",
-            "kernel/lib",
-            "kernel/crypto",
-            "kernel/fs/squashfs",
-        ] {
-            fs::create_dir_all(m.join(dir)).unwrap();
-        }
+        let root = TempDir::new(name);
+        let m = format!("modules/{KVER}");
         for ko in [
             "kernel/fs/ext4/ext4.ko",
             "kernel/lib/crc16.ko",
             "kernel/crypto/crc32c_generic.ko",
             "kernel/lib/unrelated.ko",
         ] {
-            fs::write(m.join(ko), format!("module {ko}")).unwrap();
+            root.file(&format!("{m}/{ko}"), format!("module {ko}"), 0o644);
         }
-        fs::write(
-            m.join("modules.dep"),
+        root.mkdir(format!("{m}/kernel/fs/squashfs"));
+        root.file(
+            &format!("{m}/modules.dep"),
             "kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko\nkernel/lib/crc16.ko:\n\
              kernel/crypto/crc32c_generic.ko:\nkernel/lib/unrelated.ko:\n",
+            0o644,
         )
-        .unwrap();
-        fs::write(
-            m.join("modules.softdep"),
+        .file(
+            &format!("{m}/modules.softdep"),
             "softdep ext4 pre: crypto-crc32c\n",
+            0o644,
         )
-        .unwrap();
-        fs::write(
-            m.join("modules.alias"),
+        .file(
+            &format!("{m}/modules.alias"),
             "alias crypto-crc32c crc32c_generic\nalias fs-unrelated unrelated\n",
+            0o644,
         )
-        .unwrap();
-        fs::write(
-            m.join("modules.builtin"),
+        .file(
+            &format!("{m}/modules.builtin"),
             "kernel/fs/squashfs/squashfs.ko\n",
+            0o644,
         )
-        .unwrap();
-        fs::write(m.join("modules.order"), "kernel/lib/unrelated.ko\n").unwrap();
-        fs::create_dir_all(root.join("skel/etc")).unwrap();
-        fs::write(root.join("skel/etc/initrd-release"), "NAME=test\n").unwrap();
+        .file(
+            &format!("{m}/modules.order"),
+            "kernel/lib/unrelated.ko\n",
+            0o644,
+        )
+        .file("skel/etc/initrd-release", "NAME=test\n", 0o644);
         for bin in ["init", "saver"] {
-            fs::write(root.join(bin), format!("binary {bin}")).unwrap();
+            root.file(bin, format!("binary {bin}"), 0o644);
         }
         Fixture { root }
     }
@@ -79,12 +73,6 @@ impl Fixture {
         assert!(warnings.iter().any(|w| w.contains("boot module zram")));
         assert!(!warnings.iter().any(|w| w.contains("module ext4 ")));
         a.to_bytes(12, 0).unwrap()
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.root);
     }
 }
 
@@ -209,12 +197,9 @@ fn a_copy_keeps_its_modes_and_gets_new_modules() {
         ("bin/busybox", 0o755),
         (KEYFILE_IN_ARCHIVE, 0o400),
     ] {
-        let p = kit.join(path);
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(&p, path).unwrap();
-        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+        fixture.root.file(&format!("kit/{path}"), path, mode);
     }
-    std::os::unix::fs::symlink("busybox", kit.join("bin/sh")).unwrap();
+    fixture.root.link("kit/bin/sh", "busybox");
     let mut a = Archive::new();
     a.host_tree(&kit, "", Perms::Keep).unwrap();
     a.modules(&fixture.modules(), "6.2.0-new").unwrap();
@@ -236,15 +221,12 @@ fn a_copy_keeps_its_modes_and_gets_new_modules() {
 #[test]
 fn library_closure_matches_ldd() {
     // A glibc program of the host stands in for ramstick-unlock.
-    let bin = Path::new("/usr/sbin/cryptsetup");
-    let Ok(out) = std::process::Command::new("ldd").arg(bin).output() else {
-        println!("skipped: no ldd");
+    let (Some(bin), Some(ldd)) = (tool(CRYPTSETUP.0), tool(LDD.0)) else {
+        skip("no cryptsetup or ldd");
         return;
     };
-    if !bin.is_file() {
-        println!("skipped: no {}", bin.display());
-        return;
-    }
+    let bin = bin.as_path();
+    let out = std::process::Command::new(ldd).arg(bin).output().unwrap();
     let ldd = String::from_utf8_lossy(&out.stdout).into_owned();
     // ldd lists every library of the closure as `soname => path (addr)`.
     let mut expected: Vec<String> = ldd
@@ -268,19 +250,18 @@ fn library_closure_matches_ldd() {
 
 #[test]
 fn luks_members_are_added() {
-    let bin = Path::new("/usr/sbin/cryptsetup");
-    if !bin.is_file() {
-        println!("skipped: no {}", bin.display());
+    let Some(bin) = tool(CRYPTSETUP.0) else {
+        skip("no cryptsetup");
         return;
-    }
+    };
     let fixture = Fixture::new("initrd-luks");
-    let key = fixture.root.join("key");
-    fs::write(&key, "k").unwrap();
+    fixture.root.file("key", "k", 0o600);
     let mut a = Archive::new();
-    a.luks(bin, Some(&key), LIBRARY_DIRS).unwrap();
+    a.luks(&bin, Some(&fixture.root.join("key")), LIBRARY_DIRS)
+        .unwrap();
     assert_eq!(
         a.members["bin/ramstick-unlock"].body,
-        Body::File(bin.to_path_buf())
+        Body::File(bin.clone())
     );
     assert_eq!(a.members[KEYFILE_IN_ARCHIVE].perm, 0o400);
     assert!(a.contains("lib64/ld-linux-x86-64.so.2"));

@@ -14,19 +14,24 @@ pub const GETFATTR: Tool = ("getfattr", "attr");
 pub const SETFATTR: Tool = ("setfattr", "attr");
 pub const MKFS_EXT4: Tool = ("mkfs.ext4", "e2fsprogs");
 pub const E2FSCK: Tool = ("e2fsck", "e2fsprogs");
+pub const DEBUGFS: Tool = ("debugfs", "e2fsprogs");
+pub const DUMPE2FS: Tool = ("dumpe2fs", "e2fsprogs");
 pub const MKFS_FAT: Tool = ("mkfs.fat", "dosfstools");
 pub const CRYPTSETUP: Tool = ("cryptsetup", "cryptsetup-bin");
 pub const SFDISK: Tool = ("sfdisk", "fdisk");
 pub const BLKID: Tool = ("blkid", "util-linux");
 pub const LOSETUP: Tool = ("losetup", "mount");
+pub const LDD: Tool = ("ldd", "libc-bin");
 /// init runs busybox' mke2fs by this path.
 pub const BUSYBOX: Tool = ("/bin/busybox", "busybox-static");
+/// A dynamically linked program every Debian has (dash).
+pub const SH: Tool = ("/bin/sh", "dash");
 
 /// Every command the workspace's tests run: `cargo xtask test` installs
 /// their packages first, so that no test skips for a missing tool in CI.
 pub const TOOLS: &[Tool] = &[
-    MKSQUASHFS, UNSQUASHFS, GETFATTR, SETFATTR, MKFS_EXT4, E2FSCK, MKFS_FAT, CRYPTSETUP, SFDISK,
-    BLKID, LOSETUP, BUSYBOX,
+    MKSQUASHFS, UNSQUASHFS, GETFATTR, SETFATTR, MKFS_EXT4, E2FSCK, DEBUGFS, DUMPE2FS, MKFS_FAT,
+    CRYPTSETUP, SFDISK, BLKID, LOSETUP, LDD, BUSYBOX, SH,
 ];
 
 /// Where a non-root `$PATH` often lacks tools that root's has.

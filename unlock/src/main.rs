@@ -281,15 +281,13 @@ mod tests {
 
     #[test]
     fn keyfile_limits() {
-        let dir = std::env::temp_dir().join(format!("ramstick-unlock-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let empty = dir.join("empty");
-        std::fs::write(&empty, b"").unwrap();
-        assert!(read_keyfile(&empty).is_err());
-        let key = dir.join("key");
-        std::fs::write(&key, b"secret\n").unwrap();
-        assert_eq!(read_keyfile(&key).unwrap().as_slice(), b"secret\n");
+        let dir = ramstick_testkit::TempDir::new("unlock");
+        dir.file("empty", "", 0o600).file("key", "secret\n", 0o600);
+        assert!(read_keyfile(&dir.join("empty")).is_err());
+        assert_eq!(
+            read_keyfile(&dir.join("key")).unwrap().as_slice(),
+            b"secret\n"
+        );
         assert!(read_keyfile(&dir.join("missing")).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

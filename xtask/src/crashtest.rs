@@ -278,15 +278,6 @@ fn report(
     );
 }
 
-/// A fresh directory for a unit test.
-#[cfg(test)]
-pub fn test_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("xtask-crashtest-{}-{name}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

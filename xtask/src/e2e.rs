@@ -585,8 +585,7 @@ mod tests {
 
     #[test]
     fn spec_hash_depends_on_every_field() {
-        let dir = std::env::temp_dir().join(format!("xtask-spec-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = ramstick_testkit::TempDir::new("xtask-spec");
         let file = dir.join("upper.squashfs");
         fs::write(&file, "one").unwrap();
         let base = DiskSpec::default();
@@ -624,7 +623,6 @@ mod tests {
                 assert_ne!(a, b, "{all:x?}");
             }
         }
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

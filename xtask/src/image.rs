@@ -333,24 +333,22 @@ mod tests {
 
     #[test]
     fn rootfs_checks_name_the_path() {
-        let dir = std::env::temp_dir().join(format!("ramstick-imgroot-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let t = ramstick_testkit::TempDir::new("imgroot");
+        let dir = t.join("root");
         let err = check_rootfs(&dir).unwrap_err().to_string();
         assert!(err.contains(&dir.display().to_string()) && err.contains("does not exist"));
-        fs::create_dir_all(dir.join("bin")).unwrap();
+        t.mkdir("root/bin");
         let err = check_rootfs(&dir).unwrap_err().to_string();
         assert!(err.contains("no sbin/init"), "{err}");
-        fs::create_dir_all(dir.join("sbin")).unwrap();
-        std::os::unix::fs::symlink("/bin/busybox", dir.join("sbin/init")).unwrap();
+        t.link("root/sbin/init", "/bin/busybox");
         // Dangling inside the tree, even if the host has /bin/busybox.
         assert!(check_rootfs(&dir).is_err());
-        fs::write(dir.join("bin/busybox"), "").unwrap();
+        t.file("root/bin/busybox", "", 0o755);
         check_rootfs(&dir).unwrap();
         let file = dir.join("bin/busybox");
         assert!(check_rootfs(&file)
             .unwrap_err()
             .to_string()
             .contains("not a directory"));
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

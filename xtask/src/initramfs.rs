@@ -182,15 +182,15 @@ mod tests {
 
     #[test]
     fn the_host_archive_has_the_programs_and_the_skel() {
-        let dir = std::env::temp_dir().join(format!("xtask-initrd-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = ramstick_testkit::TempDir::new("xtask-initrd");
         let modules = dir.join("modules/6.1.0-test");
-        std::fs::create_dir_all(&modules).unwrap();
-        std::fs::write(modules.join("modules.dep"), "").unwrap();
-        std::fs::create_dir_all(dir.join("skel/etc")).unwrap();
-        std::fs::write(dir.join("skel/etc/e2fsck.conf"), "x").unwrap();
+        dir.file("modules/6.1.0-test/modules.dep", "", 0o644).file(
+            "skel/etc/e2fsck.conf",
+            "x",
+            0o644,
+        );
         for f in ["init", "saver", "busybox", "e2fsck"] {
-            std::fs::write(dir.join(f), f).unwrap();
+            dir.file(f, f, 0o755);
         }
         let bins = Binaries {
             init: dir.join("init"),
@@ -212,6 +212,5 @@ mod tests {
         ] {
             assert!(a.contains(member), "{member}");
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -195,18 +195,18 @@ mod tests {
 
     #[test]
     fn finds_the_kernel_in_a_tree() {
-        let root = std::env::temp_dir().join(format!("ramstick-ktree-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(root.join("boot")).unwrap();
-        std::fs::write(root.join("boot/vmlinuz-6.1.0-1-amd64"), "k").unwrap();
+        let root = ramstick_testkit::TempDir::new("ktree");
         // A vmlinuz without modules does not count.
-        std::fs::write(root.join("boot/vmlinuz-6.9.0-1-amd64"), "k").unwrap();
+        root.file("boot/vmlinuz-6.1.0-1-amd64", "k", 0o644).file(
+            "boot/vmlinuz-6.9.0-1-amd64",
+            "k",
+            0o644,
+        );
         assert!(kernel_in_tree(&root).is_err());
-        std::fs::create_dir_all(root.join("lib/modules/6.1.0-1-amd64")).unwrap();
+        root.mkdir("lib/modules/6.1.0-1-amd64");
         let k = kernel_in_tree(&root).unwrap();
         assert_eq!(k.version, "6.1.0-1-amd64");
         assert_eq!(k.vmlinuz, root.join("boot/vmlinuz-6.1.0-1-amd64"));
         assert_eq!(k.modules_dir, root.join("lib/modules/6.1.0-1-amd64"));
-        std::fs::remove_dir_all(&root).unwrap();
     }
 }

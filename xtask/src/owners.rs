@@ -11,7 +11,7 @@
 
 use crate::deps;
 use anyhow::{bail, Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// uid and gid of `user/` on the stick: the `user` account every rootfs
 /// kind creates (its home is chowned to the same ids).
@@ -97,20 +97,33 @@ fn script(wanted: &[Wanted]) -> String {
     s
 }
 
+/// The debugfs command file beside the image: only scratch, so removed
+/// on every path out of [`normalize`] (a write that failed half-way too).
+struct CommandFile(PathBuf);
+
+impl Drop for CommandFile {
+    fn drop(&mut self) {
+        // Best effort: nothing to report if it is gone already.
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Sets owners and modes in the ext4 `image` made from `content`.
 pub fn normalize(image: &Path, content: &Path) -> Result<()> {
     deps::ensure(&[("debugfs", "e2fsprogs")])?;
     let commands = script(&wanted(content)?);
-    let file = crate::initramfs::partial_path(&image.with_extension("debugfs"));
-    std::fs::write(&file, &commands).with_context(|| format!("cannot write {}", file.display()))?;
+    let file = CommandFile(crate::initramfs::partial_path(
+        &image.with_extension("debugfs"),
+    ));
+    std::fs::write(&file.0, &commands)
+        .with_context(|| format!("cannot write {}", file.0.display()))?;
     let out = deps::cmd("debugfs")
         .arg("-w")
         .arg("-f")
-        .arg(&file)
+        .arg(&file.0)
         .arg(image)
         .output();
-    // Best effort: the command file is only scratch.
-    let _ = std::fs::remove_file(&file);
+    drop(file);
     let out = out.context("cannot run debugfs")?;
     // debugfs exits 0 even when a command fails; its errors go to stderr
     // after the version banner.
@@ -133,7 +146,7 @@ pub fn normalize(image: &Path, content: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+    use ramstick_testkit::{have, skip, TempDir, DEBUGFS, DUMPE2FS, MKFS_EXT4};
 
     #[test]
     fn script_sets_owner_and_mode_of_every_entry() {
@@ -191,24 +204,20 @@ mod tests {
     /// superblock must say errors=remount-ro.
     #[test]
     fn data_partition_is_root_owned_whoever_builds_it() {
-        if deps::find_command("mkfs.ext4").is_none() || deps::find_command("debugfs").is_none() {
-            println!("skipped: no mkfs.ext4/debugfs");
+        if ![MKFS_EXT4, DEBUGFS, DUMPE2FS].iter().all(|t| have(t.0)) {
+            skip("no mkfs.ext4/debugfs/dumpe2fs");
             return;
         }
-        let dir = std::env::temp_dir().join(format!("ramstick-owners-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let st = dir.join("persist");
-        std::fs::create_dir_all(st.join("user")).unwrap();
-        std::fs::create_dir_all(st.join("extra/sub")).unwrap();
+        let dir = TempDir::new("owners");
         for (f, mode) in [
             ("rootfs.squashfs", 0o600),
             ("modules-6.1.0-test.squashfs", 0o664),
             ("extra/sub/upperfs.squashfs", 0o755),
         ] {
-            std::fs::write(st.join(f), f).unwrap();
-            std::fs::set_permissions(st.join(f), std::fs::Permissions::from_mode(mode)).unwrap();
+            dir.file(&format!("persist/{f}"), f, mode);
         }
-        std::fs::set_permissions(st.join("user"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let st = dir.join("persist");
+        ramstick_testkit::chmod(&dir.mkdir("persist/user"), 0o700).unwrap();
         if deps::is_root() {
             deps::run(deps::cmd("chown").args(["-R", "4242:4243"]).arg(&st)).unwrap();
         }
@@ -244,6 +253,5 @@ mod tests {
                 .any(|l| l.starts_with("Errors behavior:") && l.ends_with("Remount read-only")),
             "{sb}"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

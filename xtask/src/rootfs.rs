@@ -355,13 +355,6 @@ fn copy_over(src: &Path, dst: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("ramstick-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn applet_links_are_relative() {
         assert_eq!(applet_link_target("bin/ls"), "busybox");
@@ -397,7 +390,7 @@ mod tests {
 
     #[test]
     fn out_must_be_empty_or_ours() {
-        let dir = scratch("rootfs-out");
+        let dir = ramstick_testkit::TempDir::new("rootfs-out");
         let out = dir.join("tree");
         check_out(&out).unwrap();
         std::fs::create_dir(&out).unwrap();
@@ -407,6 +400,5 @@ mod tests {
         assert!(err.contains("not a ramstick rootfs"), "{err}");
         std::fs::write(out.join(MARKER), "Busybox\n").unwrap();
         check_out(&out).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

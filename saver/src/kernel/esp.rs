@@ -152,7 +152,6 @@ fn first_entry(dir: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::symlink;
 
     #[test]
     fn the_persist_mount_is_found_in_mountinfo() {
@@ -167,39 +166,26 @@ mod tests {
     /// from `vda2`.
     #[test]
     fn partitions_of_the_disk_below_a_partition_or_a_mapping() {
-        let sys = std::env::temp_dir().join(format!("saver-sysfs-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&sys);
-        let vda = sys.join("devices/pci0/virtio1/block/vda");
+        let sys = ramstick_testkit::TempDir::new("saver-sysfs");
+        let vda = "devices/pci0/virtio1/block/vda";
         for part in ["vda1", "vda2"] {
-            std::fs::create_dir_all(vda.join(part)).unwrap();
-            std::fs::write(vda.join(part).join("partition"), "1\n").unwrap();
+            sys.file(&format!("{vda}/{part}/partition"), "1\n", 0o644);
         }
-        std::fs::create_dir_all(vda.join("queue")).unwrap();
-        let dm = sys.join("devices/virtual/block/dm-0/slaves");
-        std::fs::create_dir_all(&dm).unwrap();
-        symlink("../../../../pci0/virtio1/block/vda/vda2", dm.join("vda2")).unwrap();
-        std::fs::create_dir_all(sys.join("class/block")).unwrap();
-        symlink(
+        sys.mkdir(format!("{vda}/queue"));
+        sys.link(
+            "devices/virtual/block/dm-0/slaves/vda2",
+            "../../../../pci0/virtio1/block/vda/vda2",
+        )
+        .link(
+            "class/block/vda2",
             "../../devices/pci0/virtio1/block/vda/vda2",
-            sys.join("class/block/vda2"),
         )
-        .unwrap();
-        std::fs::create_dir_all(sys.join("dev/block")).unwrap();
-        symlink(
-            "../../devices/virtual/block/dm-0",
-            sys.join("dev/block/254:0"),
-        )
-        .unwrap();
-        symlink(
+        .link("dev/block/254:0", "../../devices/virtual/block/dm-0")
+        .link(
+            "dev/block/253:2",
             "../../devices/pci0/virtio1/block/vda/vda2",
-            sys.join("dev/block/253:2"),
         )
-        .unwrap();
-        symlink(
-            "../../devices/pci0/virtio1/block/vda",
-            sys.join("dev/block/253:0"),
-        )
-        .unwrap();
+        .link("dev/block/253:0", "../../devices/pci0/virtio1/block/vda");
         for devno in [(254, 0), (253, 2), (253, 0)] {
             assert_eq!(
                 disk_partitions(&sys, devno).unwrap(),
@@ -208,6 +194,5 @@ mod tests {
             );
         }
         assert!(disk_partitions(&sys, (8, 0)).is_err());
-        std::fs::remove_dir_all(&sys).unwrap();
     }
 }

@@ -229,25 +229,27 @@ mod tests {
     /// /persist, the ESP, /lib/modules and the kit: an add, then a remove.
     #[test]
     fn a_kernel_added_then_removed_on_scratch_directories() {
-        let base = std::env::temp_dir().join(format!("saver-kernel-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&base);
+        let base = ramstick_testkit::TempDir::new("saver-kernel");
         let kver = "6.2.0-test";
         let modules = base.join("modules").join(kver);
-        std::fs::create_dir_all(modules.join("kernel/fs")).unwrap();
-        std::fs::write(modules.join("kernel/fs/ext4.ko"), "ext4 module").unwrap();
-        std::fs::write(modules.join("modules.dep"), "kernel/fs/ext4.ko:\n").unwrap();
-        let kit = base.join("kit");
-        std::fs::create_dir_all(kit.join("bin")).unwrap();
-        std::fs::write(kit.join("init"), "init").unwrap();
-        std::fs::write(kit.join("bin/busybox"), "busybox").unwrap();
-        let esp = base.join("esp");
-        std::fs::create_dir_all(esp.join("grub")).unwrap();
+        base.file(
+            &format!("modules/{kver}/kernel/fs/ext4.ko"),
+            "ext4 module",
+            0o644,
+        )
+        .file(
+            &format!("modules/{kver}/modules.dep"),
+            "kernel/fs/ext4.ko:\n",
+            0o644,
+        )
+        .file("kit/init", "init", 0o755)
+        .file("kit/bin/busybox", "busybox", 0o755);
         let old = Menu::new("6.1.0-old", "x=1").unwrap();
-        std::fs::write(esp.join(MENU_RECORD), old.to_json()).unwrap();
-        let persist = base.join("persist");
-        std::fs::create_dir_all(&persist).unwrap();
-        let image = base.join("vmlinuz");
-        std::fs::write(&image, "kernel image").unwrap();
+        base.file(&format!("esp/{MENU_RECORD}"), old.to_json(), 0o644)
+            .file("vmlinuz", "kernel image", 0o644);
+        let (kit, esp, image) = (base.join("kit"), base.join("esp"), base.join("vmlinuz"));
+        let persist = base.mkdir("persist");
+        base.mkdir("esp/grub");
         let mut fs = OnStick {
             persist: persist.clone(),
             esp: esp.clone(),
@@ -291,15 +293,12 @@ mod tests {
         assert!(!esp.join(format!("vmlinuz-{kver}")).exists());
         assert!(!esp.join(format!("initramfs-{kver}.img")).exists());
         assert!(!squashfs.exists());
-        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]
     fn an_esp_without_a_record_is_named() {
-        let dir = std::env::temp_dir().join(format!("saver-norecord-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = ramstick_testkit::TempDir::new("saver-norecord");
         let err = read_menu(&dir).unwrap_err().to_string();
         assert!(err.contains("older `cargo xtask image`"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -280,37 +280,35 @@ mod tests {
         assert!(err.contains("the only one the stick boots"), "{err}");
     }
 
+    /// Runs `steps` on copies of `start` cut after 0, 1, … all of them:
+    /// only the whole run succeeds, and every stick it leaves boots.
+    fn cut_after_every_step(start: &Fake, kver: &str, steps: &[Step], what: &str) {
+        for cut in 0..=steps.len() {
+            let mut fake = Fake {
+                budget: cut,
+                ..start.clone()
+            };
+            let result = run(&mut fake, kver, steps);
+            assert_eq!(result.is_ok(), cut == steps.len(), "{what} cut after {cut}");
+            fake.consistent()
+                .unwrap_or_else(|e| panic!("{what} cut after {cut} steps: {e}"));
+        }
+    }
+
     /// A power cut after every step of an add, then of a remove: the menu
     /// on the stick always boots, and the complete run ends as planned.
     #[test]
     fn a_power_cut_at_any_step_leaves_a_bootable_menu() {
         let start = Fake::built_for(OLD);
         let add = plan_add(start.record.as_ref().unwrap(), NEW).unwrap();
-        for cut in 0..=add.len() {
-            let mut fake = Fake {
-                budget: cut,
-                ..start.clone()
-            };
-            let result = run(&mut fake, NEW, &add);
-            assert_eq!(result.is_ok(), cut == add.len(), "cut after {cut}");
-            fake.consistent()
-                .unwrap_or_else(|e| panic!("add cut after {cut} steps: {e}"));
-        }
+        cut_after_every_step(&start, NEW, &add, "add");
         let mut added = start.clone();
         run(&mut added, NEW, &add).unwrap();
         assert_eq!(added.grub, [NEW, OLD]);
         assert_eq!(added.record.as_ref().unwrap().kernels, [NEW, OLD]);
 
         let remove = plan_remove(added.record.as_ref().unwrap(), OLD).unwrap();
-        for cut in 0..=remove.len() {
-            let mut fake = Fake {
-                budget: cut,
-                ..added.clone()
-            };
-            let _ = run(&mut fake, OLD, &remove);
-            fake.consistent()
-                .unwrap_or_else(|e| panic!("remove cut after {cut} steps: {e}"));
-        }
+        cut_after_every_step(&added, OLD, &remove, "remove");
         let mut removed = added.clone();
         run(&mut removed, OLD, &remove).unwrap();
         assert_eq!(removed.grub, [NEW]);

@@ -112,13 +112,12 @@ mod tests {
 
     #[test]
     fn split_deals_the_entries_in_turn() {
-        let base = std::env::temp_dir().join(format!("xtask-split-{}", std::process::id()));
+        let base = ramstick_testkit::TempDir::new("xtask-split");
         let tree = base.join("tree");
         for name in ["a", "b", "c", "d", "e"] {
-            fs::create_dir_all(tree.join(name)).unwrap();
-            fs::write(tree.join(name).join("f"), name).unwrap();
+            base.file(&format!("tree/{name}/f"), name, 0o644);
         }
-        fs::write(tree.join("top"), "t").unwrap();
+        base.file("tree/top", "t", 0o644);
         let parts = split(&tree, &base.join("parts"), 4).unwrap();
         let names = |p: &Path| {
             let mut v: Vec<String> = fs::read_dir(p)
@@ -133,6 +132,5 @@ mod tests {
         assert_eq!(names(&parts[2]), ["c"]);
         assert_eq!(names(&parts[3]), ["d"]);
         assert_eq!(fs::read_to_string(parts[0].join("e/f")).unwrap(), "e");
-        fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -96,7 +96,8 @@ mod tests {
 
     #[test]
     fn measures_time_and_memory_of_a_child() {
-        let log = std::env::temp_dir().join(format!("xtask-measure-{}.log", std::process::id()));
+        let dir = ramstick_testkit::TempDir::new("xtask-measure");
+        let log = dir.join("measure.log");
         let small = run(Command::new("sh").args(["-c", "true"]), &log).unwrap();
         // The shell holds a 32 MiB string: its peak RSS must show it.
         let big = run(
@@ -123,6 +124,5 @@ mod tests {
         let mut cmd = Command::new("/usr/bin/saver");
         cmd.args(["pack", "/src", "/img", "--quiet"]);
         assert_eq!(short_name(&cmd), "saver pack");
-        fs::remove_file(&log).unwrap();
     }
 }

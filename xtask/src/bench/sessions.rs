@@ -245,7 +245,7 @@ mod tests {
 
     #[test]
     fn a_session_tree_holds_its_change() {
-        let dir = std::env::temp_dir().join(format!("xtask-sessions-{}", std::process::id()));
+        let dir = ramstick_testkit::TempDir::new("xtask-sessions");
         let changed = session_tree(&dir, 7, 4096).unwrap();
         let big = fs::read(dir.join("root/session-007.bin")).unwrap();
         assert_eq!(big.len(), 4096);
@@ -255,6 +255,5 @@ mod tests {
         // The next session replaces the tree: only its own files.
         session_tree(&dir, 8, 10).unwrap();
         assert!(!dir.join("root/session-007.bin").exists());
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -197,8 +197,7 @@ mod tests {
 
     #[test]
     fn sums_early_plain_and_compressed_archives() {
-        let dir = std::env::temp_dir().join(format!("xtask-size-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = ramstick_testkit::TempDir::new("xtask-size");
         let mut early = archive(&[("kernel/x86/microcode/a.bin", 1000)]);
         early.resize(early.len().div_ceil(512) * 512, 0);
         let main = archive(&[("init", 300), ("lib/x.ko", 5000)]);
@@ -211,6 +210,5 @@ mod tests {
         assert_eq!(unpacked_size(&path).unwrap(), 1000);
         fs::write(&path, b"garbage!").unwrap();
         assert!(unpacked_size(&path).is_err());
-        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -149,7 +149,7 @@ mod tests {
 
     #[test]
     fn generation_is_deterministic_and_reused() {
-        let base = std::env::temp_dir().join(format!("xtask-tree-{}", std::process::id()));
+        let base = ramstick_testkit::TempDir::new("xtask-tree");
         let shape = Shape {
             dirs: 2,
             files_per_dir: 3,
@@ -175,7 +175,6 @@ mod tests {
         let other = Shape { dirs: 1, ..shape };
         ensure(&a, other).unwrap();
         assert!(!a.join("extra").exists() && !a.join("d0001").exists());
-        fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

@@ -301,12 +301,11 @@ fn md5sums(files: &[&PathBuf]) -> Result<Vec<String>> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_dir;
     use super::*;
 
     #[test]
     fn the_top_layer_decides_and_whiteouts_hide() {
-        let dir = test_dir("view");
+        let dir = ramstick_testkit::TempDir::new("view");
         let (low, high) = (dir.join("low"), dir.join("high"));
         for d in [&low, &high] {
             fs::create_dir_all(d.join("root")).unwrap();

@@ -239,12 +239,11 @@ pub fn which(state: &State, states: &[State], w: usize) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::super::log::craft::Crafted;
-    use super::super::test_dir;
     use super::*;
 
     #[test]
     fn marks_snap_back_to_their_last_barrier() {
-        let dir = test_dir("snap");
+        let dir = ramstick_testkit::TempDir::new("snap");
         let mut c = Crafted::new();
         c.write(0, &[1; 512])
             .flush()

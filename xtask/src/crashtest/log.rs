@@ -274,14 +274,13 @@ pub mod craft {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_dir;
     use super::craft::{Crafted, SECTOR};
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// The log read from a file holding `bytes` (open, it outlives the
+    /// file's directory).
     fn parsed(bytes: &[u8]) -> Result<Log> {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = test_dir(&format!("wlog-{}", N.fetch_add(1, Ordering::SeqCst)));
+        let dir = ramstick_testkit::TempDir::new("wlog");
         let path = dir.join("write.log");
         std::fs::write(&path, bytes).unwrap();
         Log::open(&path)

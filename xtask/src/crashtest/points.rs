@@ -311,16 +311,15 @@ pub fn segment_points(log: &Log, seg: &Segment, how: Sampling, rng: &mut Rng) ->
 #[cfg(test)]
 pub mod fixture {
     use super::super::log::craft::Crafted;
-    use super::super::test_dir;
     use super::Log;
-    use std::path::PathBuf;
+    use ramstick_testkit::TempDir;
 
     /// A device of 8 blocks of 4 KiB, each block filled with its number,
     /// and a log: A (blocks 1-2 ← 0xa1), B (block 5 ← 0xb1), flush,
     /// C (blocks 0-3 ← 0xc1), D (block 2 ← 0xd1), E (block 6 ← 0xe1), flush,
     /// F (block 7 ← 0xf1), without a flush.
-    pub fn fixture(name: &str) -> (PathBuf, Log) {
-        let dir = test_dir(name);
+    pub fn fixture(name: &str) -> (TempDir, Log) {
+        let dir = TempDir::new(name);
         let base = dir.join("base.img");
         let bytes: Vec<u8> = (0..8u8).flat_map(|b| vec![b; 4096]).collect();
         std::fs::write(&base, bytes).unwrap();

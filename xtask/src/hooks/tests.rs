@@ -9,6 +9,14 @@ fn paths(plan: &Plan) -> Vec<String> {
     plan.entries.iter().map(|e| e.path.clone()).collect()
 }
 
+/// The plan's entry for `path`.
+fn entry<'a>(plan: &'a Plan, path: &str) -> &'a Entry {
+    plan.entries
+        .iter()
+        .find(|e| e.path == path)
+        .unwrap_or_else(|| panic!("no entry {path} in {:?}", paths(plan)))
+}
+
 const ELF: &str = "\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0";
 const DEBIAN_INITTAB: &str = "id:2:initdefault:\nsi::sysinit:/etc/init.d/rcS\n\
     ~~:S:wait:/sbin/sulogin --force\nl0:0:wait:/etc/init.d/rc 0\nl1:1:wait:/etc/init.d/rc 1\n\
@@ -109,11 +117,7 @@ fn sysvinit_and_busybox_get_the_script_and_their_inittab_edited() {
         .file("etc/init.d/rc", "#!/bin/sh\n", 0o755);
     let plan = plan_of(&t);
     assert_eq!(plan.init, Some(InitSystem::SysVinit));
-    let inittab = plan
-        .entries
-        .iter()
-        .find(|e| e.path == "etc/inittab")
-        .unwrap();
+    let inittab = entry(&plan, "etc/inittab");
     assert!(inittab.replaces);
     plan.apply(t.path()).unwrap();
     assert_eq!(
@@ -134,11 +138,7 @@ fn sysvinit_and_busybox_get_the_script_and_their_inittab_edited() {
         .link("sbin/init", "../bin/busybox");
     let plan = plan_of(&b);
     assert_eq!(plan.init, Some(InitSystem::Busybox));
-    let inittab = plan
-        .entries
-        .iter()
-        .find(|e| e.path == "etc/inittab")
-        .unwrap();
+    let inittab = entry(&plan, "etc/inittab");
     assert!(!inittab.replaces);
     plan.apply(b.path()).unwrap();
     assert_eq!(initsys::hook_present(b.path(), InitSystem::Busybox), Ok(()));
@@ -231,10 +231,9 @@ fn an_unknown_init_is_refused_unless_no_saver() {
 /// hook (the replaced inittab with its new content), the tree is unchanged.
 #[test]
 fn mksquashfs_puts_the_entries_into_the_image_and_leaves_the_tree() {
-    if crate::deps::find_command("mksquashfs").is_none()
-        || crate::deps::find_command("unsquashfs").is_none()
-    {
-        ramstick_testkit::skip("no mksquashfs/unsquashfs");
+    use ramstick_testkit::{have, skip, MKSQUASHFS, UNSQUASHFS};
+    if !have(MKSQUASHFS.0) || !have(UNSQUASHFS.0) {
+        skip("no mksquashfs/unsquashfs");
         return;
     }
     let t = TempDir::new("squash");

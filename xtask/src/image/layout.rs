@@ -176,8 +176,7 @@ mod tests {
 
     #[test]
     fn copy_at_writes_at_offset_and_keeps_holes() {
-        let dir = std::env::temp_dir().join(format!("ramstick-copyat-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
+        let dir = ramstick_testkit::TempDir::new("copyat");
         let src = dir.join("src");
         let mut data = vec![0u8; 3 * MIB as usize + 10];
         data[5] = 1;
@@ -190,6 +189,5 @@ mod tests {
         let out = fs::read(&disk_path).unwrap();
         assert_eq!(&out[MIB as usize..MIB as usize + data.len()], &data[..]);
         assert!(out[..MIB as usize].iter().all(|&b| b == 0));
-        fs::remove_dir_all(&dir).unwrap();
     }
 }
