@@ -228,20 +228,14 @@ pub fn daemon(paths: &Paths, log: Option<&Path>) -> Result<()> {
             if watched.elapsed() >= Duration::from_secs(u64::from(every)) {
                 watched = Instant::now();
                 let saving = saving(paths, clean, &s);
-                let sample = Sources::system(paths).sample(&info.upper);
-                for action in watch.decide(&sample, &saving) {
-                    match action {
-                        Action::Warn {
-                            threshold,
-                            pressure,
-                        } => {
-                            let largest = pressure::largest_dirs(&paths.upperdir);
-                            let lines = watch::message(threshold, &pressure, &saving, &largest);
-                            warn(&lines, log.is_some());
-                        }
-                        Action::Checkpoint => save_checkpoint(paths, &mut spent),
-                    }
-                }
+                look_at_upper(
+                    paths,
+                    &info.upper,
+                    &mut watch,
+                    &saving,
+                    log.is_some(),
+                    &mut spent,
+                );
             }
         }
         if clean {
@@ -305,6 +299,34 @@ fn save_checkpoint(paths: &Paths, spent: &mut Spent) {
         Ok(crate::save::Outcome::Saved { bytes, .. }) => spent.add(now_secs(), bytes),
         Ok(_) => {}
         Err(e) => say(&format!("checkpoint failed: {e:#}")),
+    }
+}
+
+/// One look at the upper of kind `upper` (boot.json's): warns when it
+/// crossed a threshold, and checkpoints when the watch says so.
+fn look_at_upper(
+    paths: &Paths,
+    upper: &str,
+    watch: &mut Watch,
+    saving: &Saving,
+    syslog: bool,
+    spent: &mut Spent,
+) {
+    let sample = Sources::system(paths).sample(upper);
+    for action in watch.decide(&sample, saving) {
+        match action {
+            Action::Warn {
+                threshold,
+                pressure,
+            } => {
+                let largest = pressure::largest_dirs(&paths.upperdir);
+                warn(
+                    &watch::message(threshold, &pressure, saving, &largest),
+                    syslog,
+                );
+            }
+            Action::Checkpoint => save_checkpoint(paths, spent),
+        }
     }
 }
 

@@ -47,10 +47,17 @@ impl Sources {
     }
 
     /// A look at the upper of kind `upper` (boot.json's: "zram0", "tmpfs").
-    /// A zram upper holds the RAM its device takes; a tmpfs upper holds
-    /// its used pages (the filesystem's use).
+    /// Its filesystem is full when nothing is available any more, as `df`
+    /// counts (ext4 keeps some blocks for itself). A zram upper holds the
+    /// RAM its device takes; a tmpfs upper holds its used pages (the
+    /// filesystem's use).
     pub fn sample(&self, upper: &str) -> Sample {
-        let fs = space::usage(&self.upper_mount).ok();
+        let used = space::usage(&self.upper_mount).map(|(used, _)| used);
+        let free = space::free(&self.upper_mount);
+        let fs = used
+            .ok()
+            .zip(free.ok())
+            .map(|(u, f)| (u, u.saturating_add(f)));
         let held = if upper.starts_with("zram") {
             std::fs::read_to_string(self.sys_block.join(upper).join("mm_stat"))
                 .ok()

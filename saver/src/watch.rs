@@ -50,7 +50,7 @@ impl Pressure {
 /// What one look at the upper found (`None`: that figure was unreadable).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Sample {
-    /// The upper filesystem: (bytes used, size).
+    /// The upper filesystem: (bytes used, bytes used + bytes available).
     pub fs: Option<(u64, u64)>,
     /// RAM: (bytes the upper holds, bytes still available: MemAvailable).
     pub ram: Option<(u64, u64)>,
@@ -240,26 +240,32 @@ mod tests {
     fn each_threshold_warns_once_per_crossing() {
         let mut w = Watch::default();
         let on = Saving::Checkpoints;
-        let mut run = |pct| said(&w.decide(&fs(pct), &on));
-        assert_eq!(run(10), (vec![], false));
-        assert_eq!(run(79), (vec![], false));
-        assert_eq!(run(80), (vec![80], false));
-        assert_eq!(run(85), (vec![], false));
-        // Hovering around a threshold does not warn again…
-        assert_eq!(run(78), (vec![], false));
-        assert_eq!(run(81), (vec![], false));
-        assert_eq!(run(90), (vec![90], false));
-        assert_eq!(run(94), (vec![], false));
-        assert_eq!(run(95), (vec![95], true));
-        assert_eq!(run(99), (vec![], false));
-        assert_eq!(run(100), (vec![], false));
-        // …falling below threshold - REARM rearms it, not the lower ones.
-        assert_eq!(run(89), (vec![], false));
-        assert_eq!(run(95), (vec![95], true));
-        assert_eq!(run(84), (vec![], false));
-        assert_eq!(run(90), (vec![90], false));
-        assert_eq!(run(74), (vec![], false));
-        assert_eq!(run(80), (vec![80], false));
+        // (usage, the threshold warned of, whether it checkpoints)
+        let steps = [
+            (10, None, false),
+            (79, None, false),
+            (80, Some(80), false),
+            (85, None, false),
+            // Hovering around a threshold does not warn again…
+            (78, None, false),
+            (81, None, false),
+            (90, Some(90), false),
+            (94, None, false),
+            (95, Some(95), true),
+            (99, None, false),
+            (100, None, false),
+            // …falling below threshold - REARM rearms it, not the lower ones.
+            (89, None, false),
+            (95, Some(95), true),
+            (84, None, false),
+            (90, Some(90), false),
+            (74, None, false),
+            (80, Some(80), false),
+        ];
+        for (pct, warned, checkpoint) in steps {
+            let want = (warned.into_iter().collect::<Vec<u64>>(), checkpoint);
+            assert_eq!(said(&w.decide(&fs(pct), &on)), want, "at {pct}%");
+        }
     }
 
     #[test]
