@@ -97,6 +97,7 @@ pub fn largest_dirs(upperdir: &Path) -> Vec<(String, u64)> {
         for entry in list.flatten() {
             entries += 1;
             if entries > MAX_ENTRIES {
+                todo.clear();
                 break;
             }
             let Ok(meta) = entry.metadata() else {
@@ -106,14 +107,14 @@ pub fn largest_dirs(upperdir: &Path) -> Vec<(String, u64)> {
                 continue;
             }
             if meta.is_dir() {
+                // Below DEPTH a file counts in its ancestor at DEPTH.
                 let mut below = names.clone();
-                below.push(entry.file_name().to_string_lossy().into_owned());
+                if below.len() < DEPTH {
+                    below.push(entry.file_name().to_string_lossy().into_owned());
+                }
                 todo.push((entry.path(), below));
             } else if meta.blocks() > 0 && seen.insert(meta.ino()) {
-                let shown = names
-                    .iter()
-                    .take(DEPTH)
-                    .fold(String::new(), |p, n| p + "/" + n);
+                let shown = names.iter().fold(String::new(), |p, n| p + "/" + n);
                 let key = if shown.is_empty() { "/".into() } else { shown };
                 *bytes.entry(key).or_default() += meta.blocks() * 512;
             }
