@@ -4,7 +4,11 @@
 //! saves a checkpoint when something changed — the session's layer is
 //! replaced, so a power cut loses at most that many minutes — unless that
 //! would write more than the hourly budget. When the system is idle it
-//! merges layers the compaction policy asks for.
+//! merges layers the compaction policy asks for. Every `watch` seconds (10
+//! by default) it looks at how full the RAM upper is ([`crate::watch`]):
+//! at 80% and 90% it warns on the console, in the log (syslog through
+//! `logger` when there is no journal) and to logged-in users (`wall`);
+//! at 95% it also checkpoints when checkpoints are on.
 //!
 //! With `--log FILE` (init systems without a journal: OpenRC, sysvinit,
 //! busybox init) its messages go to FILE during the session, and those of
@@ -13,10 +17,12 @@
 
 use crate::maintain::{self, Budget};
 use crate::onoff;
+use crate::pressure::{self, Sources};
 use crate::save::{lock, save, SaveOptions, Trigger};
 use crate::session::{session_exclude, Paths, Session};
 use crate::space::{self, human};
 use crate::stick::say;
+use crate::watch::{self, Action, Saving, Watch};
 use anyhow::{Context, Result};
 use ramstick_common::cmdline::{self, BootType};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
@@ -31,6 +37,8 @@ pub struct Settings {
     pub checkpoint: Option<u32>,
     /// Bytes checkpoints may write in an hour.
     pub budget: u64,
+    /// Seconds between looks at the upper's usage; `None`: not watched.
+    pub watch: Option<u32>,
 }
 
 /// The settings' defaults (the checkpoint interval's is the command line table's).
@@ -38,6 +46,7 @@ pub fn defaults() -> Settings {
     Settings {
         checkpoint: cmdline::Config::default().checkpoint_minutes,
         budget: 1 << 30,
+        watch: Some(10),
     }
 }
 
@@ -45,8 +54,8 @@ pub fn defaults() -> Settings {
 pub const CONF: &str = "/etc/ramstick/saver.conf";
 
 /// The settings: the defaults, then `saver.conf` (`checkpoint = 15|off`,
-/// `checkpoint-budget = 512M`), then `ramstick.checkpoint` when the command
-/// line gives it.
+/// `checkpoint-budget = 512M`, `watch = 10|off` in seconds), then
+/// `ramstick.checkpoint` when the command line gives it.
 pub fn settings(conf: &str, cmdline_text: &str) -> Result<Settings> {
     let mut s = defaults();
     for (n, line) in conf.lines().enumerate() {
@@ -69,7 +78,17 @@ pub fn settings(conf: &str, cmdline_text: &str) -> Result<Settings> {
                     .with_context(|| format!("{}: a size in bytes like 512M", bad()))?;
                 s.budget = size.to_bytes(0);
             }
-            _ => anyhow::bail!("{}: unknown setting (checkpoint, checkpoint-budget)", bad()),
+            ("watch", "off") => s.watch = None,
+            ("watch", v) => {
+                let secs = v.parse().ok().filter(|n| (1..=3600).contains(n));
+                s.watch = Some(
+                    secs.with_context(|| format!("{}: `off` or seconds from 1 to 3600", bad()))?,
+                );
+            }
+            _ => anyhow::bail!(
+                "{}: unknown setting (checkpoint, checkpoint-budget, watch)",
+                bad()
+            ),
         }
     }
     if cmdline::split_args(cmdline_text)
@@ -167,7 +186,8 @@ pub fn daemon(paths: &Paths, log: Option<&Path>) -> Result<()> {
         say(&format!("{e:#}; using the defaults"));
         defaults()
     });
-    let clean = Session::load(paths).map(|x| x.info.asked == BootType::Clean)?;
+    let info = Session::load(paths)?.info;
+    let clean = info.asked == BootType::Clean;
     match (clean, s.checkpoint) {
         (true, _) => say("clean boot: this session is not saved"),
         (false, Some(m)) => say(&format!(
@@ -181,6 +201,8 @@ pub fn daemon(paths: &Paths, log: Option<&Path>) -> Result<()> {
     let mut was_off = None;
     let mut last = Instant::now();
     let mut idle_checked = Instant::now();
+    let mut watch = Watch::default();
+    let mut watched = Instant::now();
     loop {
         for signal in signals.pending() {
             if signal == SIGHUP {
@@ -202,6 +224,20 @@ pub fn daemon(paths: &Paths, log: Option<&Path>) -> Result<()> {
             }
         }
         std::thread::sleep(Duration::from_secs(1));
+        if let Some(every) = s.watch {
+            if watched.elapsed() >= Duration::from_secs(u64::from(every)) {
+                watched = Instant::now();
+                let saving = saving(paths, clean, &s);
+                look_at_upper(
+                    paths,
+                    &info.upper,
+                    &mut watch,
+                    &saving,
+                    log.is_some(),
+                    &mut spent,
+                );
+            }
+        }
         if clean {
             continue;
         }
@@ -252,10 +288,102 @@ fn checkpoint(paths: &Paths, budget: u64, spent: &mut Spent) {
         ));
         return;
     }
+    save_checkpoint(paths, spent);
+}
+
+/// A checkpoint, its bytes added to the budget's record. (The upper's
+/// watch calls it directly: a session about to run out of RAM is saved
+/// whatever checkpoints wrote this hour.)
+fn save_checkpoint(paths: &Paths, spent: &mut Spent) {
     match save(paths, SaveOptions::new(Trigger::Checkpoint)) {
         Ok(crate::save::Outcome::Saved { bytes, .. }) => spent.add(now_secs(), bytes),
         Ok(_) => {}
         Err(e) => say(&format!("checkpoint failed: {e:#}")),
+    }
+}
+
+/// One look at the upper of kind `upper` (boot.json's): warns when it
+/// crossed a threshold, and checkpoints when the watch says so.
+fn look_at_upper(
+    paths: &Paths,
+    upper: &str,
+    watch: &mut Watch,
+    saving: &Saving,
+    syslog: bool,
+    spent: &mut Spent,
+) {
+    let sample = Sources::system(paths).sample(upper);
+    for action in watch.decide(&sample, saving) {
+        match action {
+            Action::Warn {
+                threshold,
+                pressure,
+            } => {
+                let largest = pressure::largest_dirs(&paths.upperdir);
+                warn(
+                    &watch::message(threshold, &pressure, saving, &largest),
+                    syslog,
+                );
+            }
+            Action::Checkpoint => save_checkpoint(paths, spent),
+        }
+    }
+}
+
+/// Whether and how the session is saved, for the upper's watch.
+fn saving(paths: &Paths, clean: bool, s: &Settings) -> Saving {
+    if clean {
+        return Saving::Off("clean boot, ramstick.boot=clean".into());
+    }
+    match (onoff::why_off(paths), s.checkpoint) {
+        (Some(why), _) => Saving::Off(why.to_string()),
+        (None, Some(_)) => Saving::Checkpoints,
+        (None, None) => Saving::AtShutdown,
+    }
+}
+
+/// Says the upper's warning `lines` everywhere someone may read it: the
+/// console, the daemon's log (the journal under systemd), syslog when
+/// there is no journal (`syslog`: the daemon logs to a file) and the
+/// terminals of logged-in users. A channel that fails is said in the log.
+fn warn(lines: &[String], syslog: bool) {
+    for line in lines {
+        say(line);
+    }
+    let text: String = lines.iter().map(|l| format!("ramstick: {l}\n")).collect();
+    let console = std::fs::OpenOptions::new()
+        .append(true)
+        .open(CONSOLE)
+        .and_then(|mut c| std::io::Write::write_all(&mut c, text.as_bytes()));
+    if let Err(e) = console {
+        say(&format!("cannot warn on {CONSOLE}: {e}"));
+    }
+    if syslog {
+        let said = std::process::Command::new("logger")
+            .args(["-t", "ramstick-saver", "-p", "user.warning", "--"])
+            .arg(lines.join(" "))
+            .status();
+        if let Err(e) = said {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                say(&format!("cannot run logger: {e}"));
+            }
+        }
+    }
+    match std::process::Command::new("wall")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut wall) => {
+            if let Some(mut stdin) = wall.stdin.take() {
+                // A broken pipe only means wall is gone: its status says more.
+                let _ = std::io::Write::write_all(&mut stdin, text.as_bytes());
+            }
+            if let Err(e) = wall.wait() {
+                say(&format!("cannot run wall: {e}"));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => say(&format!("cannot run wall: {e}")),
     }
 }
 
@@ -296,18 +424,23 @@ mod tests {
             s,
             Settings {
                 checkpoint: Some(5),
-                budget: 64 << 20
+                budget: 64 << 20,
+                watch: Some(10),
             }
         );
         let s = settings("checkpoint = 5\n", "ramstick.checkpoint=off").unwrap();
         assert_eq!(s.checkpoint, None);
         let s = settings("checkpoint = off\n", "ramstick.checkpoint=30").unwrap();
         assert_eq!(s.checkpoint, Some(30));
+        assert_eq!(settings("watch = 2\n", "").unwrap().watch, Some(2));
+        assert_eq!(settings("watch = off\n", "").unwrap().watch, None);
         for bad in [
             "checkpoint = 0",
             "checkpoint-budget = 5%",
             "speed = 3",
             "checkpoint",
+            "watch = 0",
+            "watch = soon",
         ] {
             let err = format!("{:#}", settings(bad, "").unwrap_err());
             assert!(err.contains("saver.conf line 1"), "{bad}: {err}");

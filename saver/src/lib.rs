@@ -9,7 +9,8 @@
 //! [`maintain`] runs it. [`session`] is what boot.json and the saver's own
 //! records say about this session; [`onoff`] whether it may be saved;
 //! [`diff`] compares the upper with the lowers (`saver diff`, printed by
-//! [`diffshow`]); [`daemon`], [`status`], [`check`], [`addlayer`] and
+//! [`diffshow`]); [`watch`] decides what the daemon does about a filling RAM upper, which
+//! [`pressure`] measures; [`daemon`], [`status`], [`check`], [`addlayer`] and
 //! [`codec`] are the other commands.
 
 // The saver never panics on bad input (the standards): these lints make
@@ -33,6 +34,7 @@ pub mod diffshow;
 pub mod kernel;
 pub mod maintain;
 pub mod onoff;
+pub mod pressure;
 pub mod progress;
 pub mod save;
 pub mod saveplan;
@@ -41,3 +43,4 @@ pub mod space;
 pub mod status;
 pub mod stick;
 pub mod verifymount;
+pub mod watch;

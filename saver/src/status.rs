@@ -1,11 +1,13 @@
 //! `saver status`: how this system booted, the saved chain on the stick,
 //! whether saving is on, the session's last save, how full the RAM upper
-//! is, what the checkpoints may still write this hour and what changed
+//! is (and how much RAM it holds against what is still available), what
+//! the checkpoints may still write this hour and what changed
 //! since the last save; `--json` gives the same for scripts.
 
 use crate::daemon::{self, Spent};
 use crate::diff;
 use crate::onoff;
+use crate::pressure::Sources;
 use crate::session::{self, session_exclude, session_patterns, Paths, Session};
 use crate::space::{self, human};
 use anyhow::Result;
@@ -66,6 +68,15 @@ pub fn status(paths: &Paths, json: bool) -> Result<()> {
             info.upper
         ),
         Err(e) => println!("upper:        {e:#}"),
+    }
+    if let Some(ram) = Sources::system(paths).sample(&info.upper).ram() {
+        println!(
+            "ram:          the upper holds {}, {} more is available ({}% of what it can have; \
+             the daemon warns at 80%)",
+            human(ram.used),
+            human(ram.of.saturating_sub(ram.used)),
+            ram.percent()
+        );
     }
     println!("last save:    {}", last_save(paths, &session));
     println!("checkpoints:  {}", checkpoints(paths).1);
@@ -134,8 +145,13 @@ fn as_json(paths: &Paths, session: &Session) -> Value {
         Saved::Damaged(why) => json!({"damaged": why}),
         Saved::Nothing => Value::Null,
     };
-    let upper = space::usage(&paths.upper_mount)
-        .map(|(used, size)| json!({"used": used, "size": size, "kind": session.info.upper}))
+    let sample = Sources::system(paths).sample(&session.info.upper);
+    let ram = sample
+        .ram
+        .map(|(held, available)| json!({"held": held, "available": available}));
+    let upper = sample
+        .fs
+        .map(|(used, size)| json!({"used": used, "size": size, "kind": session.info.upper, "ram": ram}))
         .unwrap_or(Value::Null);
     json!({
         "boot": session.info,

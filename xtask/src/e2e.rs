@@ -25,6 +25,7 @@ mod persist;
 mod reliab;
 mod scenarios;
 mod trees;
+mod upperwatch;
 mod userview;
 
 use crate::cache;
@@ -202,6 +203,7 @@ fn all_scenarios() -> impl Iterator<Item = &'static Scenario> {
         .chain(scenarios::ALL)
         .chain(persist::ALL)
         .chain(userview::ALL)
+        .chain(upperwatch::ALL)
         .chain(layers::ALL)
         .chain(luks::ALL)
         .chain(reliab::ALL)
