@@ -106,6 +106,11 @@ pub struct Plan {
     pub device_timeout_secs: u32,
     /// `/sysroot/persist`
     pub persist_mount: String,
+    /// How long e2fsck may check the persist filesystem before it is
+    /// mounted ([`PERSIST_CHECK_SECS`]).
+    pub persist_check_secs: u64,
+    /// The persist filesystem's mount(8)-style options ([`PERSIST_OPTIONS`]).
+    pub persist_options: &'static str,
     pub upper_kind: UpperKind,
     pub upper_size_bytes: u64,
     pub zram_alg: Option<String>,
@@ -150,6 +155,16 @@ pub struct Plan {
 
 /// Where the persist partition is mounted in the initramfs.
 pub const PERSIST_MOUNT: &str = "/sysroot/persist";
+/// The longest e2fsck may check the persist filesystem. A clean filesystem
+/// is checked in well under a second (only the superblock); a forced full
+/// check of a big, slow stick takes longer, and a user waiting at boot
+/// deserves an end: then the check is stopped and the boot goes on.
+pub const PERSIST_CHECK_SECS: u64 = 120;
+/// The persist filesystem's options: `nosuid,nodev` because nothing on the
+/// stick's data partition is a program or a device of the running system;
+/// `noatime` because reads must not write to the stick; `errors=remount-ro`
+/// because a filesystem found damaged must not be written further.
+pub const PERSIST_OPTIONS: &str = "nosuid,nodev,noatime,errors=remount-ro";
 /// Where the upper filesystem (zram or tmpfs) is mounted in the initramfs.
 pub const UPPER_MOUNT: &str = "/sysroot/upper";
 /// Where the overlay (the new root) is mounted in the initramfs.
@@ -289,6 +304,8 @@ pub fn make_plan(cfg: &Config, problems: Vec<Problem>, facts: &Facts) -> Plan {
         persist_device,
         device_timeout_secs: cfg.timeout_secs,
         persist_mount: PERSIST_MOUNT.to_string(),
+        persist_check_secs: PERSIST_CHECK_SECS,
+        persist_options: PERSIST_OPTIONS,
         upper_kind: cfg.upper,
         upper_size_bytes: upper_size_bytes(cfg.upper_size, facts.mem_total_bytes),
         zram_alg: match cfg.upper {
@@ -386,8 +403,12 @@ impl fmt::Display for Plan {
         )?;
         writeln!(
             f,
-            "persist: {} (wait {} s) -> {}",
-            self.persist_device, self.device_timeout_secs, self.persist_mount
+            "persist: {} (wait {} s) -> {} (ext4 {}), checked first with e2fsck -p (at most {} s)",
+            self.persist_device,
+            self.device_timeout_secs,
+            self.persist_mount,
+            self.persist_options,
+            self.persist_check_secs
         )?;
         let alg = match (self.upper_kind, &self.zram_alg) {
             (UpperKind::Tmpfs, _) => String::new(),

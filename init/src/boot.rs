@@ -8,7 +8,7 @@ use ramstick_common::plan::{plan_of, Facts, Plan, API_MOUNTS, RUN_RAMSTICK};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::failure::{self, Failure, Step};
 use crate::images::Images;
@@ -79,7 +79,7 @@ pub fn boot(sys: &dyn Sys, images: &dyn Images, root: &Path) -> Result<Infallibl
     let device = luks::find_persist(sys, &plan, &mut loader, &sysfs, &at(root, "/dev"))?;
     log::info!("persist device: {}", device.display());
     t.mark("device_wait");
-    fsck::check(sys, &device);
+    fsck::check(sys, &device, Duration::from_secs(plan.persist_check_secs));
     t.mark("fsck");
     mounts::mount_persist(sys, root, &device, &plan).step(
         "mount the persist partition",

@@ -8,8 +8,9 @@
 //! and mounts the partition (only a failing mount stops it), because the
 //! user's saved state is on it and the emergency shell could not do more.
 //! What e2fsck did is said on the console, loudly when errors remain. It is
-//! bounded in time: a check still running after [`TIMEOUT`] is stopped
-//! (SIGTERM, which e2fsck honours at a safe point) and the boot goes on.
+//! bounded in time (the plan's `persist_check_secs`): a check still running
+//! then is stopped (SIGTERM, which e2fsck honours at a safe point) and the
+//! boot goes on.
 
 use std::path::Path;
 use std::time::Duration;
@@ -18,10 +19,6 @@ use crate::sys::{Bounded, Sys};
 
 /// Where the initramfs carries e2fsck.
 pub const E2FSCK_IN_INITRAMFS: &str = "/bin/e2fsck";
-/// The longest a check may take. A clean filesystem is checked in well
-/// under a second (only the superblock); a forced full check of a big,
-/// slow stick takes longer, and a user waiting at boot deserves an end.
-pub const TIMEOUT: Duration = Duration::from_secs(120);
 
 /// e2fsck's exit status bits (e2fsck(8)).
 const FSCK_NONDESTRUCT: i32 = 1;
@@ -43,7 +40,7 @@ pub enum Outcome {
     /// e2fsck could not check (operational or usage error, cancelled, or it
     /// could not run at all); the status, -1 when it did not start.
     NotChecked(i32),
-    /// Still running after [`TIMEOUT`]; stopped.
+    /// Still running after the timeout; stopped.
     TimedOut,
     /// The initramfs has no e2fsck (built by an older xtask).
     Missing,
@@ -65,30 +62,30 @@ pub fn meaning(status: Option<i32>) -> Outcome {
 /// Check `device` (the plain partition, or the opened LUKS mapping) with
 /// `e2fsck -p`, say on the console what it found, and return that. Never
 /// fails: see the module comment.
-pub fn check(sys: &dyn Sys, device: &Path) -> Outcome {
+pub fn check(sys: &dyn Sys, device: &Path, timeout: Duration) -> Outcome {
     if !sys.exists(Path::new(E2FSCK_IN_INITRAMFS)) {
         let outcome = Outcome::Missing;
-        report(&outcome, device, "");
+        report(&outcome, device, "", timeout);
         return outcome;
     }
     let dev = device.to_string_lossy();
     log::info!(
         "checking the data filesystem on {dev} (e2fsck -p, at most {} s)",
-        TIMEOUT.as_secs()
+        timeout.as_secs()
     );
     let run = sys
-        .run_bounded(&[E2FSCK_IN_INITRAMFS, "-p", &dev], TIMEOUT)
+        .run_bounded(&[E2FSCK_IN_INITRAMFS, "-p", &dev], timeout)
         .unwrap_or_else(|e| Bounded {
             status: Some(-1),
             output: format!("cannot run {E2FSCK_IN_INITRAMFS}: {e}"),
         });
     let outcome = meaning(run.status);
-    report(&outcome, device, &run.output);
+    report(&outcome, device, &run.output, timeout);
     outcome
 }
 
 /// Log what `outcome` means for the user, with e2fsck's own output.
-fn report(outcome: &Outcome, device: &Path, output: &str) {
+fn report(outcome: &Outcome, device: &Path, output: &str, timeout: Duration) {
     let dev = device.display();
     let said = output.trim();
     let said = if said.is_empty() {
@@ -121,7 +118,7 @@ fn report(outcome: &Outcome, device: &Path, output: &str) {
         Outcome::TimedOut => log::warn!(
             "e2fsck took longer than {} s on {dev} and was stopped; mounting it without a \
              completed check (run `e2fsck -f` on it from another machine){said}",
-            TIMEOUT.as_secs()
+            timeout.as_secs()
         ),
         Outcome::Missing => log::warn!(
             "this initramfs has no {E2FSCK_IN_INITRAMFS}: the data filesystem on {dev} is not \
@@ -135,6 +132,9 @@ mod tests {
     use super::*;
     use crate::sys::RecordingSys;
     use std::path::PathBuf;
+
+    /// The plan's bound.
+    const CHECK: Duration = Duration::from_secs(ramstick_common::plan::PERSIST_CHECK_SECS);
 
     fn with_e2fsck(status: Option<i32>, output: &str) -> RecordingSys {
         let mut sys = RecordingSys::new();
@@ -170,7 +170,11 @@ mod tests {
         ];
         for (status, expected) in cases {
             let sys = with_e2fsck(status, "RAMSTICK: 13/16384 files\n");
-            assert_eq!(check(&sys, Path::new("/dev/vda2")), expected, "{status:?}");
+            assert_eq!(
+                check(&sys, Path::new("/dev/vda2"), CHECK),
+                expected,
+                "{status:?}"
+            );
             assert_eq!(
                 sys.calls(),
                 ["run-bounded 120s /bin/e2fsck -p /dev/vda2"],
@@ -183,7 +187,7 @@ mod tests {
     fn the_opened_luks_mapping_is_what_gets_checked() {
         let sys = with_e2fsck(Some(1), "");
         assert_eq!(
-            check(&sys, Path::new("/dev/mapper/ramstick")),
+            check(&sys, Path::new("/dev/mapper/ramstick"), CHECK),
             Outcome::Repaired
         );
         assert_eq!(
@@ -195,11 +199,14 @@ mod tests {
     #[test]
     fn no_e2fsck_or_one_that_cannot_start_skips_the_check() {
         let sys = RecordingSys::new();
-        assert_eq!(check(&sys, Path::new("/dev/vda2")), Outcome::Missing);
+        assert_eq!(check(&sys, Path::new("/dev/vda2"), CHECK), Outcome::Missing);
         assert!(sys.calls().is_empty());
         let mut sys = with_e2fsck(Some(0), "");
         sys.fail_on.push("run-bounded".into());
-        assert_eq!(check(&sys, Path::new("/dev/vda2")), Outcome::NotChecked(-1));
+        assert_eq!(
+            check(&sys, Path::new("/dev/vda2"), CHECK),
+            Outcome::NotChecked(-1)
+        );
     }
 
     /// The real runner: exit statuses, output capture, and the timeout's kill.

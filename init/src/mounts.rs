@@ -64,20 +64,15 @@ pub fn mount_persist(sys: &dyn Sys, root: &Path, device: &Path, plan: &Plan) -> 
     let target = at(root, &plan.persist_mount);
     sys.mkdir_all(&target)
         .with_context(|| format!("cannot create {}", target.display()))?;
-    sys.mount(
-        &device.to_string_lossy(),
-        &target,
-        "ext4",
-        MsFlags::MS_NOATIME | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
-        "errors=remount-ro",
-    )
-    .with_context(|| {
-        format!(
-            "cannot mount {} (ext4) at {}",
-            device.display(),
-            target.display()
-        )
-    })
+    let (flags, data) = mount_options(plan.persist_options);
+    sys.mount(&device.to_string_lossy(), &target, "ext4", flags, &data)
+        .with_context(|| {
+            format!(
+                "cannot mount {} (ext4) at {}",
+                device.display(),
+                target.display()
+            )
+        })
 }
 
 /// Make the upper filesystem (zram formatted with ext2, or tmpfs) and create
