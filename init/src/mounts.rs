@@ -129,17 +129,22 @@ pub fn setup_upper(sys: &dyn Sys, root: &Path, plan: &Plan) -> Result<String> {
 /// The label of the zram upper's filesystem.
 const UPPER_LABEL: &str = "ramstick-upper";
 
-/// A new filesystem's UUID and directory-hash seed from the kernel's
-/// random source, and the time. Without /dev/urandom the clock stands in:
-/// the upper lives for one boot, the values only need to differ.
+/// A new filesystem's UUID and directory-hash seed, and the time. The
+/// bytes come from getrandom(GRND_INSECURE), which never waits: early in a
+/// boot /dev/urandom first gathers jitter entropy, which cost a second
+/// under emulation. The upper lives for one boot, so the values only need
+/// to differ; where the call fails, the clock stands in.
 fn fresh_ids() -> ext2::Ids {
-    use std::io::Read;
+    /// Not in the libc crate for musl; Linux 5.6 and later.
+    const GRND_INSECURE: nix::libc::c_uint = 0x0004;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let mut bytes = [0u8; 32];
-    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if random.is_err() {
+    // SAFETY: the kernel writes at most `bytes.len()` bytes into `bytes`.
+    let got =
+        unsafe { nix::libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), GRND_INSECURE) };
+    if got != bytes.len() as isize {
         for (i, b) in now
             .as_nanos()
             .to_le_bytes()
