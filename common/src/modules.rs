@@ -308,30 +308,6 @@ impl ModDb {
             .collect())
     }
 
-    /// What must be in the kernel before `name` loads: its modules.dep
-    /// dependencies (that list is already transitive) and what its `pre:`
-    /// soft dependencies resolve to. A parallel loader starts a module once
-    /// these are done; `post:` ones need nothing of it, so they add no
-    /// edge. Unknown names need nothing.
-    pub fn needs(&self, name: &str) -> Vec<String> {
-        let name = normalize_name(name);
-        let Some(&index) = self.by_name.get(&name) else {
-            return Vec::new();
-        };
-        let mut out: Vec<String> = self.modules[index]
-            .deps
-            .iter()
-            .map(|dep| module_name_from_path(dep))
-            .collect();
-        let pre = self.softdep_of(&name).map(|s| s.pre.as_slice());
-        for module in pre.unwrap_or_default().iter().flat_map(|p| self.resolve(p)) {
-            if !out.contains(&module) {
-                out.push(module);
-            }
-        }
-        out
-    }
-
     /// modules.dep, modules.softdep and modules.alias texts restricted to the
     /// modules in `keep` (for an initramfs that ships only those).
     pub fn filtered_files(&self, keep: &[ModEntry]) -> (String, String, String) {
@@ -585,20 +561,6 @@ alias devname:zram[0-9] zram
         assert!(db.is_builtin("squashfs"));
         assert!(db.is_builtin("usb-storage"));
         assert!(!db.is_builtin("ext4"));
-    }
-
-    #[test]
-    fn needs_are_the_dep_list_and_resolved_pre_softdeps() {
-        let db = db();
-        assert_eq!(
-            db.needs("ext4"),
-            ["crc16", "mbcache", "jbd2", "crc32c_intel", "crc32c_generic"]
-        );
-        assert_eq!(db.needs("virtio-blk"), ["virtio", "virtio_ring"]);
-        // post: soft dependencies and unresolvable pre: ones add nothing.
-        assert_eq!(db.needs("vfat"), ["fat"]);
-        assert!(db.needs("squashfs").is_empty());
-        assert!(db.needs("no_such_module").is_empty());
     }
 
     #[test]

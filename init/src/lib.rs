@@ -20,7 +20,6 @@ pub mod kmsg;
 pub mod layers;
 pub mod luks;
 pub mod modload;
-pub mod modpool;
 pub mod mountpoints;
 pub mod mounts;
 pub mod stopwatch;
