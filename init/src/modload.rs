@@ -11,6 +11,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::stopwatch::timed;
+
 /// MODULE_INIT_COMPRESSED_FILE: the kernel decompresses the module itself.
 const MODULE_INIT_COMPRESSED_FILE: u32 = 4;
 
@@ -113,7 +115,7 @@ impl Loader {
     /// driver for some unrelated device must not stop the boot).
     pub fn autoload_hardware(&mut self) -> usize {
         let mut aliases = BTreeSet::new();
-        crate::stopwatch::timed("modules: modaliases read", || {
+        timed("modules: modaliases read", || {
             collect_modaliases(&self.sys_root.join("devices"), &mut aliases, 0)
         });
         let mut inserted = 0;
