@@ -15,6 +15,7 @@ use crate::images::Images;
 use crate::kmsg::KmsgLogger;
 use crate::modload::Loader;
 use crate::mounts::at;
+use crate::stopwatch::timed;
 use crate::sys::Sys;
 use crate::{extras, fsck, kit, layers, luks, mountpoints, mounts, switchroot};
 use ramstick_common::initsys;
@@ -67,12 +68,14 @@ pub fn boot(sys: &dyn Sys, images: &dyn Images, root: &Path) -> Result<Infallibl
         "the initramfs was built for another kernel; rebuild it for this one (cargo xtask initramfs)",
     )?;
     let names: Vec<&str> = plan.modules.iter().map(String::as_str).collect();
-    loader.load(&names).step(
+    timed("modules: planned", || loader.load(&names)).step(
         "load kernel modules",
         "rebuild the initramfs for this kernel",
     )?;
-    load_zram_algorithm(&plan, &mut loader);
-    loader.autoload_hardware();
+    timed("modules: zram algorithm", || {
+        load_zram_algorithm(&plan, &mut loader)
+    });
+    timed("modules: hardware", || loader.autoload_hardware());
     t.mark("modules");
 
     // 4-5. The persist device (opening it first when it is encrypted).

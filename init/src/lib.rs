@@ -10,6 +10,7 @@
 
 pub mod boot;
 pub mod devices;
+pub mod ext2;
 pub mod extras;
 pub mod failure;
 pub mod fsck;
@@ -21,6 +22,7 @@ pub mod luks;
 pub mod modload;
 pub mod mountpoints;
 pub mod mounts;
+pub mod stopwatch;
 pub mod switchroot;
 pub mod sys;
 #[cfg(test)]

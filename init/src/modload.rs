@@ -9,6 +9,9 @@ use std::collections::{BTreeSet, HashSet};
 use std::ffi::CString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::stopwatch::timed;
 
 /// MODULE_INIT_COMPRESSED_FILE: the kernel decompresses the module itself.
 const MODULE_INIT_COMPRESSED_FILE: u32 = 4;
@@ -58,9 +61,11 @@ impl Loader {
             }
             if !self.in_kernel(&entry.name) {
                 let path = self.dir.join(&entry.path);
+                let start = Instant::now();
                 match self.insert(&path) {
                     Ok(()) => {
-                        log::debug!("loaded module {}", entry.name);
+                        let ms = start.elapsed().as_millis();
+                        log::debug!("loaded module {} in {ms} ms", entry.name);
                         inserted += 1;
                     }
                     // A module asked for by name must load. Others (soft
@@ -110,7 +115,9 @@ impl Loader {
     /// driver for some unrelated device must not stop the boot).
     pub fn autoload_hardware(&mut self) -> usize {
         let mut aliases = BTreeSet::new();
-        collect_modaliases(&self.sys_root.join("devices"), &mut aliases, 0);
+        timed("modules: modaliases read", || {
+            collect_modaliases(&self.sys_root.join("devices"), &mut aliases, 0)
+        });
         let mut inserted = 0;
         for alias in aliases {
             if !self.seen_aliases.insert(alias.clone()) {

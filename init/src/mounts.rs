@@ -9,6 +9,8 @@ use ramstick_common::cmdline::UpperKind;
 use ramstick_common::plan::{overlay_options, ApiMount, Plan};
 use std::path::{Path, PathBuf};
 
+use crate::ext2;
+use crate::stopwatch::timed;
 use crate::sys::Sys;
 
 /// `root` + absolute `path`.
@@ -89,34 +91,24 @@ pub fn setup_upper(sys: &dyn Sys, root: &Path, plan: &Plan) -> Result<String> {
             "tmpfs".to_string()
         }
         UpperKind::Zram => {
-            let dev = zram_device(sys, root, plan)?;
+            let dev = timed("upper: zram device", || zram_device(sys, root, plan))?;
             let devpath = at(root, &format!("/dev/{dev}"));
             let devtext = devpath.to_string_lossy().to_string();
-            // ext2 without a journal: the data lives in RAM anyway. 256-byte
-            // inodes keep the overlay's xattrs inside the inode.
-            sys.run(&[
-                "/bin/busybox",
-                "mke2fs",
-                "-q",
-                "-F",
-                "-b",
-                "4096",
-                "-I",
-                "256",
-                "-m",
-                "0",
-                "-L",
-                "ramstick-upper",
-                &devtext,
-            ])
-            .with_context(|| format!("cannot format {devtext} for the upper"))?;
-            sys.mount(
-                &devtext,
-                &target,
-                "ext4",
-                MsFlags::MS_NOATIME | MsFlags::MS_NODEV,
-                "discard",
-            )
+            // A fresh zram device reads as zeros: only ext2's metadata is
+            // written (see ext2.rs for the format and why).
+            let writes = ext2::layout(plan.upper_size_bytes, UPPER_LABEL, &fresh_ids())
+                .with_context(|| format!("cannot lay out ext2 on {devtext}"))?;
+            timed("upper: format", || sys.write_blocks(&devpath, &writes))
+                .with_context(|| format!("cannot format {devtext} for the upper"))?;
+            timed("upper: mount", || {
+                sys.mount(
+                    &devtext,
+                    &target,
+                    "ext4",
+                    MsFlags::MS_NOATIME | MsFlags::MS_NODEV,
+                    "discard",
+                )
+            })
             .with_context(|| format!("cannot mount {devtext} at {}", target.display()))?;
             dev
         }
@@ -127,6 +119,49 @@ pub fn setup_upper(sys: &dyn Sys, root: &Path, plan: &Plan) -> Result<String> {
             .with_context(|| format!("cannot create {}", dir.display()))?;
     }
     Ok(what)
+}
+
+/// The label of the zram upper's filesystem.
+const UPPER_LABEL: &str = "ramstick-upper";
+
+/// A new filesystem's UUID and directory-hash seed, and the time. The
+/// bytes come from getrandom(GRND_INSECURE), which never waits: early in a
+/// boot /dev/urandom first gathers jitter entropy, which cost a second
+/// under emulation. The upper lives for one boot, so the values only need
+/// to differ; where the call fails, the clock stands in.
+fn fresh_ids() -> ext2::Ids {
+    /// Not in the libc crate for musl; Linux 5.6 and later.
+    const GRND_INSECURE: nix::libc::c_uint = 0x0004;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let mut bytes = [0u8; 32];
+    // SAFETY: the kernel writes at most `bytes.len()` bytes into `bytes`.
+    let got =
+        unsafe { nix::libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), GRND_INSECURE) };
+    if got != bytes.len() as isize {
+        for (i, b) in now
+            .as_nanos()
+            .to_le_bytes()
+            .iter()
+            .cycle()
+            .take(32)
+            .enumerate()
+        {
+            bytes[i] = *b ^ (i as u8);
+        }
+    }
+    let mut ids = ext2::Ids {
+        uuid: [0; 16],
+        hash_seed: [0; 16],
+        now: now.as_secs() as u32,
+    };
+    ids.uuid.copy_from_slice(&bytes[..16]);
+    ids.hash_seed.copy_from_slice(&bytes[16..]);
+    // An RFC 4122 random (version 4) UUID, as mke2fs writes.
+    ids.uuid[6] = (ids.uuid[6] & 0x0F) | 0x40;
+    ids.uuid[8] = (ids.uuid[8] & 0x3F) | 0x80;
+    ids
 }
 
 /// Pick a free zram device (zram0 if unused, else hot-add one), set its
@@ -148,14 +183,19 @@ fn zram_device(sys: &dyn Sys, root: &Path, plan: &Plan) -> Result<String> {
     };
     let sysdir = at(root, &format!("/sys/block/{name}"));
     if let Some(alg) = &plan.zram_alg {
-        if let Err(e) = sys.write_file(&sysdir.join("comp_algorithm"), alg) {
+        let set = timed("upper: zram algorithm", || {
+            sys.write_file(&sysdir.join("comp_algorithm"), alg)
+        });
+        if let Err(e) = set {
             log::warn!(
                 "zram algorithm `{alg}` is not available ({e}); using the kernel default (see /sys/block/{name}/comp_algorithm for choices)"
             );
         }
     }
-    sys.write_file(&sysdir.join("disksize"), &plan.upper_size_bytes.to_string())
-        .with_context(|| format!("cannot set {name} size to {} bytes", plan.upper_size_bytes))?;
+    timed("upper: zram disksize", || {
+        sys.write_file(&sysdir.join("disksize"), &plan.upper_size_bytes.to_string())
+    })
+    .with_context(|| format!("cannot set {name} size to {} bytes", plan.upper_size_bytes))?;
     Ok(name)
 }
 
@@ -342,7 +382,7 @@ mod tests {
                 "read /sys/block/zram0/disksize",
                 "write /sys/block/zram0/comp_algorithm zstd",
                 "write /sys/block/zram0/disksize 1073741824",
-                "run /bin/busybox mke2fs -q -F -b 4096 -I 256 -m 0 -L ramstick-upper /dev/zram0",
+                "write-blocks /dev/zram0 29 writes 103424 bytes",
                 "mount ext4 /dev/zram0 /sysroot/upper NODEV|NOATIME discard",
                 "mkdir /sysroot/upper/upper",
                 "mkdir /sysroot/upper/work",
@@ -389,7 +429,7 @@ mod tests {
                 "read /sys/block/zram0/disksize",
                 "write /sys/block/zram0/comp_algorithm nope",
                 "write /sys/block/zram0/disksize 1073741824",
-                "run /bin/busybox mke2fs -q -F -b 4096 -I 256 -m 0 -L ramstick-upper /dev/zram0",
+                "write-blocks /dev/zram0 29 writes 103424 bytes",
                 "mount ext4 /dev/zram0 /sysroot/upper NODEV|NOATIME discard",
                 "mkdir /sysroot/upper/upper",
                 "mkdir /sysroot/upper/work",

@@ -52,6 +52,9 @@ pub trait Sys {
     fn write_file(&self, path: &Path, data: &str) -> io::Result<()>;
     /// Read a small (sysfs/procfs) file.
     fn read_file(&self, path: &Path) -> io::Result<String>;
+    /// Write each `(offset, data)` into the existing file or device `path`,
+    /// then flush it to the device.
+    fn write_blocks(&self, path: &Path, writes: &[(u64, Vec<u8>)]) -> io::Result<()>;
     /// Run a helper program from the initramfs and wait; non-zero exit is an error.
     fn run(&self, argv: &[&str]) -> io::Result<()>;
     /// Run a program that talks to the user on the console (stdio inherited)
@@ -141,6 +144,15 @@ impl Sys for LinuxSys {
 
     fn read_file(&self, path: &Path) -> io::Result<String> {
         std::fs::read_to_string(path)
+    }
+
+    fn write_blocks(&self, path: &Path, writes: &[(u64, Vec<u8>)]) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().write(true).open(path)?;
+        for (offset, data) in writes {
+            file.write_all_at(data, *offset)?;
+        }
+        file.sync_all()
     }
 
     fn run(&self, argv: &[&str]) -> io::Result<()> {

@@ -120,6 +120,15 @@ impl Sys for RecordingSys {
             .ok_or_else(|| io::Error::from_raw_os_error(nix::libc::ENOENT))
     }
 
+    fn write_blocks(&self, path: &Path, writes: &[(u64, Vec<u8>)]) -> io::Result<()> {
+        let bytes: usize = writes.iter().map(|w| w.1.len()).sum();
+        let n = writes.len();
+        self.record(format!(
+            "write-blocks {} {n} writes {bytes} bytes",
+            path.display()
+        ))
+    }
+
     fn run(&self, argv: &[&str]) -> io::Result<()> {
         self.record(format!("run {}", argv.join(" ")))
     }
