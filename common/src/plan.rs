@@ -116,6 +116,8 @@ pub struct Plan {
     pub zram_alg: Option<String>,
     /// `/sysroot/upper`
     pub upper_mount: String,
+    /// The upper's mount(8)-style options ([`upper_options`]).
+    pub upper_options: String,
     /// Boot type asked on the command line: which saved chain is used (see
     /// [`crate::chain`]).
     pub boot_asked: BootType,
@@ -297,6 +299,7 @@ pub fn make_plan(cfg: &Config, problems: Vec<Problem>, facts: &Facts) -> Plan {
         ],
     );
 
+    let upper_size = upper_size_bytes(cfg.upper_size, facts.mem_total_bytes);
     Plan {
         problems,
         api_mounts: API_MOUNTS.to_vec(),
@@ -307,12 +310,13 @@ pub fn make_plan(cfg: &Config, problems: Vec<Problem>, facts: &Facts) -> Plan {
         persist_check_secs: PERSIST_CHECK_SECS,
         persist_options: PERSIST_OPTIONS,
         upper_kind: cfg.upper,
-        upper_size_bytes: upper_size_bytes(cfg.upper_size, facts.mem_total_bytes),
+        upper_size_bytes: upper_size,
         zram_alg: match cfg.upper {
             UpperKind::Zram => cfg.zram_alg.clone(),
             UpperKind::Tmpfs => None,
         },
         upper_mount: UPPER_MOUNT.to_string(),
+        upper_options: upper_options(cfg.upper, upper_size),
         boot_asked: cfg.boot,
         layers,
         overlay_root: OVERLAY_ROOT.to_string(),
@@ -329,6 +333,18 @@ pub fn make_plan(cfg: &Config, problems: Vec<Problem>, facts: &Facts) -> Plan {
         log: cfg.log,
         save: cfg.save,
         consoles: cfg.consoles.clone(),
+    }
+}
+
+/// The upper's mount options. Both: `nodev`, as nothing in a session's
+/// changes is a device of the running system. zram: `noatime`, as reading a
+/// file must not cost RAM; `discard`, so that a deleted file's blocks are
+/// given back to zram (its RAM is freed) at once. tmpfs: its size, as a
+/// tmpfs without one may take half the RAM whatever was asked.
+fn upper_options(kind: UpperKind, size_bytes: u64) -> String {
+    match kind {
+        UpperKind::Zram => "noatime,nodev,discard".to_string(),
+        UpperKind::Tmpfs => format!("nodev,size={size_bytes},mode=0755"),
     }
 }
 
@@ -417,10 +433,15 @@ impl fmt::Display for Plan {
         };
         writeln!(
             f,
-            "upper: {} {}{alg} -> {}",
+            "upper: {} {}{alg} -> {} ({}{})",
             self.upper_kind,
             bytes_text(self.upper_size_bytes),
-            self.upper_mount
+            self.upper_mount,
+            match self.upper_kind {
+                UpperKind::Zram => "ext2 laid out by init, 4 KiB blocks, 256-byte inodes; ",
+                UpperKind::Tmpfs => "",
+            },
+            self.upper_options
         )?;
         let l = &self.layers;
         match self.boot_asked {

@@ -57,11 +57,9 @@ fn mount_options(options: &str) -> (MsFlags, String) {
     (flags, data.join(","))
 }
 
-/// Mount the persist partition (ext4) read-write. It stays mounted all
-/// session and holds only images, the swapfile and the user's files:
-/// nothing on it needs setuid or device nodes. `errors=remount-ro` (also in
-/// the superblock of sticks built now) stops writes at the first error the
-/// kernel finds instead of spreading damage into the saved state.
+/// Mount the persist partition (ext4) read-write, with the plan's options
+/// (`persist_options`, each with its reason there). It stays mounted all
+/// session and holds only images, the swapfile and the user's files.
 pub fn mount_persist(sys: &dyn Sys, root: &Path, device: &Path, plan: &Plan) -> Result<()> {
     let target = at(root, &plan.persist_mount);
     sys.mkdir_all(&target)
@@ -85,8 +83,8 @@ pub fn setup_upper(sys: &dyn Sys, root: &Path, plan: &Plan) -> Result<String> {
         .with_context(|| format!("cannot create {}", target.display()))?;
     let what = match plan.upper_kind {
         UpperKind::Tmpfs => {
-            let data = format!("size={},mode=0755", plan.upper_size_bytes);
-            sys.mount("tmpfs", &target, "tmpfs", MsFlags::MS_NODEV, &data)
+            let (flags, data) = mount_options(&plan.upper_options);
+            sys.mount("tmpfs", &target, "tmpfs", flags, &data)
                 .with_context(|| format!("cannot mount tmpfs at {}", target.display()))?;
             "tmpfs".to_string()
         }
@@ -101,13 +99,8 @@ pub fn setup_upper(sys: &dyn Sys, root: &Path, plan: &Plan) -> Result<String> {
             timed("upper: format", || sys.write_blocks(&devpath, &writes))
                 .with_context(|| format!("cannot format {devtext} for the upper"))?;
             timed("upper: mount", || {
-                sys.mount(
-                    &devtext,
-                    &target,
-                    "ext4",
-                    MsFlags::MS_NOATIME | MsFlags::MS_NODEV,
-                    "discard",
-                )
+                let (flags, data) = mount_options(&plan.upper_options);
+                sys.mount(&devtext, &target, "ext4", flags, &data)
             })
             .with_context(|| format!("cannot mount {devtext} at {}", target.display()))?;
             dev

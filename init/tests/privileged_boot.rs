@@ -3,8 +3,9 @@
 //! (mounted, unpacked, cut short, legacy) and the overlay with its hand-over moves — all under a scratch root
 //! in a private mount namespace, with the same functions init runs at boot.
 //!
-//! Needs root and `mksquashfs` (the zram case also `/bin/busybox`, for
-//! mke2fs): testkit's harness says why each case is skipped otherwise.
+//! Needs root and `mksquashfs` (the zram case also e2fsck, which checks the
+//! ext2 init lays out): testkit's harness says why each case is skipped
+//! otherwise.
 
 use nix::mount::{mount, MsFlags};
 use ramstick_common::chain::FailureClass;
@@ -17,7 +18,7 @@ use ramstick_init::mountpoints;
 use ramstick_init::mounts::{self, at};
 use ramstick_init::sys::{LinuxSys, Sys};
 use ramstick_testkit::{
-    ensure, main_with, noise, run, Case, CaseResult, Ctx, Outcome, Root, BUSYBOX, E2FSCK, GETFATTR,
+    ensure, main_with, noise, run, Case, CaseResult, Ctx, Outcome, Root, E2FSCK, GETFATTR,
     MKSQUASHFS, SETFATTR,
 };
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -66,7 +67,7 @@ fn main() -> ExitCode {
                 Root::Zram,
                 Root::TrustedXattrs,
             ])
-            .tools(&[MKSQUASHFS, BUSYBOX, SETFATTR, GETFATTR, E2FSCK]),
+            .tools(&[MKSQUASHFS, SETFATTR, GETFATTR, E2FSCK]),
             boot_case("missing rootfs names the image", case_missing_rootfs),
             boot_case(
                 "a kernel the rootfs has no modules directory for leaves the upper empty",

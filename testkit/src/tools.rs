@@ -22,8 +22,6 @@ pub const SFDISK: Tool = ("sfdisk", "fdisk");
 pub const BLKID: Tool = ("blkid", "util-linux");
 pub const LOSETUP: Tool = ("losetup", "mount");
 pub const LDD: Tool = ("ldd", "libc-bin");
-/// init runs busybox' mke2fs by this path.
-pub const BUSYBOX: Tool = ("/bin/busybox", "busybox-static");
 /// A dynamically linked program every Debian has (dash).
 pub const SH: Tool = ("/bin/sh", "dash");
 
@@ -31,7 +29,7 @@ pub const SH: Tool = ("/bin/sh", "dash");
 /// their packages first, so that no test skips for a missing tool in CI.
 pub const TOOLS: &[Tool] = &[
     MKSQUASHFS, UNSQUASHFS, GETFATTR, SETFATTR, MKFS_EXT4, E2FSCK, DEBUGFS, DUMPE2FS, MKFS_FAT,
-    CRYPTSETUP, SFDISK, BLKID, LOSETUP, LDD, BUSYBOX, SH,
+    CRYPTSETUP, SFDISK, BLKID, LOSETUP, LDD, SH,
 ];
 
 /// Where a non-root `$PATH` often lacks tools that root's has.
