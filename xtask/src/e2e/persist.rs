@@ -284,7 +284,7 @@ fn persist_rotation(ctx: &mut Ctx) -> Result<()> {
     ensure!(
         status.contains("chain:        3 layers")
             && status.contains("backup:       the first 2 layers of the chain")
-            && status.contains("0 entries (0 B of file data) since boot"),
+            && status.contains("changes:      0 added (0 B), 0 modified (0 B; 0 metadata only), 0 deleted since boot"),
         "saver status:\n{status}"
     );
     poweroff_expecting(&mut vm, UNCHANGED)?;
