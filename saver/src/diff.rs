@@ -16,12 +16,12 @@
 
 use crate::space;
 use anyhow::{Context, Result};
+use ramstick_common::io::read_full_at;
 use ramstick_common::xattr::XTarget;
 use ramstick_squash::Exclude;
 use serde::Serialize;
 use std::ffi::CString;
 use std::fs::Metadata;
-use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -240,32 +240,22 @@ pub fn compare(
 fn same_bytes(a: &Path, b: &Path) -> Result<bool> {
     let open =
         |p: &Path| std::fs::File::open(p).with_context(|| format!("cannot open {}", p.display()));
-    let (mut fa, mut fb) = (open(a)?, open(b)?);
+    let (fa, fb) = (open(a)?, open(b)?);
     let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    let mut offset = 0;
     loop {
-        let n =
-            read_full(&mut fa, &mut ba).with_context(|| format!("cannot read {}", a.display()))?;
-        let m =
-            read_full(&mut fb, &mut bb).with_context(|| format!("cannot read {}", b.display()))?;
+        let n = read_full_at(&fa, &mut ba, offset)
+            .with_context(|| format!("cannot read {}", a.display()))?;
+        let m = read_full_at(&fb, &mut bb, offset)
+            .with_context(|| format!("cannot read {}", b.display()))?;
         if n != m || ba[..n] != bb[..m] {
             return Ok(false);
         }
         if n == 0 {
             return Ok(true);
         }
+        offset += n as u64;
     }
-}
-
-/// Fills `buf` as far as the file goes.
-fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match f.read(&mut buf[got..])? {
-            0 => break,
-            n => got += n,
-        }
-    }
-    Ok(got)
 }
 
 /// The exclusion patterns, each compiled alone, to name the one that
@@ -347,9 +337,8 @@ fn walk(
         report.packed += 1;
         let up = Meta::read(&here)?;
         let (low, below) = look_up(&lowers, &name)?;
-        let low_meta = low.as_deref().map(Meta::read).transpose()?;
-        let change = compare(&up, low_meta.as_ref(), || match &low {
-            Some(l) => same_bytes(&here, l),
+        let change = compare(&up, low.as_ref().map(|(_, m)| m), || match &low {
+            Some((l, _)) => same_bytes(&here, l),
             None => Ok(false),
         })?;
         if let Some(change) = change {
@@ -369,11 +358,15 @@ fn walk(
     Ok(())
 }
 
+/// A lower entry the overlay shows, with its metadata.
+type Shown = (PathBuf, Meta);
+
 /// Entry `name` of the merged lower directories `lowers` (top first): the
-/// lower file the overlay shows (none under a whiteout), and the lower
+/// lower file the overlay shows with its metadata (none under a whiteout),
+/// and the lower
 /// directories a directory of that name merges (down to an opaque one or
 /// to anything that is not a directory).
-fn look_up(lowers: &[PathBuf], name: &std::ffi::OsStr) -> Result<(Option<PathBuf>, Vec<PathBuf>)> {
+fn look_up(lowers: &[PathBuf], name: &std::ffi::OsStr) -> Result<(Option<Shown>, Vec<PathBuf>)> {
     let mut shown = None;
     let mut dirs = Vec::new();
     for lower in lowers {
@@ -387,14 +380,15 @@ fn look_up(lowers: &[PathBuf], name: &std::ffi::OsStr) -> Result<(Option<PathBuf
         if m.is_whiteout() {
             break;
         }
+        let (is_dir, opaque) = (m.is_dir(), m.opaque);
         if shown.is_none() {
-            shown = Some(p.clone());
+            shown = Some((p.clone(), m));
         }
-        if !m.is_dir() {
+        if !is_dir {
             break;
         }
         dirs.push(p);
-        if m.opaque {
+        if opaque {
             break;
         }
     }
@@ -420,6 +414,21 @@ mod tests {
             xattrs: Vec::new(),
             opaque: false,
         }
+    }
+
+    #[test]
+    fn same_bytes_compares_past_the_first_buffer() {
+        let dir = TempDir::new("saver-same-bytes");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(dir.join("a"), &data).unwrap();
+        fs::write(dir.join("b"), &data).unwrap();
+        assert!(same_bytes(&dir.join("a"), &dir.join("b")).unwrap());
+        let mut other = data.clone();
+        other[150_000] ^= 1;
+        fs::write(dir.join("c"), &other).unwrap();
+        assert!(!same_bytes(&dir.join("a"), &dir.join("c")).unwrap());
+        fs::write(dir.join("d"), &data[..199_999]).unwrap();
+        assert!(!same_bytes(&dir.join("a"), &dir.join("d")).unwrap());
     }
 
     fn never() -> Result<bool> {
