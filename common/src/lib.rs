@@ -25,6 +25,7 @@ pub mod io;
 pub mod manifest;
 pub mod meminfo;
 pub mod modules;
+pub mod place;
 pub mod plan;
 pub mod tree;
 pub mod xattr;
