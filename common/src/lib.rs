@@ -19,6 +19,7 @@ pub mod chain;
 pub mod cmdline;
 pub mod digest;
 pub mod elf;
+pub mod grubenv;
 pub mod human;
 pub mod initsys;
 pub mod io;

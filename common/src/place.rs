@@ -146,7 +146,18 @@ mod tests {
         for ok in ["work", "a", "0", "my-profile_2", "x".repeat(32).as_str()] {
             assert!(is_profile_name(ok), "{ok}");
         }
-        for bad in ["", "-x", "_x", "Work", "a b", "a/b", "..", ".x", "x".repeat(33).as_str(), "é"] {
+        for bad in [
+            "",
+            "-x",
+            "_x",
+            "Work",
+            "a b",
+            "a/b",
+            "..",
+            ".x",
+            "x".repeat(33).as_str(),
+            "é",
+        ] {
             assert!(!is_profile_name(bad), "{bad}");
         }
     }
