@@ -10,6 +10,9 @@
 //! `logger` when there is no journal) and to logged-in users (`wall`);
 //! at 95% it also checkpoints when checkpoints are on.
 //!
+//! At its start it runs a trial boot's health check and commit in the
+//! background, or says that a trial did not commit ([`crate::slot::trial`]).
+//!
 //! With `--log FILE` (init systems without a journal: OpenRC, sysvinit,
 //! busybox init) its messages go to FILE during the session, and those of
 //! the shutdown save to the console, where the person shutting down sees
@@ -197,6 +200,8 @@ pub fn daemon(paths: &Paths, log: Option<&Path>) -> Result<()> {
         )),
         (false, None) => say("checkpoints off: saving at shutdown and on demand (SIGUSR1)"),
     }
+    // A trial boot's health check and commit, or a failed trial said.
+    crate::slot::trial::start(paths);
     let mut spent = Spent::load(paths);
     let mut was_off = None;
     let mut last = Instant::now();

@@ -9,7 +9,7 @@
 //! [`maintain`] runs it. [`session`] is what boot.json and the saver's own
 //! records say about this session; [`onoff`] whether it may be saved;
 //! [`diff`] compares the upper with the lowers (`saver diff`, printed by
-//! [`diffshow`]); [`watch`] decides what the daemon does about a filling RAM upper, which
+//! [`diffshow`]); [`slot`] manages the stick's two slots and a trial boot; [`watch`] decides what the daemon does about a filling RAM upper, which
 //! [`pressure`] measures; [`daemon`], [`status`], [`check`], [`addlayer`] and
 //! [`codec`] are the other commands.
 
@@ -39,6 +39,7 @@ pub mod progress;
 pub mod save;
 pub mod saveplan;
 pub mod session;
+pub mod slot;
 pub mod space;
 pub mod status;
 pub mod stick;

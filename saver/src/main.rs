@@ -4,8 +4,8 @@
 //! (`add-layer`), and offers the squashfs codec on the command line
 //! (`pack`, `merge`, `unpack`, `verify`).
 //!
-//! Exit status: 0 on success, 1 when `verify` or `check` finds differences
-//! or `diff` finds something to save, 2 on an error, 3 when `save` is
+//! Exit status: 0 on success, 1 when `verify` or `check` finds differences,
+//! `diff` finds something to save or `slot commit`'s health check fails, 2 on an error, 3 when `save` is
 //! refused because saving is off (`saver off`, `ramstick.save=off`).
 
 // The saver never panics on bad input (the standards): these lints make
@@ -19,7 +19,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use ramstick_saver::session::Paths;
 use ramstick_saver::{
-    addlayer, check, codec, daemon, diffshow, kernel, maintain, onoff, save, status,
+    addlayer, check, codec, daemon, diffshow, kernel, maintain, onoff, save, slot, status,
 };
 
 #[derive(Parser)]
@@ -112,6 +112,12 @@ enum Cmd {
     /// Example: `saver kernel add 6.1.0-57-amd64 /boot/vmlinuz-6.1.0-57-amd64`
     #[command(subcommand)]
     Kernel(kernel::KernelCmd),
+    /// The stick's two slots: which boots, a trial boot of the other, its
+    /// commit, a rollback (exit 1 when `commit`'s health check fails).
+    ///
+    /// Example: `saver slot try b && reboot`, then `saver slot status`
+    #[command(subcommand)]
+    Slot(slot::SlotCmd),
     /// Pack a directory tree into a squashfs image.
     ///
     /// Example: `saver pack --exclude-from /etc/ramstick/exclude ./tree tree.squashfs`
@@ -163,6 +169,7 @@ fn main() {
         Cmd::Check => check::check(&paths),
         Cmd::AddLayer(a) => addlayer::add_layer(a).map(|_| true),
         Cmd::Kernel(k) => kernel::kernel(k).map(|()| true),
+        Cmd::Slot(s) => slot::slot(&paths, s),
         Cmd::Pack(a) => codec::pack(a).map(|()| true),
         Cmd::Merge(a) => codec::merge(a).map(|()| true),
         Cmd::Unpack(a) => codec::unpack(a).map(|()| true),

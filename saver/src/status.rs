@@ -1,4 +1,4 @@
-//! `saver status`: how this system booted, the saved chain on the stick,
+//! `saver status`: how this system booted, its slot (and a trial's state), the saved chain on the stick,
 //! whether saving is on, the session's last save, how full the RAM upper
 //! is (and how much RAM it holds against what is still available), what
 //! the checkpoints may still write this hour and what changed
@@ -28,6 +28,7 @@ pub fn status(paths: &Paths, json: bool) -> Result<()> {
     }
     let info = &session.info;
     println!("saving:       {}", saving(paths, &session).1);
+    println!("slot:         {}", crate::slot::status_summary(paths).0);
     println!(
         "boot asked:   {} (layers: {})",
         info.asked, info.layers_mode
@@ -156,6 +157,7 @@ fn as_json(paths: &Paths, session: &Session) -> Value {
     json!({
         "boot": session.info,
         "saving": {"on": on, "why": why},
+        "slot": crate::slot::status_summary(paths).1,
         "last_save": session.state.layer.as_ref().map(|_| last_save(paths, session)),
         "chain": chain,
         "upper": upper,
