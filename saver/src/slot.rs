@@ -101,7 +101,7 @@ pub fn slot(paths: &Paths, cmd: &SlotCmd) -> Result<bool> {
             }
             if !force {
                 let until = Instant::now() + check_time(&running);
-                match health_check(paths, until) {
+                match health_check(paths, until, false) {
                     Ok(passed) => passed.iter().for_each(|p| say(&format!("health: {p}"))),
                     Err(why) => {
                         say(&format!(
@@ -171,12 +171,13 @@ pub fn check_time(running: &Running) -> Duration {
     health::time_left(running.timeout, uptime).unwrap_or(Duration::from_secs(30))
 }
 
-/// The health check of the running system, until `until`.
-pub fn health_check(paths: &Paths, until: Instant) -> health::Verdict {
+/// The health check of the running system, until `until` (`in_daemon`:
+/// run by the saver daemon itself).
+pub fn health_check(paths: &Paths, until: Instant, in_daemon: bool) -> health::Verdict {
     let text = std::fs::read_to_string(&paths.cmdline).unwrap_or_default();
     let init = cmdline::parse(&text).0.init;
     let system = initsys::detect(Path::new("/"), &init).map_err(|e| e.to_string());
-    health::check(system, &mut health::SystemProbes, until)
+    health::check(system, &mut health::SystemProbes { in_daemon }, until)
 }
 
 /// The block's slot variables, read from the ESP (mounted meanwhile).

@@ -81,6 +81,8 @@ pub trait Probes {
     /// Runs the user's hook, or `None` when it is not there (or not
     /// executable).
     fn hook(&mut self, until: Instant) -> Option<HookRun>;
+    /// Whether `saver daemon` runs.
+    fn daemon_runs(&mut self) -> bool;
     fn now(&self) -> Instant;
     fn sleep(&mut self, d: Duration);
 }
@@ -114,6 +116,9 @@ pub fn check(init: Result<InitSystem, String>, probes: &mut dyn Probes, until: I
             "the init system is not recognised ({why}): the saver daemon runs"
         )),
     }
+    if !probes.daemon_runs() {
+        return Err("the saver daemon does not run (nothing would save the session)".into());
+    }
     passed.push("the saver daemon runs".into());
     match probes.hook(until) {
         None => {}
@@ -145,7 +150,10 @@ pub fn time_left(timeout: u32, uptime: u64) -> Option<Duration> {
 }
 
 /// The running system.
-pub struct SystemProbes;
+pub struct SystemProbes {
+    /// The check runs inside the saver daemon (which therefore runs).
+    pub in_daemon: bool,
+}
 
 impl Probes for SystemProbes {
     fn target(&mut self, init: InitSystem, until: Instant) -> Target {
@@ -190,6 +198,15 @@ impl Probes for SystemProbes {
         })
     }
 
+    fn daemon_runs(&mut self) -> bool {
+        self.in_daemon
+            || std::fs::read_dir("/proc").is_ok_and(|procs| {
+                procs.flatten().any(|p| {
+                    std::fs::read(p.path().join("cmdline")).is_ok_and(|c| is_saver_daemon(&c))
+                })
+            })
+    }
+
     fn now(&self) -> Instant {
         Instant::now()
     }
@@ -197,6 +214,15 @@ impl Probes for SystemProbes {
     fn sleep(&mut self, d: Duration) {
         std::thread::sleep(d);
     }
+}
+
+/// Whether a process's `/proc/PID/cmdline` (NUL-separated) is `saver
+/// daemon …`.
+pub fn is_saver_daemon(cmdline: &[u8]) -> bool {
+    let mut args = cmdline.split(|&b| b == 0);
+    let program = args.next().unwrap_or_default();
+    let name = program.rsplit(|&b| b == b'/').next().unwrap_or_default();
+    name == b"saver" && args.next() == Some(b"daemon".as_slice())
 }
 
 /// Runs `cmd` (no input; stdout and stderr read together) until it ends or
@@ -269,6 +295,7 @@ mod tests {
         hook: Option<HookRun>,
         now: Instant,
         slept: Duration,
+        daemon: bool,
     }
 
     impl Probes for Fake {
@@ -281,6 +308,9 @@ mod tests {
         }
         fn hook(&mut self, _: Instant) -> Option<HookRun> {
             self.hook.clone()
+        }
+        fn daemon_runs(&mut self) -> bool {
+            self.daemon
         }
         fn now(&self) -> Instant {
             self.now + self.slept
@@ -296,6 +326,7 @@ mod tests {
             hook,
             now: Instant::now(),
             slept: Duration::ZERO,
+            daemon: true,
         }
     }
 
@@ -370,6 +401,12 @@ mod tests {
         assert!(check(Ok(InitSystem::OpenRc), &mut f, until)
             .unwrap_err()
             .contains("did not end in time"));
+        let mut f = fake(vec![Target::Reached("ok".into())], None);
+        f.daemon = false;
+        let until = f.now + Duration::from_secs(60);
+        assert!(check(Ok(InitSystem::SysVinit), &mut f, until)
+            .unwrap_err()
+            .contains("the saver daemon does not run"));
         let mut f = fake(vec![Target::Waiting("3 services starting".into())], None);
         let until = f.now + Duration::from_secs(60);
         let err = check(Ok(InitSystem::OpenRc), &mut f, until).unwrap_err();
@@ -378,6 +415,17 @@ mod tests {
             "{err}"
         );
         assert_eq!(f.slept, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_daemon_is_found_by_its_command_line() {
+        assert!(is_saver_daemon(
+            b"/run/ramstick/bin/saver\0daemon\0--log\0/x\0"
+        ));
+        assert!(is_saver_daemon(b"saver\0daemon\0"));
+        assert!(!is_saver_daemon(b"/run/ramstick/bin/saver\0slot\0commit\0"));
+        assert!(!is_saver_daemon(b"/usr/bin/notsaver\0daemon\0"));
+        assert!(!is_saver_daemon(b""));
     }
 
     #[test]

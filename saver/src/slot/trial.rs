@@ -97,7 +97,9 @@ pub fn start(paths: &Paths) {
             let said = paths.state.join(SAID);
             if !said.exists() {
                 to_console(&state::failed_trial_message(tried, running.slot));
-                if let Err(e) = std::fs::write(&said, "") {
+                let marked =
+                    std::fs::create_dir_all(&paths.state).and_then(|()| std::fs::write(&said, ""));
+                if let Err(e) = marked {
                     say(&format!("cannot write {}: {e}", said.display()));
                 }
             }
@@ -127,7 +129,7 @@ fn check_and_commit(paths: &Paths, running: &Running, back: Slot) {
         budget.as_secs(),
         running.timeout
     ));
-    let line = match super::health_check(paths, Instant::now() + budget) {
+    let line = match super::health_check(paths, Instant::now() + budget, true) {
         Ok(passed) => {
             for p in &passed {
                 say(&format!("health: {p}"));
