@@ -65,6 +65,14 @@ pub enum SlotCmd {
     Rollback,
 }
 
+/// The persist partition's root, where the slots are. Not `Paths::persist`,
+/// which is the running profile's state directory once profiles are in.
+pub const PERSIST_ROOT: &str = "/persist";
+
+pub(crate) fn persist_root() -> &'static Path {
+    Path::new(PERSIST_ROOT)
+}
+
 fn parse_slot(s: &str) -> Result<Slot, String> {
     Slot::parse(s).ok_or_else(|| format!("a slot is `a` or `b`, not {s:?}"))
 }
@@ -79,11 +87,11 @@ pub fn slot(paths: &Paths, cmd: &SlotCmd) -> Result<bool> {
     let running = running_of(paths);
     match cmd {
         SlotCmd::Status { json } => {
-            status(paths, &running, *json)?;
+            status(&running, *json)?;
             Ok(true)
         }
         SlotCmd::Try { slot } => {
-            set_trial(&paths.persist, *slot)?;
+            set_trial(persist_root(), *slot)?;
             println!(
                 "the next boot tries slot {slot} once; it becomes the default when that boot's \
                  health check passes, else the boot after returns to the committed slot"
@@ -112,14 +120,14 @@ pub fn slot(paths: &Paths, cmd: &SlotCmd) -> Result<bool> {
                     }
                 }
             }
-            let committed = commit(&paths.persist, &running)?;
+            let committed = commit(persist_root(), &running)?;
             println!("slot {committed} is now the default: the trial is committed");
             Ok(true)
         }
         SlotCmd::Rollback => {
-            let esp = mount_esp(&paths.persist)?;
+            let esp = mount_esp(persist_root())?;
             let env = onstick::read_env(&esp.dir)?;
-            let complete = onstick::is_complete(&paths.persist, running.slot.other());
+            let complete = onstick::is_complete(persist_root(), running.slot.other());
             let (steps, target) = plan::plan_rollback(&env, &running, complete)?;
             plan::run(&mut onstick::OnStick::new(&esp.dir), &steps)?;
             println!("the next boot uses slot {target} (now the committed slot)");
@@ -220,7 +228,7 @@ pub fn status_line(running: &Running, vars: &SlotVars) -> String {
 /// block is said, not an error.
 pub fn status_summary(paths: &Paths) -> (String, serde_json::Value) {
     let running = running_of(paths);
-    match read_vars(&paths.persist) {
+    match read_vars(persist_root()) {
         Ok(vars) => (
             status_line(&running, &vars),
             json!({
@@ -247,11 +255,11 @@ fn trial_json(t: Trial) -> serde_json::Value {
 }
 
 /// `saver slot status`.
-fn status(paths: &Paths, running: &Running, json: bool) -> Result<()> {
-    let vars = read_vars(&paths.persist);
+fn status(running: &Running, json: bool) -> Result<()> {
+    let vars = read_vars(persist_root());
     let slots: Vec<onstick::SlotInfo> = Slot::ALL
         .iter()
-        .map(|&s| onstick::slot_info(&paths.persist, s))
+        .map(|&s| onstick::slot_info(persist_root(), s))
         .collect();
     if json {
         let value = match &vars {

@@ -35,7 +35,9 @@ pub struct Running {
 /// (`/proc/cmdline`): `ramstick.slot=a|b` (default `a`), `ramstick.trial=on`,
 /// `ramstick.trial.timeout=SECONDS`. The one place the saver learns them.
 // INTEGRATOR: a local reader until the slotboot branch's parameters are in
-// common/src/cmdline/params.rs; then take them from `cmdline::parse`'s Config.
+// common/src/cmdline/params.rs; then its body becomes
+// `let c = cmdline::parse(text).0; Running { slot: c.slot, trial: c.trial ==
+// cmdline::Trial::On, timeout: c.trial_timeout_secs }` (same defaults and range).
 pub fn running(text: &str) -> Running {
     let mut r = Running {
         slot: Slot::A,
@@ -47,7 +49,11 @@ pub fn running(text: &str) -> Running {
             ("ramstick.slot", Some(v)) => r.slot = Slot::parse(v).unwrap_or(r.slot),
             ("ramstick.trial", Some(v)) => r.trial = v == "on",
             ("ramstick.trial.timeout", Some(v)) => {
-                r.timeout = v.parse().ok().filter(|&n| n > 0).unwrap_or(r.timeout)
+                r.timeout = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (60..=3600).contains(n))
+                    .unwrap_or(r.timeout)
             }
             _ => {}
         }
@@ -161,6 +167,7 @@ mod tests {
         assert_eq!((r.slot, r.trial, r.timeout), (Slot::B, true, 120));
         let r = running("ramstick.slot=c ramstick.trial=off ramstick.trial.timeout=0");
         assert_eq!((r.slot, r.trial, r.timeout), (Slot::A, false, 600));
+        assert_eq!(running("ramstick.trial.timeout=3601").timeout, 600);
         // What follows `--` is init's, not the kernel's.
         assert_eq!(running("-- ramstick.slot=b").slot, Slot::A);
     }

@@ -87,7 +87,7 @@ pub fn to_console(line: &str) {
 /// its own (the daemon's loop goes on meanwhile).
 pub fn start(paths: &Paths) {
     let running = super::running_of(paths);
-    let vars = super::read_vars(&paths.persist);
+    let vars = super::read_vars(super::persist_root());
     if let (Err(e), true) = (&vars, running.trial) {
         say(&format!("slot {} on trial: {e:#}", running.slot));
     }
@@ -134,7 +134,8 @@ fn check_and_commit(paths: &Paths, running: &Running, back: Slot) {
             for p in &passed {
                 say(&format!("health: {p}"));
             }
-            let committed = super::commit(&paths.persist, running).map_err(|e| format!("{e:#}"));
+            let committed =
+                super::commit(super::persist_root(), running).map_err(|e| format!("{e:#}"));
             outcome(
                 running.slot,
                 back,
