@@ -75,6 +75,32 @@ pub struct SlotInfo {
     /// unreadable manifest — see `chain_note`).
     pub chain: Option<usize>,
     pub chain_note: Option<String>,
+    /// How its base was made, from its `slot.json` (written by `saver fold`
+    /// and `cargo xtask update-stick`; absent for a slot made by `cargo
+    /// xtask image` or before slots).
+    pub made: Option<String>,
+}
+
+/// A slot's record, read as plain JSON for the status.
+// INTEGRATOR: the slotwrite branch's `slotwrite::record::SlotRecord` is
+// the record's type; read it with that once merged.
+const RECORD: &str = "slot.json";
+
+/// "fold of slot a, 2026-12-07 02:00:00 UTC" from a `slot.json` text.
+fn made(text: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let origin = v.get("origin")?.as_str()?;
+    let from = v
+        .get("source_slot")
+        .and_then(|s| s.as_str())
+        .map(|s| format!(" of slot {s}"))
+        .unwrap_or_default();
+    let date = v
+        .get("date")
+        .and_then(|d| d.as_str())
+        .map(|d| format!(", {d}"))
+        .unwrap_or_default();
+    Some(format!("{origin}{from}{date}"))
 }
 
 /// Whether `slot` has its base image under `persist`.
@@ -112,6 +138,9 @@ pub fn slot_info(persist: &Path, slot: Slot) -> SlotInfo {
             .map(clock::display),
         chain,
         chain_note,
+        made: std::fs::read_to_string(persist.join(place::join(slot.dir(), RECORD)))
+            .ok()
+            .and_then(|t| made(&t)),
     }
 }
 
@@ -128,7 +157,10 @@ impl SlotInfo {
             (None, Some(note)) => note.clone(),
             (None, None) => "nothing saved".into(),
         };
-        format!("{base}; {chain}")
+        match &self.made {
+            Some(made) => format!("{base} (made by {made}); {chain}"),
+            None => format!("{base}; {chain}"),
+        }
     }
 }
 
@@ -148,12 +180,31 @@ mod tests {
         let a = slot_info(&dir, Slot::A);
         assert_eq!((a.complete, a.base_size, a.chain), (true, Some(6), None));
         assert!(a.chain_note.unwrap().contains("unreadable manifest"));
+        assert_eq!(a.made, None);
         let b = slot_info(&dir, Slot::B);
         assert!(!b.complete && b.base_date.is_none());
         assert_eq!(
             b.describe(),
             "no base image (incomplete: it cannot boot); nothing saved"
         );
+        dir.file("slot-b/rootfs.squashfs", "b", 0o644);
+        dir.file(
+            "slot-b/slot.json",
+            r#"{"format": 1, "origin": "fold", "date": "2026-12-07 02:00:00 UTC", "base": "x", "source_slot": "a"}"#,
+            0o644,
+        );
+        let b = slot_info(&dir, Slot::B);
+        assert_eq!(
+            b.made.as_deref(),
+            Some("fold of slot a, 2026-12-07 02:00:00 UTC")
+        );
+        assert!(
+            b.describe().contains("(made by fold of slot a, 2026-12-07"),
+            "{}",
+            b.describe()
+        );
+        assert_eq!(made(r#"{"origin": "update"}"#).as_deref(), Some("update"));
+        assert_eq!(made("not json"), None);
     }
 
     #[test]

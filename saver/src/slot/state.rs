@@ -9,8 +9,10 @@ use ramstick_common::place::Slot;
 use std::fmt;
 
 /// GRUB's environment block, on the ESP.
-// INTEGRATOR: the slotboot branch's xtask image creates this file; if it
-// declares the path (or the variable names below) in common, use those.
+// INTEGRATOR: the slotboot branch's xtask image creates this file; its
+// common/src/slotboot.rs declares the variables below as ENV_SLOT,
+// ENV_TRIAL, ENV_TRIED (and the watchdog as WATCHDOG_DEVICE): use those, and
+// the slotwrite branch's `running_slot`/`committed_slot` duplicates go.
 pub const GRUBENV: &str = "grub/grubenv";
 /// The committed slot (absent: `a`).
 pub const VAR_SLOT: &str = "ramstick_slot";
