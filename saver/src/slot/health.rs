@@ -5,8 +5,8 @@
 //! Per init system (found as `common::initsys` finds it for the root):
 //! systemd — `systemctl is-system-running --wait` prints `running` or
 //! `degraded`; OpenRC — the runlevel is `default` (`rc-status --runlevel`,
-//! else `/run/openrc/softlevel`) and no service is still starting
-//! (`/run/openrc/starting/` empty); sysvinit and busybox init start the
+//! else `/run/openrc/softlevel`) and `rc` finished starting it (no
+//! `/run/openrc/rc.starting`, nothing in `/run/openrc/starting/`); sysvinit and busybox init start the
 //! saver daemon last (its inittab line follows the rc scripts), so the
 //! daemon running is the signal. The decisions are pure functions; the
 //! looks at the system are behind [`Probes`].
@@ -45,15 +45,17 @@ pub fn systemd_state(output: &str) -> Target {
     }
 }
 
-/// OpenRC's runlevel and how many services are still starting.
-pub fn openrc_state(runlevel: &str, starting: usize) -> Target {
+/// OpenRC's runlevel, whether `rc` is still changing runlevels (it keeps
+/// `/run/openrc/rc.starting` while it starts one's services) and how many
+/// services are still starting (`/run/openrc/starting/`).
+pub fn openrc_state(runlevel: &str, rc_starting: bool, starting: usize) -> Target {
     let level = runlevel.trim();
-    match (level, starting) {
-        ("default", 0) => Target::Reached("OpenRC started the default runlevel".into()),
-        ("default", n) => Target::Waiting(format!(
-            "OpenRC is in the default runlevel, {n} services still starting"
+    match (level, rc_starting, starting) {
+        ("default", false, 0) => Target::Reached("OpenRC started the default runlevel".into()),
+        ("default", _, n) => Target::Waiting(format!(
+            "OpenRC is starting the default runlevel ({n} services starting now)"
         )),
-        ("shutdown" | "reboot" | "off", _) => {
+        ("shutdown" | "reboot" | "off", _, _) => {
             Target::Failed(format!("OpenRC is in the {level} runlevel"))
         }
         _ => Target::Waiting(format!(
@@ -176,7 +178,8 @@ impl Probes for SystemProbes {
                 };
                 let starting =
                     std::fs::read_dir("/run/openrc/starting").map_or(0, |d| d.flatten().count());
-                openrc_state(&level, starting)
+                let rc_starting = Path::new("/run/openrc/rc.starting").exists();
+                openrc_state(&level, rc_starting, starting)
             }
             InitSystem::SysVinit | InitSystem::Busybox => Target::Reached(format!(
                 "{init} ran its rc scripts (it starts the saver daemon last)"
@@ -340,10 +343,27 @@ mod tests {
             Target::Failed("systemd is maintenance, not running or degraded".into())
         );
         assert!(matches!(systemd_state(""), Target::Failed(_)));
-        assert!(matches!(openrc_state("default\n", 0), Target::Reached(_)));
-        assert!(matches!(openrc_state("default\n", 2), Target::Waiting(_)));
-        assert!(matches!(openrc_state("boot\n", 0), Target::Waiting(_)));
-        assert!(matches!(openrc_state("reboot", 0), Target::Failed(_)));
+        assert!(matches!(
+            openrc_state("default\n", false, 0),
+            Target::Reached(_)
+        ));
+        assert!(matches!(
+            openrc_state("default\n", false, 2),
+            Target::Waiting(_)
+        ));
+        // Between two services of the runlevel, none is starting: rc is.
+        assert!(matches!(
+            openrc_state("default\n", true, 0),
+            Target::Waiting(_)
+        ));
+        assert!(matches!(
+            openrc_state("boot\n", false, 0),
+            Target::Waiting(_)
+        ));
+        assert!(matches!(
+            openrc_state("reboot", false, 0),
+            Target::Failed(_)
+        ));
     }
 
     #[test]
