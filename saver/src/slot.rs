@@ -13,7 +13,7 @@ pub mod plan;
 pub mod state;
 pub mod trial;
 
-use crate::kernel::esp::mount_esp;
+use crate::kernel::esp::{mount_esp, mount_esp_to_read};
 use crate::session::Paths;
 use crate::stick::say;
 use anyhow::{Context, Result};
@@ -188,9 +188,10 @@ pub fn health_check(paths: &Paths, until: Instant, in_daemon: bool) -> health::V
     health::check(system, &mut health::SystemProbes { in_daemon }, until)
 }
 
-/// The block's slot variables, read from the ESP (mounted meanwhile).
+/// The block's slot variables, read from the ESP (mounted meanwhile,
+/// read-only when it can be).
 pub fn read_vars(persist: &Path) -> Result<SlotVars> {
-    let esp = mount_esp(persist)?;
+    let esp = mount_esp_to_read(persist)?;
     Ok(SlotVars::of(&onstick::read_env(&esp.dir)?))
 }
 

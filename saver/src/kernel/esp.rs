@@ -12,6 +12,10 @@ use std::path::{Path, PathBuf};
 
 /// Where the ESP is mounted while a kernel hook runs.
 pub const ESP_MOUNT: &str = "/run/ramstick/esp";
+/// Where it is mounted read-only to be read (`saver status`, the daemon's
+/// look at GRUB's environment block at every boot: a read-write vfat mount
+/// writes the boot sector's dirty flag, twice).
+pub const ESP_READ_MOUNT: &str = "/run/ramstick/esp-read";
 
 /// The ESP, mounted; unmounted on drop.
 pub struct MountedEsp {
@@ -33,6 +37,18 @@ impl Drop for MountedEsp {
 /// Finds the ESP of the stick mounted at `persist` and mounts it at
 /// [`ESP_MOUNT`].
 pub fn mount_esp(persist: &Path) -> Result<MountedEsp> {
+    mount_esp_at(persist, Path::new(ESP_MOUNT), MsFlags::empty())
+}
+
+/// The ESP mounted read-only at [`ESP_READ_MOUNT`], or read-write at
+/// [`ESP_MOUNT`] when it is already mounted read-write (the kernel refuses
+/// a read-only mount of a file system mounted read-write).
+pub fn mount_esp_to_read(persist: &Path) -> Result<MountedEsp> {
+    mount_esp_at(persist, Path::new(ESP_READ_MOUNT), MsFlags::MS_RDONLY)
+        .or_else(|_| mount_esp(persist))
+}
+
+fn mount_esp_at(persist: &Path, dir: &Path, flags: MsFlags) -> Result<MountedEsp> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .context("cannot read /proc/self/mountinfo")?;
     let devno = device_of(&mountinfo, &persist.to_string_lossy())
@@ -66,13 +82,13 @@ pub fn mount_esp(persist: &Path) -> Result<MountedEsp> {
                 .join(", ")
         ),
     };
-    let dir = PathBuf::from(ESP_MOUNT);
+    let dir = dir.to_path_buf();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     mount(
         Some(&device),
         &dir,
         Some("vfat"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | flags,
         None::<&str>,
     )
     .with_context(|| {
