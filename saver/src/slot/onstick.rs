@@ -207,6 +207,66 @@ mod tests {
         assert_eq!(made("not json"), None);
     }
 
+    /// What we write, GRUB's `grub-editenv` reads, and the reverse: the
+    /// variables of a try and of a commit, and GRUB's consuming the trial.
+    #[test]
+    fn grub_editenv_reads_our_blocks_and_we_read_its() {
+        use super::super::plan::{self, Step};
+        use super::super::state::{self, SlotVars};
+        use std::process::Command;
+        if !ramstick_testkit::have("grub-editenv") {
+            ramstick_testkit::skip("grub-editenv is not installed: apt-get install grub-common");
+            return;
+        }
+        let dir = ramstick_testkit::TempDir::new("saver-grubenv");
+        let block = dir.join(GRUBENV);
+        std::fs::create_dir_all(block.parent().unwrap()).unwrap();
+        let editenv = |args: &[&str]| {
+            let out = Command::new("grub-editenv")
+                .arg(&block)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "grub-editenv {args:?}: {out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        editenv(&["create"]);
+        editenv(&["set", "ramstick_slot=a", "other=kept"]);
+        let mut fs = OnStick {
+            watchdog: dir.join("watchdog"),
+            ..OnStick::new(&dir)
+        };
+        std::fs::write(&fs.watchdog, "").unwrap();
+        let env = read_env(&dir).unwrap();
+        let steps = plan::plan_try(&env, Slot::B, true).unwrap();
+        plan::run(&mut fs, &steps).unwrap();
+        let listed = editenv(&["list"]);
+        assert_eq!(
+            listed,
+            "other=kept\nramstick_slot=a\nramstick_trial=b\nramstick_tried=\n"
+        );
+        // GRUB's script consumes the trial (save_env, as grub-editenv set).
+        editenv(&["set", "ramstick_tried=b", "ramstick_trial="]);
+        let env = read_env(&dir).unwrap();
+        let running = state::running("ramstick.slot=b ramstick.trial=on");
+        let steps = plan::plan_commit(&env, &running).unwrap();
+        assert_eq!(steps.last(), Some(&Step::Disarm));
+        plan::run(&mut fs, &steps).unwrap();
+        assert_eq!(
+            editenv(&["list"]),
+            "other=kept\nramstick_slot=b\nramstick_trial=\nramstick_tried=\n"
+        );
+        assert_eq!(
+            SlotVars::of(&read_env(&dir).unwrap()),
+            SlotVars {
+                committed: Slot::B,
+                trial: None,
+                tried: None
+            }
+        );
+        assert_eq!(std::fs::read(&fs.watchdog).unwrap(), b"V");
+    }
+
     #[test]
     fn the_real_block_is_rewritten_in_place_and_the_watchdog_gets_its_v() {
         let dir = ramstick_testkit::TempDir::new("saver-slotfs");
