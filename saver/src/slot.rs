@@ -17,11 +17,13 @@ use crate::kernel::esp::{mount_esp, mount_esp_to_read};
 use crate::session::Paths;
 use crate::stick::say;
 use anyhow::{Context, Result};
+use nix::fcntl::{Flock, FlockArg};
 use ramstick_common::cmdline;
 use ramstick_common::initsys;
 use ramstick_common::place::Slot;
 use serde_json::json;
 use state::{Running, SlotVars, Trial};
+use std::fs::File;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -71,6 +73,23 @@ pub const PERSIST_ROOT: &str = "/persist";
 
 pub(crate) fn persist_root() -> &'static Path {
     Path::new(PERSIST_ROOT)
+}
+
+/// Taken around each read-modify-write of GRUB's environment block, so the
+/// daemon's commit and a `saver slot` command never lose each other's
+/// change. (Not the saver's save lock: a save holds that for minutes, and a
+/// commit must not wait past the trial's watchdog.)
+const ENV_LOCK: &str = "/run/ramstick/saver/slot.lock";
+
+fn env_lock() -> Result<Flock<File>> {
+    let path = Path::new(ENV_LOCK);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let file = File::create(path).with_context(|| format!("cannot create {ENV_LOCK}"))?;
+    Flock::lock(file, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("cannot lock {ENV_LOCK}"))
 }
 
 fn parse_slot(s: &str) -> Result<Slot, String> {
@@ -125,6 +144,7 @@ pub fn slot(paths: &Paths, cmd: &SlotCmd) -> Result<bool> {
             Ok(true)
         }
         SlotCmd::Rollback => {
+            let _lock = env_lock()?;
             let esp = mount_esp(persist_root())?;
             let env = onstick::read_env(&esp.dir)?;
             let complete = onstick::is_complete(persist_root(), running.slot.other());
@@ -148,20 +168,17 @@ pub fn slot(paths: &Paths, cmd: &SlotCmd) -> Result<bool> {
 /// slot has no base image or is already the committed one. What `saver
 /// fold` calls after writing a slot.
 pub fn set_trial(persist: &Path, slot: Slot) -> Result<()> {
+    let _lock = env_lock()?;
     let esp = mount_esp(persist)?;
-    set_trial_at(&esp.dir, persist, slot)
-}
-
-/// [`set_trial`] with the ESP already mounted at `esp`.
-pub fn set_trial_at(esp: &Path, persist: &Path, slot: Slot) -> Result<()> {
-    let env = onstick::read_env(esp)?;
+    let env = onstick::read_env(&esp.dir)?;
     let steps = plan::plan_try(&env, slot, onstick::is_complete(persist, slot))?;
-    plan::run(&mut onstick::OnStick::new(esp), &steps)
+    plan::run(&mut onstick::OnStick::new(&esp.dir), &steps)
 }
 
 /// Commits the trial `running` (a trial boot): the block names the running
 /// slot, then the watchdog is disarmed. Returns the committed slot.
 pub fn commit(persist: &Path, running: &Running) -> Result<Slot> {
+    let _lock = env_lock()?;
     let esp = mount_esp(persist)?;
     let env = onstick::read_env(&esp.dir)?;
     let steps = plan::plan_commit(&env, running)?;
