@@ -139,8 +139,14 @@ pub fn slot(paths: &Paths, cmd: &SlotCmd) -> Result<bool> {
                     }
                 }
             }
-            let committed = commit(persist_root(), &running)?;
-            println!("slot {committed} is now the default: the trial is committed");
+            let watchdog_left = commit(persist_root(), &running)?;
+            println!(
+                "slot {} is now the default: the trial is committed",
+                running.slot
+            );
+            if let Some(why) = watchdog_left {
+                say(&why);
+            }
             Ok(true)
         }
         SlotCmd::Rollback => {
@@ -176,14 +182,26 @@ pub fn set_trial(persist: &Path, slot: Slot) -> Result<()> {
 }
 
 /// Commits the trial `running` (a trial boot): the block names the running
-/// slot, then the watchdog is disarmed. Returns the committed slot.
-pub fn commit(persist: &Path, running: &Running) -> Result<Slot> {
+/// slot, then the watchdog is disarmed. `Ok(Some(why))`: committed, but the
+/// watchdog could not be disarmed (the block, read back, says the commit
+/// is written) — say it: a running watchdog still restarts the machine,
+/// into the slot now committed.
+pub fn commit(persist: &Path, running: &Running) -> Result<Option<String>> {
     let _lock = env_lock()?;
     let esp = mount_esp(persist)?;
     let env = onstick::read_env(&esp.dir)?;
     let steps = plan::plan_commit(&env, running)?;
-    plan::run(&mut onstick::OnStick::new(&esp.dir), &steps)?;
-    Ok(running.slot)
+    match plan::run(&mut onstick::OnStick::new(&esp.dir), &steps) {
+        Ok(()) => Ok(None),
+        Err(e) => match onstick::read_env(&esp.dir) {
+            Ok(now) if state::is_committed(&SlotVars::of(&now), running) => Ok(Some(format!(
+                "the trial's watchdog could not be disarmed ({e:#}); if it runs, it restarts \
+                 the machine within {} s of the boot, into slot {} (committed)",
+                running.timeout, running.slot
+            ))),
+            _ => Err(e),
+        },
+    }
 }
 
 /// How long a health check may take on this boot: until shortly before

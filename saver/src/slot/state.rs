@@ -122,6 +122,12 @@ pub fn trial(running: &Running, vars: &SlotVars) -> Trial {
     }
 }
 
+/// Whether the block's `vars` say the trial `running` is committed (its
+/// slot is the committed one and no trial of it is left unconfirmed).
+pub fn is_committed(vars: &SlotVars, running: &Running) -> bool {
+    vars.committed == running.slot && vars.tried != Some(running.slot)
+}
+
 /// The console and log line of a trial that did not commit, on the boot
 /// that returned to `running`.
 pub fn failed_trial_message(tried: Slot, running: Slot) -> String {
@@ -221,6 +227,9 @@ mod tests {
             trial(&trial_b, &vars(Slot::A, None, None)),
             Trial::InProgress(Slot::B)
         );
+        assert!(!is_committed(&vars(Slot::A, None, Some(Slot::B)), &trial_b));
+        assert!(!is_committed(&vars(Slot::B, None, Some(Slot::B)), &trial_b));
+        assert!(is_committed(&vars(Slot::B, None, None), &trial_b));
         assert_eq!(
             failed_trial_message(Slot::B, Slot::A),
             "the trial of slot b did not commit (failed, hung or lost power): running slot a"

@@ -34,9 +34,7 @@ pub enum AtStart {
 pub fn at_start(running: &Running, vars: Option<&SlotVars>) -> AtStart {
     match vars {
         // A daemon restarted after this trial's commit has nothing to do.
-        Some(v) if running.trial && v.committed == running.slot && v.tried.is_none() => {
-            AtStart::Nothing
-        }
+        Some(v) if running.trial && state::is_committed(v, running) => AtStart::Nothing,
         _ if running.trial => AtStart::Check,
         Some(v) => match state::trial(running, v) {
             Trial::Failed(tried) => AtStart::SayFailed(tried),
@@ -136,6 +134,9 @@ fn check_and_commit(paths: &Paths, running: &Running, back: Slot) {
             }
             let committed =
                 super::commit(super::persist_root(), running).map_err(|e| format!("{e:#}"));
+            if let Ok(Some(why)) = &committed {
+                to_console(why);
+            }
             outcome(
                 running.slot,
                 back,
