@@ -72,13 +72,24 @@ pub fn plan_try(env: &Env, slot: Slot, complete: bool) -> Result<Vec<Step>> {
 }
 
 /// `saver slot commit` on a trial boot: the running slot becomes the
-/// committed one, then the watchdog is disarmed.
+/// committed one, then the watchdog is disarmed. Refused when the block no
+/// longer shows this trial (`saver slot rollback` or `try` since the boot):
+/// a commit must not undo them.
 pub fn plan_commit(env: &Env, running: &Running) -> Result<Vec<Step>> {
     if !running.trial {
         bail!(
             "this is not a trial boot (no ramstick.trial=on): slot {} runs as it is; nothing to \
              commit",
             running.slot
+        );
+    }
+    let vars = SlotVars::of(env);
+    if vars.tried != Some(running.slot) && vars.committed != running.slot {
+        bail!(
+            "GRUB's environment no longer shows this trial of slot {} (rolled back since the \
+             boot?): nothing committed, the next boot uses slot {}",
+            running.slot,
+            vars.next_boot().0
         );
     }
     let mut next = env.clone();
@@ -264,6 +275,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a trial boot"), "{err}");
+        // Rolled back during the trial: a later commit (the daemon's check
+        // passing) does not undo it.
+        let mut rolled_back = fake.clone();
+        let (back, _) = plan_rollback(&rolled_back.env, &r, true).unwrap();
+        run(&mut rolled_back, &back).unwrap();
+        let err = plan_commit(&rolled_back.env, &r).unwrap_err().to_string();
+        assert!(err.contains("no longer shows this trial"), "{err}");
+        assert!(err.contains("the next boot uses slot a"), "{err}");
         // A commit cut short and run again only disarms.
         let mut done = fake.clone();
         run(&mut done, &steps[..1]).unwrap();

@@ -115,9 +115,8 @@ pub fn trial(running: &Running, vars: &SlotVars) -> Trial {
     match vars.tried {
         Some(t) if running.trial && t == running.slot => Trial::InProgress(t),
         Some(t) if t != running.slot => Trial::Failed(t),
-        // A trial flag whose slot runs without ramstick.trial=on: a boot
-        // by hand, or a commit cut short; nothing failed.
-        _ if running.trial && vars.committed != running.slot => Trial::InProgress(running.slot),
+        // A trial boot the block no longer names (rolled back since) is no
+        // trial any more: nothing will commit it.
         _ => Trial::None,
     }
 }
@@ -222,11 +221,8 @@ mod tests {
             trial(&running("ramstick.slot=b"), &vars(Slot::B, None, None)),
             Trial::None
         );
-        // A trial boot whose `tried` was lost still is uncommitted.
-        assert_eq!(
-            trial(&trial_b, &vars(Slot::A, None, None)),
-            Trial::InProgress(Slot::B)
-        );
+        // A trial boot rolled back since: no trial any more.
+        assert_eq!(trial(&trial_b, &vars(Slot::A, None, None)), Trial::None);
         assert!(!is_committed(&vars(Slot::A, None, Some(Slot::B)), &trial_b));
         assert!(!is_committed(&vars(Slot::B, None, Some(Slot::B)), &trial_b));
         assert!(is_committed(&vars(Slot::B, None, None), &trial_b));

@@ -27,14 +27,19 @@ pub enum AtStart {
     SayFailed(Slot),
     /// Run the health check, then commit.
     Check,
+    /// A trial boot GRUB's environment does not name (rolled back since,
+    /// or `ramstick.trial=on` typed by hand): say it is not committed.
+    Unnamed,
 }
 
 /// The daemon's decision for a system `running` with the block's `vars`
 /// (`None`: unreadable, e.g. a stick made before slots).
 pub fn at_start(running: &Running, vars: Option<&SlotVars>) -> AtStart {
     match vars {
-        // A daemon restarted after this trial's commit has nothing to do.
+        // A daemon restarted after this trial's commit has nothing to do;
+        // after a rollback (the block no longer names the trial) it says so.
         Some(v) if running.trial && state::is_committed(v, running) => AtStart::Nothing,
+        Some(v) if running.trial && v.tried != Some(running.slot) => AtStart::Unnamed,
         _ if running.trial => AtStart::Check,
         Some(v) => match state::trial(running, v) {
             Trial::Failed(tried) => AtStart::SayFailed(tried),
@@ -102,6 +107,13 @@ pub fn start(paths: &Paths) {
                 }
             }
         }
+        AtStart::Unnamed => to_console(&format!(
+            "slot {} runs on trial but GRUB's environment does not name the trial (rolled back, \
+             or ramstick.trial=on given by hand): it is not committed; the next boot uses slot {}",
+            running.slot,
+            vars.as_ref()
+                .map_or(running.slot.other(), |v| v.next_boot().0)
+        )),
         AtStart::Check => {
             let back = vars.as_ref().map_or(running.slot.other(), |v| v.committed);
             let paths = paths.clone();
@@ -171,6 +183,11 @@ mod tests {
         assert_eq!(
             at_start(&trial_b, Some(&vars(Slot::B, None, None))),
             AtStart::Nothing
+        );
+        // Rolled back before a restarted daemon looked.
+        assert_eq!(
+            at_start(&trial_b, Some(&vars(Slot::A, None, None))),
+            AtStart::Unnamed
         );
         assert_eq!(
             at_start(&normal_a, Some(&tried_b)),
