@@ -39,6 +39,7 @@ pub mod progress;
 pub mod save;
 pub mod saveplan;
 pub mod session;
+pub mod slotwrite;
 pub mod space;
 pub mod status;
 pub mod stick;

@@ -19,7 +19,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use ramstick_saver::session::Paths;
 use ramstick_saver::{
-    addlayer, check, codec, daemon, diffshow, kernel, maintain, onoff, save, status,
+    addlayer, check, codec, daemon, diffshow, kernel, maintain, onoff, save, slotwrite, status,
 };
 
 #[derive(Parser)]
@@ -112,6 +112,13 @@ enum Cmd {
     /// Example: `saver kernel add 6.1.0-57-amd64 /boot/vmlinuz-6.1.0-57-amd64`
     #[command(subcommand)]
     Kernel(kernel::KernelCmd),
+    /// Pack the running system (its base, saved layers and this session,
+    /// minus the exclusion list, kernels, modules and firmware) as a new base
+    /// into the other slot, whose saved state starts empty; the running
+    /// slot is never touched. Then `saver slot try <slot>` boots it once.
+    ///
+    /// Example: `saver fold --yes`
+    Fold(slotwrite::fold::FoldArgs),
     /// Pack a directory tree into a squashfs image.
     ///
     /// Example: `saver pack --exclude-from /etc/ramstick/exclude ./tree tree.squashfs`
@@ -163,6 +170,7 @@ fn main() {
         Cmd::Check => check::check(&paths),
         Cmd::AddLayer(a) => addlayer::add_layer(a).map(|_| true),
         Cmd::Kernel(k) => kernel::kernel(k).map(|()| true),
+        Cmd::Fold(a) => slotwrite::fold::fold(&slotwrite::fold::FoldPaths::system(&paths), a.yes),
         Cmd::Pack(a) => codec::pack(a).map(|()| true),
         Cmd::Merge(a) => codec::merge(a).map(|()| true),
         Cmd::Unpack(a) => codec::unpack(a).map(|()| true),
