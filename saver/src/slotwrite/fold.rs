@@ -285,7 +285,7 @@ pub fn fold(p: &FoldPaths, yes: bool) -> Result<bool> {
     }
     let exclude = fold_exclude(&p.exclude)?;
     let view = RootView::mount(&p.root, &p.state.join("fold-root"))?;
-    let est = space::estimate(&view.dir, &exclude)?;
+    let est = space::estimate_with(&view.dir, &exclude, false)?;
     check_space(&est, space::free(&p.persist)? + contents.bytes())?;
     for note in &plan.notes {
         say(note);
