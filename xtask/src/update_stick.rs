@@ -194,9 +194,9 @@ impl Drop for Mount {
 }
 
 /// The stick's ESP and persist partition, mounted.
-struct Attached {
-    esp: PathBuf,
-    persist: PathBuf,
+pub(crate) struct Attached {
+    pub esp: PathBuf,
+    pub persist: PathBuf,
     /// Unmounted in reverse order (persist first).
     mounts: Vec<Mount>,
 }
@@ -236,7 +236,7 @@ fn parse_sfdisk(text: &str) -> Result<Vec<(u64, u64)>> {
 }
 
 impl Attached {
-    fn attach(disk: &Path, work: &Path) -> Result<Attached> {
+    pub(crate) fn attach(disk: &Path, work: &Path) -> Result<Attached> {
         let (mut esp, mut persist) = (None, None);
         // Every loop device made is detached on any error (dropped).
         let mut all = Vec::new();
