@@ -8,7 +8,7 @@ use crate::space::human;
 use crate::stick::{sync_dir, sync_file};
 use anyhow::{bail, Context, Result};
 use ramstick_common::grubenv::Env;
-use ramstick_common::manifest::LAYERS_DIR;
+use ramstick_common::manifest::{LAYERS_DIR, LEGACY_BACKUP_IMAGE, LEGACY_IMAGE};
 use ramstick_common::place::{self, Slot, PROFILES_DIR};
 use std::fs::File;
 use std::io::Write;
@@ -190,6 +190,13 @@ pub fn inspect(persist: &Path, slot: Slot) -> SlotContents {
         Slot::B => size(at(FIRMWARE_IMAGE)),
     };
     let mut chains = Vec::new();
+    if slot == Slot::A {
+        for name in [LEGACY_IMAGE, LEGACY_BACKUP_IMAGE] {
+            if let Some(bytes) = size(persist.join(name)) {
+                chains.push((format!("default ({name}, before layers)"), bytes));
+            }
+        }
+    }
     if at(LAYERS_DIR).is_dir() {
         chains.push(("default".to_string(), tree_bytes(&at(LAYERS_DIR))));
     }

@@ -15,7 +15,7 @@
 
 use super::record::{SlotOrigin, SlotRecord, RECORD, RECORD_TMP};
 use anyhow::{bail, Result};
-use ramstick_common::manifest::LAYERS_DIR;
+use ramstick_common::manifest::{LAYERS_DIR, LEGACY_BACKUP_IMAGE, LEGACY_IMAGE};
 use ramstick_common::place::{self, Slot, PROFILES_DIR};
 
 /// A slot's own firmware image (slot `a`'s is the root's, which slot `b`
@@ -132,6 +132,12 @@ pub fn plan(target: &Target) -> Result<Plan> {
     if slot == Slot::B && !write_firmware {
         // Without its own, slot b uses the root's firmware.
         steps.push(Step::Remove(firmware.clone()));
+    }
+    if slot == Slot::A {
+        // The saved state of a stick older than layers: boot would stack it
+        // on the new base, whose chain must start empty.
+        steps.push(Step::Remove(LEGACY_IMAGE.to_string()));
+        steps.push(Step::Remove(LEGACY_BACKUP_IMAGE.to_string()));
     }
     steps.push(Step::RemoveTree(at(LAYERS_DIR)));
     steps.push(Step::RemoveTree(at(PROFILES_DIR)));

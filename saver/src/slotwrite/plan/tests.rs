@@ -30,6 +30,7 @@ impl Fake {
             ("layers/manifest.json", "a chain"),
             ("layers/layer-000001.squashfs", "a layer"),
             ("profiles/work/layers/manifest.json", "a work chain"),
+            ("upperfs.squashfs", "a legacy state"),
             ("slot-b/rootfs.squashfs", "b base"),
             ("slot-b/firmware.squashfs", "b firmware"),
             ("slot-b/slot.json", "b record"),
@@ -253,6 +254,9 @@ fn target_state(fake: &Fake, start: &Fake, t: &Target) -> Result<&'static str, S
                 if let Some(p) = fake.files.keys().find(|p| p.starts_with(&prefix)) {
                     return Err(format!("the new base stands with an old chain: {p}"));
                 }
+            }
+            if t.slot == Slot::A && fake.files.contains_key(LEGACY_IMAGE) {
+                return Err("the new base stands with a legacy state".into());
             }
             let fw = fake.files.get(&place::join(dir, FIRMWARE_IMAGE));
             if t.firmware && fw.map(String::as_str) != Some(NEW_FIRMWARE) {
