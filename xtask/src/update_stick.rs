@@ -4,7 +4,8 @@
 //!
 //! The stick's two partitions are attached to loop devices (by their
 //! offsets in the GPT, as `sfdisk --json` lists them: an image file or a
-//! whole device alike) and mounted under `target/`. The committed slot is
+//! whole device alike); the persist partition is mounted under `target/`,
+//! the ESP is read and written with mtools ([`esp`]). The committed slot is
 //! GRUB's `ramstick_slot` (absent: `a`); the other one is written with the
 //! saver's slot write plan ([`ramstick_saver::slotwrite`], the code `saver
 //! fold` runs): its record, base and chains removed, the new base (packed
@@ -17,6 +18,12 @@
 //! `grub/grubenv`. The committed slot's base, its saved states and `user/`
 //! are never written.
 
+mod esp;
+
+#[cfg(test)]
+use esp::DirEsp;
+pub(crate) use esp::{Esp, MtoolsEsp};
+
 use crate::build;
 use crate::deps;
 use crate::hooks::{self, Saver};
@@ -26,7 +33,7 @@ use crate::kernel::{self, Kernel};
 use anyhow::{bail, Context, Result};
 use ramstick_common::blkid::{self, FsKind};
 use ramstick_common::bootmenu::{self, Menu, ESP_LABEL, GRUB_CFG, MENU_RECORD};
-use ramstick_common::grubenv::{self, Env};
+use ramstick_common::grubenv::Env;
 use ramstick_common::place::Slot;
 use ramstick_common::tree::resolve_in_root;
 use ramstick_saver::slotwrite::onstick::{self, ImageSource, OnStick, GRUBENV, TRIAL_VAR};
@@ -88,6 +95,8 @@ pub fn run(a: &Args) -> Result<()> {
         ("mksquashfs", "squashfs-tools"),
         ("sfdisk", "fdisk"),
         ("losetup", "mount"),
+        ("mtype", "mtools"),
+        ("mshowfat", "mtools"),
     ])?;
     let disk = match (&a.image, &a.device) {
         (Some(image), None) => image.clone(),
@@ -119,7 +128,8 @@ pub fn run(a: &Args) -> Result<()> {
         yes: a.yes,
         work: work.join("images"),
     };
-    let slot = update_mounted(&stick.esp, &stick.persist, &update)?;
+    let mut esp = stick.esp();
+    let slot = update_mounted(&mut esp, &stick.persist, &update)?;
     drop(stick);
     println!(
         "{}: slot {slot} holds the new system; GRUB boots it once at the next boot \
@@ -195,7 +205,8 @@ impl Drop for Mount {
 
 /// The stick's ESP and persist partition, mounted.
 pub(crate) struct Attached {
-    pub esp: PathBuf,
+    /// The ESP's loop device (not mounted: see [`esp`]).
+    pub esp_dev: String,
     pub persist: PathBuf,
     /// Unmounted in reverse order (persist first).
     mounts: Vec<Mount>,
@@ -291,22 +302,20 @@ impl Attached {
         // The other partitions' loop devices are detached now.
         drop(all);
         let mut attached = Attached {
-            esp: work.join("esp"),
+            esp_dev: mounts[0].loop_dev.clone(),
             persist: work.join("persist"),
             mounts,
         };
-        for (m, fstype) in attached.mounts.iter_mut().zip(["vfat", "ext4"]) {
-            fs::create_dir_all(&m.dir)
-                .with_context(|| format!("cannot create {}", m.dir.display()))?;
-            deps::run(
-                deps::cmd("mount")
-                    .args(["-t", fstype])
-                    .arg(&m.loop_dev)
-                    .arg(&m.dir),
-            )?;
-            m.mounted = true;
-        }
-        if !attached.esp.join(bootmenu::ESP_ID).is_file() {
+        let m = &mut attached.mounts[1];
+        fs::create_dir_all(&m.dir).with_context(|| format!("cannot create {}", m.dir.display()))?;
+        deps::run(
+            deps::cmd("mount")
+                .args(["-t", "ext4"])
+                .arg(&m.loop_dev)
+                .arg(&m.dir),
+        )?;
+        m.mounted = true;
+        if attached.esp().read(bootmenu::ESP_ID)?.is_none() {
             bail!(
                 "{}'s ESP has no {}: not a ramstick stick",
                 disk.display(),
@@ -314,6 +323,13 @@ impl Attached {
             );
         }
         Ok(attached)
+    }
+
+    /// The ESP, through mtools.
+    pub(crate) fn esp(&self) -> MtoolsEsp {
+        MtoolsEsp {
+            dev: self.esp_dev.clone(),
+        }
     }
 }
 
@@ -367,18 +383,16 @@ impl ImageSource for HostImages {
     }
 }
 
-/// Writes `u` into the inactive slot of the stick whose ESP and persist
-/// partition are mounted at `esp` and `persist`; returns the slot.
-pub fn update_mounted(esp: &Path, persist: &Path, u: &Update) -> Result<Slot> {
-    let env_path = esp.join(GRUBENV);
-    if !env_path.is_file() {
+/// Writes `u` into the inactive slot of the stick whose ESP is `esp` and
+/// whose persist partition is mounted at `persist`; returns the slot.
+pub fn update_mounted(esp: &mut dyn Esp, persist: &Path, u: &Update) -> Result<Slot> {
+    let Some(block) = esp.read(GRUBENV)? else {
         bail!(
             "the stick's ESP has no {GRUBENV}: a stick made before slots, whose GRUB cannot \
              try a slot. Nothing was written (rebuild the stick with `cargo xtask image`)"
         );
-    }
-    let mut env =
-        Env::read(&env_path).with_context(|| format!("cannot read {}", env_path.display()))?;
+    };
+    let mut env = Env::parse(&block).with_context(|| format!("cannot read the ESP's {GRUBENV}"))?;
     let committed = onstick::committed_slot(&env)?;
     let slot = committed.other();
     let firmware_dir = resolve_in_root(&u.rootfs, Path::new("lib/firmware")).filter(|p| p.is_dir());
@@ -405,11 +419,11 @@ pub fn update_mounted(esp: &Path, persist: &Path, u: &Update) -> Result<Slot> {
     for note in &plan.notes {
         println!("note: {note}");
     }
-    let menu_path = esp.join(MENU_RECORD);
-    let menu_text = fs::read_to_string(&menu_path)
-        .with_context(|| format!("cannot read {}", menu_path.display()))?;
-    let menu = Menu::from_json(&menu_text)
-        .with_context(|| format!("cannot parse {}", menu_path.display()))?;
+    let menu_text = esp
+        .read(MENU_RECORD)?
+        .with_context(|| format!("the stick's ESP has no {MENU_RECORD}"))?;
+    let menu = Menu::from_json(&String::from_utf8_lossy(&menu_text))
+        .with_context(|| format!("cannot parse the ESP's {MENU_RECORD}"))?;
     let kver = match &u.kernel {
         Some(k) => k.version.clone(),
         None => menu
@@ -443,7 +457,7 @@ pub fn update_mounted(esp: &Path, persist: &Path, u: &Update) -> Result<Slot> {
         );
     }
     if let Some(k) = &u.kernel {
-        add_kernel(esp, persist, &menu, k)?;
+        add_kernel(esp, persist, &menu, k, &u.work)?;
     }
     let mut source = images;
     let mut stick = OnStick {
@@ -462,8 +476,7 @@ pub fn update_mounted(esp: &Path, persist: &Path, u: &Update) -> Result<Slot> {
     println!("slot {slot}: {}", record.describe());
     // Then and only then: GRUB boots it once.
     env.set(TRIAL_VAR, slot.name());
-    grubenv::write_in_place(&env_path, &env)
-        .with_context(|| format!("cannot write {}", env_path.display()))?;
+    esp.write_env(GRUBENV, &env)?;
     Ok(slot)
 }
 
@@ -493,23 +506,30 @@ fn write_file(from: &Path, to: &Path) -> Result<()> {
 
 /// Adds kernel `k`'s files (a release already on the stick keeps its own:
 /// both slots may boot it), then makes it GRUB's default.
-fn add_kernel(esp: &Path, persist: &Path, menu: &Menu, k: &KernelFiles) -> Result<()> {
-    let files = [
-        (
-            &k.modules_image,
-            persist.join(format!("modules-{}.squashfs", k.version)),
-        ),
-        (&k.vmlinuz, esp.join(bootmenu::vmlinuz(&k.version))),
-        (&k.initramfs, esp.join(bootmenu::initramfs(&k.version))),
-    ];
-    for (from, to) in &files {
-        if to.exists() {
-            println!(
-                "{} is on the stick already: kept (shared by both slots)",
-                to.display()
-            );
+fn add_kernel(
+    esp: &mut dyn Esp,
+    persist: &Path,
+    menu: &Menu,
+    k: &KernelFiles,
+    work: &Path,
+) -> Result<()> {
+    let modules = persist.join(format!("modules-{}.squashfs", k.version));
+    if modules.exists() {
+        println!(
+            "{} is on the stick already: kept (shared by both slots)",
+            modules.display()
+        );
+    } else {
+        write_file(&k.modules_image, &modules)?;
+    }
+    for (from, name) in [
+        (&k.vmlinuz, bootmenu::vmlinuz(&k.version)),
+        (&k.initramfs, bootmenu::initramfs(&k.version)),
+    ] {
+        if esp.read(&name)?.is_some() {
+            println!("{name} is on the ESP already: kept (shared by both slots)");
         } else {
-            write_file(from, to)?;
+            esp.write(&name, from)?;
         }
     }
     nix::unistd::sync();
@@ -517,16 +537,10 @@ fn add_kernel(esp: &Path, persist: &Path, menu: &Menu, k: &KernelFiles) -> Resul
         return Ok(());
     }
     let next = menu.with_default(&k.version)?;
-    let record = esp.join(MENU_RECORD);
-    let cfg = esp.join(GRUB_CFG);
-    for (path, text) in [(&record, next.to_json()), (&cfg, next.render())] {
-        let tmp = initramfs::partial_path(path);
-        fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-        fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .with_context(|| format!("cannot sync {}", tmp.display()))?;
-        fs::rename(&tmp, path)
-            .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    for (name, text) in [(MENU_RECORD, next.to_json()), (GRUB_CFG, next.render())] {
+        let local = work.join(name.replace('/', "-"));
+        fs::write(&local, text).with_context(|| format!("cannot write {}", local.display()))?;
+        esp.write(name, &local)?;
     }
     println!(
         "kernel {} is GRUB's default now (for both slots)",

@@ -13,9 +13,10 @@ use super::guest::{
 };
 use super::{Ctx, DiskSpec, Scenario};
 use crate::deps;
-use crate::update_stick::{update_mounted, Attached, Update};
+use crate::update_stick::{update_mounted, Attached, Esp, Update};
 use anyhow::{ensure, Context, Result};
-use ramstick_common::grubenv::{self, Env};
+use ramstick_common::bootmenu::GRUB_CFG;
+use ramstick_common::grubenv::Env;
 use ramstick_saver::slotwrite::onstick::{GRUBENV, TRIAL_VAR};
 use std::collections::BTreeMap;
 use std::fs;
@@ -78,18 +79,20 @@ fn update_stick_keeps_state(ctx: &mut Ctx) -> Result<()> {
     fs::create_dir_all(&mnt).with_context(|| format!("cannot create {}", mnt.display()))?;
     let (before, slots_in_grub) = {
         let stick = Attached::attach(&disk, &mnt)?;
-        let env = stick.esp.join(GRUBENV);
-        if !env.is_file() {
+        let mut esp = stick.esp();
+        if esp.read(GRUBENV)?.is_none() {
             // A stick image from before slots (`cargo xtask image` adds the
             // block once the slot boot is in): the block GRUB would have.
-            println!("  the image has no {GRUBENV}: adding an empty one");
+            println!("  the image has no {GRUBENV}: adding one");
             let mut block = Env::default();
             block.set("ramstick_slot", "a");
-            fs::write(&env, block.to_block().map_err(anyhow::Error::msg)?)
-                .with_context(|| format!("cannot write {}", env.display()))?;
+            let local = ctx.work.join("grubenv");
+            fs::write(&local, block.to_block().map_err(anyhow::Error::msg)?)
+                .with_context(|| format!("cannot write {}", local.display()))?;
+            esp.write(GRUBENV, &local)?;
         }
-        let cfg = fs::read_to_string(stick.esp.join(ramstick_common::bootmenu::GRUB_CFG))
-            .context("cannot read grub.cfg")?;
+        let cfg = esp.read(GRUB_CFG)?.context("the ESP has no grub.cfg")?;
+        let cfg = String::from_utf8_lossy(&cfg).into_owned();
         (slot_a_files(&stick.persist)?, cfg.contains(TRIAL_VAR))
     };
     let tree = ctx.work.join("update-tree");
@@ -105,7 +108,7 @@ fn update_stick_keeps_state(ctx: &mut Ctx) -> Result<()> {
             yes: false,
             work: ctx.work.join("update-images"),
         };
-        let slot = update_mounted(&stick.esp, &stick.persist, &update)?;
+        let slot = update_mounted(&mut stick.esp(), &stick.persist, &update)?;
         ensure!(slot.name() == "b", "update-stick wrote slot {slot}");
     }
     {
@@ -125,7 +128,9 @@ fn update_stick_keeps_state(ctx: &mut Ctx) -> Result<()> {
         for f in ["slot-b/rootfs.squashfs", "slot-b/slot.json"] {
             ensure!(stick.persist.join(f).is_file(), "{f} is missing");
         }
-        let env = Env::read(&stick.esp.join(GRUBENV))?;
+        let mut esp = stick.esp();
+        let block = esp.read(GRUBENV)?.context("grubenv is gone")?;
+        let mut env = Env::parse(&block).map_err(anyhow::Error::msg)?;
         ensure!(
             env.get(TRIAL_VAR) == Some("b"),
             "the trial is not set: {env:?}"
@@ -133,9 +138,8 @@ fn update_stick_keeps_state(ctx: &mut Ctx) -> Result<()> {
         if !slots_in_grub {
             // Without a GRUB that consumes the trial, a boot is slot a:
             // leave the block as GRUB found it.
-            let mut env = env;
             env.set(TRIAL_VAR, "");
-            grubenv::write_in_place(&stick.esp.join(GRUBENV), &env)?;
+            esp.write_env(GRUBENV, &env)?;
         }
     }
     let _ = fs::remove_dir_all(&tree);

@@ -116,7 +116,7 @@ fn update_writes_the_other_slot_and_never_the_committed_ones_state() {
     }
     let s = stick("a");
     let before = slot_and_shared(&s.persist, Slot::A);
-    let slot = update_mounted(&s.esp, &s.persist, &update(&s, false)).unwrap();
+    let slot = update_mounted(&mut DirEsp(s.esp.clone()), &s.persist, &update(&s, false)).unwrap();
     assert_eq!(slot, Slot::B);
     assert_eq!(slot_and_shared(&s.persist, Slot::A), before);
     let base = s.persist.join("slot-b/rootfs.squashfs");
@@ -146,10 +146,11 @@ fn update_writes_the_other_slot_and_never_the_committed_ones_state() {
     fs::create_dir_all(s.persist.join("slot-b/layers")).unwrap();
     fs::write(s.persist.join("slot-b/layers/manifest.json"), "b's chain").unwrap();
     let all = files(&s.persist);
-    let err = update_mounted(&s.esp, &s.persist, &update(&s, false)).unwrap_err();
+    let err =
+        update_mounted(&mut DirEsp(s.esp.clone()), &s.persist, &update(&s, false)).unwrap_err();
     assert!(format!("{err:#}").contains("--yes"), "{err:#}");
     assert_eq!(files(&s.persist), all);
-    update_mounted(&s.esp, &s.persist, &update(&s, true)).unwrap();
+    update_mounted(&mut DirEsp(s.esp.clone()), &s.persist, &update(&s, true)).unwrap();
     assert_eq!(slot_and_shared(&s.persist, Slot::A), before);
     assert!(!s.persist.join("slot-b/layers").exists());
 }
@@ -166,7 +167,7 @@ fn with_b_committed_slot_a_is_written_and_b_kept() {
     fs::write(s.persist.join("slot-b/layers/manifest.json"), "b's chain").unwrap();
     let b = slot_and_shared(&s.persist, Slot::B);
     let modules = fs::read(s.persist.join(format!("modules-{KVER}.squashfs"))).unwrap();
-    let slot = update_mounted(&s.esp, &s.persist, &update(&s, true)).unwrap();
+    let slot = update_mounted(&mut DirEsp(s.esp.clone()), &s.persist, &update(&s, true)).unwrap();
     assert_eq!(slot, Slot::A);
     assert_eq!(slot_and_shared(&s.persist, Slot::B), b);
     assert_eq!(
@@ -187,7 +188,8 @@ fn a_stick_without_grubenv_is_refused_before_writing() {
     let s = stick("a");
     fs::remove_file(s.esp.join(GRUBENV)).unwrap();
     let all = files(&s.persist);
-    let err = update_mounted(&s.esp, &s.persist, &update(&s, true)).unwrap_err();
+    let err =
+        update_mounted(&mut DirEsp(s.esp.clone()), &s.persist, &update(&s, true)).unwrap_err();
     assert!(format!("{err:#}").contains("no grub/grubenv"), "{err:#}");
     assert_eq!(files(&s.persist), all);
 }
