@@ -91,13 +91,15 @@ impl Esp for MtoolsEsp {
     fn write(&mut self, path: &str, from: &Path) -> Result<()> {
         // mtools has no rename over an existing file: a new name (a
         // kernel) is written whole before anything names it; the menu
-        // files are overwritten (see the README).
-        deps::run(
+        // files are overwritten (see the README). Its stderr (a geometry
+        // warning on a loop device) is shown only on a failure.
+        deps::output(
             self.cmd("mcopy")
                 .arg("-o")
                 .arg(from)
                 .arg(format!("::/{path}")),
         )
+        .map(drop)
     }
 
     fn write_env(&mut self, path: &str, env: &Env) -> Result<()> {
