@@ -205,3 +205,46 @@ fn sfdisk_json_gives_partition_offsets() {
     );
     assert!(parse_sfdisk("{}").is_err());
 }
+
+#[test]
+fn a_new_kernel_is_added_beside_the_others_and_an_existing_release_kept() {
+    if !have(MKSQUASHFS.0) {
+        skip("no mksquashfs");
+        return;
+    }
+    const NEW: &str = "6.2.0-1-amd64";
+    let s = stick("a");
+    let host = TempDir::new("update-stick-kernel");
+    host.file("vmlinuz", "new kernel", 0o644)
+        .file("initramfs.img", "new initramfs", 0o644)
+        .file("modules.squashfs", "new modules", 0o644);
+    let mut u = update(&s, true);
+    u.kernel = Some(KernelFiles {
+        version: NEW.into(),
+        vmlinuz: host.join("vmlinuz"),
+        initramfs: host.join("initramfs.img"),
+        modules_image: host.join("modules.squashfs"),
+    });
+    let esp = |name: &str| fs::read_to_string(s.esp.join(name)).unwrap();
+    // A release the stick has already keeps its files (slot a boots them).
+    fs::write(s.esp.join(format!("vmlinuz-{NEW}")), "the stick's own").unwrap();
+    let before = slot_and_shared(&s.persist, Slot::A);
+    update_mounted(&mut DirEsp(s.esp.clone()), &s.persist, &u).unwrap();
+    assert_eq!(esp(&format!("vmlinuz-{NEW}")), "the stick's own");
+    assert_eq!(esp(&format!("initramfs-{NEW}.img")), "new initramfs");
+    let menu = Menu::from_json(&esp(MENU_RECORD)).unwrap();
+    assert_eq!(menu.kernels, [NEW, KVER]);
+    assert_eq!(esp(GRUB_CFG), menu.render());
+    let modules = |k: &str| fs::read_to_string(s.persist.join(format!("modules-{k}.squashfs")));
+    assert_eq!(modules(NEW).unwrap(), "new modules");
+    assert_eq!(modules(KVER).unwrap(), "mods");
+    // Slot a's own files and user/ as they were, the new module image beside them.
+    let mut after = slot_and_shared(&s.persist, Slot::A);
+    assert!(after.remove(&format!("modules-{NEW}.squashfs")).is_some());
+    assert_eq!(after, before);
+    let unpacked = s.work.join("check-kernel");
+    fs::create_dir_all(&unpacked).unwrap();
+    let base = s.persist.join("slot-b/rootfs.squashfs");
+    ramstick_squash::unpack(&base, &unpacked, &Default::default()).unwrap();
+    assert!(unpacked.join(format!("lib/modules/{NEW}")).is_dir());
+}
