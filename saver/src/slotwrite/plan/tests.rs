@@ -7,13 +7,21 @@ const NEW_BASE: &str = "new base";
 const NEW_FIRMWARE: &str = "new firmware";
 const PARTIAL: &str = "partial";
 
+/// How to undo one change of the namespace: each path's previous content
+/// (`None`: absent).
+type Undo = Vec<(String, Option<String>)>;
+
 /// A persist partition whose writes stop ("power cut") after `budget`
 /// operations; an image write is two (created partial, then complete).
+/// Changes of the namespace (a file created, removed, renamed) are durable
+/// only once a directory is synced: until then a cut may lose any suffix
+/// of them (ext4's journal keeps their order), which `pending` can undo.
 #[derive(Debug, Clone, Default)]
 struct Fake {
     files: BTreeMap<String, String>,
     dirs: BTreeSet<String>,
     budget: usize,
+    pending: Vec<Undo>,
 }
 
 impl Fake {
@@ -47,6 +55,7 @@ impl Fake {
             files,
             dirs,
             budget: usize::MAX,
+            pending: Vec::new(),
         }
     }
 
@@ -56,6 +65,35 @@ impl Fake {
         }
         self.budget -= 1;
         Ok(())
+    }
+
+    /// Records the change of `paths` as one namespace operation.
+    fn change(&mut self, paths: &[&str]) {
+        let undo = paths
+            .iter()
+            .map(|p| (p.to_string(), self.files.get(*p).cloned()))
+            .collect();
+        self.pending.push(undo);
+    }
+
+    /// The state after the last `lost` namespace changes not yet synced
+    /// were lost.
+    fn losing(&self, lost: usize) -> Fake {
+        let mut f = self.clone();
+        for undo in f
+            .pending
+            .split_off(f.pending.len() - lost)
+            .into_iter()
+            .rev()
+        {
+            for (path, before) in undo.into_iter().rev() {
+                match before {
+                    Some(c) => f.files.insert(path, c),
+                    None => f.files.remove(&path),
+                };
+            }
+        }
+        f
     }
 
     /// The files in a slot's own place (for slot a: not `slot-b/`).
@@ -76,18 +114,26 @@ impl SlotFs for Fake {
     }
     fn remove(&mut self, path: &str) -> Result<()> {
         self.spend()?;
+        self.change(&[path]);
         self.files.remove(path);
         Ok(())
     }
     fn remove_tree(&mut self, path: &str) -> Result<()> {
         self.spend()?;
         let prefix = format!("{path}/");
+        let inside: Vec<String> = (self.files.keys())
+            .filter(|p| p.starts_with(&prefix))
+            .cloned()
+            .collect();
+        // The tree's entry goes at once: all of it or nothing is lost.
+        self.change(&inside.iter().map(String::as_str).collect::<Vec<_>>());
         self.files.retain(|p, _| !p.starts_with(&prefix));
         self.dirs.retain(|d| d != path && !d.starts_with(&prefix));
         Ok(())
     }
     fn write_image(&mut self, path: &str, payload: Payload) -> Result<()> {
         self.spend()?;
+        self.change(&[path]);
         self.files.insert(path.to_string(), PARTIAL.into());
         self.spend()?;
         let content = match payload {
@@ -106,6 +152,7 @@ impl SlotFs for Fake {
     }
     fn rename(&mut self, from: &str, to: &str) -> Result<()> {
         self.spend()?;
+        self.change(&[from, to]);
         let Some(content) = self.files.remove(from) else {
             bail!("no {from}");
         };
@@ -113,14 +160,21 @@ impl SlotFs for Fake {
         Ok(())
     }
     fn sync_dir(&mut self, _: &str) -> Result<()> {
-        self.spend()
+        self.spend()?;
+        // One directory per slot: its sync makes every change durable.
+        self.pending.clear();
+        Ok(())
     }
     fn write_record(&mut self, path: &str, tmp: &str, text: &str) -> Result<()> {
         self.spend()?;
+        self.change(&[tmp]);
         self.files.insert(tmp.to_string(), text.to_string());
         self.spend()?;
+        self.change(&[tmp, path]);
         let text = self.files.remove(tmp).unwrap_or_default();
         self.files.insert(path.to_string(), text);
+        self.spend()?;
+        self.pending.clear();
         Ok(())
     }
 }
@@ -268,9 +322,11 @@ fn target_state(fake: &Fake, start: &Fake, t: &Target) -> Result<&'static str, S
     }
 }
 
-/// Cuts the power after 0, 1, … every operation of writing `t` on `start`:
-/// only the whole run succeeds; at every cut the other slot and the shared
-/// files are byte-identical, and the target is incomplete or complete.
+/// Cuts the power after 0, 1, … every operation of writing `t` on `start`,
+/// and at each cut loses any suffix of the changes not yet synced: only
+/// the whole run succeeds; at every cut the other slot and the shared files
+/// are byte-identical, and the target is the old one, incomplete or
+/// complete.
 fn cut_after_every_step(start: &Fake, t: &Target) {
     let p = plan(t).unwrap();
     let mut full = start.clone();
@@ -291,29 +347,35 @@ fn cut_after_every_step(start: &Fake, t: &Target) {
     };
     let mut states = BTreeSet::new();
     for cut in 0..=ops {
-        let mut fake = Fake {
+        let mut cut_fake = Fake {
             budget: cut,
             ..start.clone()
         };
-        let result = run(&mut fake, &p.steps, &seed());
+        let result = run(&mut cut_fake, &p.steps, &seed());
         assert_eq!(result.is_ok(), cut == ops, "cut after {cut} of {ops}");
-        let what = format!("slot {} cut after {cut} of {ops}", t.slot);
-        assert_eq!(
-            fake.slot_files(other),
-            start.slot_files(other),
-            "{what}: the other slot changed"
-        );
-        assert_eq!(
-            shared(&fake),
-            shared(start),
-            "{what}: a shared file changed"
-        );
-        states.insert(target_state(&fake, start, t).unwrap_or_else(|e| panic!("{what}: {e}")));
-        if cut == ops {
-            let record = fake.files.get(&place::join(t.slot.dir(), RECORD)).unwrap();
-            let record = SlotRecord::parse(record).unwrap();
-            assert_eq!(record.base, "digest");
-            assert_eq!(record.origin, SlotOrigin::Fold);
+        for lost in 0..=cut_fake.pending.len() {
+            let fake = cut_fake.losing(lost);
+            let what = format!(
+                "slot {} cut after {cut} of {ops}, {lost} changes lost",
+                t.slot
+            );
+            assert_eq!(
+                fake.slot_files(other),
+                start.slot_files(other),
+                "{what}: the other slot changed"
+            );
+            assert_eq!(
+                shared(&fake),
+                shared(start),
+                "{what}: a shared file changed"
+            );
+            states.insert(target_state(&fake, start, t).unwrap_or_else(|e| panic!("{what}: {e}")));
+            if cut == ops {
+                let record = fake.files.get(&place::join(t.slot.dir(), RECORD)).unwrap();
+                let record = SlotRecord::parse(record).unwrap();
+                assert_eq!(record.base, "digest");
+                assert_eq!(record.origin, SlotOrigin::Fold);
+            }
         }
     }
     let mut expected = BTreeSet::from(["complete", "incomplete"]);
