@@ -83,6 +83,8 @@ pub struct Update {
     pub yes: bool,
     /// Scratch space for the images.
     pub work: PathBuf,
+    /// Have the kernel read the written images back too (needs root).
+    pub kernel_check: bool,
 }
 
 /// `cargo xtask update-stick`.
@@ -127,6 +129,7 @@ pub fn run(a: &Args) -> Result<()> {
         kernel,
         yes: a.yes,
         work: work.join("images"),
+        kernel_check: true,
     };
     let mut esp = stick.esp();
     let slot = update_mounted(&mut esp, &stick.persist, &update)?;
@@ -337,6 +340,9 @@ impl Attached {
 struct HostImages {
     base: PathBuf,
     firmware: PathBuf,
+    /// Where the kernel mounts each image to read it whole (none in the
+    /// unit tests, which may run without loop devices).
+    mnt: Option<PathBuf>,
 }
 
 impl HostImages {
@@ -371,9 +377,13 @@ impl ImageSource for HostImages {
                 want.full
             );
         }
-        // Our reader walks its whole directory tree.
+        // Our reader walks its whole directory tree; the kernel, which
+        // mounts it at every boot, reads it whole and must agree with it.
         let summary = ramstick_squash::summary(image)
             .with_context(|| format!("our reader cannot read {}", image.display()))?;
+        if let Some(mnt) = &self.mnt {
+            ramstick_saver::verifymount::read_whole(image, mnt)?;
+        }
         println!(
             "{} read back identical to what was packed ({} entries)",
             image.display(),
@@ -442,6 +452,7 @@ pub fn update_mounted(esp: &mut dyn Esp, persist: &Path, u: &Update) -> Result<S
     let images = HostImages {
         base: u.work.join("rootfs.squashfs"),
         firmware: u.work.join("firmware.squashfs"),
+        mnt: u.kernel_check.then(|| u.work.join("verify")),
     };
     pack_rootfs(&u.rootfs, &kver, &hooks, &u.work, &images.base)?;
     let mut needed = size_of(&images.base)?;

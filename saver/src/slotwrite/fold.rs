@@ -15,6 +15,7 @@ use crate::progress::Reporter;
 use crate::session::{session_patterns, Paths, BUILTIN_EXCLUDE};
 use crate::space::{self, human, Estimate};
 use crate::stick::say;
+use crate::verifymount;
 use anyhow::{bail, Context, Result};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use ramstick_common::grubenv::Env;
@@ -125,6 +126,8 @@ struct FoldSource<'a> {
     /// Files stored while they changed, and when the pack began.
     changed: Vec<ChangedFile>,
     began: SystemTime,
+    /// Where the kernel mounts the new base to read it whole.
+    mnt: PathBuf,
 }
 
 impl ImageSource for FoldSource<'_> {
@@ -186,9 +189,13 @@ impl ImageSource for FoldSource<'_> {
                 shown.join("; ")
             );
         }
+        // The kernel mounts the base at every boot: it reads it whole, and
+        // our reader must see the same.
+        ramstick_squash::drop_cache(image)?;
+        verifymount::read_whole(image, &self.mnt)?;
         let n = self.changed.len() + verified.changed.len();
         say(&format!(
-            "our reader read the new base back identical to the running system{} ({:.1} s)",
+            "both readers read the new base back identical to the running system{} ({:.1} s)",
             if n == 0 {
                 String::new()
             } else {
@@ -302,6 +309,7 @@ pub fn fold(p: &FoldPaths, yes: bool) -> Result<bool> {
         exclude: &exclude,
         changed: Vec::new(),
         began: SystemTime::now(),
+        mnt: p.state.join("verify"),
     };
     let mut stick = OnStick {
         persist: p.persist.clone(),

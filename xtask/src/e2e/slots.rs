@@ -107,6 +107,7 @@ fn update_stick_keeps_state(ctx: &mut Ctx) -> Result<()> {
             kernel: None,
             yes: false,
             work: ctx.work.join("update-images"),
+            kernel_check: true,
         };
         let slot = update_mounted(&mut stick.esp(), &stick.persist, &update)?;
         ensure!(slot.name() == "b", "update-stick wrote slot {slot}");

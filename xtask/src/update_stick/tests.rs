@@ -101,6 +101,7 @@ fn update(s: &Stick, yes: bool) -> Update {
         kernel: None,
         yes,
         work: s.work.clone(),
+        kernel_check: false,
     }
 }
 
