@@ -18,11 +18,17 @@
 //! `grub/grubenv`. The committed slot's base, its saved states and `user/`
 //! are never written.
 
+mod attach;
 mod esp;
 
 #[cfg(test)]
+use attach::parse_sfdisk;
+use attach::refuse_mounted;
+pub(crate) use attach::Attached;
+
+#[cfg(test)]
 use esp::DirEsp;
-pub(crate) use esp::{Esp, MtoolsEsp};
+pub(crate) use esp::Esp;
 
 use crate::build;
 use crate::deps;
@@ -31,8 +37,7 @@ use crate::image::{self, modules_squashfs, pack_firmware, pack_rootfs};
 use crate::initramfs;
 use crate::kernel::{self, Kernel};
 use anyhow::{bail, Context, Result};
-use ramstick_common::blkid::{self, FsKind};
-use ramstick_common::bootmenu::{self, Menu, ESP_LABEL, GRUB_CFG, MENU_RECORD};
+use ramstick_common::bootmenu::{self, Menu, GRUB_CFG, MENU_RECORD};
 use ramstick_common::grubenv::Env;
 use ramstick_common::place::Slot;
 use ramstick_common::tree::resolve_in_root;
@@ -44,7 +49,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 /// The persist partition's label.
-const PERSIST_LABEL: &str = "RAMSTICK";
+pub(super) const PERSIST_LABEL: &str = "RAMSTICK";
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -156,183 +161,28 @@ fn kernel_files(k: &Kernel, work: &Path) -> Result<KernelFiles> {
     })
 }
 
-/// Refuses a device that is mounted, or one of whose partitions is.
-fn refuse_mounted(device: &Path) -> Result<()> {
-    let dev = device
-        .canonicalize()
-        .with_context(|| format!("device {} does not exist", device.display()))?;
-    let mounts =
-        fs::read_to_string("/proc/self/mounts").context("cannot read /proc/self/mounts")?;
-    let name = dev.to_string_lossy();
-    if let Some(line) = mounts.lines().find(|l| l.starts_with(name.as_ref())) {
-        bail!(
-            "{} is in use (mounted: {line}): unmount it first",
-            dev.display()
-        );
-    }
-    Ok(())
-}
-
-/// Removes a scratch directory on drop.
+/// Removes a scratch directory on drop — unless something is still
+/// mounted in it (the stick's partition, had its unmount failed): its files
+/// are never removed with the scratch.
 struct RemoveDir(PathBuf);
 
 impl Drop for RemoveDir {
     fn drop(&mut self) {
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let dir = self.0.to_string_lossy();
+        let busy = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .any(|target| target.starts_with(dir.as_ref()));
+        if busy || mounts.is_empty() {
+            eprintln!(
+                "warning: {} is left in place: something may still be mounted in it",
+                self.0.display()
+            );
+            return;
+        }
         // Best effort: a leftover scratch directory is only space.
         let _ = deps::remove_if_exists(&self.0);
-    }
-}
-
-/// A partition on a loop device, mounted; unmounted and detached on drop.
-struct Mount {
-    dir: PathBuf,
-    loop_dev: String,
-    mounted: bool,
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if self.mounted {
-            if let Err(e) = deps::run(deps::cmd("umount").arg(&self.dir)) {
-                eprintln!("warning: {e:#}");
-            }
-        }
-        if self.loop_dev.is_empty() {
-            return; // taken over by another Mount
-        }
-        if let Err(e) = deps::run(deps::cmd("losetup").args(["-d", &self.loop_dev])) {
-            eprintln!("warning: {e:#}");
-        }
-    }
-}
-
-/// The stick's ESP and persist partition, mounted.
-pub(crate) struct Attached {
-    /// The ESP's loop device (not mounted: see [`esp`]).
-    pub esp_dev: String,
-    pub persist: PathBuf,
-    /// Unmounted in reverse order (persist first).
-    mounts: Vec<Mount>,
-}
-
-impl Drop for Attached {
-    fn drop(&mut self) {
-        // Everything written reaches the stick before it is unmounted.
-        nix::unistd::sync();
-        while let Some(m) = self.mounts.pop() {
-            drop(m);
-        }
-    }
-}
-
-/// (start, size) in bytes of each partition of `disk`.
-fn partitions(disk: &Path) -> Result<Vec<(u64, u64)>> {
-    let text = deps::output(deps::cmd("sfdisk").arg("--json").arg(disk))?;
-    parse_sfdisk(&text).with_context(|| format!("cannot read the partitions of {}", disk.display()))
-}
-
-/// `sfdisk --json` output → (start, size) in bytes of each partition.
-fn parse_sfdisk(text: &str) -> Result<Vec<(u64, u64)>> {
-    let v: serde_json::Value = serde_json::from_str(text).context("sfdisk printed no JSON")?;
-    let table = &v["partitiontable"];
-    let sector = table["sectorsize"].as_u64().unwrap_or(512);
-    let parts = table["partitions"]
-        .as_array()
-        .context("no partition table")?;
-    parts
-        .iter()
-        .map(|p| {
-            let start = p["start"].as_u64().context("a partition without start")?;
-            let size = p["size"].as_u64().context("a partition without size")?;
-            Ok((start * sector, size * sector))
-        })
-        .collect()
-}
-
-impl Attached {
-    pub(crate) fn attach(disk: &Path, work: &Path) -> Result<Attached> {
-        let (mut esp, mut persist) = (None, None);
-        // Every loop device made is detached on any error (dropped).
-        let mut all = Vec::new();
-        for (start, size) in partitions(disk)? {
-            let dev = deps::output(
-                deps::cmd("losetup")
-                    .args(["--find", "--show"])
-                    .arg(format!("--offset={start}"))
-                    .arg(format!("--sizelimit={size}"))
-                    .arg(disk),
-            )?
-            .trim()
-            .to_string();
-            all.push(Mount {
-                dir: PathBuf::new(),
-                loop_dev: dev.clone(),
-                mounted: false,
-            });
-            let fs = fs::File::open(&dev)
-                .and_then(|mut f| blkid::probe(&mut f))
-                .with_context(|| format!("cannot read {dev}"))?;
-            let Some(fs) = fs else { continue };
-            let label = fs.label.as_deref();
-            match fs.kind {
-                FsKind::Vfat if label == Some(ESP_LABEL) && esp.is_none() => {
-                    esp = Some(all.len() - 1);
-                }
-                FsKind::Ext4 if label == Some(PERSIST_LABEL) && persist.is_none() => {
-                    persist = Some(all.len() - 1);
-                }
-                FsKind::Luks => bail!(
-                    "{}: the persist partition is encrypted (LUKS); update-stick does not \
-                     unlock it (yet): nothing was written",
-                    disk.display()
-                ),
-                _ => {}
-            }
-        }
-        let (Some(e), Some(p)) = (esp, persist) else {
-            bail!(
-                "{} is not a ramstick stick: no FAT partition labelled {ESP_LABEL} and ext4 \
-                 partition labelled {PERSIST_LABEL}",
-                disk.display()
-            );
-        };
-        let mut take = |i: usize, name: &str| Mount {
-            dir: work.join(name),
-            loop_dev: std::mem::take(&mut all[i].loop_dev),
-            mounted: false,
-        };
-        let mounts = vec![take(e, "esp"), take(p, "persist")];
-        // The other partitions' loop devices are detached now.
-        drop(all);
-        let mut attached = Attached {
-            esp_dev: mounts[0].loop_dev.clone(),
-            persist: work.join("persist"),
-            mounts,
-        };
-        let m = &mut attached.mounts[1];
-        fs::create_dir_all(&m.dir).with_context(|| format!("cannot create {}", m.dir.display()))?;
-        deps::run(
-            deps::cmd("mount")
-                .args(["-t", "ext4"])
-                .arg(&m.loop_dev)
-                .arg(&m.dir),
-        )?;
-        m.mounted = true;
-        if attached.esp().read(bootmenu::ESP_ID)?.is_none() {
-            bail!(
-                "{}'s ESP has no {}: not a ramstick stick",
-                disk.display(),
-                bootmenu::ESP_ID
-            );
-        }
-        Ok(attached)
-    }
-
-    /// The ESP, through mtools.
-    pub(crate) fn esp(&self) -> MtoolsEsp {
-        MtoolsEsp {
-            dev: self.esp_dev.clone(),
-        }
     }
 }
 
