@@ -40,6 +40,7 @@ pub mod save;
 pub mod saveplan;
 pub mod session;
 pub mod slot;
+pub mod slotwrite;
 pub mod space;
 pub mod status;
 pub mod stick;

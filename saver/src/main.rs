@@ -19,7 +19,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use ramstick_saver::session::Paths;
 use ramstick_saver::{
-    addlayer, check, codec, daemon, diffshow, kernel, maintain, onoff, save, slot, status,
+    addlayer, check, codec, daemon, diffshow, kernel, maintain, onoff, save, slot, slotwrite,
+    status,
 };
 
 #[derive(Parser)]
@@ -118,6 +119,13 @@ enum Cmd {
     /// Example: `saver slot try b && reboot`, then `saver slot status`
     #[command(subcommand)]
     Slot(slot::SlotCmd),
+    /// Pack the running system (its base, saved layers and this session,
+    /// minus the exclusion list, kernels, modules and firmware) as a new base
+    /// into the other slot, whose saved state starts empty; the running
+    /// slot is never touched. Then `saver slot try <slot>` boots it once.
+    ///
+    /// Example: `saver fold --yes`
+    Fold(slotwrite::fold::FoldArgs),
     /// Pack a directory tree into a squashfs image.
     ///
     /// Example: `saver pack --exclude-from /etc/ramstick/exclude ./tree tree.squashfs`
@@ -170,6 +178,7 @@ fn main() {
         Cmd::AddLayer(a) => addlayer::add_layer(a).map(|_| true),
         Cmd::Kernel(k) => kernel::kernel(k).map(|()| true),
         Cmd::Slot(s) => slot::slot(&paths, s),
+        Cmd::Fold(a) => slotwrite::fold::fold(&slotwrite::fold::FoldPaths::system(&paths), a.yes),
         Cmd::Pack(a) => codec::pack(a).map(|()| true),
         Cmd::Merge(a) => codec::merge(a).map(|()| true),
         Cmd::Unpack(a) => codec::unpack(a).map(|()| true),

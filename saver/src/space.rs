@@ -45,6 +45,13 @@ impl Estimate {
 /// Walks the tree at `root` (without following symlinks or crossing
 /// mounts), leaving out what `exclude` excludes.
 pub fn estimate(root: &Path, exclude: &Exclude) -> Result<Estimate> {
+    estimate_with(root, exclude, true)
+}
+
+/// [`estimate`], crossing into other devices when `same_dev` is false: an
+/// overlay's merged view shows the files of its lowers and upper with
+/// their own devices (a root bind-mounted alone has no mounts to cross).
+pub fn estimate_with(root: &Path, exclude: &Exclude, same_dev: bool) -> Result<Estimate> {
     let root_meta = std::fs::symlink_metadata(root)
         .with_context(|| format!("cannot stat {}", root.display()))?;
     let mut est = Estimate::default();
@@ -63,13 +70,13 @@ pub fn estimate(root: &Path, exclude: &Exclude) -> Result<Estimate> {
             let meta = entry
                 .metadata()
                 .with_context(|| format!("cannot stat {}", entry.path().display()))?;
-            if meta.dev() != root_meta.dev() {
+            if same_dev && meta.dev() != root_meta.dev() {
                 continue;
             }
             est.entries += 1;
             if meta.is_dir() {
                 todo.push((entry.path(), path));
-            } else if meta.is_file() && seen.insert(meta.ino()) {
+            } else if meta.is_file() && seen.insert((meta.dev(), meta.ino())) {
                 est.data += meta.len().min(meta.blocks() * 512);
             }
         }

@@ -53,6 +53,7 @@ use esp::GRUB_DIR;
 use layout::parse_image_size;
 use luks::LUKS_HEADER;
 use persist::stage_persist;
+pub(crate) use persist::{modules_squashfs, pack_firmware, pack_rootfs};
 use ramstick_common::tree::resolve_in_root;
 use std::fs;
 use std::path::{Path, PathBuf};

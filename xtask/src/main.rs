@@ -17,6 +17,7 @@ mod qemu;
 mod rootfs;
 mod stick;
 mod testall;
+mod update_stick;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -54,6 +55,9 @@ enum Cmd {
     Image(image::Args),
     /// Write a disk image to a real USB stick (asks for confirmation).
     WriteStick(stick::Args),
+    /// Write a new rootfs (and kernel) into the inactive slot of a stick or
+    /// image and let GRUB try it once (needs root).
+    UpdateStick(update_stick::Args),
     /// Boot a disk image in QEMU (OVMF, TCG unless --kvm), serial console on stdio.
     Qemu(qemu::Args),
     /// Run the end-to-end QEMU scenarios.
@@ -84,6 +88,7 @@ fn main() {
         Cmd::Rootfs(a) => rootfs::run(&a),
         Cmd::Image(a) => image::run(&a),
         Cmd::WriteStick(a) => stick::run(&a),
+        Cmd::UpdateStick(a) => update_stick::run(&a),
         Cmd::Qemu(a) => qemu::run(&a),
         Cmd::E2e(a) => e2e::run(&a),
         Cmd::Demo(a) => qemu::demo(&a),

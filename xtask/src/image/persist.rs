@@ -26,34 +26,12 @@ pub(super) fn stage_persist(
     let wanted = |name: &str| !spec.omit.iter().any(|o| o == name);
     let rootfs = &spec.rootfs;
     if wanted("rootfs.squashfs") {
-        let modules_rel = resolve_in_root(rootfs, Path::new("lib/modules"))
-            .and_then(|p| p.strip_prefix(rootfs).ok().map(Path::to_path_buf))
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or_else(|| PathBuf::from("lib/modules"));
-        // The empty mountpoint for the modules image, whatever the tree has there.
-        let pseudo = format!("{}/{} d 755 0 0", modules_rel.display(), kernel.version);
-        let (hook_files, replaced) = hooks.mksquashfs_args(work)?;
-        let mut options = vec!["-p".to_string(), pseudo];
-        for p in hook_files {
-            options.extend(["-p".to_string(), p]);
-        }
-        let options: Vec<&str> = options.iter().map(String::as_str).collect();
-        let mut excludes = vec![rootfs::MARKER.to_string()];
-        excludes.extend(replaced);
-        for dir in [
-            "lib/modules",
-            "lib/firmware",
-            "usr/lib/modules",
-            "usr/lib/firmware",
-            "boot",
-        ] {
-            excludes.push(format!("{dir}/*"));
-        }
-        squashfs(
+        pack_rootfs(
             rootfs,
+            &kernel.version,
+            hooks,
+            work,
             &persist.join("rootfs.squashfs"),
-            &options,
-            &excludes,
         )?;
     }
     let modules_image = format!("modules-{}.squashfs", kernel.version);
@@ -67,11 +45,7 @@ pub(super) fn stage_persist(
         }
     }
     if wanted("firmware.squashfs") {
-        let firmware = resolve_in_root(rootfs, Path::new("lib/firmware"))
-            .filter(|p| p.is_dir())
-            .unwrap_or_else(|| work.join("empty"));
-        fs::create_dir_all(work.join("empty")).context("cannot create the empty firmware dir")?;
-        squashfs(&firmware, &persist.join("firmware.squashfs"), &[], &[])?;
+        pack_firmware(rootfs, work, &persist.join("firmware.squashfs"))?;
     }
     if wanted("user") {
         let user = persist.join("user");
@@ -93,10 +67,57 @@ pub(super) fn stage_persist(
     Ok(())
 }
 
+/// The base image of `rootfs` at `out`: the tree without its kernels,
+/// modules and firmware (their directories kept empty), with an empty
+/// mount point for kernel `kver`'s modules image and the saver hooks of
+/// `hooks` (also `cargo xtask update-stick`'s new base).
+pub(crate) fn pack_rootfs(
+    rootfs: &Path,
+    kver: &str,
+    hooks: &hooks::Plan,
+    work: &Path,
+    out: &Path,
+) -> Result<()> {
+    let modules_rel = resolve_in_root(rootfs, Path::new("lib/modules"))
+        .and_then(|p| p.strip_prefix(rootfs).ok().map(Path::to_path_buf))
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("lib/modules"));
+    // The empty mountpoint for the modules image, whatever the tree has there.
+    let pseudo = format!("{}/{kver} d 755 0 0", modules_rel.display());
+    let (hook_files, replaced) = hooks.mksquashfs_args(work)?;
+    let mut options = vec!["-p".to_string(), pseudo];
+    for p in hook_files {
+        options.extend(["-p".to_string(), p]);
+    }
+    let options: Vec<&str> = options.iter().map(String::as_str).collect();
+    let mut excludes = vec![rootfs::MARKER.to_string()];
+    excludes.extend(replaced);
+    for dir in [
+        "lib/modules",
+        "lib/firmware",
+        "usr/lib/modules",
+        "usr/lib/firmware",
+        "boot",
+    ] {
+        excludes.push(format!("{dir}/*"));
+    }
+    squashfs(rootfs, out, &options, &excludes)
+}
+
+/// The firmware image of `rootfs` (its `lib/firmware`, empty when it has
+/// none) at `out`.
+pub(crate) fn pack_firmware(rootfs: &Path, work: &Path, out: &Path) -> Result<()> {
+    let firmware = resolve_in_root(rootfs, Path::new("lib/firmware"))
+        .filter(|p| p.is_dir())
+        .unwrap_or_else(|| work.join("empty"));
+    fs::create_dir_all(work.join("empty")).context("cannot create the empty firmware dir")?;
+    squashfs(&firmware, out, &[], &[])
+}
+
 /// `modules-<kver>.squashfs` for `kernel`, cached in `target/ramstick/cache/`
 /// (keyed by version, modules.dep and the squashfs options): it is the
 /// biggest image and the same for every disk built with that kernel.
-fn modules_squashfs(kernel: &Kernel) -> Result<PathBuf> {
+pub(crate) fn modules_squashfs(kernel: &Kernel) -> Result<PathBuf> {
     let dep_path = kernel.modules_dir.join("modules.dep");
     let dep = fs::read(&dep_path).with_context(|| format!("cannot read {}", dep_path.display()))?;
     let mut h = Hasher::default();
