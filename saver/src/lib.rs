@@ -36,6 +36,7 @@ pub mod maintain;
 pub mod onoff;
 pub mod pressure;
 pub mod progress;
+pub mod running;
 pub mod save;
 pub mod saveplan;
 pub mod session;

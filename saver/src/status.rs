@@ -29,6 +29,11 @@ pub fn status(paths: &Paths, json: bool) -> Result<()> {
     let info = &session.info;
     println!("saving:       {}", saving(paths, &session).1);
     println!(
+        "profile:      {} (its saved state: {})",
+        info.profile,
+        paths.layers().display()
+    );
+    println!(
         "boot asked:   {} (layers: {})",
         info.asked, info.layers_mode
     );
@@ -155,6 +160,7 @@ fn as_json(paths: &Paths, session: &Session) -> Value {
         .unwrap_or(Value::Null);
     json!({
         "boot": session.info,
+        "profile": {"name": session.info.profile, "layers": paths.layers()},
         "saving": {"on": on, "why": why},
         "last_save": session.state.layer.as_ref().map(|_| last_save(paths, session)),
         "chain": chain,
