@@ -35,6 +35,7 @@ pub mod kernel;
 pub mod maintain;
 pub mod onoff;
 pub mod pressure;
+pub mod profile;
 pub mod progress;
 pub mod running;
 pub mod save;

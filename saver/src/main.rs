@@ -19,7 +19,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use ramstick_saver::session::Paths;
 use ramstick_saver::{
-    addlayer, check, codec, daemon, diffshow, kernel, maintain, onoff, save, status,
+    addlayer, check, codec, daemon, diffshow, kernel, maintain, onoff, profile, save, status,
 };
 
 #[derive(Parser)]
@@ -112,6 +112,12 @@ enum Cmd {
     /// Example: `saver kernel add 6.1.0-57-amd64 /boot/vmlinuz-6.1.0-57-amd64`
     #[command(subcommand)]
     Kernel(kernel::KernelCmd),
+    /// The stick's profiles: independent saved states of the same base,
+    /// each booted by its GRUB entry or `ramstick.profile=NAME`.
+    ///
+    /// Example: `saver profile create work`, then `saver profile list`
+    #[command(subcommand)]
+    Profile(profile::ProfileCmd),
     /// Pack a directory tree into a squashfs image.
     ///
     /// Example: `saver pack --exclude-from /etc/ramstick/exclude ./tree tree.squashfs`
@@ -163,6 +169,7 @@ fn main() {
         Cmd::Check => check::check(&paths),
         Cmd::AddLayer(a) => addlayer::add_layer(a).map(|_| true),
         Cmd::Kernel(k) => kernel::kernel(k).map(|()| true),
+        Cmd::Profile(p) => profile::profile(p, &paths).map(|()| true),
         Cmd::Pack(a) => codec::pack(a).map(|()| true),
         Cmd::Merge(a) => codec::merge(a).map(|()| true),
         Cmd::Unpack(a) => codec::unpack(a).map(|()| true),
