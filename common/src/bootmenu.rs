@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 
 mod profiles;
+pub use profiles::profile_entries_start;
 
 /// The record's path on the ESP.
 pub const MENU_RECORD: &str = "grub/ramstick-menu.json";

@@ -22,6 +22,7 @@ mod kernelupdate;
 mod layers;
 mod luks;
 mod persist;
+mod profiles;
 mod reliab;
 mod scenarios;
 mod trees;
@@ -203,6 +204,7 @@ fn all_scenarios() -> impl Iterator<Item = &'static Scenario> {
         .chain(scenarios::ALL)
         .chain(persist::ALL)
         .chain(userview::ALL)
+        .chain(profiles::ALL)
         .chain(upperwatch::ALL)
         .chain(layers::ALL)
         .chain(luks::ALL)

@@ -20,6 +20,14 @@ use std::fmt::Write;
 /// The GRUB variable each profile's name is read into.
 const NAME_VAR: &str = "ramstick_profile";
 
+/// The menu position of the first profile entry of a menu of `kernels`
+/// kernels: after every fixed entry (GRUB lists the profiles in the data
+/// partition's directory order).
+pub fn profile_entries_start(kernels: usize) -> usize {
+    super::DEFAULT_KERNEL_ENTRIES.len()
+        + super::OLDER_KERNEL_ENTRIES.len() * kernels.saturating_sub(1)
+}
+
 /// Appends the profile script to `cfg`: each entry boots `kver` with
 /// `params` (the entry's kernel parameters) and `ramstick.profile=NAME`.
 pub(super) fn write_entries(cfg: &mut String, kver: &str, params: &str) {
@@ -74,6 +82,7 @@ mod tests {
         assert!(script.contains(
             "menuentry \"ramstick (profile $ramstick_profile)\" \"$ramstick_profile\" {"
         ));
+        assert_eq!(super::profile_entries_start(2), 7);
         // After every fixed entry: their positions do not move.
         assert!(cfg.rfind("menuentry \"ramstick (kernel k1").unwrap() < cfg.len() - script.len());
         // Balanced blocks.
