@@ -58,9 +58,9 @@ pub enum ProfileCmd {
 
 /// Runs `cmd` on the stick at /persist, for the session of `paths`.
 pub fn profile(cmd: &ProfileCmd, paths: &Paths) -> Result<()> {
-    let _lock = crate::save::lock(&paths.state)?;
     // Only on a system ramstick booted: /persist is then the stick.
     crate::session::Session::load(paths)?;
+    let _lock = crate::save::lock(&paths.state)?;
     let now = running::running(&paths.boot_json, &paths.cmdline);
     let root = Path::new(running::PERSIST);
     match cmd {
