@@ -3,7 +3,7 @@
 //! partition) and saved on its own; the default profile never sees it.
 
 use super::guest::{
-    boot_disk_to_shell, check, out, poweroff_expecting, wait_shell, SAVE, SAVED, SAVER,
+    boot_disk_to_shell, check, out, poweroff_expecting, wait_shell, CMD, SAVE, SAVED, SAVER,
 };
 use super::{Ctx, DiskSpec, Scenario};
 use crate::qemu::Vm;
@@ -103,6 +103,27 @@ fn profiles(ctx: &mut Ctx) -> Result<()> {
         line("work")
             .is_some_and(|l| l.starts_with("  ") && l.split_whitespace().nth(1) == Some("1")),
         "saver profile list does not show work with its one layer:\n{list}"
+    );
+    // A copy shares work's layer files; a delete removes it; default stays.
+    out(&mut vm, &format!("{SAVER} profile copy work play"))?;
+    let inodes = out(
+        &mut vm,
+        "stat -c %i /persist/profiles/work/layers/layer-*.squashfs          /persist/profiles/play/layers/layer-*.squashfs | sort -u | wc -l",
+    )?;
+    ensure!(
+        inodes == "1",
+        "the copy's layer is not work's file ({inodes} inodes)"
+    );
+    out(&mut vm, &format!("{SAVER} profile delete play"))?;
+    check(
+        &mut vm,
+        "! -e /persist/profiles/play",
+        "profile play was not deleted",
+    )?;
+    let (rc, refused) = vm.run_status(&format!("{SAVER} profile delete default 2>&1"), CMD)?;
+    ensure!(
+        rc != 0 && refused.contains("never deleted"),
+        "saver profile delete default exits {rc}: {refused}"
     );
     poweroff_expecting(&mut vm, UNCHANGED)?;
     Ok(())
