@@ -86,6 +86,17 @@ pub struct BootInfo {
     /// The saver hook check of the booted root (absent in older records).
     #[serde(default)]
     pub saver_hook: SaverHook,
+    /// The profile booted (`ramstick.profile`; absent in older records: `default`).
+    #[serde(default = "default_profile")]
+    pub profile: String,
+    /// Its state directory, relative to /persist ("" for the default
+    /// profile of slot a; absent in older records: "").
+    #[serde(default)]
+    pub state_dir: String,
+}
+
+fn default_profile() -> String {
+    crate::place::DEFAULT_PROFILE.to_string()
 }
 
 impl SavedState {
@@ -130,6 +141,8 @@ impl BootInfo {
             upper: String::new(),
             problems: Vec::new(),
             saver_hook: SaverHook::default(),
+            profile: default_profile(),
+            state_dir: String::new(),
         }
     }
 
@@ -191,6 +204,8 @@ mod tests {
                 init: Some("systemd".into()),
                 warning: None,
             },
+            profile: "work".into(),
+            state_dir: "profiles/work".into(),
         };
         let json = info.to_json();
         assert!(json.contains("\"class\": \"corrupt\""), "{json}");
@@ -203,5 +218,13 @@ mod tests {
         value.as_object_mut().unwrap().remove("saver_hook");
         let old = BootInfo::from_json(&value.to_string()).unwrap();
         assert_eq!(old.saver_hook, SaverHook::default());
+        // One written before profiles is the default profile's.
+        value.as_object_mut().unwrap().remove("profile");
+        value.as_object_mut().unwrap().remove("state_dir");
+        let old = BootInfo::from_json(&value.to_string()).unwrap();
+        assert_eq!(
+            (old.profile.as_str(), old.state_dir.as_str()),
+            ("default", "")
+        );
     }
 }

@@ -19,6 +19,9 @@
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 
+mod profiles;
+pub use profiles::profile_entries_start;
+
 /// The record's path on the ESP.
 pub const MENU_RECORD: &str = "grub/ramstick-menu.json";
 /// GRUB's configuration on the ESP.
@@ -272,16 +275,23 @@ impl Menu {
                 self.entry(&mut cfg, &title, kver, params);
             }
         }
+        let default_params = GrubEntry::Default.label_and_params().1;
+        profiles::write_entries(&mut cfg, default, &self.line(default_params));
         cfg
     }
 
-    fn entry(&self, cfg: &mut String, title: &str, kver: &str, params: &str) {
-        let line = [CONSOLE, params, self.cmdline.trim()]
+    /// An entry's kernel parameters: the console's, `params`, the record's.
+    fn line(&self, params: &str) -> String {
+        [CONSOLE, params, self.cmdline.trim()]
             .iter()
             .filter(|p| !p.is_empty())
             .copied()
             .collect::<Vec<_>>()
-            .join(" ");
+            .join(" ")
+    }
+
+    fn entry(&self, cfg: &mut String, title: &str, kver: &str, params: &str) {
+        let line = self.line(params);
         let _ = write!(
             cfg,
             "\nmenuentry \"{title}\" {{\n    linux /{} {line}\n    initrd /{}\n}}\n",
@@ -297,7 +307,8 @@ mod tests {
 
     fn linux_lines(cfg: &str) -> Vec<&str> {
         cfg.lines()
-            .filter(|l| l.trim().starts_with("linux "))
+            // The fixed entries' (a profile entry's is indented deeper).
+            .filter(|l| l.starts_with("    linux "))
             .collect()
     }
 

@@ -109,6 +109,8 @@ pub struct Luks {
 pub struct Config {
     pub persist: DeviceSpec,
     pub boot: BootType,
+    /// `ramstick.profile`: whose saved state is booted (`default`: `layers/`).
+    pub profile: String,
     pub upper: UpperKind,
     pub upper_size: Size,
     pub zram_alg: Option<String>,
@@ -155,6 +157,7 @@ impl Default for Config {
         Config {
             persist: PERSIST.default_value(),
             boot: BOOT.default_value(),
+            profile: PROFILE.default_value(),
             upper: UPPER.default_value(),
             upper_size: UPPER_SIZE.default_value(),
             zram_alg: ZRAM_ALG.default_value(),

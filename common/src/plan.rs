@@ -11,6 +11,7 @@ use crate::cmdline::{
 };
 use crate::manifest::{LAYERS_DIR, LEGACY_BACKUP_IMAGE, LEGACY_IMAGE, MANIFEST};
 use crate::modules::LUKS_MODULES;
+use crate::place::{self, Slot};
 use serde::Serialize;
 use std::fmt;
 
@@ -71,10 +72,12 @@ pub const LUKS_MAPPING: &str = "ramstick";
 pub struct LayersPlan {
     /// `ramstick.layers`: loop-mount each layer, or unpack each into RAM.
     pub mode: LayersMode,
-    /// The manifest, in the initramfs (`/sysroot/persist/layers/manifest.json`).
+    /// The manifest, in the initramfs (`/sysroot/persist/<state dir>/layers/manifest.json`).
     pub manifest: String,
-    /// The legacy images read when there is no manifest (default, backup).
-    pub legacy: [String; 2],
+    /// The legacy images read when there is no manifest (default, backup):
+    /// only in the persist root's state (a stick from before layers had no
+    /// profiles), so none for another state dir.
+    pub legacy: Option<[String; 2]>,
     /// Where a layer is loop-mounted: `<dir>/<layer name without .squashfs>`.
     /// Under /run, so the mounts move into the new root with /run.
     pub mount_dir: String,
@@ -121,6 +124,12 @@ pub struct Plan {
     /// Boot type asked on the command line: which saved chain is used (see
     /// [`crate::chain`]).
     pub boot_asked: BootType,
+    /// `ramstick.profile`: whose saved state is booted.
+    pub profile: String,
+    /// The profile's state directory, relative to the persist partition's
+    /// root ("" for the default profile): it holds the chain's `layers/`,
+    /// and a layer's path in the manifest's chains is relative to it.
+    pub state_dir: String,
     pub layers: LayersPlan,
     /// The rootfs first.
     pub lowers: Vec<Lower>,
@@ -244,10 +253,17 @@ pub fn make_plan(cfg: &Config, problems: Vec<Problem>, facts: &Facts) -> Plan {
         cfg.persist.clone()
     };
 
+    // The slot is a's until boot plans slots.
+    let state_dir = place::state_dir(Slot::A, Some(&cfg.profile));
     let layers = LayersPlan {
         mode: cfg.layers,
-        manifest: format!("{PERSIST_MOUNT}/{LAYERS_DIR}/{MANIFEST}"),
-        legacy: [LEGACY_IMAGE.to_string(), LEGACY_BACKUP_IMAGE.to_string()],
+        manifest: place::join(
+            &place::join(PERSIST_MOUNT, &state_dir),
+            &format!("{LAYERS_DIR}/{MANIFEST}"),
+        ),
+        legacy: state_dir
+            .is_empty()
+            .then(|| [LEGACY_IMAGE.to_string(), LEGACY_BACKUP_IMAGE.to_string()]),
         mount_dir: LAYER_MOUNTS.to_string(),
         ram_dir: format!("{UPPER_MOUNT}/layers"),
     };
@@ -318,6 +334,8 @@ pub fn make_plan(cfg: &Config, problems: Vec<Problem>, facts: &Facts) -> Plan {
         upper_mount: UPPER_MOUNT.to_string(),
         upper_options: upper_options(cfg.upper, upper_size),
         boot_asked: cfg.boot,
+        profile: cfg.profile.clone(),
+        state_dir,
         layers,
         overlay_root: OVERLAY_ROOT.to_string(),
         overlay_options: overlay_options(&[&rootfs.target], UPPER_MOUNT),
@@ -359,6 +377,21 @@ impl Plan {
     /// Whether a problem stops the boot.
     pub fn has_fatal(&self) -> bool {
         self.problems.iter().any(|p| p.fatal)
+    }
+
+    /// The profile's state directory in the initramfs: where a chain's layer
+    /// paths (`layers/<name>`) start.
+    pub fn state_root(&self) -> String {
+        place::join(&self.persist_mount, &self.state_dir)
+    }
+
+    /// The legacy images that exist, by `exists` (relative to the persist
+    /// root): none outside the persist root's state.
+    pub fn legacy_present(&self, exists: impl Fn(&str) -> bool) -> [bool; 2] {
+        match &self.layers.legacy {
+            Some([default, backup]) => [exists(default), exists(backup)],
+            None => [false, false],
+        }
     }
 
     /// The overlay options with the saved layers at `layer_dirs` (bottom
@@ -444,6 +477,14 @@ impl fmt::Display for Plan {
             self.upper_options
         )?;
         let l = &self.layers;
+        if self.profile != place::DEFAULT_PROFILE {
+            writeln!(
+                f,
+                "profile: {} (its own chain, in {}/{LAYERS_DIR}/; with no saved state yet the \
+                 base boots clean and the first save creates it)",
+                self.profile, self.state_dir
+            )?;
+        }
         match self.boot_asked {
             BootType::Clean => writeln!(f, "saved layers: none (clean boot; nothing is saved)")?,
             asked => {
@@ -451,15 +492,18 @@ impl fmt::Display for Plan {
                     BootType::Backup => "the backup chain",
                     _ => "the current chain (then the backup chain if its first layer differs)",
                 };
+                let without = match (&l.legacy, asked) {
+                    (Some(legacy), BootType::Backup) => format!("{}; else clean", legacy[1]),
+                    (Some(legacy), _) => {
+                        format!("{}, then {}; else clean", legacy[0], legacy[1])
+                    }
+                    (None, _) => "clean".to_string(),
+                };
                 writeln!(
                     f,
                     "saved layers: {asked}: {chain} of {}, longest valid prefix; \
-                     without a manifest {}; else clean",
+                     without a manifest {without}",
                     l.manifest,
-                    match asked {
-                        BootType::Backup => l.legacy[1].clone(),
-                        _ => format!("{}, then {}", l.legacy[0], l.legacy[1]),
-                    }
                 )?;
                 let how = match l.mode {
                     LayersMode::Mount => {

@@ -163,6 +163,8 @@ pub fn boot(sys: &dyn Sys, images: &dyn Images, root: &Path) -> Result<Infallibl
         upper: upper.clone(),
         problems: plan.problems.iter().map(|p| p.message.clone()).collect(),
         saver_hook: hook.into(),
+        profile: plan.profile.clone(),
+        state_dir: plan.state_dir.clone(),
     };
     sys.write_file(&at(root, BOOT_JSON), &info.to_json()).step(
         "write /run/ramstick/boot.json",

@@ -48,11 +48,7 @@ pub struct Assembled {
 pub fn read_saved(sys: &dyn Sys, root: &Path, plan: &Plan) -> Saved {
     let path = at(root, &plan.layers.manifest);
     let persist = at(root, &plan.persist_mount);
-    let legacy = plan
-        .layers
-        .legacy
-        .clone()
-        .map(|n| sys.exists(&persist.join(n)));
+    let legacy = plan.legacy_present(|n| sys.exists(&persist.join(n)));
     Saved::from_read(sys.read_file(&path), legacy, &path.to_string_lossy())
 }
 
@@ -85,6 +81,17 @@ pub fn assemble(sys: &dyn Sys, images: &dyn Images, root: &Path, plan: &Plan) ->
             );
             notes.push(format!("manifest unusable: {why}"));
         }
+        Saved::Nothing
+            if plan.boot_asked != BootType::Clean
+                && plan.profile != ramstick_common::place::DEFAULT_PROFILE =>
+        {
+            let note = format!(
+                "profile {} has no saved state yet: the first save creates it",
+                plan.profile
+            );
+            log::info!("{note}: starting the base with an empty upper");
+            notes.push(note);
+        }
         Saved::Nothing if plan.boot_asked != BootType::Clean => {
             log::info!("no saved state on the stick (first boot?): starting with an empty upper");
             notes.push("no saved state on the stick".into());
@@ -94,7 +101,8 @@ pub fn assemble(sys: &dyn Sys, images: &dyn Images, root: &Path, plan: &Plan) ->
     if plan.boot_asked == BootType::Clean {
         log::info!("clean boot: no saved layer is used; nothing will be saved");
     }
-    let persist = at(root, &plan.persist_mount);
+    // A chain's layer paths are relative to the profile's state directory.
+    let persist = at(root, &plan.state_root());
     // Once a layer had to be mounted in ram mode, the rest are mounted too.
     let mode = Cell::new(plan.layers.mode);
     let used = RefCell::new(Vec::<(UsedLayer, String)>::new());
@@ -136,7 +144,7 @@ pub fn assemble(sys: &dyn Sys, images: &dyn Images, root: &Path, plan: &Plan) ->
         used.borrow_mut().push((
             UsedLayer {
                 name: c.name.clone(),
-                file: c.file.clone(),
+                file: ramstick_common::place::join(&plan.state_dir, &c.file),
                 size,
                 how,
             },

@@ -129,8 +129,8 @@ fn cli(args: Vec<String>) -> i32 {
     print!("{plan}");
     if let Some(dir) = &persist {
         let dir = std::path::Path::new(dir);
-        let manifest = dir.join(chain::manifest_path());
-        let legacy = plan.layers.legacy.clone().map(|n| dir.join(n).exists());
+        let manifest = dir.join(&plan.state_dir).join(chain::manifest_path());
+        let legacy = plan.legacy_present(|n| dir.join(n).exists());
         let saved = Saved::from_read(
             std::fs::read_to_string(&manifest),
             legacy,

@@ -19,8 +19,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use ramstick_saver::session::Paths;
 use ramstick_saver::{
-    addlayer, check, codec, daemon, diffshow, kernel, maintain, onoff, save, slot, slotwrite,
-    status,
+    addlayer, check, codec, daemon, diffshow, kernel, maintain, onoff, profile, save, slot,
+    slotwrite, status,
 };
 
 #[derive(Parser)]
@@ -126,6 +126,12 @@ enum Cmd {
     ///
     /// Example: `saver fold --yes`
     Fold(slotwrite::fold::FoldArgs),
+    /// The stick's profiles: independent saved states of the same base,
+    /// each booted by its GRUB entry or `ramstick.profile=NAME`.
+    ///
+    /// Example: `saver profile create work`, then `saver profile list`
+    #[command(subcommand)]
+    Profile(profile::ProfileCmd),
     /// Pack a directory tree into a squashfs image.
     ///
     /// Example: `saver pack --exclude-from /etc/ramstick/exclude ./tree tree.squashfs`
@@ -179,6 +185,7 @@ fn main() {
         Cmd::Kernel(k) => kernel::kernel(k).map(|()| true),
         Cmd::Slot(s) => slot::slot(&paths, s),
         Cmd::Fold(a) => slotwrite::fold::fold(&slotwrite::fold::FoldPaths::system(&paths), a.yes),
+        Cmd::Profile(p) => profile::profile(p, &paths).map(|()| true),
         Cmd::Pack(a) => codec::pack(a).map(|()| true),
         Cmd::Merge(a) => codec::merge(a).map(|()| true),
         Cmd::Unpack(a) => codec::unpack(a).map(|()| true),

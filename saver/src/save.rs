@@ -104,7 +104,8 @@ pub fn save_locked(paths: &Paths, opts: SaveOptions) -> Result<Outcome> {
     let layer_files = session::layer_files(paths)?;
     let reclaimable = corrupt_bytes(paths, &session, &saved);
     // What an interrupted save left is removed before the new layer is written.
-    let free = space::free(&paths.persist)? + garbage_bytes(paths, &saved, &layer_files);
+    let free = space::free(crate::running::existing(&paths.persist))?
+        + garbage_bytes(paths, &saved, &layer_files);
     let reclaim = space_plan(&estimate, free, reclaimable)?;
     let stamp = clock::stamp(SystemTime::now());
     let plan = saveplan::plan(&Situation {

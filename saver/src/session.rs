@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 /// The paths the saver works on (the system's, or a test's).
 #[derive(Debug, Clone)]
 pub struct Paths {
-    /// The persist partition, holding the layers.
+    /// The running profile's state directory on the persist partition (the
+    /// partition's root for the default profile), holding the layers: laid
+    /// out like the root of a stick without profiles.
     pub persist: PathBuf,
     /// The upper filesystem's mount point (for its usage).
     pub upper_mount: PathBuf,
@@ -36,10 +38,12 @@ pub struct Paths {
 }
 
 impl Paths {
-    /// The paths of a system booted by ramstick.
+    /// The paths of a system booted by ramstick: the saved state is the
+    /// running profile's ([`crate::running`]).
     pub fn system() -> Paths {
+        let running = crate::running::running(Path::new(BOOT_JSON), Path::new("/proc/cmdline"));
         Paths {
-            persist: "/persist".into(),
+            persist: running.state_root(Path::new(crate::running::PERSIST)),
             upper_mount: "/run/ramstick/upper".into(),
             upperdir: "/run/ramstick/upper/upper".into(),
             exclude: "/etc/ramstick/exclude".into(),

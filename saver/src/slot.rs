@@ -68,11 +68,9 @@ pub enum SlotCmd {
 }
 
 /// The persist partition's root, where the slots are. Not `Paths::persist`,
-/// which is the running profile's state directory once profiles are in.
-pub const PERSIST_ROOT: &str = "/persist";
-
+/// which is the running profile's state directory.
 pub(crate) fn persist_root() -> &'static Path {
-    Path::new(PERSIST_ROOT)
+    Path::new(crate::running::PERSIST)
 }
 
 /// Taken around each read-modify-write of GRUB's environment block, so the

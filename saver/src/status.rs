@@ -30,6 +30,11 @@ pub fn status(paths: &Paths, json: bool) -> Result<()> {
     println!("saving:       {}", saving(paths, &session).1);
     println!("slot:         {}", crate::slot::status_summary(paths).0);
     println!(
+        "profile:      {} (its saved state: {})",
+        info.profile,
+        paths.layers().display()
+    );
+    println!(
         "boot asked:   {} (layers: {})",
         info.asked, info.layers_mode
     );
@@ -156,6 +161,7 @@ fn as_json(paths: &Paths, session: &Session) -> Value {
         .unwrap_or(Value::Null);
     json!({
         "boot": session.info,
+        "profile": {"name": session.info.profile, "layers": paths.layers()},
         "saving": {"on": on, "why": why},
         "slot": crate::slot::status_summary(paths).1,
         "last_save": session.state.layer.as_ref().map(|_| last_save(paths, session)),

@@ -74,14 +74,11 @@ impl<'a> PersistStick<'a> {
         self.paths.on_stick(rel)
     }
 
-    /// Creates `layers/` (and makes its entry durable) if it is missing.
+    /// Creates `layers/` (and makes its entry durable) if it is missing,
+    /// with a new profile's state directory above it.
     fn layers_dir(&self) -> Result<PathBuf> {
         let dir = self.paths.layers();
-        if !dir.is_dir() {
-            std::fs::create_dir(&dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            sync_dir(&self.paths.persist)?;
-        }
+        crate::running::create_dir_synced(&dir)?;
         Ok(dir)
     }
 

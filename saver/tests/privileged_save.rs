@@ -49,6 +49,7 @@ fn main() -> ExitCode {
             Case::new("kernel-files-never-saved", kernel_files_never_saved).root(UPPER),
             Case::new("diff-over-an-overlay", diff_over_an_overlay).root(UPPER),
             Case::new("saving-off", saving_off).root(UPPER),
+            Case::new("new-profile", new_profile).root(UPPER),
         ],
     )
 }
@@ -131,6 +132,8 @@ fn new_session(
         upper: "tmpfs".into(),
         problems: vec![],
         saver_hook: Default::default(),
+        profile: "default".into(),
+        state_dir: String::new(),
     };
     let _ = fs::remove_file(paths.session_json());
     fs::write(&paths.boot_json, info.to_json()).ctx("boot.json")
@@ -794,6 +797,45 @@ fn saving_off(root: &Path) -> CaseResult {
     ensure(
         matches!(save_now(paths)?, Outcome::Saved { .. }),
         "not saved once saving is on",
+    )?;
+    Ok(ramstick_testkit::Outcome::Passed)
+}
+
+/// A save in a profile with nothing saved yet creates its state directory
+/// and chain, and leaves the default profile's chain and a legacy image in
+/// the persist root alone.
+fn new_profile(root: &Path) -> CaseResult {
+    let default = scratch(root)?;
+    ensure(
+        matches!(save_now(&default)?, Outcome::Saved { .. }),
+        "default not saved",
+    )?;
+    let before = fs::read(default.layers().join("manifest.json")).ctx("manifest")?;
+    fs::write(default.persist.join("upperfs.squashfs"), "legacy").ctx("legacy")?;
+    let work = Paths {
+        persist: default.persist.join("profiles/work"),
+        ..default.clone()
+    };
+    new_session(&work, BootType::Default, &[], vec![])?;
+    fresh_upper(&work, &[("etc/hostname", "work\n")])?;
+    ensure(
+        matches!(save_now(&work)?, Outcome::Saved { .. }),
+        "profile not saved",
+    )?;
+    let m = manifest(&work)?;
+    ensure(m.current == [layer_name(1)], format!("{m:?}"))?;
+    only_the_chain(&work)?;
+    ensure(
+        shown(&work, &m.current, &["etc/hostname"])? == ["work\n"],
+        "the profile's chain",
+    )?;
+    ensure(
+        fs::read(default.layers().join("manifest.json")).ctx("manifest")? == before,
+        "the default profile's manifest changed",
+    )?;
+    ensure(
+        fs::read(default.persist.join("upperfs.squashfs")).ctx("legacy")? == b"legacy",
+        "the legacy image was touched",
     )?;
     Ok(ramstick_testkit::Outcome::Passed)
 }

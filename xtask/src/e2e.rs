@@ -22,6 +22,7 @@ mod kernelupdate;
 mod layers;
 mod luks;
 mod persist;
+mod profiles;
 mod reliab;
 mod scenarios;
 mod slots;
@@ -204,6 +205,7 @@ fn all_scenarios() -> impl Iterator<Item = &'static Scenario> {
         .chain(scenarios::ALL)
         .chain(persist::ALL)
         .chain(userview::ALL)
+        .chain(profiles::ALL)
         .chain(upperwatch::ALL)
         .chain(layers::ALL)
         .chain(luks::ALL)

@@ -136,6 +136,7 @@ macro_rules! table {
 table!(
     PERSIST,
     BOOT,
+    PROFILE,
     UPPER,
     UPPER_SIZE,
     ZRAM_ALG,
@@ -178,6 +179,23 @@ pub(super) const BOOT: Param<BootType> = Param {
     on_bad: OnBad::UseDefault,
     only_with: None,
     field: |c| &mut c.boot,
+};
+
+pub(super) const PROFILE: Param<String> = Param {
+    name: "ramstick.profile",
+    syntax: &Text {
+        valid: crate::place::is_profile_name,
+        forms: "a profile name of 1 to 32 characters: a lowercase letter or digit, then \
+                lowercase letters, digits, '_' or '-'",
+    },
+    default: || crate::place::DEFAULT_PROFILE.to_string(),
+    help: "The saved state to boot: `default` the stick's own (`layers/`), another name the \
+           independent chain of `profiles/<name>/layers/` on the same base (none yet: the base \
+           with nothing saved, and the first save creates it). `ramstick.boot` picks the chain \
+           within the profile.",
+    on_bad: OnBad::UseDefault,
+    only_with: None,
+    field: |c| &mut c.profile,
 };
 
 pub(super) const UPPER: Param<UpperKind> = Param {

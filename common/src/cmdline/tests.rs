@@ -225,7 +225,7 @@ fn documented_defaults_parse_to_the_default() {
 #[test]
 fn all_parameters_set_their_fields() {
     let (cfg, problems) = parse(
-        "ramstick.persist=PARTLABEL=p ramstick.boot=backup ramstick.upper=tmpfs \
+        "ramstick.persist=PARTLABEL=p ramstick.boot=backup ramstick.profile=work-2 ramstick.upper=tmpfs \
          ramstick.upper.size=25% ramstick.timeout=7 ramstick.init=/bin/init \
          ramstick.swap=2G ramstick.swappiness=0 ramstick.user=bob ramstick.shell=never \
          ramstick.log=debug ramstick.luks=UUID=AB ramstick.luks.keyfile=/key \
@@ -236,6 +236,7 @@ fn all_parameters_set_their_fields() {
     let expected = Config {
         persist: DeviceSpec::PartLabel("p".into()),
         boot: BootType::Backup,
+        profile: "work-2".into(),
         upper: UpperKind::Tmpfs,
         upper_size: Size::Percent(25),
         zram_alg: None,

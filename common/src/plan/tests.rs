@@ -228,3 +228,26 @@ fn display_is_line_per_fact() {
     assert!(text.contains("\nluks: /dev/sdb2 -> /dev/mapper/ramstick (passphrase, 3 tries;"));
     assert!(text.lines().all(|l| !l.ends_with(' ') && !l.is_empty()));
 }
+
+#[test]
+fn a_profile_reads_its_own_chain_and_no_legacy_image() {
+    let plan = plan_for("ramstick.profile=work");
+    assert_eq!(
+        (plan.profile.as_str(), plan.state_dir.as_str()),
+        ("work", "profiles/work")
+    );
+    assert_eq!(
+        plan.layers.manifest,
+        "/sysroot/persist/profiles/work/layers/manifest.json"
+    );
+    assert_eq!(plan.state_root(), "/sysroot/persist/profiles/work");
+    assert_eq!(plan.legacy_present(|_| true), [false, false]);
+    let default = plan_for("ramstick.profile=default");
+    assert_eq!(default.state_dir, "");
+    assert_eq!(default.state_root(), "/sysroot/persist");
+    assert_eq!(
+        default.legacy_present(|n| n == "upperfs.squashfs"),
+        [true, false]
+    );
+    assert_eq!(default.layers.manifest, plan_for("").layers.manifest);
+}

@@ -371,3 +371,80 @@ fn a_missing_backup_after_a_corrupt_current_boots_clean() {
         vec!["digest /sysroot/persist/layers/layer-000002.squashfs"]
     );
 }
+
+#[test]
+fn a_profile_boots_its_own_chain_and_never_the_default_one() {
+    let moved = |p: &PathBuf| {
+        PathBuf::from(p.to_string_lossy().replace(
+            "/sysroot/persist/layers/",
+            "/sysroot/persist/profiles/work/layers/",
+        ))
+    };
+    let (sys, images) = stick(2);
+    let mut psys = RecordingSys::new();
+    for (path, text) in &sys.files {
+        psys.files.insert(moved(path), text.clone());
+    }
+    let pimages = RecordingImages {
+        free: 1 << 30,
+        digests: images
+            .digests
+            .iter()
+            .map(|(p, d)| (moved(p), d.clone()))
+            .collect(),
+        ..RecordingImages::default()
+    };
+    // A default boot of that stick finds nothing of its own: the profile's
+    // chain is not the stick's state.
+    let a = assemble(&psys, &pimages, Path::new("/"), &plan_for(""));
+    assert_eq!(
+        (a.saved.clone(), a.used),
+        (SavedState::Nothing, BootType::Clean)
+    );
+    let a = assemble(
+        &psys,
+        &pimages,
+        Path::new("/"),
+        &plan_for("ramstick.profile=work"),
+    );
+    assert_eq!(
+        (a.used, names(&a)),
+        (BootType::Default, vec![layer_name(1), layer_name(2)])
+    );
+    assert_eq!(
+        a.layers[1].file,
+        "profiles/work/layers/layer-000002.squashfs"
+    );
+    assert_eq!(
+        pimages.calls()[1],
+        "digest /sysroot/persist/profiles/work/layers/layer-000002.squashfs"
+    );
+}
+
+#[test]
+fn a_profile_with_nothing_saved_boots_the_base_and_says_the_first_save_creates_it() {
+    // The stick has a default chain and legacy images: neither is the profile's.
+    let (mut sys, images) = stick(2);
+    sys.files
+        .insert("/sysroot/persist/upperfs.squashfs".into(), String::new());
+    let a = assemble(
+        &sys,
+        &images,
+        Path::new("/"),
+        &plan_for("ramstick.profile=new"),
+    );
+    assert_eq!(
+        (a.saved.clone(), a.used),
+        (SavedState::Nothing, BootType::Clean)
+    );
+    assert!(a.layers.is_empty());
+    assert_eq!(
+        a.notes,
+        ["profile new has no saved state yet: the first save creates it"]
+    );
+    assert!(images.calls().is_empty(), "{:?}", images.calls());
+    assert_eq!(
+        sys.calls(),
+        ["read /sysroot/persist/profiles/new/layers/manifest.json"]
+    );
+}

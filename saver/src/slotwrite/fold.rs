@@ -62,7 +62,9 @@ impl FoldPaths {
     pub fn system(paths: &Paths) -> FoldPaths {
         FoldPaths {
             root: "/".into(),
-            persist: paths.persist.clone(),
+            // The partition's root, not `paths.persist` (the running
+            // profile's state directory): slots are the stick's.
+            persist: crate::running::PERSIST.into(),
             exclude: paths.exclude.clone(),
             state: paths.state.clone(),
             cmdline: paths.cmdline.clone(),

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 /// The smallest ESP (FAT32 needs ≥ 33 MiB; 64 leaves room for kernels).
 const ESP_MIN: u64 = 64 * MIB;
 const GRUB_STUB: &str = include_str!("../../../grub/stub.cfg");
-const GRUB_MODULES: &str = "part_gpt fat ext2 search search_fs_file search_label normal linux \
-                            serial terminal echo test configfile all_video gfxterm";
+const GRUB_MODULES: &str = "part_gpt fat ext2 search search_fs_file search_label regexp normal \
+                            linux serial terminal echo test configfile all_video gfxterm";
 pub(super) const GRUB_DIR: &str = "/usr/lib/grub/x86_64-efi";
 
 /// Builds the FAT32 ESP image at `esp`; returns its size.

@@ -233,6 +233,14 @@ impl Vm {
         press_entry(&mut self.stdin, entry.position()).context("typing into the GRUB menu")
     }
 
+    /// Wait for the GRUB menu and choose the entry at `position` (0 = the
+    /// first; for entries no [`GrubEntry`] names, like a profile's).
+    pub fn select_position(&mut self, position: usize) -> Result<()> {
+        self.expect(&bootmenu::first_title(), MENU_TIMEOUT)
+            .context("waiting for the GRUB menu")?;
+        press_entry(&mut self.stdin, position).context("typing into the GRUB menu")
+    }
+
     /// Type `poweroff` and wait for QEMU to exit.
     pub fn poweroff(&mut self, timeout: Duration) -> Result<ExitStatus> {
         self.sendline("poweroff")?;
