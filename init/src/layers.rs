@@ -52,7 +52,7 @@ pub fn read_saved(sys: &dyn Sys, root: &Path, plan: &Plan) -> Saved {
         .layers
         .legacy
         .clone()
-        .map(|n| sys.exists(&persist.join(n)));
+        .map(|n| sys.exists(&persist.join(plan.layers.file(&n))));
     Saved::from_read(sys.read_file(&path), legacy, &path.to_string_lossy())
 }
 
@@ -99,7 +99,7 @@ pub fn assemble(sys: &dyn Sys, images: &dyn Images, root: &Path, plan: &Plan) ->
     let mode = Cell::new(plan.layers.mode);
     let used = RefCell::new(Vec::<(UsedLayer, String)>::new());
     let choice = chain::choose(&saved, plan.boot_asked, |c| {
-        let image = persist.join(&c.file);
+        let image = persist.join(plan.layers.file(&c.file));
         check(sys, images, &image, c)?;
         let size = c.info.as_ref().map_or(0, |i| i.size);
         let how = match mode.get() {

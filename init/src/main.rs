@@ -129,8 +129,12 @@ fn cli(args: Vec<String>) -> i32 {
     print!("{plan}");
     if let Some(dir) = &persist {
         let dir = std::path::Path::new(dir);
-        let manifest = dir.join(chain::manifest_path());
-        let legacy = plan.layers.legacy.clone().map(|n| dir.join(n).exists());
+        let manifest = dir.join(plan.layers.file(&chain::manifest_path()));
+        let legacy = plan
+            .layers
+            .legacy
+            .clone()
+            .map(|n| dir.join(plan.layers.file(&n)).exists());
         let saved = Saved::from_read(
             std::fs::read_to_string(&manifest),
             legacy,
