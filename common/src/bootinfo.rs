@@ -3,6 +3,7 @@
 use crate::chain::{Choice, LayerFailure, Saved};
 use crate::cmdline::{BootType, LayersMode};
 use crate::initsys::HookCheck;
+use crate::slotboot::SlotBoot;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -86,6 +87,10 @@ pub struct BootInfo {
     /// The saver hook check of the booted root (absent in older records).
     #[serde(default)]
     pub saver_hook: SaverHook,
+    /// The slot booted, its base and whether the saved chain was made on
+    /// it (absent in older records: slot `a`, nothing checked).
+    #[serde(default)]
+    pub slot: SlotBoot,
 }
 
 impl SavedState {
@@ -130,6 +135,7 @@ impl BootInfo {
             upper: String::new(),
             problems: Vec::new(),
             saver_hook: SaverHook::default(),
+            slot: SlotBoot::default(),
         }
     }
 
@@ -191,6 +197,7 @@ mod tests {
                 init: Some("systemd".into()),
                 warning: None,
             },
+            slot: SlotBoot::default(),
         };
         let json = info.to_json();
         assert!(json.contains("\"class\": \"corrupt\""), "{json}");
@@ -201,7 +208,9 @@ mod tests {
         // A record written before the hook check reads as "not checked".
         let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
         value.as_object_mut().unwrap().remove("saver_hook");
+        value.as_object_mut().unwrap().remove("slot");
         let old = BootInfo::from_json(&value.to_string()).unwrap();
         assert_eq!(old.saver_hook, SaverHook::default());
+        assert_eq!(old.slot, SlotBoot::default());
     }
 }

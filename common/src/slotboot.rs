@@ -92,7 +92,8 @@ impl BaseCheck {
 
 /// What boot.json says of the slot booted (absent in records before slots:
 /// slot `a`, no trial, nothing checked).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SlotBoot {
     #[serde(with = "serde_slot")]
     pub slot: Slot,
@@ -111,6 +112,21 @@ pub struct SlotBoot {
     pub base_digest: Option<String>,
     /// The saved chain against the base.
     pub base_check: BaseCheck,
+}
+
+impl Default for SlotBoot {
+    /// A boot before slots: slot `a`, its base in the persist root.
+    fn default() -> SlotBoot {
+        SlotBoot {
+            slot: Slot::A,
+            trial: false,
+            watchdog_armed: false,
+            state_dir: String::new(),
+            base_image: Slot::A.base_image(),
+            base_digest: None,
+            base_check: BaseCheck::Unchecked,
+        }
+    }
 }
 
 /// `Slot` as its name (`"a"`, `"b"`) in JSON, for `#[serde(with)]`.
@@ -174,5 +190,7 @@ mod tests {
         assert_eq!(serde_json::from_str::<SlotBoot>(&json).unwrap(), rec);
         assert!(serde_json::from_str::<SlotBoot>(&json.replace("\"b\"", "\"c\"")).is_err());
         assert_eq!(SlotBoot::default().slot, Slot::A);
+        let partial: SlotBoot = serde_json::from_str(r#"{"slot":"b"}"#).unwrap();
+        assert_eq!(partial.base_image, "rootfs.squashfs");
     }
 }

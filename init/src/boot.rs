@@ -5,6 +5,7 @@
 use ramstick_common::bootinfo::{BootInfo, BOOT_JSON};
 use ramstick_common::cmdline::{self, ShellPolicy};
 use ramstick_common::plan::{plan_of, Facts, Plan, API_MOUNTS, RUN_RAMSTICK};
+use ramstick_common::slotboot::SlotBoot;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::path::Path;
@@ -77,6 +78,7 @@ pub fn boot(sys: &dyn Sys, images: &dyn Images, root: &Path) -> Result<Infallibl
     });
     timed("modules: hardware", || loader.autoload_hardware());
     t.mark("modules");
+    let watchdog_armed = false;
 
     // 4-5. The persist device (opening it first when it is encrypted).
     let device = luks::find_persist(sys, &plan, &mut loader, &sysfs, &at(root, "/dev"))?;
@@ -163,6 +165,15 @@ pub fn boot(sys: &dyn Sys, images: &dyn Images, root: &Path) -> Result<Infallibl
         upper: upper.clone(),
         problems: plan.problems.iter().map(|p| p.message.clone()).collect(),
         saver_hook: hook.into(),
+        slot: SlotBoot {
+            slot: plan.slot,
+            trial: plan.trial.is_some(),
+            watchdog_armed,
+            state_dir: plan.layers.state_dir.clone(),
+            base_image: plan.base_image.clone(),
+            base_digest: chain.base_digest,
+            base_check: chain.base_check,
+        },
     };
     sys.write_file(&at(root, BOOT_JSON), &info.to_json()).step(
         "write /run/ramstick/boot.json",

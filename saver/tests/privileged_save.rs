@@ -131,6 +131,7 @@ fn new_session(
         upper: "tmpfs".into(),
         problems: vec![],
         saver_hook: Default::default(),
+        slot: Default::default(),
     };
     let _ = fs::remove_file(paths.session_json());
     fs::write(&paths.boot_json, info.to_json()).ctx("boot.json")
