@@ -78,7 +78,11 @@ pub fn boot(sys: &dyn Sys, images: &dyn Images, root: &Path) -> Result<Infallibl
     });
     timed("modules: hardware", || loader.autoload_hardware());
     t.mark("modules");
-    let watchdog_armed = false;
+    // A trial boot's watchdog, armed as early as possible: a hang from here
+    // on restarts into the committed slot.
+    let watchdog_armed = crate::trial::arm(sys, root, &plan, |module, params| {
+        loader.load_with(module, params).map(drop)
+    });
 
     // 4-5. The persist device (opening it first when it is encrypted).
     let device = luks::find_persist(sys, &plan, &mut loader, &sysfs, &at(root, "/dev"))?;
