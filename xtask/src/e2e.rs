@@ -24,6 +24,7 @@ mod luks;
 mod persist;
 mod reliab;
 mod scenarios;
+mod slots;
 mod trees;
 mod upperwatch;
 mod userview;
@@ -207,6 +208,7 @@ fn all_scenarios() -> impl Iterator<Item = &'static Scenario> {
         .chain(layers::ALL)
         .chain(luks::ALL)
         .chain(reliab::ALL)
+        .chain(slots::ALL)
 }
 
 impl Ctx {

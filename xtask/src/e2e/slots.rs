@@ -1,0 +1,168 @@
+//! e2e scenarios of slots: GRUB boots a slot on trial once, then the
+//! committed slot again by itself.
+
+use super::guest::*;
+use super::{Ctx, DiskSpec, Scenario};
+use crate::deps;
+use anyhow::{ensure, Context, Result};
+use ramstick_common::bootmenu::slots::GRUBENV;
+use ramstick_common::grubenv::Env;
+use ramstick_common::place::Slot;
+use ramstick_common::slotboot::{ENV_SLOT, ENV_TRIAL, ENV_TRIED};
+use std::fs;
+use std::path::Path;
+
+pub const ALL: &[Scenario] = &[Scenario {
+    name: "slot-trial-boot",
+    run: slot_trial_boot,
+}];
+
+/// Slot b (a copy of the base) set to boot once on trial: GRUB uses the flag
+/// up before booting it with `ramstick.trial=on` (init arms the watchdog),
+/// and a reboot without a commit is back on slot a.
+fn slot_trial_boot(ctx: &mut Ctx) -> Result<()> {
+    let disk = ctx.disk(&DiskSpec::default())?;
+    copy_base_to_slot_b(ctx, &disk)?;
+    let mut env = read_grubenv(ctx, &disk)?;
+    ensure!(
+        env.get(ENV_SLOT) == Some("a"),
+        "a new stick's grubenv does not commit slot a: {env:?}"
+    );
+    env.set(ENV_TRIAL, "b");
+    write_grubenv(ctx, &disk, &env)?;
+
+    // The trial boot.
+    let mut vm = ctx.boot(&disk, false)?;
+    vm.expect("ramstick: trial boot of slot b", BOOT)
+        .context("GRUB did not announce the trial")?;
+    vm.select_entry(GrubEntry::Default)?;
+    wait_shell(&mut vm)?;
+    let cmdline = out(&mut vm, "cat /proc/cmdline")?;
+    ensure!(
+        cmdline.contains("ramstick.slot=b") && cmdline.contains("ramstick.trial=on"),
+        "the trial boot's command line: {cmdline}"
+    );
+    let info = boot_info(&mut vm)?;
+    ensure!(
+        info.slot.slot == Slot::B && info.slot.trial && info.slot.watchdog_armed,
+        "boot.json of the trial boot: {:?}",
+        info.slot
+    );
+    ensure!(
+        info.slot.base_image == "slot-b/rootfs.squashfs",
+        "slot b booted {}",
+        info.slot.base_image
+    );
+    let log = vm.run_kernel_log("dmesg | grep 'trial boot of slot b'", CMD)?;
+    ensure!(
+        log.contains("within 600 s or it restarts into the committed slot"),
+        "init did not say the watchdog is armed:\n{log}"
+    );
+    // No commit: the session is not saved either (the saver of this
+    // branch does not know slots yet), and the machine goes down.
+    vm.run(&format!("{SAVER} off"), CMD)?;
+    let status = vm.poweroff(SAVE)?;
+    ensure!(status.success(), "QEMU exited with {status}");
+    drop(vm);
+    let env = read_grubenv(ctx, &disk)?;
+    ensure!(
+        env.get(ENV_TRIAL) == Some("") && env.get(ENV_TRIED) == Some("b"),
+        "GRUB did not use the trial flag up: {env:?}"
+    );
+    ensure!(
+        env.get(ENV_SLOT) == Some("a"),
+        "the committed slot changed: {env:?}"
+    );
+
+    // The next boot: the committed slot, by itself.
+    let mut vm = ctx.boot(&disk, false)?;
+    vm.expect("ramstick: the trial of slot b did not commit", BOOT)
+        .context("GRUB did not say the trial did not commit")?;
+    vm.select_entry(GrubEntry::Default)?;
+    wait_shell(&mut vm)?;
+    let cmdline = out(&mut vm, "cat /proc/cmdline")?;
+    ensure!(
+        cmdline.contains("ramstick.slot=a") && cmdline.contains("ramstick.trial=off"),
+        "the boot after the trial: {cmdline}"
+    );
+    let info = boot_info(&mut vm)?;
+    ensure!(
+        info.slot.slot == Slot::A && !info.slot.trial && !info.slot.watchdog_armed,
+        "boot.json after the trial: {:?}",
+        info.slot
+    );
+    Ok(())
+}
+
+/// Byte offset of partition `n` (1 = the ESP, 2 = the data partition).
+fn partition_offset(disk: &Path, n: usize) -> Result<u64> {
+    let json = deps::output(deps::cmd("sfdisk").arg("--json").arg(disk))?;
+    let table: serde_json::Value = serde_json::from_str(&json).context("parsing sfdisk --json")?;
+    let start = table["partitiontable"]["partitions"][n - 1]["start"]
+        .as_u64()
+        .with_context(|| format!("no partition {n} in sfdisk --json"))?;
+    Ok(start * 512)
+}
+
+/// `slot-b/rootfs.squashfs`: a copy of slot a's base, put on the data
+/// partition with debugfs.
+fn copy_base_to_slot_b(ctx: &Ctx, disk: &Path) -> Result<()> {
+    let fs = format!("{}?offset={}", disk.display(), partition_offset(disk, 2)?);
+    let base = ctx.work.join("slot-b-rootfs.squashfs");
+    let _ = fs::remove_file(&base);
+    deps::run(
+        deps::cmd("debugfs")
+            .args(["-R", &format!("dump /rootfs.squashfs {}", base.display())])
+            .arg(&fs),
+    )?;
+    ensure!(base.is_file(), "debugfs did not dump rootfs.squashfs");
+    deps::run_with_input(
+        deps::cmd("debugfs").args(["-w", "-f", "-"]).arg(&fs),
+        &format!(
+            "mkdir slot-b\ncd slot-b\nwrite {} rootfs.squashfs\n",
+            base.display()
+        ),
+    )?;
+    let listed = deps::output(deps::cmd("debugfs").args(["-R", "ls -l /slot-b"]).arg(&fs))?;
+    ensure!(
+        listed.contains("rootfs.squashfs"),
+        "slot-b/rootfs.squashfs was not written: {listed}"
+    );
+    Ok(())
+}
+
+/// The ESP of `disk`, as mtools names it.
+fn esp(disk: &Path) -> Result<String> {
+    Ok(format!(
+        "{}@@{}",
+        disk.display(),
+        partition_offset(disk, 1)?
+    ))
+}
+
+fn read_grubenv(ctx: &Ctx, disk: &Path) -> Result<Env> {
+    let copy = ctx.work.join("grubenv");
+    let _ = fs::remove_file(&copy);
+    deps::run(
+        deps::cmd("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(esp(disk)?)
+            .arg(format!("::/{GRUBENV}"))
+            .arg(&copy),
+    )?;
+    Env::read(&copy).with_context(|| format!("reading {GRUBENV} of the ESP"))
+}
+
+fn write_grubenv(ctx: &Ctx, disk: &Path, env: &Env) -> Result<()> {
+    let copy = ctx.work.join("grubenv");
+    fs::write(&copy, env.to_block()?).with_context(|| format!("writing {}", copy.display()))?;
+    deps::run(
+        deps::cmd("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-o", "-i"])
+            .arg(esp(disk)?)
+            .arg(&copy)
+            .arg(format!("::/{GRUBENV}")),
+    )
+}
