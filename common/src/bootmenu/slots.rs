@@ -168,10 +168,11 @@ mod tests {
     /// parser when it is installed.
     #[test]
     fn grub_parses_the_menu() {
-        let Some(check) = ramstick_testkit::tool("grub-script-check") else {
-            ramstick_testkit::skip(
-                "`grub-script-check` is not installed: apt-get install grub-common",
-            );
+        let (name, package) = ramstick_testkit::GRUB_SCRIPT_CHECK;
+        let Some(check) = ramstick_testkit::tool(name) else {
+            ramstick_testkit::skip(&format!(
+                "`{name}` is not installed: apt-get install {package}"
+            ));
             return;
         };
         let dir = ramstick_testkit::TempDir::new("grub-script-check");
