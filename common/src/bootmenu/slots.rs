@@ -109,9 +109,7 @@ fi
 # so if the base is missing.
 set ramstick_other_listed=yes
 if [ "${OTHER_SLOT_VAR}" = b ]; then
-    set ramstick_data=
-    search --no-floppy --label --set=ramstick_data {DEFAULT_PERSIST_LABEL}
-    if [ -n "$ramstick_data" ]; then
+    if search --no-floppy --label --set=ramstick_data {DEFAULT_PERSIST_LABEL}; then
         if [ ! -f "($ramstick_data)/{SLOT_B_DIR}/{BASE_IMAGE}" ]; then
             set ramstick_other_listed=no
         fi
