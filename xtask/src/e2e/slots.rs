@@ -22,6 +22,21 @@ pub const ALL: &[Scenario] = &[Scenario {
 /// and a reboot without a commit is back on slot a.
 fn slot_trial_boot(ctx: &mut Ctx) -> Result<()> {
     let disk = ctx.disk(&DiskSpec::default())?;
+
+    // A stick with one slot: GRUB reads the data partition and lists no
+    // slot b.
+    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
+    let console = fs::read_to_string(vm.log_path()).context("reading the console log")?;
+    ensure!(
+        console.contains("ramstick (default)") && !console.contains("ramstick (slot b,"),
+        "the menu of a stick without slot b lists it (console log {})",
+        vm.log_path().display()
+    );
+    vm.run(&format!("{SAVER} off"), CMD)?;
+    let status = vm.poweroff(SAVE)?;
+    ensure!(status.success(), "QEMU exited with {status}");
+    drop(vm);
+
     copy_base_to_slot_b(ctx, &disk)?;
     let mut env = read_grubenv(ctx, &disk)?;
     ensure!(
@@ -74,12 +89,19 @@ fn slot_trial_boot(ctx: &mut Ctx) -> Result<()> {
         "the committed slot changed: {env:?}"
     );
 
-    // The next boot: the committed slot, by itself.
+    // The next boot: the committed slot, by itself, slot b listed after it.
     let mut vm = ctx.boot(&disk, false)?;
     vm.expect("ramstick: the trial of slot b did not commit", BOOT)
         .context("GRUB did not say the trial did not commit")?;
     vm.select_entry(GrubEntry::Default)?;
     wait_shell(&mut vm)?;
+    let console = fs::read_to_string(vm.log_path()).context("reading the console log")?;
+    let this_boot = console.rsplit("did not commit").next().unwrap_or_default();
+    ensure!(
+        this_boot.contains("ramstick (slot b, default)"),
+        "the menu does not list slot b (console log {})",
+        vm.log_path().display()
+    );
     let cmdline = out(&mut vm, "cat /proc/cmdline")?;
     ensure!(
         cmdline.contains("ramstick.slot=a") && cmdline.contains("ramstick.trial=off"),
