@@ -22,29 +22,15 @@ pub const SFDISK: Tool = ("sfdisk", "fdisk");
 pub const BLKID: Tool = ("blkid", "util-linux");
 pub const LOSETUP: Tool = ("losetup", "mount");
 pub const LDD: Tool = ("ldd", "libc-bin");
-pub const GRUB_SCRIPT_CHECK: Tool = ("grub-script-check", "grub-common");
+pub const GRUB_CHECK: Tool = ("grub-script-check", "grub-common");
 /// A dynamically linked program every Debian has (dash).
 pub const SH: Tool = ("/bin/sh", "dash");
 
 /// Every command the workspace's tests run: `cargo xtask test` installs
 /// their packages first, so that no test skips for a missing tool in CI.
 pub const TOOLS: &[Tool] = &[
-    MKSQUASHFS,
-    UNSQUASHFS,
-    GETFATTR,
-    SETFATTR,
-    MKFS_EXT4,
-    E2FSCK,
-    DEBUGFS,
-    DUMPE2FS,
-    MKFS_FAT,
-    CRYPTSETUP,
-    SFDISK,
-    BLKID,
-    LOSETUP,
-    LDD,
-    SH,
-    GRUB_SCRIPT_CHECK,
+    MKSQUASHFS, UNSQUASHFS, GETFATTR, SETFATTR, MKFS_EXT4, E2FSCK, DEBUGFS, DUMPE2FS, MKFS_FAT,
+    CRYPTSETUP, SFDISK, BLKID, LOSETUP, LDD, SH, GRUB_CHECK,
 ];
 
 /// Where a non-root `$PATH` often lacks tools that root's has.

@@ -166,7 +166,7 @@ mod tests {
     /// parser when it is installed.
     #[test]
     fn grub_parses_the_menu() {
-        let (name, package) = ramstick_testkit::GRUB_SCRIPT_CHECK;
+        let (name, package) = ramstick_testkit::GRUB_CHECK;
         let Some(check) = ramstick_testkit::tool(name) else {
             ramstick_testkit::skip(&format!(
                 "`{name}` is not installed: apt-get install {package}"
