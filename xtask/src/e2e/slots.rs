@@ -26,7 +26,7 @@ fn slot_trial_boot(ctx: &mut Ctx) -> Result<()> {
     // A stick with one slot: GRUB reads the data partition and lists no
     // slot b.
     let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
-    let console = fs::read_to_string(vm.log_path()).context("reading the console log")?;
+    let console = console_text(vm.log_path())?;
     ensure!(
         console.contains("ramstick (default)") && !console.contains("ramstick (slot b,"),
         "the menu of a stick without slot b lists it (console log {})",
@@ -95,7 +95,7 @@ fn slot_trial_boot(ctx: &mut Ctx) -> Result<()> {
         .context("GRUB did not say the trial did not commit")?;
     vm.select_entry(GrubEntry::Default)?;
     wait_shell(&mut vm)?;
-    let console = fs::read_to_string(vm.log_path()).context("reading the console log")?;
+    let console = console_text(vm.log_path())?;
     let this_boot = console.rsplit("did not commit").next().unwrap_or_default();
     ensure!(
         this_boot.contains("ramstick (slot b, default)"),
@@ -114,6 +114,12 @@ fn slot_trial_boot(ctx: &mut Ctx) -> Result<()> {
         info.slot
     );
     Ok(())
+}
+
+/// The console log so far (the serial console carries raw bytes too).
+fn console_text(log: &Path) -> Result<String> {
+    let bytes = fs::read(log).with_context(|| format!("reading {}", log.display()))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Byte offset of partition `n` (1 = the ESP, 2 = the data partition).
