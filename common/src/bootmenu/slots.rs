@@ -109,11 +109,21 @@ fi
 # so if the base is missing.
 set ramstick_other_listed=yes
 if [ "${OTHER_SLOT_VAR}" = b ]; then
+    # Probing a partition no loaded filesystem module reads (an encrypted
+    # one) loads modules from the prefix: the standalone image's own, not
+    # the ESP's (which has none: each would be a "file not found").
+    set ramstick_prefix="$prefix"
+    set prefix=(memdisk)/boot/grub
     if search --no-floppy --label --set=ramstick_data {DEFAULT_PERSIST_LABEL}; then
-        if [ ! -f "($ramstick_data)/{SLOT_B_DIR}/{BASE_IMAGE}" ]; then
-            set ramstick_other_listed=no
+        set ramstick_other_listed=no
+        # The directory first: -f in a missing directory prints an error.
+        if [ -d "($ramstick_data)/{SLOT_B_DIR}" ]; then
+            if [ -f "($ramstick_data)/{SLOT_B_DIR}/{BASE_IMAGE}" ]; then
+                set ramstick_other_listed=yes
+            fi
         fi
     fi
+    set prefix="$ramstick_prefix"
 fi
 "#
     )
