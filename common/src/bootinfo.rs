@@ -3,6 +3,7 @@
 use crate::chain::{Choice, LayerFailure, Saved};
 use crate::cmdline::{BootType, LayersMode};
 use crate::initsys::HookCheck;
+use crate::slotboot::SlotBoot;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -93,6 +94,10 @@ pub struct BootInfo {
     /// profile of slot a; absent in older records: "").
     #[serde(default)]
     pub state_dir: String,
+    /// The slot booted, its base and whether the saved chain was made on
+    /// it (absent in older records: slot `a`, nothing checked).
+    #[serde(default)]
+    pub slot: SlotBoot,
 }
 
 fn default_profile() -> String {
@@ -143,6 +148,7 @@ impl BootInfo {
             saver_hook: SaverHook::default(),
             profile: default_profile(),
             state_dir: String::new(),
+            slot: SlotBoot::default(),
         }
     }
 
@@ -206,6 +212,7 @@ mod tests {
             },
             profile: "work".into(),
             state_dir: "profiles/work".into(),
+            slot: SlotBoot::default(),
         };
         let json = info.to_json();
         assert!(json.contains("\"class\": \"corrupt\""), "{json}");
@@ -216,6 +223,7 @@ mod tests {
         // A record written before the hook check reads as "not checked".
         let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
         value.as_object_mut().unwrap().remove("saver_hook");
+        value.as_object_mut().unwrap().remove("slot");
         let old = BootInfo::from_json(&value.to_string()).unwrap();
         assert_eq!(old.saver_hook, SaverHook::default());
         // One written before profiles is the default profile's.
@@ -226,5 +234,6 @@ mod tests {
             (old.profile.as_str(), old.state_dir.as_str()),
             ("default", "")
         );
+        assert_eq!(old.slot, SlotBoot::default());
     }
 }

@@ -13,8 +13,11 @@
 //! The menu: the first kernel's entries ([`DEFAULT_KERNEL_ENTRIES`]:
 //! default, backup, clean, default with a tmpfs upper, default read-only), then every older
 //! kernel's ([`OLDER_KERNEL_ENTRIES`]: default and backup), the fallback when
-//! a new kernel does not boot. Tests pick entries by [`GrubEntry`], whose
-//! position is read from those same lists.
+//! a new kernel does not boot, then the other slot's ([`slots`]: default,
+//! backup, clean), when it has a base. Tests pick entries by [`GrubEntry`],
+//! whose position is read from those same lists.
+
+pub mod slots;
 
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
@@ -54,6 +57,13 @@ pub enum GrubEntry {
     PreviousKernel,
     /// The second kernel, its backup entry.
     PreviousKernelBackup,
+    /// The slot not booted first (the committed one during a trial), its
+    /// saved session.
+    OtherSlot,
+    /// The other slot, the session before its last save.
+    OtherSlotBackup,
+    /// The other slot, no saved session.
+    OtherSlotClean,
 }
 
 /// The default kernel's entries, in menu order: the first of the menu.
@@ -73,7 +83,13 @@ pub const OLDER_KERNEL_ENTRIES: [GrubEntry; 2] =
 impl GrubEntry {
     /// The entry's place in the menu (0 = first): where [`Menu::render`]
     /// writes it, read from the lists it writes from.
+    ///
+    /// The other slot's entries come after every kernel's: their position is
+    /// the one in a menu of one kernel.
     pub fn position(self) -> usize {
+        if let Some(i) = slots::OTHER_SLOT_ENTRIES.iter().position(|e| *e == self) {
+            return DEFAULT_KERNEL_ENTRIES.len() + i;
+        }
         let mut order = DEFAULT_KERNEL_ENTRIES.iter().chain(&OLDER_KERNEL_ENTRIES);
         // Every variant is in one of the lists (a test checks each one's
         // title at its position), so the fallback is never taken.
@@ -84,11 +100,13 @@ impl GrubEntry {
     /// older kernel's entry) and the kernel parameters that make that boot.
     fn label_and_params(self) -> (&'static str, &'static str) {
         match self {
-            GrubEntry::Default | GrubEntry::PreviousKernel => ("default", "ramstick.boot=default"),
-            GrubEntry::Backup | GrubEntry::PreviousKernelBackup => {
+            GrubEntry::Default | GrubEntry::PreviousKernel | GrubEntry::OtherSlot => {
+                ("default", "ramstick.boot=default")
+            }
+            GrubEntry::Backup | GrubEntry::PreviousKernelBackup | GrubEntry::OtherSlotBackup => {
                 ("backup", "ramstick.boot=backup")
             }
-            GrubEntry::Clean => ("clean", "ramstick.boot=clean"),
+            GrubEntry::Clean | GrubEntry::OtherSlotClean => ("clean", "ramstick.boot=clean"),
             GrubEntry::TmpfsUpper => (
                 "default, tmpfs upper",
                 "ramstick.boot=default ramstick.upper=tmpfs",
@@ -264,19 +282,34 @@ impl Menu {
              # The kernels and initramfs images are on the partition that holds this marker.\n\
              search --no-floppy --file --set=root /{ESP_ID}\n"
         );
+        cfg.push_str(&slots::script());
+        let slot = slots::boot_slot_params();
         for entry in DEFAULT_KERNEL_ENTRIES {
             let title = default_kernel_title(entry);
-            self.entry(&mut cfg, &title, default, entry.label_and_params().1);
+            let params = format!("{} {slot}", entry.label_and_params().1);
+            self.entry(&mut cfg, &title, default, &params);
         }
         for kver in self.kernels.iter().skip(1) {
             for entry in OLDER_KERNEL_ENTRIES {
                 let (label, params) = entry.label_and_params();
                 let title = format!("ramstick (kernel {kver}, {label})");
-                self.entry(&mut cfg, &title, kver, params);
+                self.entry(&mut cfg, &title, kver, &format!("{params} {slot}"));
             }
         }
+        cfg.push_str(slots::OTHER_SLOT_BEGIN);
+        let other = slots::other_slot_params();
+        for entry in slots::OTHER_SLOT_ENTRIES {
+            let (label, params) = entry.label_and_params();
+            let title = slots::other_slot_title(label);
+            self.entry(&mut cfg, &title, default, &format!("{params} {other}"));
+        }
+        cfg.push_str(slots::OTHER_SLOT_END);
         let default_params = GrubEntry::Default.label_and_params().1;
-        profiles::write_entries(&mut cfg, default, &self.line(default_params));
+        profiles::write_entries(
+            &mut cfg,
+            default,
+            &self.line(&format!("{default_params} {slot}")),
+        );
         cfg
     }
 
@@ -313,21 +346,28 @@ mod tests {
     }
 
     #[test]
-    fn one_kernel_has_five_entries_in_order() {
+    fn one_kernel_has_five_entries_in_order_then_the_other_slots() {
         let cfg = Menu::new("6.1.0-56-amd64", " ramstick.debug=1 ")
             .unwrap()
             .render();
         let k = "/vmlinuz-6.1.0-56-amd64 console=tty0 console=ttyS0,115200";
+        let s = "ramstick.slot=$ramstick_boot_slot ramstick.trial=$ramstick_boot_trial";
+        let o = "ramstick.slot=$ramstick_other_slot ramstick.trial=off";
         assert_eq!(
             linux_lines(&cfg),
             [
-                format!("    linux {k} ramstick.boot=default ramstick.debug=1"),
-                format!("    linux {k} ramstick.boot=backup ramstick.debug=1"),
-                format!("    linux {k} ramstick.boot=clean ramstick.debug=1"),
+                format!("    linux {k} ramstick.boot=default {s} ramstick.debug=1"),
+                format!("    linux {k} ramstick.boot=backup {s} ramstick.debug=1"),
+                format!("    linux {k} ramstick.boot=clean {s} ramstick.debug=1"),
                 format!(
-                    "    linux {k} ramstick.boot=default ramstick.upper=tmpfs ramstick.debug=1"
+                    "    linux {k} ramstick.boot=default ramstick.upper=tmpfs {s} ramstick.debug=1"
                 ),
-                format!("    linux {k} ramstick.boot=default ramstick.save=off ramstick.debug=1"),
+                format!(
+                    "    linux {k} ramstick.boot=default ramstick.save=off {s} ramstick.debug=1"
+                ),
+                format!("    linux {k} ramstick.boot=default {o} ramstick.debug=1"),
+                format!("    linux {k} ramstick.boot=backup {o} ramstick.debug=1"),
+                format!("    linux {k} ramstick.boot=clean {o} ramstick.debug=1"),
             ]
         );
         let titles: Vec<&str> = cfg.lines().filter(|l| l.starts_with("menuentry")).collect();
@@ -339,13 +379,21 @@ mod tests {
                 "menuentry \"ramstick (clean)\" {",
                 "menuentry \"ramstick (default, tmpfs upper)\" {",
                 "menuentry \"ramstick (default, read-only)\" {",
+                "menuentry \"ramstick (slot $ramstick_other_slot, default)\" {",
+                "menuentry \"ramstick (slot $ramstick_other_slot, backup)\" {",
+                "menuentry \"ramstick (slot $ramstick_other_slot, clean)\" {",
             ]
         );
+        // Listed only when the other slot has a base (or GRUB cannot look).
+        assert!(cfg.contains(
+            "\nif [ \"$ramstick_other_listed\" = yes ]; then\n\nmenuentry \"ramstick (slot"
+        ));
+        assert!(cfg.trim_end().ends_with("}\nfi"), "{cfg}");
         assert!(cfg.contains("search --no-floppy --file --set=root /ramstick-esp.id\n"));
         assert!(cfg.contains("initrd /initramfs-6.1.0-56-amd64.img\n"));
         assert!(cfg.contains("default kernel 6.1.0-56-amd64"));
         let plain = Menu::new("k", "").unwrap().render();
-        assert!(plain.contains("ramstick.boot=clean\n"), "{plain}");
+        assert!(plain.contains("ramstick.boot=clean ramstick.slot=$ramstick_boot_slot ramstick.trial=$ramstick_boot_trial\n"), "{plain}");
     }
 
     #[test]
@@ -355,15 +403,17 @@ mod tests {
         assert_eq!(two.kernels, ["6.1.0-54-cloud-amd64", "6.1.0-57-amd64"]);
         let cfg = two.render();
         let lines = linux_lines(&cfg);
-        assert_eq!(lines.len(), 7);
+        assert_eq!(lines.len(), 10);
         assert!(lines[..5]
             .iter()
+            .chain(&lines[7..])
             .all(|l| l.contains("/vmlinuz-6.1.0-54-cloud-amd64 ")));
         assert_eq!(
             lines[5],
-            "    linux /vmlinuz-6.1.0-57-amd64 console=tty0 console=ttyS0,115200 ramstick.boot=default"
+            "    linux /vmlinuz-6.1.0-57-amd64 console=tty0 console=ttyS0,115200 ramstick.boot=default \
+             ramstick.slot=$ramstick_boot_slot ramstick.trial=$ramstick_boot_trial"
         );
-        assert!(lines[6].ends_with("ramstick.boot=backup"));
+        assert!(lines[6].contains("ramstick.boot=backup ramstick.slot=$ramstick_boot_slot"));
         assert!(cfg.contains("menuentry \"ramstick (kernel 6.1.0-57-amd64, default)\" {\n"));
         assert!(cfg.contains("initrd /initramfs-6.1.0-57-amd64.img\n"));
         // The first title appears once: the tests wait for it to find the menu.
@@ -395,6 +445,8 @@ mod tests {
             .filter_map(|l| l.split('"').next())
             .collect();
         let lines = linux_lines(&cfg);
+        let slot = "ramstick.slot=$ramstick_boot_slot ramstick.trial=$ramstick_boot_trial";
+        let other = "ramstick.slot=$ramstick_other_slot ramstick.trial=off";
         let all = [
             (
                 GrubEntry::Default,
@@ -430,10 +482,30 @@ mod tests {
         ];
         for (entry, title, params) in all {
             assert_eq!(titles[entry.position()], title, "{entry:?}");
-            assert!(lines[entry.position()].ends_with(params), "{entry:?}");
+            let line = lines[entry.position()];
+            assert!(line.ends_with(&format!("{params} {slot}")), "{entry:?}");
         }
         assert_eq!(first_title(), titles[0]);
-        assert_eq!(titles.len(), all.len());
+        assert_eq!(titles.len(), all.len() + slots::OTHER_SLOT_ENTRIES.len());
+        // The other slot's entries, at their places in a menu of one kernel.
+        let cfg = Menu::new("k", "").unwrap().render();
+        let titles: Vec<&str> = cfg
+            .lines()
+            .filter_map(|l| l.strip_prefix("menuentry \""))
+            .filter_map(|l| l.split('"').next())
+            .collect();
+        let lines = linux_lines(&cfg);
+        for (entry, label) in [
+            (GrubEntry::OtherSlot, "default"),
+            (GrubEntry::OtherSlotBackup, "backup"),
+            (GrubEntry::OtherSlotClean, "clean"),
+        ] {
+            let title = format!("ramstick (slot $ramstick_other_slot, {label})");
+            assert_eq!(titles[entry.position()], title, "{entry:?}");
+            let params = format!("ramstick.boot={label} {other}");
+            assert!(lines[entry.position()].ends_with(&params), "{entry:?}");
+        }
+        assert_eq!(titles.len(), 8);
     }
 
     #[test]

@@ -260,7 +260,8 @@ pub fn describe(plan: &Plan, saved: &Saved) -> String {
                 format!("{}, saved {}, {}", human::bytes(l.size), l.saved, l.origin)
             });
             let target = plan.layers.target(&c.name, plan.layers.mode);
-            out.push_str(&format!("  {} ({size}) -> {target}\n", c.file));
+            let file = plan.layers.file(&c.file);
+            out.push_str(&format!("  {file} ({size}) -> {target}\n"));
         }
         first.get_or_insert(chain.clone());
     }

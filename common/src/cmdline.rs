@@ -24,6 +24,7 @@ pub use render::{console_table, markdown_table};
 pub use split::split_args;
 pub use values::{parse_device_spec, parse_size};
 
+use crate::place::Slot;
 use serde::{Deserialize, Serialize};
 use split::is_kernel_space;
 use std::fmt;
@@ -94,6 +95,15 @@ pub enum SaveMode {
     Off,
 }
 
+/// Whether the slot boots on trial (`ramstick.trial`): GRUB adds `on` when
+/// it consumes the one-shot trial flag of its environment block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trial {
+    On,
+    Off,
+}
+
 /// The LUKS parameters. The key file and tries apply to the container
 /// `device` names, or, without it, to a LUKS header found on the persist device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -129,6 +139,13 @@ pub struct Config {
     pub checkpoint_minutes: Option<u32>,
     /// `ramstick.save=off`: the saver never saves this session.
     pub save: SaveMode,
+    /// `ramstick.slot`: the slot booted (its base and its saved state).
+    #[serde(serialize_with = "crate::slotboot::serde_slot::serialize")]
+    pub slot: Slot,
+    /// `ramstick.trial=on`: a trial boot, armed with a watchdog.
+    pub trial: Trial,
+    /// `ramstick.trial.timeout`: the trial's watchdog timeout, in seconds.
+    pub trial_timeout_secs: u32,
     /// `console=` values seen (informational; the kernel handles them).
     pub consoles: Vec<String>,
 }
@@ -176,6 +193,9 @@ impl Default for Config {
             layers: LAYERS.default_value(),
             checkpoint_minutes: CHECKPOINT.default_value(),
             save: SAVE.default_value(),
+            slot: SLOT.default_value(),
+            trial: TRIAL.default_value(),
+            trial_timeout_secs: TRIAL_TIMEOUT.default_value(),
             consoles: Vec::new(),
         }
     }
@@ -213,6 +233,15 @@ keywords!(ShellPolicy { Auto => "auto", Never => "never" });
 keywords!(LogLevel { Info => "info", Debug => "debug" });
 keywords!(LayersMode { Mount => "mount", Ram => "ram" });
 keywords!(SaveMode { On => "on", Off => "off" });
+keywords!(Trial { On => "on", Off => "off" });
+
+// `Slot` has its `Display` in `place`, so not through `keywords!`.
+impl Keyword for Slot {
+    const ALL: &'static [Self] = &Slot::ALL;
+    fn word(self) -> &'static str {
+        self.name()
+    }
+}
 
 /// Parses a kernel command line (e.g. the contents of `/proc/cmdline`).
 ///

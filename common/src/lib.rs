@@ -28,5 +28,6 @@ pub mod meminfo;
 pub mod modules;
 pub mod place;
 pub mod plan;
+pub mod slotboot;
 pub mod tree;
 pub mod xattr;

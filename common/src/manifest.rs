@@ -104,6 +104,12 @@ pub struct Manifest {
     /// Bottom first.
     pub backup: Vec<String>,
     pub kept: Vec<Kept>,
+    /// The metadata digest of the base image the chains were made on (the
+    /// digest a layer's `meta_digest` is): boot applies them only on that
+    /// base (see [`crate::slotboot`]). Absent in manifests written before
+    /// slots, whose chains apply on any base.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
 }
 
 /// Why a manifest could not be used.
@@ -171,6 +177,7 @@ impl Manifest {
             current: Vec::new(),
             backup: Vec::new(),
             kept: Vec::new(),
+            base: None,
         }
     }
 
@@ -349,6 +356,18 @@ mod tests {
         let text = m.render();
         assert!(text.ends_with('\n') && text.contains("\nxxh3 "), "{text}");
         assert_eq!(Manifest::parse(&text), Ok(m));
+    }
+
+    #[test]
+    fn the_base_is_optional_and_kept() {
+        let mut m = sample();
+        let old = m.render();
+        assert!(!old.contains("\"base\""), "{old}");
+        m.base = Some("0123".into());
+        let text = m.render();
+        assert!(text.contains("\"base\": \"0123\""), "{text}");
+        assert_eq!(Manifest::parse(&text), Ok(m));
+        assert_eq!(Manifest::parse(&old).map(|m| m.base), Ok(None));
     }
 
     #[test]

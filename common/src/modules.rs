@@ -56,6 +56,8 @@ pub const BOOT_MODULES: &[&str] = &[
     "aesni_intel",
     "nls_cp437",
     "nls_iso8859_1",
+    // A trial boot's watchdog (see `crate::slotboot`).
+    "softdog",
 ];
 
 /// What opening a LUKS container with the default cipher (aes-xts-plain64)
@@ -487,6 +489,11 @@ mod tests {
         for m in LUKS_MODULES.iter().chain(LUKS_OPTIONAL_MODULES) {
             assert!(BOOT_MODULES.contains(m), "{m} is not in BOOT_MODULES");
         }
+    }
+
+    #[test]
+    fn the_initramfs_carries_the_trial_watchdog() {
+        assert!(BOOT_MODULES.contains(&crate::slotboot::TRIAL_WATCHDOG_MODULE));
     }
 
     const DEP: &str = "\

@@ -7,11 +7,12 @@
 
 use crate::cmdline::{
     BootType, Config, DeviceSpec, LayersMode, LogLevel, Problem, SaveMode, ShellPolicy, Size,
-    UpperKind, DEFAULT_PERSIST_LABEL,
+    Trial, UpperKind, DEFAULT_PERSIST_LABEL,
 };
 use crate::manifest::{LAYERS_DIR, LEGACY_BACKUP_IMAGE, LEGACY_IMAGE, MANIFEST};
 use crate::modules::LUKS_MODULES;
 use crate::place::{self, Slot};
+use crate::slotboot::{TRIAL_WATCHDOG_MODULE, WATCHDOG_DEVICE};
 use serde::Serialize;
 use std::fmt;
 
@@ -34,6 +35,9 @@ pub struct Lower {
     pub target: String,
     /// Whether boot must stop when the image is missing.
     pub required: bool,
+    /// The image used instead when `image` is absent (slot `b`'s firmware:
+    /// its own when it has one, else the root's).
+    pub or_else: Option<String>,
 }
 
 /// How to unlock an encrypted persist partition.
@@ -72,11 +76,16 @@ pub const LUKS_MAPPING: &str = "ramstick";
 pub struct LayersPlan {
     /// `ramstick.layers`: loop-mount each layer, or unpack each into RAM.
     pub mode: LayersMode,
+    /// The saved state's directory, relative to the persist root
+    /// ([`place::state_dir`]: "" for slot `a`'s default profile, `slot-b` for
+    /// slot `b`'s, `profiles/<name>` for a profile): the manifest's and the
+    /// layers' paths are relative to it.
+    pub state_dir: String,
     /// The manifest, in the initramfs (`/sysroot/persist/<state dir>/layers/manifest.json`).
     pub manifest: String,
     /// The legacy images read when there is no manifest (default, backup):
-    /// only in the persist root's state (a stick from before layers had no
-    /// profiles), so none for another state dir.
+    /// only in the persist root's state (a stick from before layers had
+    /// neither profiles nor slots), so none for another state dir.
     pub legacy: Option<[String; 2]>,
     /// Where a layer is loop-mounted: `<dir>/<layer name without .squashfs>`.
     /// Under /run, so the mounts move into the new root with /run.
@@ -87,6 +96,12 @@ pub struct LayersPlan {
 }
 
 impl LayersPlan {
+    /// The persist-relative path of `file`, a path relative to the state
+    /// directory (a chain's `layers/<name>`, a legacy image).
+    pub fn file(&self, file: &str) -> String {
+        place::join(&self.state_dir, file)
+    }
+
     /// Where the layer `name` goes when assembled `how`.
     pub fn target(&self, name: &str, how: LayersMode) -> String {
         let stem = name.strip_suffix(".squashfs").unwrap_or(name);
@@ -105,6 +120,14 @@ pub struct Plan {
     pub api_mounts: Vec<ApiMount>,
     /// Module names to load, in order (each after its dependencies is the loader's job).
     pub modules: Vec<String>,
+    /// `ramstick.slot`: whose base and saved state boot.
+    #[serde(serialize_with = "crate::slotboot::serde_slot::serialize")]
+    pub slot: Slot,
+    /// The slot's base image, relative to the persist root (the rootfs
+    /// lower's image); a saved chain made on another base is not applied.
+    pub base_image: String,
+    /// `ramstick.trial=on`: the watchdog of a trial boot.
+    pub trial: Option<TrialPlan>,
     pub persist_device: DeviceSpec,
     pub device_timeout_secs: u32,
     /// `/sysroot/persist`
@@ -126,10 +149,6 @@ pub struct Plan {
     pub boot_asked: BootType,
     /// `ramstick.profile`: whose saved state is booted.
     pub profile: String,
-    /// The profile's state directory, relative to the persist partition's
-    /// root ("" for the default profile): it holds the chain's `layers/`,
-    /// and a layer's path in the manifest's chains is relative to it.
-    pub state_dir: String,
     pub layers: LayersPlan,
     /// The rootfs first.
     pub lowers: Vec<Lower>,
@@ -164,6 +183,21 @@ pub struct Plan {
     pub consoles: Vec<String>,
 }
 
+/// A trial boot's watchdog (`ramstick.trial=on`): armed after the modules,
+/// never disarmed by init, so the machine restarts unless the system
+/// commits itself in time (the saver disarms it after the commit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrialPlan {
+    /// `ramstick.trial.timeout`.
+    pub timeout_secs: u32,
+    /// The watchdog module ([`TRIAL_WATCHDOG_MODULE`]).
+    pub module: String,
+    /// Its parameters: `soft_margin=<timeout>`.
+    pub module_params: String,
+    /// The device opened, written once and closed without the magic `V`.
+    pub device: String,
+}
+
 /// Where the persist partition is mounted in the initramfs.
 pub const PERSIST_MOUNT: &str = "/sysroot/persist";
 /// The longest e2fsck may check the persist filesystem. A clean filesystem
@@ -182,6 +216,8 @@ pub const UPPER_MOUNT: &str = "/sysroot/upper";
 pub const OVERLAY_ROOT: &str = "/sysroot/overlay_root";
 /// Where loop-mounted layers go (moves into the new root with /run).
 pub const LAYER_MOUNTS: &str = "/run/ramstick/layers";
+/// The firmware image, in the persist root or a slot's directory.
+pub const FIRMWARE_IMAGE: &str = "firmware.squashfs";
 /// Upper sizes are rounded down to whole pages of this size.
 pub const PAGE_SIZE: u64 = 4096;
 
@@ -253,36 +289,47 @@ pub fn make_plan(cfg: &Config, problems: Vec<Problem>, facts: &Facts) -> Plan {
         cfg.persist.clone()
     };
 
-    // The slot is a's until boot plans slots.
-    let state_dir = place::state_dir(Slot::A, Some(&cfg.profile));
+    let state_dir = place::state_dir(cfg.slot, Some(&cfg.profile));
     let layers = LayersPlan {
         mode: cfg.layers,
-        manifest: place::join(
-            &place::join(PERSIST_MOUNT, &state_dir),
-            &format!("{LAYERS_DIR}/{MANIFEST}"),
+        manifest: format!(
+            "{PERSIST_MOUNT}/{}",
+            place::join(&state_dir, &format!("{LAYERS_DIR}/{MANIFEST}"))
         ),
         legacy: state_dir
             .is_empty()
             .then(|| [LEGACY_IMAGE.to_string(), LEGACY_BACKUP_IMAGE.to_string()]),
+        state_dir,
         mount_dir: LAYER_MOUNTS.to_string(),
         ram_dir: format!("{UPPER_MOUNT}/layers"),
     };
 
     let rootfs = Lower {
-        image: "rootfs.squashfs".to_string(),
+        image: cfg.slot.base_image(),
         target: "/sysroot/rootfs".to_string(),
         required: true,
+        or_else: None,
     };
     let kernel_modules = Lower {
         image: format!("modules-{kver}.squashfs"),
         target: format!("/sysroot/modules-{kver}"),
         required: true,
+        or_else: None,
     };
+    // A slot's own firmware when it has one, else the root's (shared).
+    let slot_firmware = place::join(cfg.slot.dir(), FIRMWARE_IMAGE);
     let firmware = Lower {
-        image: "firmware.squashfs".to_string(),
+        or_else: (slot_firmware != FIRMWARE_IMAGE).then(|| FIRMWARE_IMAGE.to_string()),
+        image: slot_firmware,
         target: "/sysroot/firmware".to_string(),
         required: false,
     };
+    let trial = (cfg.trial == Trial::On).then(|| TrialPlan {
+        timeout_secs: cfg.trial_timeout_secs,
+        module: TRIAL_WATCHDOG_MODULE.to_string(),
+        module_params: format!("soft_margin={}", cfg.trial_timeout_secs),
+        device: WATCHDOG_DEVICE.to_string(),
+    });
 
     let moves = handover::moves(
         OVERLAY_ROOT,
@@ -320,6 +367,9 @@ pub fn make_plan(cfg: &Config, problems: Vec<Problem>, facts: &Facts) -> Plan {
         problems,
         api_mounts: API_MOUNTS.to_vec(),
         modules,
+        slot: cfg.slot,
+        base_image: rootfs.image.clone(),
+        trial,
         persist_device,
         device_timeout_secs: cfg.timeout_secs,
         persist_mount: PERSIST_MOUNT.to_string(),
@@ -335,7 +385,6 @@ pub fn make_plan(cfg: &Config, problems: Vec<Problem>, facts: &Facts) -> Plan {
         upper_options: upper_options(cfg.upper, upper_size),
         boot_asked: cfg.boot,
         profile: cfg.profile.clone(),
-        state_dir,
         layers,
         overlay_root: OVERLAY_ROOT.to_string(),
         overlay_options: overlay_options(&[&rootfs.target], UPPER_MOUNT),
@@ -382,7 +431,7 @@ impl Plan {
     /// The profile's state directory in the initramfs: where a chain's layer
     /// paths (`layers/<name>`) start.
     pub fn state_root(&self) -> String {
-        place::join(&self.persist_mount, &self.state_dir)
+        place::join(&self.persist_mount, &self.layers.state_dir)
     }
 
     /// The legacy images that exist, by `exists` (relative to the persist
@@ -435,6 +484,16 @@ impl fmt::Display for Plan {
             )?;
         }
         writeln!(f, "modules: {}", self.modules.join(" "))?;
+        match &self.trial {
+            None => writeln!(f, "trial: off")?,
+            Some(t) => writeln!(
+                f,
+                "trial: on: load {} {}, then open {}, write once and close without 'V' \
+                 (not disarmed: unless the system commits slot {} within {} s the machine \
+                 restarts, and GRUB boots the committed slot); a failure to arm is a warning",
+                t.module, t.module_params, t.device, self.slot, t.timeout_secs
+            )?,
+        }
         let key = match &self.luks.keyfile {
             Some(path) => format!("key file {path}, then passphrase"),
             None => "passphrase".to_string(),
@@ -482,9 +541,19 @@ impl fmt::Display for Plan {
                 f,
                 "profile: {} (its own chain, in {}/{LAYERS_DIR}/; with no saved state yet the \
                  base boots clean and the first save creates it)",
-                self.profile, self.state_dir
+                self.profile, l.state_dir
             )?;
         }
+        writeln!(
+            f,
+            "slot: {} (base {}; its saved state in {}, applied only on the base it was made on)",
+            self.slot,
+            self.base_image,
+            match l.state_dir.as_str() {
+                "" => "the persist root".to_string(),
+                dir => format!("{dir}/"),
+            }
+        )?;
         match self.boot_asked {
             BootType::Clean => writeln!(f, "saved layers: none (clean boot; nothing is saved)")?,
             asked => {
@@ -523,7 +592,15 @@ impl fmt::Display for Plan {
             } else {
                 "optional"
             };
-            writeln!(f, "lower: {} -> {} ({need})", lower.image, lower.target)?;
+            let or_else = match &lower.or_else {
+                Some(other) => format!(", else {other}"),
+                None => String::new(),
+            };
+            writeln!(
+                f,
+                "lower: {}{or_else} -> {} ({need})",
+                lower.image, lower.target
+            )?;
         }
         writeln!(
             f,

@@ -5,6 +5,7 @@
 use ramstick_common::bootinfo::{BootInfo, BOOT_JSON};
 use ramstick_common::cmdline::{self, ShellPolicy};
 use ramstick_common::plan::{plan_of, Facts, Plan, API_MOUNTS, RUN_RAMSTICK};
+use ramstick_common::slotboot::SlotBoot;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::path::Path;
@@ -77,6 +78,11 @@ pub fn boot(sys: &dyn Sys, images: &dyn Images, root: &Path) -> Result<Infallibl
     });
     timed("modules: hardware", || loader.autoload_hardware());
     t.mark("modules");
+    // A trial boot's watchdog, armed as early as possible: a hang from here
+    // on restarts into the committed slot.
+    let watchdog_armed = crate::trial::arm(sys, root, &plan, |module, params| {
+        loader.load_with(module, params).map(drop)
+    });
 
     // 4-5. The persist device (opening it first when it is encrypted).
     let device = luks::find_persist(sys, &plan, &mut loader, &sysfs, &at(root, "/dev"))?;
@@ -164,7 +170,15 @@ pub fn boot(sys: &dyn Sys, images: &dyn Images, root: &Path) -> Result<Infallibl
         problems: plan.problems.iter().map(|p| p.message.clone()).collect(),
         saver_hook: hook.into(),
         profile: plan.profile.clone(),
-        state_dir: plan.state_dir.clone(),
+        state_dir: plan.layers.state_dir.clone(),
+        slot: SlotBoot {
+            slot: plan.slot,
+            trial: plan.trial.is_some(),
+            watchdog_armed,
+            base_image: plan.base_image.clone(),
+            base_digest: chain.base_digest,
+            base_check: chain.base_check,
+        },
     };
     sys.write_file(&at(root, BOOT_JSON), &info.to_json()).step(
         "write /run/ramstick/boot.json",

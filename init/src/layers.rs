@@ -20,6 +20,7 @@ use ramstick_common::chain::{self, Candidate, FailureClass, LayerFailure, Saved}
 use ramstick_common::cmdline::{BootType, LayersMode};
 use ramstick_common::manifest::LayerInfo;
 use ramstick_common::plan::Plan;
+use ramstick_common::slotboot::BaseCheck;
 use std::cell::{Cell, RefCell};
 use std::path::Path;
 
@@ -42,6 +43,10 @@ pub struct Assembled {
     pub dirs: Vec<String>,
     pub failures: Vec<LayerFailure>,
     pub notes: Vec<String>,
+    /// The saved chain against the slot's base.
+    pub base_check: BaseCheck,
+    /// The slot's base digest, when it was read (to compare).
+    pub base_digest: Option<String>,
 }
 
 /// Reads what the persist partition holds of the saved state.
@@ -101,13 +106,21 @@ pub fn assemble(sys: &dyn Sys, images: &dyn Images, root: &Path, plan: &Plan) ->
     if plan.boot_asked == BootType::Clean {
         log::info!("clean boot: no saved layer is used; nothing will be saved");
     }
-    // A chain's layer paths are relative to the profile's state directory.
-    let persist = at(root, &plan.state_root());
+    let persist = at(root, &plan.persist_mount);
+    let (base_check, base_digest) = check_base(images, &persist, plan, &saved);
+    let asked = match base_check.message(plan.slot) {
+        None => plan.boot_asked,
+        Some(message) => {
+            log::error!("!!! {message} !!!");
+            notes.push(message);
+            BootType::Clean
+        }
+    };
     // Once a layer had to be mounted in ram mode, the rest are mounted too.
     let mode = Cell::new(plan.layers.mode);
     let used = RefCell::new(Vec::<(UsedLayer, String)>::new());
-    let choice = chain::choose(&saved, plan.boot_asked, |c| {
-        let image = persist.join(&c.file);
+    let choice = chain::choose(&saved, asked, |c| {
+        let image = persist.join(plan.layers.file(&c.file));
         check(sys, images, &image, c)?;
         let size = c.info.as_ref().map_or(0, |i| i.size);
         let how = match mode.get() {
@@ -144,7 +157,7 @@ pub fn assemble(sys: &dyn Sys, images: &dyn Images, root: &Path, plan: &Plan) ->
         used.borrow_mut().push((
             UsedLayer {
                 name: c.name.clone(),
-                file: ramstick_common::place::join(&plan.state_dir, &c.file),
+                file: plan.layers.file(&c.file),
                 size,
                 how,
             },
@@ -187,7 +200,34 @@ pub fn assemble(sys: &dyn Sys, images: &dyn Images, root: &Path, plan: &Plan) ->
         dirs,
         failures: choice.failures,
         notes,
+        base_check,
+        base_digest,
     }
+}
+
+/// Compares the base the manifest's chains were made on with the slot's
+/// base, read only when the manifest names one (a clean boot applies no
+/// chain: nothing to compare).
+fn check_base(
+    images: &dyn Images,
+    persist: &Path,
+    plan: &Plan,
+    saved: &Saved,
+) -> (BaseCheck, Option<String>) {
+    let saved_on = match saved {
+        Saved::Manifest(m) if plan.boot_asked != BootType::Clean => m.base.as_deref(),
+        _ => None,
+    };
+    let mut digest = None;
+    let check = BaseCheck::compare(saved_on, || {
+        let found = images
+            .meta_digest(&persist.join(&plan.base_image))
+            .map(|(_, d)| d)
+            .map_err(|e| e.to_string());
+        digest = found.clone().ok();
+        found
+    });
+    (check, digest)
 }
 
 /// A failure of the candidate `c`.
@@ -284,5 +324,7 @@ fn unpack(
     })
 }
 
+#[cfg(test)]
+mod basetests;
 #[cfg(test)]
 mod tests;

@@ -27,3 +27,4 @@ pub mod switchroot;
 pub mod sys;
 #[cfg(test)]
 mod testplan;
+pub mod trial;

@@ -24,6 +24,7 @@ use ramstick_common::chain::{self, Saved};
 use ramstick_common::cmdline;
 use ramstick_common::meminfo;
 use ramstick_common::plan::{plan_of, Facts};
+use ramstick_common::slotboot::BaseCheck;
 use ramstick_init::images::LinuxImages;
 use ramstick_init::sys::LinuxSys;
 use ramstick_init::{boot, failure};
@@ -129,7 +130,7 @@ fn cli(args: Vec<String>) -> i32 {
     print!("{plan}");
     if let Some(dir) = &persist {
         let dir = std::path::Path::new(dir);
-        let manifest = dir.join(&plan.state_dir).join(chain::manifest_path());
+        let manifest = dir.join(plan.layers.file(&chain::manifest_path()));
         let legacy = plan.legacy_present(|n| dir.join(n).exists());
         let saved = Saved::from_read(
             std::fs::read_to_string(&manifest),
@@ -137,6 +138,21 @@ fn cli(args: Vec<String>) -> i32 {
             &manifest.to_string_lossy(),
         );
         print!("{}", chain::describe(&plan, &saved));
+        if let Saved::Manifest(m) = &saved {
+            let base = dir.join(&plan.base_image);
+            let check = BaseCheck::compare(m.base.as_deref(), || {
+                ramstick_squash::meta_digest(&base)
+                    .map(|(_, d)| d)
+                    .map_err(|e| e.to_string())
+            });
+            match check.message(plan.slot) {
+                Some(message) => println!("base: {message}"),
+                None if check == BaseCheck::Same => {
+                    println!("base: the saved state was made on {}", plan.base_image)
+                }
+                None => println!("base: the manifest names none (applied on any base)"),
+            }
+        }
     }
     if plan.has_fatal() {
         1

@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use nix::kmod::{finit_module, init_module, ModuleInitFlags};
 use ramstick_common::modules::ModDb;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::CString;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -25,6 +25,8 @@ pub struct Loader {
     /// Modaliases already handled.
     seen_aliases: HashSet<String>,
     kernel_decompresses: bool,
+    /// Parameters of the modules that take some (`soft_margin=600`).
+    params: HashMap<String, String>,
 }
 
 impl Loader {
@@ -39,7 +41,15 @@ impl Loader {
             done: HashSet::new(),
             seen_aliases: HashSet::new(),
             kernel_decompresses: sys_root.join("module/compression").exists(),
+            params: HashMap::new(),
         })
+    }
+
+    /// Loads the module `name` with the parameters `params` (e.g.
+    /// `soft_margin=600`); its dependencies load without.
+    pub fn load_with(&mut self, name: &str, params: &str) -> Result<usize> {
+        self.params.insert(name.to_string(), params.to_string());
+        self.load(&[name])
     }
 
     /// Whether a module is already in the kernel (loaded or built in).
@@ -62,7 +72,7 @@ impl Loader {
             if !self.in_kernel(&entry.name) {
                 let path = self.dir.join(&entry.path);
                 let start = Instant::now();
-                match self.insert(&path) {
+                match self.insert(&path, self.params.get(&entry.name)) {
                     Ok(()) => {
                         let ms = start.elapsed().as_millis();
                         log::debug!("loaded module {} in {ms} ms", entry.name);
@@ -83,8 +93,9 @@ impl Loader {
         Ok(inserted)
     }
 
-    fn insert(&self, path: &Path) -> Result<()> {
-        let params = CString::default();
+    fn insert(&self, path: &Path, params: Option<&String>) -> Result<()> {
+        let params = CString::new(params.map_or("", String::as_str))
+            .context("module parameters hold a NUL byte")?;
         let compressed = Compression::of(path);
         if compressed.is_some() && !self.kernel_decompresses {
             // The kernel cannot decompress: do it here and hand over the bytes.

@@ -199,7 +199,12 @@ pub fn mount_lowers(sys: &dyn Sys, root: &Path, plan: &Plan) -> Result<Vec<Strin
     let persist = at(root, &plan.persist_mount);
     let mut skipped = Vec::new();
     for lower in &plan.lowers {
-        let image = persist.join(&lower.image);
+        // The image, or the one used instead when it is absent.
+        let image = std::iter::once(&lower.image)
+            .chain(&lower.or_else)
+            .map(|name| persist.join(name))
+            .find(|path| sys.exists(path))
+            .unwrap_or_else(|| persist.join(&lower.image));
         let target = at(root, &lower.target);
         if !sys.exists(&image) {
             if lower.required {
@@ -453,6 +458,49 @@ mod tests {
                 "mount squashfs /dev/loop1 /sysroot/modules-6.1.0-56-amd64 RDONLY|NODEV ",
             ]
         );
+    }
+
+    #[test]
+    fn slot_b_mounts_its_base_and_its_firmware_else_the_roots() {
+        let mut sys = RecordingSys::new();
+        for f in [
+            "slot-b/rootfs.squashfs",
+            "rootfs.squashfs",
+            "modules-6.1.0-56-amd64.squashfs",
+            "firmware.squashfs",
+        ] {
+            sys.files
+                .insert(PathBuf::from("/sysroot/persist").join(f), String::new());
+        }
+        let plan = plan_for("ramstick.slot=b");
+        mount_lowers(&sys, Path::new("/"), &plan)
+            .map_err(|e| format!("{e:#}"))
+            .unwrap();
+        let loops: Vec<String> = sys
+            .calls()
+            .into_iter()
+            .filter(|c| c.starts_with("loop "))
+            .collect();
+        assert_eq!(
+            loops,
+            [
+                "loop /sysroot/persist/slot-b/rootfs.squashfs",
+                "loop /sysroot/persist/modules-6.1.0-56-amd64.squashfs",
+                "loop /sysroot/persist/firmware.squashfs",
+            ]
+        );
+        // Its own firmware, when it has one.
+        sys.files.insert(
+            PathBuf::from("/sysroot/persist/slot-b/firmware.squashfs"),
+            String::new(),
+        );
+        sys.calls.borrow_mut().clear();
+        mount_lowers(&sys, Path::new("/"), &plan)
+            .map_err(|e| format!("{e:#}"))
+            .unwrap();
+        assert!(sys
+            .calls()
+            .contains(&"loop /sysroot/persist/slot-b/firmware.squashfs".to_string()));
     }
 
     #[test]

@@ -69,6 +69,10 @@ pub trait Sys {
     fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>>;
     /// swapon(2) of a prepared swap area.
     fn swapon(&self, path: &Path) -> io::Result<()>;
+    /// Starts the watchdog `device` with a `timeout_secs` timeout and leaves
+    /// it running: opens it (never creating it), sets the timeout, writes
+    /// one byte and closes it without the magic `V`.
+    fn arm_watchdog(&self, device: &Path, timeout_secs: u32) -> io::Result<()>;
 }
 
 /// The real thing. Attached loop devices stay open here: they are set to
@@ -93,6 +97,9 @@ fn opt(s: &str) -> Option<&str> {
         Some(s)
     }
 }
+
+// WDIOC_SETTIMEOUT of <linux/watchdog.h>: _IOWR('W', 6, int).
+nix::ioctl_readwrite!(wdioc_settimeout, b'W', 6, nix::libc::c_int);
 
 impl Sys for LinuxSys {
     fn mount(
@@ -250,6 +257,29 @@ impl Sys for LinuxSys {
         std::fs::read_dir(dir)?
             .map(|e| e.map(|e| e.file_name().to_string_lossy().to_string()))
             .collect()
+    }
+
+    fn arm_watchdog(&self, device: &Path, timeout_secs: u32) -> io::Result<()> {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        // Opening starts it; O_CREAT is never given, so a missing device
+        // is an error rather than a plain file in /dev.
+        let mut file = std::fs::OpenOptions::new().write(true).open(device)?;
+        let mut timeout = nix::libc::c_int::try_from(timeout_secs).map_err(io::Error::other)?;
+        // SAFETY: the fd is open for the duration of the call and `timeout`
+        // is a valid int the kernel reads and writes back.
+        if let Err(e) = unsafe { wdioc_settimeout(file.as_raw_fd(), &mut timeout) } {
+            // The module's soft_margin set it already; a driver without the
+            // ioctl keeps its own timeout.
+            log::warn!(
+                "{}: cannot set the timeout to {timeout_secs} s: {e}",
+                device.display()
+            );
+        }
+        file.write_all(b"1")?;
+        // Closed without writing 'V': the timer keeps running.
+        drop(file);
+        Ok(())
     }
 
     fn swapon(&self, path: &Path) -> io::Result<()> {

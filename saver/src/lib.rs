@@ -21,6 +21,8 @@
 )]
 
 pub mod addlayer;
+#[cfg(test)]
+mod basetest;
 pub mod check;
 pub mod clock;
 pub mod codec;

@@ -45,9 +45,17 @@ pub fn compact_if_due(paths: &Paths, session: &mut Session, budget: Budget) -> R
     let mut merges = 0;
     // A merge can complete a run of the next level: a few rounds at most.
     for _ in 0..4 {
-        let Saved::Manifest(m) = session::read_saved(paths) else {
+        let Saved::Manifest(mut m) = session::read_saved(paths) else {
             return Ok(merges);
         };
+        // Never rewrite a chain boot did not apply (made on another base).
+        if session.info.slot.base_check.blocks_saving() {
+            return Ok(merges);
+        }
+        // A manifest from before slots learns the base its chain runs on.
+        if m.base.is_none() {
+            m.base = crate::save::base_digest(paths, &session.info);
+        }
         let run = match budget {
             Budget::Forced if merges == 0 => compact::pick_all(&m),
             Budget::Forced => None,

@@ -65,10 +65,10 @@ pub fn profile(cmd: &ProfileCmd, paths: &Paths) -> Result<()> {
     let root = Path::new(running::PERSIST);
     match cmd {
         ProfileCmd::List => {
-            print!("{}", list(root, Slot::A, &now)?);
+            print!("{}", list(root, now.slot, &now)?);
             Ok(())
         }
-        _ => change(cmd, root, Slot::A, &now),
+        _ => change(cmd, root, now.slot, &now),
     }
 }
 
@@ -232,6 +232,7 @@ mod tests {
 
     fn running(profile: &str) -> Running {
         Running {
+            slot: Slot::A,
             profile: profile.into(),
             state_dir: place::state_dir(Slot::A, Some(profile)),
         }

@@ -18,6 +18,8 @@ pub const PERSIST: &str = "/persist";
 /// The saved state a session belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Running {
+    /// The slot booted (`ramstick.slot`).
+    pub slot: Slot,
     /// `default` or a profile name.
     pub profile: String,
     /// Its state directory, relative to the persist root ("" for the root).
@@ -27,6 +29,7 @@ pub struct Running {
 impl Default for Running {
     fn default() -> Running {
         Running {
+            slot: Slot::A,
             profile: DEFAULT_PROFILE.to_string(),
             state_dir: String::new(),
         }
@@ -53,6 +56,7 @@ pub fn running(boot_json: &Path, cmdline: &Path) -> Running {
         .and_then(|t| BootInfo::from_json(&t).map_err(anyhow::Error::from))
     {
         return Running {
+            slot: info.slot.slot,
             profile: info.profile,
             state_dir: info.state_dir,
         };
@@ -60,9 +64,9 @@ pub fn running(boot_json: &Path, cmdline: &Path) -> Running {
     match std::fs::read_to_string(cmdline) {
         Ok(line) => {
             let (cfg, _) = ramstick_common::cmdline::parse(&line);
-            // Slot a until the saver learns slots (the plan's slot).
-            let state_dir = place::state_dir(Slot::A, Some(&cfg.profile));
+            let state_dir = place::state_dir(cfg.slot, Some(&cfg.profile));
             Running {
+                slot: cfg.slot,
                 profile: cfg.profile,
                 state_dir,
             }

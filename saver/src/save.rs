@@ -19,6 +19,7 @@ use crate::space::{self, human, Estimate};
 use crate::stick::{say, PersistStick};
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
+use ramstick_common::bootinfo::BootInfo;
 use ramstick_common::chain::{FailureClass, Saved};
 use ramstick_common::cmdline::BootType;
 use ramstick_common::manifest::LAYERS_DIR;
@@ -71,6 +72,16 @@ pub enum Outcome {
     Saved { layer: String, bytes: u64 },
 }
 
+/// The digest of the base this session runs on, which a commit writes as the
+/// manifest's `base`: boot.json's when init read it to compare, else read
+/// now (a few KiB). `None` when it cannot be read: the manifest keeps its own.
+pub fn base_digest(paths: &Paths, info: &BootInfo) -> Option<String> {
+    info.slot.base_digest.clone().or_else(|| {
+        let image = paths.persist.join(&info.slot.base_image);
+        ramstick_squash::meta_digest(&image).ok().map(|(_, d)| d)
+    })
+}
+
 /// Saves the session.
 pub fn save(paths: &Paths, opts: SaveOptions) -> Result<Outcome> {
     let _lock = lock(&paths.state)?;
@@ -83,6 +94,12 @@ pub fn save_locked(paths: &Paths, opts: SaveOptions) -> Result<Outcome> {
     let mut session = Session::load(paths)?;
     if session.info.asked == BootType::Clean {
         say("clean boot (ramstick.boot=clean): the session is not saved; nothing was written to the stick");
+        return Ok(Outcome::CleanBoot);
+    }
+    if let Some(why) = session.info.slot.base_check.message(session.info.slot.slot) {
+        say(&format!(
+            "the session is not saved: {why}; nothing was written to the stick"
+        ));
         return Ok(Outcome::CleanBoot);
     }
     if let Some(off) = onoff::why_off(paths) {
@@ -100,6 +117,7 @@ pub fn save_locked(paths: &Paths, opts: SaveOptions) -> Result<Outcome> {
         }
     }
     warn_if_long(&estimate, opts.trigger);
+    session.info.slot.base_digest = base_digest(paths, &session.info);
     let saved = session::read_saved(paths);
     let layer_files = session::layer_files(paths)?;
     let reclaimable = corrupt_bytes(paths, &session, &saved);

@@ -117,6 +117,14 @@ pub fn plan(s: &Situation) -> Result<SavePlan> {
     if s.boot.asked == BootType::Clean {
         bail!("a clean boot is never saved");
     }
+    if s.boot.slot.base_check.blocks_saving() {
+        bail!(
+            "this boot did not apply the saved state of slot {}: it was made on another base \
+             (or the base could not be read to check). Nothing is saved over it, so it stays \
+             untouched",
+            s.boot.slot.slot
+        );
+    }
     let transient: Vec<_> = s
         .boot
         .failures
@@ -150,6 +158,11 @@ pub fn plan(s: &Situation) -> Result<SavePlan> {
 /// A save on a layered stick.
 fn plan_on_manifest(s: &Situation, old: &Manifest) -> Result<SavePlan> {
     let mut m = old.clone();
+    // The chain is saved on the base this session runs (boot checked that
+    // the old chain was made on it, when the manifest said).
+    if let Some(base) = &s.boot.slot.base_digest {
+        m.base = Some(base.clone());
+    }
     let mut notes = Vec::new();
     let mut after = Vec::new();
     let layer = layer_name(m.next_layer);
@@ -310,6 +323,7 @@ fn commit_then(steps: &mut Vec<Step>, m: &Manifest, after: Vec<Step>) {
 fn plan_conversion(s: &Situation) -> Result<SavePlan> {
     let mut m = Manifest::empty();
     m.generation = 1;
+    m.base = s.boot.slot.base_digest.clone();
     let mut steps = garbage(s.saved, s.layer_files);
     let mut notes = Vec::new();
     let mut take = |legacy: &str, m: &mut Manifest, steps: &mut Vec<Step>| -> String {

@@ -174,9 +174,14 @@ pub fn slot(paths: &Paths, cmd: &SlotCmd) -> Result<bool> {
 pub fn set_trial(persist: &Path, slot: Slot) -> Result<()> {
     let _lock = env_lock()?;
     let esp = mount_esp(persist)?;
-    let env = onstick::read_env(&esp.dir)?;
+    set_trial_in(&esp.dir, persist, slot)
+}
+
+/// [`set_trial`] on the ESP mounted at `esp` by the caller.
+pub fn set_trial_in(esp: &Path, persist: &Path, slot: Slot) -> Result<()> {
+    let env = onstick::read_env(esp)?;
     let steps = plan::plan_try(&env, slot, onstick::is_complete(persist, slot))?;
-    plan::run(&mut onstick::OnStick::new(&esp.dir), &steps)
+    plan::run(&mut onstick::OnStick::new(esp), &steps)
 }
 
 /// Commits the trial `running` (a trial boot): the block names the running

@@ -9,6 +9,7 @@
 //! before and after; the running or committed slot is refused; a slot that
 //! holds something is replaced only with `--yes`.
 
+use ramstick_common::bootmenu::slots::GRUBENV;
 use ramstick_common::grubenv::Env;
 use ramstick_common::tree::tree_listing;
 use ramstick_saver::slotwrite::fold::{fold, fold_exclude, FoldPaths};
@@ -202,8 +203,9 @@ fn setup(root: &Path, running: &str, committed: &str) -> Result<Setup, String> {
     fs::write(&exclude, "/tmp/*\n").ctx("exclude")?;
     let cmdline = root.join("cmdline");
     fs::write(&cmdline, format!("quiet ramstick.slot={running}\n")).ctx("cmdline")?;
-    let env = root.join("grubenv");
-    grubenv(&env, committed)?;
+    let esp = root.join("esp");
+    fs::create_dir_all(esp.join("grub")).ctx("esp")?;
+    grubenv(&esp.join(GRUBENV), committed)?;
     Ok(Setup {
         paths: FoldPaths {
             root: merged,
@@ -211,7 +213,7 @@ fn setup(root: &Path, running: &str, committed: &str) -> Result<Setup, String> {
             exclude,
             state: root.join("state"),
             cmdline,
-            grubenv: Some(env),
+            esp: Some(esp),
         },
         mounts,
     })
@@ -228,6 +230,15 @@ fn fold_into_slot_b(root: &Path) -> CaseResult {
     ensure(
         files(&p.persist, "slot-b")? == slot_a,
         "slot a's files changed",
+    )?;
+    // Then GRUB tries slot b once; slot a stays the committed one.
+    let env = Env::read(&p.esp.as_deref().ok_or("no ESP")?.join(GRUBENV)).ctx("grubenv")?;
+    ensure(
+        env.get("ramstick_trial") == Some("b") && env.get("ramstick_slot") == Some("a"),
+        format!(
+            "grubenv after the fold: {:?}",
+            env.vars().collect::<Vec<_>>()
+        ),
     )?;
 
     // The merged view alone (as the fold saw it), minus the exclusions.
@@ -326,6 +337,15 @@ fn fold_into_slot_b(root: &Path) -> CaseResult {
         files(&p.persist, "slot-b")? == slot_a,
         "slot a's files changed",
     )?;
+    // Then GRUB tries slot b once; slot a stays the committed one.
+    let env = Env::read(&p.esp.as_deref().ok_or("no ESP")?.join(GRUBENV)).ctx("grubenv")?;
+    ensure(
+        env.get("ramstick_trial") == Some("b") && env.get("ramstick_slot") == Some("a"),
+        format!(
+            "grubenv after the fold: {:?}",
+            env.vars().collect::<Vec<_>>()
+        ),
+    )?;
     ensure(
         !p.persist.join("slot-b/layers").exists(),
         "the replaced slot's chain is gone",
@@ -344,7 +364,7 @@ fn refuses(root: &Path) -> CaseResult {
     ensure(err.contains("slot a is the committed slot"), &err)?;
     // Running a, b committed (its trial passed, a not yet rebooted).
     fs::write(&s.paths.cmdline, "ramstick.slot=a").ctx("cmdline")?;
-    grubenv(s.paths.grubenv.as_deref().ok_or("no grubenv")?, "b")?;
+    grubenv(&s.paths.esp.as_deref().ok_or("no ESP")?.join(GRUBENV), "b")?;
     let err = format!(
         "{:#}",
         fold(&s.paths, true).err().ok_or("folded into slot b")?

@@ -134,6 +134,7 @@ fn new_session(
         saver_hook: Default::default(),
         profile: "default".into(),
         state_dir: String::new(),
+        slot: Default::default(),
     };
     let _ = fs::remove_file(paths.session_json());
     fs::write(&paths.boot_json, info.to_json()).ctx("boot.json")

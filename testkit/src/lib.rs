@@ -17,8 +17,9 @@ mod tools;
 pub use harness::{main_with, no_skip, skip, Case, CaseResult, Outcome, Root, NO_SKIP};
 pub use tempdir::TempDir;
 pub use tools::{
-    have, tool, Tool, BLKID, CRYPTSETUP, DEBUGFS, DUMPE2FS, E2FSCK, GETFATTR, GRUB_EDITENV, LDD,
-    LOSETUP, MKFS_EXT4, MKFS_FAT, MKSQUASHFS, SETFATTR, SFDISK, SH, TOOLS, UNSQUASHFS,
+    have, tool, Tool, BLKID, CRYPTSETUP, DEBUGFS, DUMPE2FS, E2FSCK, GETFATTR, GRUB_CHECK,
+    GRUB_EDITENV, LDD, LOSETUP, MKFS_EXT4, MKFS_FAT, MKSQUASHFS, SETFATTR, SFDISK, SH, TOOLS,
+    UNSQUASHFS,
 };
 
 use std::collections::HashSet;

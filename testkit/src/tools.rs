@@ -24,6 +24,8 @@ pub const LOSETUP: Tool = ("losetup", "mount");
 pub const LDD: Tool = ("ldd", "libc-bin");
 /// GRUB's own reader and writer of its environment block.
 pub const GRUB_EDITENV: Tool = ("grub-editenv", "grub-common");
+/// GRUB's syntax check of a script (the menu `grub.cfg`).
+pub const GRUB_CHECK: Tool = ("grub-script-check", "grub-common");
 /// A dynamically linked program every Debian has (dash).
 pub const SH: Tool = ("/bin/sh", "dash");
 
@@ -46,6 +48,7 @@ pub const TOOLS: &[Tool] = &[
     LDD,
     SH,
     GRUB_EDITENV,
+    GRUB_CHECK,
 ];
 
 /// Where a non-root `$PATH` often lacks tools that root's has.

@@ -4,7 +4,8 @@
 //! Disk images are built once per distinct input and cached as
 //! `target/e2e/cache/<inputs>-<spec>.img`, where `<inputs>` hashes the init and
 //! saver binaries, the busybox rootfs tree, the kernel, the image-building
-//! xtask sources, `grub/` and `initramfs-skel/`, and `<spec>` hashes the
+//! xtask sources, `grub/`, `initramfs-skel/` and the boot menu's code in
+//! `common/src/` (grub.cfg, grubenv), and `<spec>` hashes the
 //! scenario's image options and extra files. Each scenario boots a fresh
 //! sparse copy in `target/e2e/run/` so boots never change the cache; the copy
 //! is deleted when the scenario passes and kept when it fails. Console logs
@@ -26,6 +27,7 @@ mod profiles;
 mod reliab;
 mod scenarios;
 mod slots;
+mod slotwrite;
 mod trees;
 mod upperwatch;
 mod userview;
@@ -211,6 +213,7 @@ fn all_scenarios() -> impl Iterator<Item = &'static Scenario> {
         .chain(luks::ALL)
         .chain(reliab::ALL)
         .chain(slots::ALL)
+        .chain(slotwrite::ALL)
 }
 
 impl Ctx {
@@ -539,11 +542,15 @@ fn inputs_hash(bins: &build::Binaries, kernel: &kernel::Kernel, rootfs: &Path) -
     h.str(&kernel.version);
     h.file(&kernel.vmlinuz)?;
     let root = workspace_root();
-    for dir in ["grub", "initramfs-skel"] {
+    for dir in ["grub", "initramfs-skel", "common/src/bootmenu"] {
         let dir = root.join(dir);
         if dir.is_dir() {
             h.tree(&dir)?;
         }
+    }
+    // The ESP's grub.cfg and grubenv come from common's code, built into xtask.
+    for file in ["common/src/bootmenu.rs", "common/src/grubenv.rs"] {
+        h.file(&root.join(file))?;
     }
     let src = root.join("xtask").join("src");
     let mut sources: Vec<PathBuf> = fs::read_dir(&src)

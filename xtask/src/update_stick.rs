@@ -37,11 +37,14 @@ use crate::image::{self, modules_squashfs, pack_firmware, pack_rootfs};
 use crate::initramfs;
 use crate::kernel::{self, Kernel};
 use anyhow::{bail, Context, Result};
+use ramstick_common::bootmenu::slots::GRUBENV;
 use ramstick_common::bootmenu::{self, Menu, GRUB_CFG, MENU_RECORD};
 use ramstick_common::grubenv::Env;
 use ramstick_common::place::Slot;
 use ramstick_common::tree::resolve_in_root;
-use ramstick_saver::slotwrite::onstick::{self, ImageSource, OnStick, GRUBENV, TRIAL_VAR};
+use ramstick_saver::slot::plan as slotplan;
+use ramstick_saver::slot::state::SlotVars;
+use ramstick_saver::slotwrite::onstick::{self, ImageSource, OnStick};
 use ramstick_saver::slotwrite::plan::{self, Payload, RecordSeed, Target};
 use ramstick_saver::slotwrite::record::SlotOrigin;
 use std::fs;
@@ -252,8 +255,8 @@ pub fn update_mounted(esp: &mut dyn Esp, persist: &Path, u: &Update) -> Result<S
              try a slot. Nothing was written (rebuild the stick with `cargo xtask image`)"
         );
     };
-    let mut env = Env::parse(&block).with_context(|| format!("cannot read the ESP's {GRUBENV}"))?;
-    let committed = onstick::committed_slot(&env)?;
+    let env = Env::parse(&block).with_context(|| format!("cannot read the ESP's {GRUBENV}"))?;
+    let committed = SlotVars::of(&env).committed;
     let slot = committed.other();
     let firmware_dir = resolve_in_root(&u.rootfs, Path::new("lib/firmware")).filter(|p| p.is_dir());
     let target = Target {
@@ -335,10 +338,23 @@ pub fn update_mounted(esp: &mut dyn Esp, persist: &Path, u: &Update) -> Result<S
         format!("the update did not complete: slot {slot} is incomplete (never booted); slot {committed} is untouched")
     })?;
     println!("slot {slot}: {}", record.describe());
-    // Then and only then: GRUB boots it once.
-    env.set(TRIAL_VAR, slot.name());
-    esp.write_env(GRUBENV, &env)?;
+    // Then and only then: GRUB boots it once (as `saver slot try` sets it).
+    let steps = slotplan::plan_try(&env, slot, true)?;
+    slotplan::run(&mut EnvOnEsp(esp), &steps)?;
     Ok(slot)
+}
+
+/// GRUB's environment block on an ESP reached through [`Esp`].
+struct EnvOnEsp<'a>(&'a mut dyn Esp);
+
+impl slotplan::SlotFs for EnvOnEsp<'_> {
+    fn write_env(&mut self, env: &Env) -> Result<()> {
+        self.0.write_env(GRUBENV, env)
+    }
+
+    fn disarm_watchdog(&mut self) -> Result<()> {
+        bail!("a stick on a host has no watchdog to disarm")
+    }
 }
 
 fn size_of(path: &Path) -> Result<u64> {

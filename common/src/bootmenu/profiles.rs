@@ -21,19 +21,29 @@ use std::fmt::Write;
 const NAME_VAR: &str = "ramstick_profile";
 
 /// The menu position of the first profile entry of a menu of `kernels`
-/// kernels: after every fixed entry (GRUB lists the profiles in the data
-/// partition's directory order).
-pub fn profile_entries_start(kernels: usize) -> usize {
+/// kernels: after every fixed entry, and after the other slot's when GRUB
+/// lists them (`other_slot_listed`: see `super::slots`); GRUB lists the
+/// profiles in the data partition's directory order.
+pub fn profile_entries_start(kernels: usize, other_slot_listed: bool) -> usize {
     super::DEFAULT_KERNEL_ENTRIES.len()
         + super::OLDER_KERNEL_ENTRIES.len() * kernels.saturating_sub(1)
+        + if other_slot_listed {
+            super::slots::OTHER_SLOT_ENTRIES.len()
+        } else {
+            0
+        }
 }
 
 /// Appends the profile script to `cfg`: each entry boots `kver` with
-/// `params` (the entry's kernel parameters) and `ramstick.profile=NAME`.
+/// `params` (the entry's kernel parameters, the booted slot's among them)
+/// and `ramstick.profile=NAME`; the profiles are those of the slot the menu
+/// boots first (`profiles/` in its directory, see `crate::place`).
 pub(super) fn write_entries(cfg: &mut String, kver: &str, params: &str) {
     let vmlinuz = super::vmlinuz(kver);
     let initramfs = super::initramfs(kver);
     let label = DEFAULT_PERSIST_LABEL;
+    let boot_slot = super::slots::BOOT_SLOT_VAR;
+    let slot_b = crate::place::SLOT_B_DIR;
     // Writing to a String cannot fail.
     let _ = write!(
         cfg,
@@ -45,10 +55,14 @@ pub(super) fn write_entries(cfg: &mut String, kver: &str, params: &str) {
          set prefix=(memdisk)/boot/grub\n\
          search --no-floppy --label --set=ramstick_data {label}\n\
          set prefix=\"$ramstick_prefix\"\n\
+         set ramstick_slot_dir=\n\
+         if test \"${boot_slot}\" = b; then\n\
+         \x20   set ramstick_slot_dir=/{slot_b}\n\
+         fi\n\
          if test -n \"$ramstick_data\"; then\n\
-         \x20   for ramstick_dir in ($ramstick_data)/profiles/*; do\n\
+         \x20   for ramstick_dir in ($ramstick_data)$ramstick_slot_dir/profiles/*; do\n\
          \x20       if regexp --set=1:{NAME_VAR} '/profiles/([a-z0-9][-a-z0-9_]*)/?$' \"$ramstick_dir\"; then\n\
-         \x20           if test -d \"($ramstick_data)/profiles/${NAME_VAR}/layers\"; then\n\
+         \x20           if test -d \"($ramstick_data)$ramstick_slot_dir/profiles/${NAME_VAR}/layers\"; then\n\
          \x20               menuentry \"ramstick (profile ${NAME_VAR})\" \"${NAME_VAR}\" {{\n\
          \x20                   echo \"ramstick: booting profile $2\"\n\
          \x20                   linux /{vmlinuz} {params} ramstick.profile=$2\n\
@@ -82,7 +96,8 @@ mod tests {
         assert!(script.contains(
             "menuentry \"ramstick (profile $ramstick_profile)\" \"$ramstick_profile\" {"
         ));
-        assert_eq!(super::profile_entries_start(2), 7);
+        assert_eq!(super::profile_entries_start(2, false), 7);
+        assert_eq!(super::profile_entries_start(1, true), 8);
         // After every fixed entry: their positions do not move.
         assert!(cfg.rfind("menuentry \"ramstick (kernel k1").unwrap() < cfg.len() - script.len());
         // Balanced blocks.

@@ -17,9 +17,10 @@ use super::syntax::{
     Syntax, Text, Unset, Words,
 };
 use super::{
-    BootType, Config, DeviceSpec, LayersMode, LogLevel, SaveMode, ShellPolicy, Size, UpperKind,
-    DEFAULT_PERSIST_LABEL,
+    BootType, Config, DeviceSpec, LayersMode, LogLevel, SaveMode, ShellPolicy, Size, Trial,
+    UpperKind, DEFAULT_PERSIST_LABEL,
 };
+use crate::place::Slot;
 
 /// One boot parameter whose value is a `T`.
 pub(super) struct Param<T: 'static> {
@@ -153,6 +154,9 @@ table!(
     LAYERS,
     CHECKPOINT,
     SAVE,
+    SLOT,
+    TRIAL,
+    TRIAL_TIMEOUT,
 );
 
 pub(super) const PERSIST: Param<DeviceSpec> = Param {
@@ -412,4 +416,46 @@ pub(super) const SAVE: Param<SaveMode> = Param {
     on_bad: OnBad::UseDefault,
     only_with: None,
     field: |c| &mut c.save,
+};
+
+pub(super) const SLOT: Param<Slot> = Param {
+    name: "ramstick.slot",
+    syntax: &Words::<Slot>::new(),
+    default: || Slot::A,
+    help: "The slot booted: its base (`rootfs.squashfs` in the data partition's root for `a`, \
+           in `slot-b/` for `b`) and its own saved state. GRUB sets it; a saved state made on \
+           another base is not applied (the base boots clean, the state is kept).",
+    on_bad: OnBad::UseDefault,
+    only_with: None,
+    field: |c| &mut c.slot,
+};
+
+pub(super) const TRIAL: Param<Trial> = Param {
+    name: "ramstick.trial",
+    syntax: &Words::<Trial>::new(),
+    default: || Trial::Off,
+    help: "`on`: a trial boot of the slot (GRUB adds it once when a trial is pending): a \
+           watchdog restarts the machine unless the system commits itself in time, and the \
+           next boot is the committed slot.",
+    on_bad: OnBad::UseDefault,
+    only_with: None,
+    field: |c| &mut c.trial,
+};
+
+pub(super) const TRIAL_TIMEOUT: Param<u32> = Param {
+    name: "ramstick.trial.timeout",
+    syntax: &Number::<u32> {
+        min: 60,
+        max: 3600,
+        unit: Some("seconds"),
+    },
+    default: || 600,
+    help: "How long a trial boot has to pass its health check and commit before the \
+           watchdog restarts the machine.",
+    on_bad: OnBad::UseDefault,
+    only_with: Some(Needs {
+        setting: "ramstick.trial=on",
+        holds: |c| c.trial == Trial::On,
+    }),
+    field: |c| &mut c.trial_timeout_secs,
 };

@@ -233,7 +233,7 @@ fn display_is_line_per_fact() {
 fn a_profile_reads_its_own_chain_and_no_legacy_image() {
     let plan = plan_for("ramstick.profile=work");
     assert_eq!(
-        (plan.profile.as_str(), plan.state_dir.as_str()),
+        (plan.profile.as_str(), plan.layers.state_dir.as_str()),
         ("work", "profiles/work")
     );
     assert_eq!(
@@ -243,7 +243,7 @@ fn a_profile_reads_its_own_chain_and_no_legacy_image() {
     assert_eq!(plan.state_root(), "/sysroot/persist/profiles/work");
     assert_eq!(plan.legacy_present(|_| true), [false, false]);
     let default = plan_for("ramstick.profile=default");
-    assert_eq!(default.state_dir, "");
+    assert_eq!(default.layers.state_dir, "");
     assert_eq!(default.state_root(), "/sysroot/persist");
     assert_eq!(
         default.legacy_present(|n| n == "upperfs.squashfs"),

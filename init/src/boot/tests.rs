@@ -176,3 +176,5 @@ fn a_boot_mounts_and_moves_in_the_planned_order_up_to_the_switch() {
     // No saved state on the stick: no layer is checked.
     assert!(images.calls().is_empty(), "{:?}", images.calls());
 }
+
+mod trial;

@@ -172,4 +172,8 @@ impl Sys for RecordingSys {
     fn swapon(&self, path: &Path) -> io::Result<()> {
         self.record(format!("swapon {}", path.display()))
     }
+
+    fn arm_watchdog(&self, device: &Path, timeout_secs: u32) -> io::Result<()> {
+        self.record(format!("watchdog {} {timeout_secs}", device.display()))
+    }
 }

@@ -9,7 +9,7 @@
 //! then boots the committed (new) slot — never the reverse, a disarmed
 //! trial that a later reboot would undo without a word.
 
-use super::state::{Running, SlotVars, VAR_SLOT, VAR_TRIAL, VAR_TRIED};
+use super::state::{Running, SlotVars, ENV_SLOT, ENV_TRIAL, ENV_TRIED};
 use anyhow::{bail, Result};
 use ramstick_common::grubenv::Env;
 use ramstick_common::place::Slot;
@@ -66,8 +66,8 @@ pub fn plan_try(env: &Env, slot: Slot, complete: bool) -> Result<Vec<Step>> {
         );
     }
     let mut next = env.clone();
-    next.set(VAR_TRIAL, slot.name());
-    next.set(VAR_TRIED, "");
+    next.set(ENV_TRIAL, slot.name());
+    next.set(ENV_TRIED, "");
     Ok(write_if_changed(env, next))
 }
 
@@ -93,8 +93,8 @@ pub fn plan_commit(env: &Env, running: &Running) -> Result<Vec<Step>> {
         );
     }
     let mut next = env.clone();
-    next.set(VAR_SLOT, running.slot.name());
-    next.set(VAR_TRIED, "");
+    next.set(ENV_SLOT, running.slot.name());
+    next.set(ENV_TRIED, "");
     let mut steps = write_if_changed(env, next);
     steps.push(Step::Disarm);
     Ok(steps)
@@ -112,9 +112,9 @@ pub fn plan_rollback(env: &Env, running: &Running, complete: bool) -> Result<(Ve
         );
     }
     let mut next = env.clone();
-    next.set(VAR_SLOT, target.name());
-    next.set(VAR_TRIAL, "");
-    next.set(VAR_TRIED, "");
+    next.set(ENV_SLOT, target.name());
+    next.set(ENV_TRIAL, "");
+    next.set(ENV_TRIED, "");
     Ok((write_if_changed(env, next), target))
 }
 
@@ -162,8 +162,8 @@ mod tests {
             let vars = SlotVars::of(&self.env);
             match vars.trial {
                 Some(t) => {
-                    self.env.set(VAR_TRIED, t.name());
-                    self.env.set(VAR_TRIAL, "");
+                    self.env.set(ENV_TRIED, t.name());
+                    self.env.set(ENV_TRIAL, "");
                     self.armed = true;
                     format!("ramstick.slot={t} ramstick.trial=on")
                 }
@@ -221,11 +221,11 @@ mod tests {
 
     #[test]
     fn try_sets_the_one_shot_flag_and_refuses_what_cannot_boot() {
-        let fake = Fake::new(&[(VAR_SLOT, "a"), (VAR_TRIED, "b")], false);
+        let fake = Fake::new(&[(ENV_SLOT, "a"), (ENV_TRIED, "b")], false);
         let steps = plan_try(&fake.env, Slot::B, true).unwrap();
         let mut want = fake.env.clone();
-        want.set(VAR_TRIAL, "b");
-        want.set(VAR_TRIED, "");
+        want.set(ENV_TRIAL, "b");
+        want.set(ENV_TRIED, "");
         assert_eq!(steps, [Step::WriteEnv(want)]);
         let err = plan_try(&fake.env, Slot::B, false).unwrap_err().to_string();
         assert!(err.contains("not complete"), "{err}");
@@ -245,14 +245,14 @@ mod tests {
     #[test]
     fn commit_writes_the_slot_before_it_disarms_the_watchdog() {
         // A trial of b that GRUB started.
-        let mut fake = Fake::new(&[(VAR_SLOT, "a"), (VAR_TRIAL, "b")], false);
+        let mut fake = Fake::new(&[(ENV_SLOT, "a"), (ENV_TRIAL, "b")], false);
         let line = fake.grub_boots();
         let r = running(&line);
         assert!(r.trial && fake.armed);
         let steps = plan_commit(&fake.env, &r).unwrap();
         let mut want = fake.env.clone();
-        want.set(VAR_SLOT, "b");
-        want.set(VAR_TRIED, "");
+        want.set(ENV_SLOT, "b");
+        want.set(ENV_TRIED, "");
         assert_eq!(steps, [Step::WriteEnv(want), Step::Disarm]);
         cut_after_every_step(&fake, &steps, |cut, f| {
             let vars = SlotVars::of(&f.env);
@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn a_trial_that_never_commits_returns_to_the_old_slot() {
-        let mut fake = Fake::new(&[(VAR_SLOT, "a")], false);
+        let mut fake = Fake::new(&[(ENV_SLOT, "a")], false);
         let steps = plan_try(&fake.env, Slot::B, true).unwrap();
         run(&mut fake, &steps).unwrap();
         let first = running(&fake.grub_boots());
@@ -316,14 +316,14 @@ mod tests {
     #[test]
     fn rollback_commits_the_other_slot_and_drops_any_trial() {
         // Slot b committed and running; a pending trial of... nothing.
-        let fake = Fake::new(&[(VAR_SLOT, "b"), (VAR_TRIAL, "a")], false);
+        let fake = Fake::new(&[(ENV_SLOT, "b"), (ENV_TRIAL, "a")], false);
         let r = running("ramstick.slot=b");
         let (steps, target) = plan_rollback(&fake.env, &r, true).unwrap();
         assert_eq!(target, Slot::A);
         let mut want = fake.env.clone();
-        want.set(VAR_SLOT, "a");
-        want.set(VAR_TRIAL, "");
-        want.set(VAR_TRIED, "");
+        want.set(ENV_SLOT, "a");
+        want.set(ENV_TRIAL, "");
+        want.set(ENV_TRIED, "");
         assert_eq!(steps, [Step::WriteEnv(want)]);
         cut_after_every_step(&fake, &steps, |cut, f| {
             let next = SlotVars::of(&f.env).next_boot();
@@ -337,7 +337,7 @@ mod tests {
         assert!(err.contains("slot a is not complete"), "{err}");
         assert!(err.contains("keeps booting slot b"), "{err}");
         // On a trial of b, rolling back keeps a and forgets the trial.
-        let mut trial_b = Fake::new(&[(VAR_SLOT, "a"), (VAR_TRIAL, "b")], false);
+        let mut trial_b = Fake::new(&[(ENV_SLOT, "a"), (ENV_TRIAL, "b")], false);
         let r = running(&trial_b.grub_boots());
         let (steps, target) = plan_rollback(&trial_b.env, &r, true).unwrap();
         assert_eq!(target, Slot::A);

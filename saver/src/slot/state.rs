@@ -3,25 +3,13 @@
 //! says of the committed slot and of a trial (see README "Slots and trial
 //! boots").
 
-use ramstick_common::cmdline::split_args;
+use ramstick_common::cmdline;
 use ramstick_common::grubenv::Env;
 use ramstick_common::place::Slot;
 use std::fmt;
 
-/// GRUB's environment block, on the ESP.
-// INTEGRATOR: the slotboot branch's xtask image creates this file; its
-// common/src/slotboot.rs declares the variables below as ENV_SLOT,
-// ENV_TRIAL, ENV_TRIED (and the watchdog as WATCHDOG_DEVICE): use those, and
-// the slotwrite branch's `running_slot`/`committed_slot` duplicates go.
-pub const GRUBENV: &str = "grub/grubenv";
-/// The committed slot (absent: `a`).
-pub const VAR_SLOT: &str = "ramstick_slot";
-/// A slot to boot once (GRUB consumes it).
-pub const VAR_TRIAL: &str = "ramstick_trial";
-/// The slot whose trial GRUB started and nobody committed yet.
-pub const VAR_TRIED: &str = "ramstick_tried";
-/// The trial's watchdog timeout when the command line does not give one.
-pub const DEFAULT_TRIAL_TIMEOUT: u32 = 600;
+pub use ramstick_common::bootmenu::slots::GRUBENV;
+pub use ramstick_common::slotboot::{ENV_SLOT, ENV_TRIAL, ENV_TRIED};
 
 /// The slot this system booted, from the kernel command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,33 +22,16 @@ pub struct Running {
 }
 
 /// The running slot and trial state from the kernel command line `text`
-/// (`/proc/cmdline`): `ramstick.slot=a|b` (default `a`), `ramstick.trial=on`,
-/// `ramstick.trial.timeout=SECONDS`. The one place the saver learns them.
-// INTEGRATOR: a local reader until the slotboot branch's parameters are in
-// common/src/cmdline/params.rs; then its body becomes
-// `let c = cmdline::parse(text).0; Running { slot: c.slot, trial: c.trial ==
-// cmdline::Trial::On, timeout: c.trial_timeout_secs }` (same defaults and range).
+/// (`/proc/cmdline`), as init planned them (`ramstick.slot`,
+/// `ramstick.trial`, `ramstick.trial.timeout`; a malformed value is its
+/// default). The one place the saver learns them.
 pub fn running(text: &str) -> Running {
-    let mut r = Running {
-        slot: Slot::A,
-        trial: false,
-        timeout: DEFAULT_TRIAL_TIMEOUT,
-    };
-    for (name, value) in split_args(text) {
-        match (name, value) {
-            ("ramstick.slot", Some(v)) => r.slot = Slot::parse(v).unwrap_or(r.slot),
-            ("ramstick.trial", Some(v)) => r.trial = v == "on",
-            ("ramstick.trial.timeout", Some(v)) => {
-                r.timeout = v
-                    .parse()
-                    .ok()
-                    .filter(|n| (60..=3600).contains(n))
-                    .unwrap_or(r.timeout)
-            }
-            _ => {}
-        }
+    let c = cmdline::parse(text).0;
+    Running {
+        slot: c.slot,
+        trial: c.trial == cmdline::Trial::On,
+        timeout: c.trial_timeout_secs,
     }
-    r
 }
 
 /// The slot variables of GRUB's environment block.
@@ -78,9 +49,9 @@ impl SlotVars {
     pub fn of(env: &Env) -> SlotVars {
         let slot = |name| env.get(name).and_then(Slot::parse);
         SlotVars {
-            committed: slot(VAR_SLOT).unwrap_or_default(),
-            trial: slot(VAR_TRIAL),
-            tried: slot(VAR_TRIED),
+            committed: slot(ENV_SLOT).unwrap_or_default(),
+            trial: slot(ENV_TRIAL),
+            tried: slot(ENV_TRIED),
         }
     }
 
@@ -184,13 +155,13 @@ mod tests {
         let v = SlotVars::of(&Env::default());
         assert_eq!(v, SlotVars::default());
         assert_eq!(v.next_boot(), (Slot::A, false));
-        let v = SlotVars::of(&env(&[(VAR_SLOT, "b"), (VAR_TRIAL, "a"), (VAR_TRIED, "")]));
+        let v = SlotVars::of(&env(&[(ENV_SLOT, "b"), (ENV_TRIAL, "a"), (ENV_TRIED, "")]));
         assert_eq!(
             (v.committed, v.trial, v.tried),
             (Slot::B, Some(Slot::A), None)
         );
         assert_eq!(v.next_boot(), (Slot::A, true));
-        let v = SlotVars::of(&env(&[(VAR_SLOT, "x"), (VAR_TRIAL, "")]));
+        let v = SlotVars::of(&env(&[(ENV_SLOT, "x"), (ENV_TRIAL, "")]));
         assert_eq!(v.next_boot(), (Slot::A, false));
     }
 

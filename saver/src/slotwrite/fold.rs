@@ -7,12 +7,13 @@
 //! applies, and the kernels, modules and firmware directories are kept
 //! empty (the stick mounts its images there).
 
-use super::onstick::{self, ImageSource, OnStick, GRUBENV};
+use super::onstick::{self, ImageSource, OnStick};
 use super::plan::{self, Payload, RecordSeed, Target};
 use super::record::SlotOrigin;
 use crate::clock;
 use crate::progress::Reporter;
 use crate::session::{session_patterns, Paths, BUILTIN_EXCLUDE};
+use crate::slot::state::{SlotVars, GRUBENV};
 use crate::space::{self, human, Estimate};
 use crate::stick::say;
 use crate::verifymount;
@@ -53,9 +54,9 @@ pub struct FoldPaths {
     pub state: PathBuf,
     /// The kernel command line.
     pub cmdline: PathBuf,
-    /// GRUB's environment block, when the caller has it; `None`: the
-    /// stick's ESP is mounted to read it.
-    pub grubenv: Option<PathBuf>,
+    /// The stick's ESP, when the caller mounted it; `None`: it is mounted
+    /// to read and write GRUB's environment block.
+    pub esp: Option<PathBuf>,
 }
 
 impl FoldPaths {
@@ -68,7 +69,7 @@ impl FoldPaths {
             exclude: paths.exclude.clone(),
             state: paths.state.clone(),
             cmdline: paths.cmdline.clone(),
-            grubenv: None,
+            esp: None,
         }
     }
 }
@@ -217,10 +218,10 @@ fn committed(p: &FoldPaths) -> Result<Option<Slot>> {
             return Ok(None);
         }
         let env = Env::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-        onstick::committed_slot(&env).map(Some)
+        Ok(Some(SlotVars::of(&env).committed))
     };
-    match &p.grubenv {
-        Some(file) => read(file),
+    match &p.esp {
+        Some(esp) => read(&esp.join(GRUBENV)),
         None => {
             let esp = crate::kernel::esp::mount_esp(&p.persist)?;
             read(&esp.dir.join(GRUBENV))
@@ -258,8 +259,9 @@ pub fn fold(p: &FoldPaths, yes: bool) -> Result<bool> {
     let _lock = crate::save::lock(&p.state)?;
     let cmdline = std::fs::read_to_string(&p.cmdline)
         .with_context(|| format!("cannot read {}", p.cmdline.display()))?;
-    let running = onstick::running_slot(&cmdline)?;
-    let committed = match committed(p)? {
+    let running = crate::slot::state::running(&cmdline).slot;
+    let has_env = committed(p)?;
+    let committed = match has_env {
         Some(slot) => slot,
         None => {
             say(
@@ -336,12 +338,24 @@ pub fn fold(p: &FoldPaths, yes: bool) -> Result<bool> {
         record.describe(),
         started.elapsed().as_secs_f64()
     ));
-    // TODO(integration): call the slotsaver branch's exported set-trial
-    // function here (ramstick_trial=<slot> in grub/grubenv) once merged,
-    // instead of asking the user to.
+    // Then and only then: GRUB boots it once at the next reboot.
+    if has_env.is_none() {
+        say(&format!(
+            "this stick's GRUB cannot try slot {slot} (no grub/grubenv): it keeps booting slot \
+             {running}"
+        ));
+        return Ok(true);
+    }
+    match &p.esp {
+        Some(esp) => crate::slot::set_trial_in(esp, &p.persist, slot),
+        None => crate::slot::set_trial(&p.persist, slot),
+    }
+    .with_context(|| {
+        format!("slot {slot} is written, but its trial could not be set: `saver slot try {slot}`")
+    })?;
     say(&format!(
-        "next: `saver slot try {slot}` boots it once at the next reboot; it becomes the \
-         stick's slot only when that boot's health check commits it"
+        "the next boot tries slot {slot} once; it becomes the stick's slot only when that \
+         boot's health check commits it (`saver slot status`)"
     ));
     Ok(true)
 }

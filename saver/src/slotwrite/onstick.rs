@@ -7,19 +7,11 @@ use super::record::{SlotRecord, RECORD};
 use crate::space::human;
 use crate::stick::{sync_dir, sync_file};
 use anyhow::{bail, Context, Result};
-use ramstick_common::grubenv::Env;
 use ramstick_common::manifest::{LAYERS_DIR, LEGACY_BACKUP_IMAGE, LEGACY_IMAGE};
 use ramstick_common::place::{self, Slot, PROFILES_DIR};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// GRUB's environment block on the ESP.
-pub const GRUBENV: &str = "grub/grubenv";
-/// GRUB's variable naming the committed slot.
-pub const COMMITTED_VAR: &str = "ramstick_slot";
-/// GRUB's one-shot trial variable.
-pub const TRIAL_VAR: &str = "ramstick_trial";
 
 /// Where the images come from.
 pub trait ImageSource {
@@ -226,58 +218,9 @@ pub fn b_has_own_firmware(persist: &Path) -> bool {
         .is_file()
 }
 
-/// The committed slot GRUB's environment names (`ramstick_slot`; absent or
-/// empty: `a`).
-pub fn committed_slot(env: &Env) -> Result<Slot> {
-    match env.get(COMMITTED_VAR) {
-        None | Some("") => Ok(Slot::A),
-        Some(v) => Slot::parse(v).with_context(|| {
-            format!("GRUB's environment names slot {v:?} as {COMMITTED_VAR} (not a or b)")
-        }),
-    }
-}
-
-/// The slot the running system booted: `ramstick.slot=` on the kernel
-/// command line `cmdline` (absent: `a`).
-// TODO(integration): the slotsaver branch's function that returns the
-// running state dir should call this (or replace it): one place only.
-pub fn running_slot(cmdline: &str) -> Result<Slot> {
-    let mut slot = Slot::A;
-    for word in cmdline.split_whitespace() {
-        if let Some(v) = word.strip_prefix("ramstick.slot=") {
-            slot = Slot::parse(v)
-                .with_context(|| format!("ramstick.slot={v} on the kernel command line"))?;
-        }
-    }
-    Ok(slot)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_running_slot_is_the_last_word_default_a() {
-        assert_eq!(running_slot("quiet").unwrap(), Slot::A);
-        assert_eq!(running_slot("x ramstick.slot=b y").unwrap(), Slot::B);
-        assert_eq!(
-            running_slot("ramstick.slot=b ramstick.slot=a").unwrap(),
-            Slot::A
-        );
-        assert!(running_slot("ramstick.slot=c").is_err());
-    }
-
-    #[test]
-    fn the_committed_slot_comes_from_grubs_environment() {
-        let mut env = Env::default();
-        assert_eq!(committed_slot(&env).unwrap(), Slot::A);
-        env.set(COMMITTED_VAR, "b");
-        assert_eq!(committed_slot(&env).unwrap(), Slot::B);
-        env.set(COMMITTED_VAR, "");
-        assert_eq!(committed_slot(&env).unwrap(), Slot::A);
-        env.set(COMMITTED_VAR, "z");
-        assert!(committed_slot(&env).is_err());
-    }
 
     #[test]
     fn inspect_lists_what_a_slot_holds() {

@@ -23,7 +23,7 @@ const UNCHANGED: &str = "nothing to save, nothing was written";
 /// Boot the first profile entry of the menu (a one-kernel disk).
 fn boot_first_profile(ctx: &mut Ctx, disk: &Path) -> Result<Vm> {
     let mut vm = ctx.boot(disk, false)?;
-    vm.select_position(profile_entries_start(1))?;
+    vm.select_position(profile_entries_start(1, false))?;
     wait_shell(&mut vm)?;
     Ok(vm)
 }

@@ -1,235 +1,196 @@
-//! e2e: writing a slot. `update-stick-keeps-state`: a stick with a saved
-//! session and a file in `user/` gets the same busybox tree plus a marker
-//! file from the host (`update-stick`, in-process); on the host, slot a's
-//! files (base, chain, `user/`, modules, firmware) are byte-identical, slot
-//! b is complete and GRUB's trial names it; then a boot — into slot b when
-//! the stick's GRUB knows slots (its `grub.cfg` reads `ramstick_trial`),
-//! else into slot a with its state. `fold-kill`: `saver fold` cut by QEMU
-//! killed at a random moment; the next boot is slot a with its state; a
-//! fold to the end then writes a slot b whose base holds the session.
+//! e2e scenarios of slots: GRUB boots a slot on trial once, then the
+//! committed slot again by itself.
 
-use super::guest::{
-    boot_disk_to_shell, boot_info, out, poweroff_expecting, GrubEntry, CMD, SAVED, SAVER,
-};
+use super::guest::*;
 use super::{Ctx, DiskSpec, Scenario};
 use crate::deps;
-use crate::update_stick::{update_mounted, Attached, Esp, Update};
 use anyhow::{ensure, Context, Result};
-use ramstick_common::bootmenu::GRUB_CFG;
+use ramstick_common::bootmenu::slots::GRUBENV;
 use ramstick_common::grubenv::Env;
-use ramstick_saver::slotwrite::onstick::{GRUBENV, TRIAL_VAR};
-use std::collections::BTreeMap;
+use ramstick_common::place::Slot;
+use ramstick_common::slotboot::{ENV_SLOT, ENV_TRIAL, ENV_TRIED};
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
-pub const ALL: &[Scenario] = &[
-    Scenario {
-        name: "update-stick-keeps-state",
-        run: update_stick_keeps_state,
-    },
-    Scenario {
-        name: "fold-kill",
-        run: fold_kill,
-    },
-];
+pub const ALL: &[Scenario] = &[Scenario {
+    name: "slot-trial-boot",
+    run: slot_trial_boot,
+}];
 
-/// A fold of the busybox system under TCG (packing, reading back).
-const FOLD: Duration = Duration::from_secs(600);
-
-/// Every file of `dir` but those under `slot-b/`, with its bytes.
-fn slot_a_files(dir: &Path) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
-    let mut out = BTreeMap::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in fs::read_dir(&d).with_context(|| format!("cannot list {}", d.display()))? {
-            let e = e.with_context(|| format!("cannot list {}", d.display()))?;
-            let rel = e.path().strip_prefix(dir)?.to_path_buf();
-            if rel.starts_with("slot-b") || rel.starts_with("lost+found") {
-                continue;
-            }
-            if e.file_type()?.is_dir() {
-                todo.push(e.path());
-            } else {
-                let bytes =
-                    fs::read(e.path()).with_context(|| format!("cannot read {}", rel.display()))?;
-                out.insert(rel, bytes);
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn update_stick_keeps_state(ctx: &mut Ctx) -> Result<()> {
-    if !deps::is_root() {
-        println!("  update-stick-keeps-state: skipped: update-stick needs root (loop devices)");
-        return Ok(());
-    }
+/// Slot b (a copy of the base) set to boot once on trial: GRUB uses the flag
+/// up before booting it with `ramstick.trial=on` (init arms the watchdog),
+/// and a reboot without a commit is back on slot a.
+fn slot_trial_boot(ctx: &mut Ctx) -> Result<()> {
     let disk = ctx.disk(&DiskSpec::default())?;
-    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
-    vm.run(
-        "echo kept > /root/kept && echo mine > /persist/user/notes",
-        CMD,
-    )?;
-    poweroff_expecting(&mut vm, SAVED)?;
-    drop(vm);
 
-    let mnt = ctx.work.join("update-stick");
-    deps::remove_if_exists(&mnt)?;
-    fs::create_dir_all(&mnt).with_context(|| format!("cannot create {}", mnt.display()))?;
-    let (before, slots_in_grub) = {
-        let stick = Attached::attach(&disk, &mnt)?;
-        let mut esp = stick.esp();
-        if esp.read(GRUBENV)?.is_none() {
-            // A stick image from before slots (`cargo xtask image` adds the
-            // block once the slot boot is in): the block GRUB would have.
-            println!("  the image has no {GRUBENV}: adding one");
-            let mut block = Env::default();
-            block.set("ramstick_slot", "a");
-            let local = ctx.work.join("grubenv");
-            fs::write(&local, block.to_block().map_err(anyhow::Error::msg)?)
-                .with_context(|| format!("cannot write {}", local.display()))?;
-            esp.write(GRUBENV, &local)?;
-        }
-        let cfg = esp.read(GRUB_CFG)?.context("the ESP has no grub.cfg")?;
-        let cfg = String::from_utf8_lossy(&cfg).into_owned();
-        (slot_a_files(&stick.persist)?, cfg.contains(TRIAL_VAR))
-    };
-    let tree = ctx.work.join("update-tree");
-    deps::remove_if_exists(&tree)?;
-    deps::run(deps::cmd("cp").arg("-a").arg(&ctx.rootfs).arg(&tree))?;
-    fs::write(tree.join("etc/update-marker"), "updated from the host\n")
-        .context("cannot write the marker")?;
-    {
-        let stick = Attached::attach(&disk, &mnt)?;
-        let update = Update {
-            rootfs: tree.clone(),
-            kernel: None,
-            yes: false,
-            work: ctx.work.join("update-images"),
-            kernel_check: true,
-        };
-        let slot = update_mounted(&mut stick.esp(), &stick.persist, &update)?;
-        ensure!(slot.name() == "b", "update-stick wrote slot {slot}");
-    }
-    {
-        let stick = Attached::attach(&disk, &mnt)?;
-        let after = slot_a_files(&stick.persist)?;
-        let changed: Vec<&PathBuf> = before
-            .keys()
-            .chain(after.keys())
-            .filter(|p| before.get(*p) != after.get(*p))
-            .collect();
-        ensure!(changed.is_empty(), "slot a's files changed: {changed:?}");
-        ensure!(
-            before.contains_key(Path::new("user/notes"))
-                && before.contains_key(Path::new("layers/manifest.json")),
-            "the saved state or user/notes is missing on the stick"
-        );
-        for f in ["slot-b/rootfs.squashfs", "slot-b/slot.json"] {
-            ensure!(stick.persist.join(f).is_file(), "{f} is missing");
-        }
-        let mut esp = stick.esp();
-        let block = esp.read(GRUBENV)?.context("grubenv is gone")?;
-        let mut env = Env::parse(&block).map_err(anyhow::Error::msg)?;
-        ensure!(
-            env.get(TRIAL_VAR) == Some("b"),
-            "the trial is not set: {env:?}"
-        );
-        if !slots_in_grub {
-            // Without a GRUB that consumes the trial, a boot is slot a:
-            // leave the block as GRUB found it.
-            env.set(TRIAL_VAR, "");
-            esp.write_env(GRUBENV, &env)?;
-        }
-    }
-    let _ = fs::remove_dir_all(&tree);
-
+    // A stick with one slot: GRUB reads the data partition and lists no
+    // slot b.
     let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
-    if slots_in_grub {
-        let cmdline = out(&mut vm, "cat /proc/cmdline")?;
-        ensure!(
-            cmdline.contains("ramstick.slot=b"),
-            "the trial did not boot slot b: {cmdline}"
-        );
-        ensure!(
-            out(&mut vm, "cat /etc/update-marker")? == "updated from the host",
-            "slot b does not run the new system"
-        );
-        ensure!(
-            out(&mut vm, "test -e /root/kept && echo yes || echo no")? == "no",
-            "slot b shows slot a's saved state"
-        );
-    } else {
-        println!("  this stick's GRUB has no slots yet: checking that slot a boots with its state");
-        ensure!(
-            out(&mut vm, "cat /root/kept")? == "kept",
-            "slot a's state is gone"
-        );
-    }
+    let console = console_text(vm.log_path())?;
     ensure!(
-        out(&mut vm, "cat /persist/user/notes")? == "mine",
-        "user/ changed"
+        console.contains("ramstick (default)") && !console.contains("ramstick (slot b,"),
+        "the menu of a stick without slot b lists it (console log {})",
+        vm.log_path().display()
     );
-    vm.kill();
-    Ok(())
-}
-
-fn fold_kill(ctx: &mut Ctx) -> Result<()> {
-    let disk = ctx.disk(&DiskSpec::default())?;
-    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
-    vm.run("echo kept > /root/kept", CMD)?;
-    poweroff_expecting(&mut vm, SAVED)?;
+    vm.run(&format!("{SAVER} off"), CMD)?;
+    let status = vm.poweroff(SAVE)?;
+    ensure!(status.success(), "QEMU exited with {status}");
     drop(vm);
 
-    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
-    let delay = random_millis(6000);
-    println!("  cutting the power {delay} ms into the fold");
-    vm.sendline(&format!("{SAVER} fold --yes"))?;
-    std::thread::sleep(Duration::from_millis(delay));
-    vm.kill();
-    drop(vm);
+    copy_base_to_slot_b(ctx, &disk)?;
+    let mut env = read_grubenv(ctx, &disk)?;
+    ensure!(
+        env.get(ENV_SLOT) == Some("a"),
+        "a new stick's grubenv does not commit slot a: {env:?}"
+    );
+    env.set(ENV_TRIAL, "b");
+    write_grubenv(ctx, &disk, &env)?;
 
-    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
+    // The trial boot.
+    let mut vm = ctx.boot(&disk, false)?;
+    vm.expect("ramstick: trial boot of slot b", BOOT)
+        .context("GRUB did not announce the trial")?;
+    vm.select_entry(GrubEntry::Default)?;
+    wait_shell(&mut vm)?;
     let cmdline = out(&mut vm, "cat /proc/cmdline")?;
     ensure!(
-        !cmdline.contains("ramstick.slot=b"),
-        "a cut fold booted slot b: {cmdline}"
+        cmdline.contains("ramstick.slot=b") && cmdline.contains("ramstick.trial=on"),
+        "the trial boot's command line: {cmdline}"
+    );
+    let info = boot_info(&mut vm)?;
+    ensure!(
+        info.slot.slot == Slot::B && info.slot.trial && info.slot.watchdog_armed,
+        "boot.json of the trial boot: {:?}",
+        info.slot
     );
     ensure!(
-        out(&mut vm, "cat /root/kept")? == "kept",
-        "slot a's state is gone after the cut fold"
+        info.slot.base_image == "slot-b/rootfs.squashfs",
+        "slot b booted {}",
+        info.slot.base_image
     );
-    ensure!(boot_info(&mut vm)?.failures.is_empty(), "a layer failed");
-    let (rc, said) = vm.run_status(&format!("{SAVER} fold --yes 2>&1"), FOLD)?;
-    ensure!(rc == 0, "saver fold failed:\n{said}");
+    let log = vm.run_kernel_log("dmesg | grep 'trial boot of slot b'", CMD)?;
     ensure!(
-        said.contains("slot b holds the folded system"),
-        "saver fold says:\n{said}"
+        log.contains("within 600 s or it restarts into the committed slot"),
+        "init did not say the watchdog is armed:\n{log}"
     );
-    let folded = out(
-        &mut vm,
-        "mkdir -p /tmp/b && mount -o loop,ro /persist/slot-b/rootfs.squashfs /tmp/b && \
-         cat /tmp/b/root/kept; ls /tmp/b/lib/modules | wc -l; umount /tmp/b",
-    )?;
-    ensure!(
-        folded.lines().collect::<Vec<_>>() == ["kept", "0"],
-        "slot b's base shows {folded:?} (want the session's file and no modules)"
-    );
-    poweroff_expecting(&mut vm, "saver:")?;
+    // No commit: the session is not saved either (the saver of this
+    // branch does not know slots yet), and the machine goes down.
+    vm.run(&format!("{SAVER} off"), CMD)?;
+    let status = vm.poweroff(SAVE)?;
+    ensure!(status.success(), "QEMU exited with {status}");
     drop(vm);
-    let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
+    let env = read_grubenv(ctx, &disk)?;
     ensure!(
-        out(&mut vm, "cat /root/kept")? == "kept",
-        "slot a's state is gone after the fold"
+        env.get(ENV_TRIAL) == Some("") && env.get(ENV_TRIED) == Some("b"),
+        "GRUB did not use the trial flag up: {env:?}"
     );
-    vm.kill();
+    ensure!(
+        env.get(ENV_SLOT) == Some("a"),
+        "the committed slot changed: {env:?}"
+    );
+
+    // The next boot: the committed slot, by itself, slot b listed after it.
+    let mut vm = ctx.boot(&disk, false)?;
+    vm.expect("ramstick: the trial of slot b did not commit", BOOT)
+        .context("GRUB did not say the trial did not commit")?;
+    vm.select_entry(GrubEntry::Default)?;
+    wait_shell(&mut vm)?;
+    let console = console_text(vm.log_path())?;
+    let this_boot = console.rsplit("did not commit").next().unwrap_or_default();
+    ensure!(
+        this_boot.contains("ramstick (slot b, default)"),
+        "the menu does not list slot b (console log {})",
+        vm.log_path().display()
+    );
+    let cmdline = out(&mut vm, "cat /proc/cmdline")?;
+    ensure!(
+        cmdline.contains("ramstick.slot=a") && cmdline.contains("ramstick.trial=off"),
+        "the boot after the trial: {cmdline}"
+    );
+    let info = boot_info(&mut vm)?;
+    ensure!(
+        info.slot.slot == Slot::A && !info.slot.trial && !info.slot.watchdog_armed,
+        "boot.json after the trial: {:?}",
+        info.slot
+    );
     Ok(())
 }
 
-fn random_millis(max: u64) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    u64::from(nanos) % max
+/// The console log so far (the serial console carries raw bytes too).
+fn console_text(log: &Path) -> Result<String> {
+    let bytes = fs::read(log).with_context(|| format!("reading {}", log.display()))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Byte offset of partition `n` (1 = the ESP, 2 = the data partition).
+fn partition_offset(disk: &Path, n: usize) -> Result<u64> {
+    let json = deps::output(deps::cmd("sfdisk").arg("--json").arg(disk))?;
+    let table: serde_json::Value = serde_json::from_str(&json).context("parsing sfdisk --json")?;
+    let start = table["partitiontable"]["partitions"][n - 1]["start"]
+        .as_u64()
+        .with_context(|| format!("no partition {n} in sfdisk --json"))?;
+    Ok(start * 512)
+}
+
+/// `slot-b/rootfs.squashfs`: a copy of slot a's base, put on the data
+/// partition with debugfs.
+fn copy_base_to_slot_b(ctx: &Ctx, disk: &Path) -> Result<()> {
+    let fs = format!("{}?offset={}", disk.display(), partition_offset(disk, 2)?);
+    let base = ctx.work.join("slot-b-rootfs.squashfs");
+    let _ = fs::remove_file(&base);
+    deps::run(
+        deps::cmd("debugfs")
+            .args(["-R", &format!("dump /rootfs.squashfs {}", base.display())])
+            .arg(&fs),
+    )?;
+    ensure!(base.is_file(), "debugfs did not dump rootfs.squashfs");
+    deps::run_with_input(
+        deps::cmd("debugfs").args(["-w", "-f", "-"]).arg(&fs),
+        &format!(
+            "mkdir slot-b\ncd slot-b\nwrite {} rootfs.squashfs\n",
+            base.display()
+        ),
+    )?;
+    let listed = deps::output(deps::cmd("debugfs").args(["-R", "ls -l /slot-b"]).arg(&fs))?;
+    ensure!(
+        listed.contains("rootfs.squashfs"),
+        "slot-b/rootfs.squashfs was not written: {listed}"
+    );
+    Ok(())
+}
+
+/// The ESP of `disk`, as mtools names it.
+fn esp(disk: &Path) -> Result<String> {
+    Ok(format!(
+        "{}@@{}",
+        disk.display(),
+        partition_offset(disk, 1)?
+    ))
+}
+
+fn read_grubenv(ctx: &Ctx, disk: &Path) -> Result<Env> {
+    let copy = ctx.work.join("grubenv");
+    let _ = fs::remove_file(&copy);
+    deps::run(
+        deps::cmd("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(esp(disk)?)
+            .arg(format!("::/{GRUBENV}"))
+            .arg(&copy),
+    )?;
+    Env::read(&copy).with_context(|| format!("reading {GRUBENV} of the ESP"))
+}
+
+fn write_grubenv(ctx: &Ctx, disk: &Path, env: &Env) -> Result<()> {
+    let copy = ctx.work.join("grubenv");
+    fs::write(&copy, env.to_block()?).with_context(|| format!("writing {}", copy.display()))?;
+    deps::run(
+        deps::cmd("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-o", "-i"])
+            .arg(esp(disk)?)
+            .arg(&copy)
+            .arg(format!("::/{GRUBENV}")),
+    )
 }

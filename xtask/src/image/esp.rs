@@ -8,7 +8,7 @@ use crate::cache::Hasher;
 use crate::deps;
 use crate::kernel::Kernel;
 use anyhow::{Context, Result};
-use ramstick_common::bootmenu::{self, Menu, ESP_LABEL};
+use ramstick_common::bootmenu::{self, slots, Menu, ESP_LABEL};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 const ESP_MIN: u64 = 64 * MIB;
 const GRUB_STUB: &str = include_str!("../../../grub/stub.cfg");
 const GRUB_MODULES: &str = "part_gpt fat ext2 search search_fs_file search_label regexp normal \
-                            linux serial terminal echo test configfile all_video gfxterm";
+                            linux serial terminal echo test configfile all_video gfxterm loadenv";
 pub(super) const GRUB_DIR: &str = "/usr/lib/grub/x86_64-efi";
 
 /// Builds the FAT32 ESP image at `esp`; returns its size.
@@ -36,12 +36,17 @@ pub(crate) fn make_esp(
         .with_context(|| format!("cannot write {}", record.display()))?;
     let id = work.join(bootmenu::ESP_ID);
     fs::write(&id, "ramstick ESP\n").with_context(|| format!("cannot write {}", id.display()))?;
+    // GRUB's environment block: which slot boots (see bootmenu::slots).
+    let grubenv = work.join("grubenv");
+    fs::write(&grubenv, slots::initial_grubenv()?)
+        .with_context(|| format!("cannot write {}", grubenv.display()))?;
     let on_esp = |name: &str| format!("::/{name}");
-    let files: [(&Path, String); 6] = [
+    let files: [(&Path, String); 7] = [
         (&grub, on_esp("EFI/BOOT/BOOTX64.EFI")),
         (&cfg, on_esp(bootmenu::GRUB_CFG)),
         (&record, on_esp(bootmenu::MENU_RECORD)),
         (&id, on_esp(bootmenu::ESP_ID)),
+        (&grubenv, on_esp(slots::GRUBENV)),
         (&kernel.vmlinuz, on_esp(&bootmenu::vmlinuz(&kernel.version))),
         (initrd, on_esp(&bootmenu::initramfs(&kernel.version))),
     ];
@@ -115,4 +120,17 @@ fn grub_efi() -> Result<PathBuf> {
     fs::rename(&partial, &efi)
         .with_context(|| format!("cannot rename {} to {}", partial.display(), efi.display()))?;
     Ok(efi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grub_has_the_modules_of_the_slot_script() {
+        let ours: Vec<&str> = GRUB_MODULES.split_whitespace().collect();
+        for m in slots::GRUB_MODULES {
+            assert!(ours.contains(m), "{m} is not in the standalone GRUB");
+        }
+    }
 }

@@ -5,6 +5,7 @@
 //! a stick without grubenv is refused before anything is written.
 
 use super::*;
+use ramstick_common::slotboot::ENV_TRIAL;
 use ramstick_testkit::{have, skip, TempDir, MKSQUASHFS};
 use std::collections::BTreeMap;
 
@@ -55,7 +56,7 @@ fn stick(committed: &str) -> Stick {
     let t = TempDir::new("update-stick");
     let mut env = Env::default();
     env.set("ramstick_slot", committed);
-    env.set(TRIAL_VAR, "");
+    env.set(ENV_TRIAL, "");
     t.file("esp/grub/grubenv", env.to_block().unwrap(), 0o644)
         .file(
             &format!("esp/{MENU_RECORD}"),
@@ -140,7 +141,7 @@ fn update_writes_the_other_slot_and_never_the_committed_ones_state() {
     assert_eq!(record.origin, SlotOrigin::Update);
     assert_eq!(record.base, ramstick_squash::meta_digest(&base).unwrap().1);
     let env = env_of(&s);
-    assert_eq!(env.get(TRIAL_VAR), Some("b"));
+    assert_eq!(env.get(ENV_TRIAL), Some("b"));
     assert_eq!(env.get("ramstick_slot"), Some("a"));
 
     // Slot b holds something now: only with --yes.
@@ -181,7 +182,7 @@ fn with_b_committed_slot_a_is_written_and_b_kept() {
         "shared firmware"
     );
     assert!(!s.persist.join("layers").exists() && !s.persist.join("profiles").exists());
-    assert_eq!(env_of(&s).get(TRIAL_VAR), Some("a"));
+    assert_eq!(env_of(&s).get(ENV_TRIAL), Some("a"));
 }
 
 #[test]
