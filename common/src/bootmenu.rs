@@ -388,7 +388,7 @@ mod tests {
         assert!(cfg.contains(
             "\nif [ \"$ramstick_other_listed\" = yes ]; then\n\nmenuentry \"ramstick (slot"
         ));
-        assert!(cfg.trim_end().ends_with("}\nfi"), "{cfg}");
+        assert!(cfg.contains("}\nfi\n\n# One entry per profile"), "{cfg}");
         assert!(cfg.contains("search --no-floppy --file --set=root /ramstick-esp.id\n"));
         assert!(cfg.contains("initrd /initramfs-6.1.0-56-amd64.img\n"));
         assert!(cfg.contains("default kernel 6.1.0-56-amd64"));

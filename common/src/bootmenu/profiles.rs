@@ -88,7 +88,8 @@ mod tests {
             .render();
         let script = &cfg[cfg.find("\n# One entry per profile").unwrap()..];
         assert!(script.contains(
-            "linux /vmlinuz-k2 console=tty0 console=ttyS0,115200 ramstick.boot=default quiet \
+            "linux /vmlinuz-k2 console=tty0 console=ttyS0,115200 ramstick.boot=default \
+             ramstick.slot=$ramstick_boot_slot ramstick.trial=$ramstick_boot_trial quiet \
              ramstick.profile=$2\n"
         ));
         assert!(script.contains("initrd /initramfs-k2.img\n"));
