@@ -100,7 +100,7 @@ fn an_older_manifest_applies_without_reading_the_base() {
     let a = assemble(&sys, &images, Path::new("/"), &plan_for("ramstick.slot=b"));
     assert_eq!((a.used, a.layers.len()), (BootType::Default, 2));
     assert_eq!(a.base_check, BaseCheck::Unchecked);
-    assert_eq!(a.layers[0].file, "layers/layer-000001.squashfs");
+    assert_eq!(a.layers[0].file, "slot-b/layers/layer-000001.squashfs");
     assert!(sys
         .calls()
         .contains(&"loop /sysroot/persist/slot-b/layers/layer-000001.squashfs".to_string()));
