@@ -16,6 +16,8 @@ pub const ESP_MOUNT: &str = "/run/ramstick/esp";
 /// look at GRUB's environment block at every boot: a read-write vfat mount
 /// writes the boot sector's dirty flag, twice).
 pub const ESP_READ_MOUNT: &str = "/run/ramstick/esp-read";
+/// How long a mount of the ESP waits while another mount of it is busy.
+const ESP_BUSY_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// The ESP, mounted; unmounted on drop.
 pub struct MountedEsp {
@@ -84,14 +86,27 @@ fn mount_esp_at(persist: &Path, dir: &Path, flags: MsFlags) -> Result<MountedEsp
     };
     let dir = dir.to_path_buf();
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    mount(
-        Some(&device),
-        &dir,
-        Some("vfat"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | flags,
-        None::<&str>,
-    )
-    .with_context(|| {
+    // Another saver process may hold the ESP for a moment (the daemon reads
+    // GRUB's environment block read-only at its start, and the kernel
+    // refuses a read-write mount of a FAT mounted read-only elsewhere, and
+    // the reverse, with EBUSY): wait for it rather than fail.
+    let started = std::time::Instant::now();
+    let mounted = loop {
+        let r = mount(
+            Some(&device),
+            &dir,
+            Some("vfat"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC | flags,
+            None::<&str>,
+        );
+        match r {
+            Err(nix::errno::Errno::EBUSY) if started.elapsed() < ESP_BUSY_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(200))
+            }
+            r => break r,
+        }
+    };
+    mounted.with_context(|| {
         format!(
             "cannot mount {} (vfat) at {}",
             device.display(),
