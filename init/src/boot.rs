@@ -67,8 +67,6 @@ pub fn boot(sys: &dyn Sys, images: &dyn Images, root: &Path) -> Result<Infallibl
         "read the kernel module database",
         "the initramfs was built for another kernel; rebuild it for this one (cargo xtask initramfs)",
     )?;
-    // Drivers first: their devices probe in the background while the rest load.
-    timed("modules: hardware", || loader.autoload_hardware());
     let names: Vec<&str> = plan.modules.iter().map(String::as_str).collect();
     timed("modules: planned", || loader.load(&names)).step(
         "load kernel modules",
@@ -77,6 +75,7 @@ pub fn boot(sys: &dyn Sys, images: &dyn Images, root: &Path) -> Result<Infallibl
     timed("modules: zram algorithm", || {
         load_zram_algorithm(&plan, &mut loader)
     });
+    timed("modules: hardware", || loader.autoload_hardware());
     t.mark("modules");
 
     // 4-5. The persist device (opening it first when it is encrypted).
