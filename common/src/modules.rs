@@ -114,6 +114,8 @@ struct SoftDep {
 struct Alias {
     /// The alias pattern, normalised like kmod does (see [`normalize_alias`]).
     pattern: String,
+    /// Length of the pattern's literal start (see [`literal_prefix`]).
+    literal: usize,
     module: String,
     line: String,
 }
@@ -242,8 +244,10 @@ impl ModDb {
             else {
                 continue;
             };
+            let pattern = normalize_alias(pattern);
             db.aliases.push(Alias {
-                pattern: normalize_alias(pattern),
+                literal: literal_prefix(&pattern).len(),
+                pattern,
                 module: normalize_name(module),
                 line: line.to_string(),
             });
@@ -274,7 +278,12 @@ impl ModDb {
         let query = normalize_alias(name_or_alias);
         let mut found: Vec<String> = Vec::new();
         for alias in &self.aliases {
-            if !found.contains(&alias.module) && glob_match(&alias.pattern, &query) {
+            // The literal start first: most patterns are of another bus or
+            // vendor, and this runs for every modalias init sees.
+            if query.starts_with(&alias.pattern[..alias.literal])
+                && !found.contains(&alias.module)
+                && glob_match(&alias.pattern, &query)
+            {
                 found.push(alias.module.clone());
             }
         }
@@ -408,6 +417,13 @@ impl Walk<'_> {
         }
         Ok(())
     }
+}
+
+/// The start of a glob pattern before its first special character (`*`,
+/// `?`, `[`, `\`): every text the pattern matches starts with it.
+pub fn literal_prefix(pattern: &str) -> &str {
+    let end = pattern.find(['*', '?', '[', '\\']).unwrap_or(pattern.len());
+    &pattern[..end]
 }
 
 /// fnmatch(3)-style matching of `text` against `pattern` (no flags): `*`
@@ -669,6 +685,22 @@ alias devname:zram[0-9] zram
         assert!(db.resolve("devname:zramx").is_empty());
         assert_eq!(db.resolve("squashfs"), ["squashfs"]);
         assert!(db.resolve("nothing").is_empty());
+    }
+
+    #[test]
+    fn literal_prefixes_stop_at_the_first_special_character() {
+        assert_eq!(literal_prefix("pci:v00008086d*sv*"), "pci:v00008086d");
+        assert_eq!(literal_prefix("usb:v0781p5567"), "usb:v0781p5567");
+        assert_eq!(literal_prefix("*foo"), "");
+        assert_eq!(literal_prefix("cpu:type:x86,ven?"), "cpu:type:x86,ven");
+        assert_eq!(literal_prefix("x[0-9]"), "x");
+        assert_eq!(literal_prefix("a\\*b"), "a");
+        for (pattern, text) in [
+            ("pci:v00008086d*", "pci:v00008086d00002922"),
+            ("a\\*", "a*"),
+        ] {
+            assert!(glob_match(pattern, text) && text.starts_with(literal_prefix(pattern)));
+        }
     }
 
     #[test]

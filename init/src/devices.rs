@@ -314,6 +314,13 @@ pub fn describe(id: &Identity) -> String {
     s
 }
 
+/// How often init looks for the device again. Drivers probe in the
+/// background (`modload`'s `async_probe`), so the stick usually appears a
+/// few tens of ms after its driver loaded: a short poll finds it then. One
+/// look (the bus walk and the block-device scan) costs ~50 ms under TCG,
+/// a few ms on hardware.
+const POLL: Duration = Duration::from_millis(50);
+
 /// The longest init waits, after a device matched, for USB disks still
 /// being set up (see [`usb_disks_pending`]).
 const SETTLE_MAX: Duration = Duration::from_secs(3);
@@ -369,7 +376,7 @@ pub fn wait_for(
             log::info!("waiting up to {} s for {spec} …", timeout.as_secs());
             announced = true;
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(POLL);
     }
 }
 
