@@ -210,18 +210,10 @@ impl ProfileFs for StickFs {
         crate::stick::sync_dir(&self.path(dir))
     }
     fn rename(&mut self, from: &str, to: &str) -> Result<()> {
-        let (a, b) = (self.path(from), self.path(to));
-        std::fs::rename(&a, &b)
-            .with_context(|| format!("cannot rename {} to {}", a.display(), b.display()))
+        crate::stick::rename(&self.path(from), &self.path(to))
     }
     fn remove_tree(&mut self, dir: &str) -> Result<()> {
-        let p = self.path(dir);
-        match std::fs::remove_dir_all(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("cannot remove {}", p.display()))
-            }
-            _ => Ok(()),
-        }
+        crate::stick::remove_tree(&self.path(dir))
     }
 }
 

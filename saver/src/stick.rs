@@ -226,6 +226,34 @@ pub fn sync_file(path: &Path) -> Result<()> {
         .with_context(|| format!("cannot sync {}", path.display()))
 }
 
+/// Renames `from` to `to`, the error naming both.
+pub fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to)
+        .with_context(|| format!("cannot rename {} to {}", from.display(), to.display()))
+}
+
+/// Removes the file `path`; one already gone is not an error (a step run
+/// again after a power cut).
+pub fn remove_file(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Removes the directory `path` and all below it; one already gone is not
+/// an error.
+pub fn remove_tree(path: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Makes `dir`'s entries durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
@@ -294,19 +322,11 @@ impl Stick for PersistStick<'_> {
     }
 
     fn rename(&mut self, from: &str, to: &str) -> Result<()> {
-        let (a, b) = (self.path(from), self.path(to));
-        std::fs::rename(&a, &b)
-            .with_context(|| format!("cannot rename {} to {}", a.display(), b.display()))
+        rename(&self.path(from), &self.path(to))
     }
 
     fn remove(&mut self, path: &str) -> Result<()> {
-        let p = self.path(path);
-        match std::fs::remove_file(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("cannot remove {}", p.display()))
-            }
-            _ => Ok(()),
-        }
+        remove_file(&self.path(path))
     }
 
     fn write_synced(&mut self, path: &str, text: &str) -> Result<()> {

@@ -50,13 +50,7 @@ impl SlotFs for OnStick<'_> {
     }
 
     fn remove(&mut self, path: &str) -> Result<()> {
-        let p = self.path(path);
-        match std::fs::remove_file(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("cannot remove {}", p.display()))
-            }
-            _ => Ok(()),
-        }
+        crate::stick::remove_file(&self.path(path))
     }
 
     fn remove_tree(&mut self, path: &str) -> Result<()> {
@@ -65,13 +59,7 @@ impl SlotFs for OnStick<'_> {
         if name != LAYERS_DIR && name != PROFILES_DIR {
             bail!("refusing to remove {path}: not a slot's {LAYERS_DIR}/ or {PROFILES_DIR}/");
         }
-        let p = self.path(path);
-        match std::fs::remove_dir_all(&p) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(e).with_context(|| format!("cannot remove {}", p.display()))
-            }
-            _ => Ok(()),
-        }
+        crate::stick::remove_tree(&self.path(path))
     }
 
     fn write_image(&mut self, path: &str, payload: Payload) -> Result<()> {
@@ -90,9 +78,7 @@ impl SlotFs for OnStick<'_> {
     }
 
     fn rename(&mut self, from: &str, to: &str) -> Result<()> {
-        let (a, b) = (self.path(from), self.path(to));
-        std::fs::rename(&a, &b)
-            .with_context(|| format!("cannot rename {} to {}", a.display(), b.display()))
+        crate::stick::rename(&self.path(from), &self.path(to))
     }
 
     fn sync_dir(&mut self, dir: &str) -> Result<()> {
