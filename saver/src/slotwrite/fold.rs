@@ -334,7 +334,7 @@ pub fn fold(p: &FoldPaths, yes: bool) -> Result<bool> {
     drop(view);
     say(&format!(
         "slot {slot} holds the folded system ({}; {:.0} s); its saved state starts empty. \
-         Slot {running} is unchanged and stays the one the stick boots",
+         Slot {running} is unchanged and stays the committed slot",
         record.describe(),
         started.elapsed().as_secs_f64()
     ));

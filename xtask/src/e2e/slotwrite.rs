@@ -184,9 +184,16 @@ fn fold_kill(ctx: &mut Ctx) -> Result<()> {
     drop(vm);
 
     let mut vm = boot_disk_to_shell(ctx, &disk, GrubEntry::Default)?;
-    let delay = random_millis(6000);
-    println!("  cutting the power {delay} ms into the fold");
+    // Incompressible data in the session, so that the base takes seconds to
+    // write: the cut lands while it is written, mostly.
+    vm.run(
+        "dd if=/dev/urandom of=/root/big bs=1M count=24 2>/dev/null",
+        CMD,
+    )?;
+    let delay = random_millis(4000);
+    println!("  cutting the power {delay} ms after the fold starts writing");
     vm.sendline(&format!("{SAVER} fold --yes"))?;
+    vm.expect("folding the running system", FOLD)?;
     std::thread::sleep(Duration::from_millis(delay));
     vm.kill();
     drop(vm);
