@@ -29,6 +29,8 @@ const FOLD: Duration = Duration::from_secs(600);
 const VERDICT: Duration = Duration::from_secs(300);
 /// A file standing for an installed package.
 const HELLO: &str = "/usr/local/bin/hello";
+/// The busybox rootfs's daemon logs here.
+const DAEMON_LOG: &str = "/run/ramstick/saver/daemon.log";
 /// The user's health hook.
 const HOOK: &str = "/etc/ramstick/health-check";
 
@@ -240,6 +242,17 @@ fn slot_trial_fails(ctx: &mut Ctx) -> Result<()> {
         cmdline.contains("ramstick.slot=a") && cmdline.contains("ramstick.trial=off"),
         "the boot after the failed trial: {cmdline}"
     );
+    // The daemon says it too, once, at its start.
+    if let Err(e) = wait_console(
+        &vm,
+        &["the trial of slot b did not commit (failed, hung or lost power): running slot a"],
+        CMD,
+    ) {
+        let log = vm
+            .run(&format!("cat {DAEMON_LOG}"), CMD)
+            .unwrap_or_default();
+        bail!("{e:#}; the daemon's log:\n{log}");
+    }
     let status = out(&mut vm, &format!("{SAVER} slot status 2>&1"))?;
     ensure!(
         status.contains("committed:  slot a") && status.contains("trial of slot b failed"),
