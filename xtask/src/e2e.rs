@@ -27,6 +27,7 @@ mod profiles;
 mod reliab;
 mod scenarios;
 mod slots;
+mod slottrial;
 mod slotwrite;
 mod trees;
 mod upperwatch;
@@ -213,6 +214,7 @@ fn all_scenarios() -> impl Iterator<Item = &'static Scenario> {
         .chain(luks::ALL)
         .chain(reliab::ALL)
         .chain(slots::ALL)
+        .chain(slottrial::ALL)
         .chain(slotwrite::ALL)
 }
 

@@ -91,8 +91,14 @@ pub fn to_console(line: &str) {
 pub fn start(paths: &Paths) {
     let running = super::running_of(paths);
     let vars = super::read_vars(super::persist_root());
-    if let (Err(e), true) = (&vars, running.trial) {
-        say(&format!("slot {} on trial: {e:#}", running.slot));
+    // Said on every boot (in the log): an unreadable block would otherwise
+    // hide a failed trial without a trace.
+    if let Err(e) = &vars {
+        let what = if running.trial { "on trial" } else { "running" };
+        say(&format!(
+            "slot {} {what}: GRUB's environment block not read: {e:#}",
+            running.slot
+        ));
     }
     match at_start(&running, vars.as_ref().ok()) {
         AtStart::Nothing => {}
