@@ -84,3 +84,33 @@ fn a_chain_made_on_another_base_is_never_saved_over() {
         assert!(err.contains("made on another base"), "{err}");
     }
 }
+
+#[test]
+fn a_save_in_another_state_directory_reads_the_slots_base() {
+    // Slot b's profile: the state directory is two levels below slot b's
+    // directory, and the base is named from the partition's root.
+    let dir = ramstick_testkit::TempDir::new("base-digest");
+    dir.file("tree/etc/hostname", "b\n", 0o644);
+    let image = dir.join("persist/slot-b/rootfs.squashfs");
+    std::fs::create_dir_all(image.parent().unwrap()).unwrap();
+    ramstick_squash::pack(
+        &dir.join("tree"),
+        &image,
+        &ramstick_squash::PackOptions::default(),
+    )
+    .unwrap();
+    let (_, want) = ramstick_squash::meta_digest(&image).unwrap();
+    let paths = crate::session::Paths {
+        persist: dir.join("persist/slot-b/profiles/work"),
+        ..crate::session::Paths::system()
+    };
+    let mut info = BootInfo::chosen(
+        &Saved::Nothing,
+        chain::choose(&Saved::Nothing, BootType::Default, |_| Ok(())),
+        LayersMode::Mount,
+    );
+    info.state_dir = "slot-b/profiles/work".into();
+    info.slot.base_image = "slot-b/rootfs.squashfs".into();
+    assert_eq!(info.slot.base_digest, None);
+    assert_eq!(crate::save::base_digest(&paths, &info), Some(want));
+}

@@ -75,6 +75,17 @@ pub fn running(boot_json: &Path, cmdline: &Path) -> Running {
     }
 }
 
+/// The persist partition's root, from a state directory `state_root` that
+/// is `state_dir` below it (what [`Running::state_root`] made).
+pub fn partition_root(state_root: &Path, state_dir: &str) -> PathBuf {
+    let depth = Path::new(state_dir).components().count();
+    state_root
+        .ancestors()
+        .nth(depth)
+        .unwrap_or(state_root)
+        .to_path_buf()
+}
+
 /// Creates `dir` and each missing parent, each made durable in its parent
 /// before the next is made: a power cut leaves a prefix of the directories,
 /// each either absent or whole (a new profile's state directory before its
@@ -108,6 +119,18 @@ pub fn existing(path: &Path) -> &Path {
 mod tests {
     use super::*;
     use ramstick_testkit::TempDir;
+
+    #[test]
+    fn the_partition_root_is_above_the_state_directory() {
+        for dir in ["", "profiles/work", "slot-b", "slot-b/profiles/work"] {
+            let running = Running {
+                state_dir: dir.into(),
+                ..Running::default()
+            };
+            let state = running.state_root(Path::new("/persist"));
+            assert_eq!(partition_root(&state, dir), Path::new("/persist"), "{dir}");
+        }
+    }
 
     #[test]
     fn boot_json_first_then_the_command_line_then_the_default() {

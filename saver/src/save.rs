@@ -77,7 +77,10 @@ pub enum Outcome {
 /// now (a few KiB). `None` when it cannot be read: the manifest keeps its own.
 pub fn base_digest(paths: &Paths, info: &BootInfo) -> Option<String> {
     info.slot.base_digest.clone().or_else(|| {
-        let image = paths.persist.join(&info.slot.base_image);
+        // `paths.persist` is the state directory; the base is named from
+        // the partition's root.
+        let root = crate::running::partition_root(&paths.persist, &info.state_dir);
+        let image = root.join(&info.slot.base_image);
         ramstick_squash::meta_digest(&image).ok().map(|(_, d)| d)
     })
 }
