@@ -75,15 +75,13 @@ pub(crate) fn persist_root() -> &'static Path {
 
 /// Taken around each read-modify-write of GRUB's environment block, so the
 /// daemon's commit and a `saver slot` command never lose each other's
-/// change, and around each read of it: the kernel refuses (EBUSY) a
-/// read-write mount of the ESP while another process has it mounted
-/// read-only, so an unlocked `saver status` (or the daemon's look at the
-/// block at its start) made a commit or a rollback fail. (Not the saver's
-/// save lock: a save holds that for minutes, and a commit must not wait
-/// past the trial's watchdog.)
+/// change. (A read needs no lock: a mount of the ESP waits while another
+/// saver process holds it, see `kernel::esp`. Not the saver's save lock: a
+/// save holds that for minutes, and a commit must not wait past the trial's
+/// watchdog.)
 const ENV_LOCK: &str = "/run/ramstick/saver/slot.lock";
 
-pub(crate) fn env_lock() -> Result<Flock<File>> {
+fn env_lock() -> Result<Flock<File>> {
     let path = Path::new(ENV_LOCK);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -233,7 +231,6 @@ pub fn health_check(paths: &Paths, until: Instant, in_daemon: bool) -> health::V
 /// The block's slot variables, read from the ESP (mounted meanwhile,
 /// read-only when it can be).
 pub fn read_vars(persist: &Path) -> Result<SlotVars> {
-    let _lock = env_lock()?;
     let esp = mount_esp_to_read(persist)?;
     Ok(SlotVars::of(&onstick::read_env(&esp.dir)?))
 }

@@ -223,9 +223,7 @@ fn committed(p: &FoldPaths) -> Result<Option<Slot>> {
     match &p.esp {
         Some(esp) => read(&esp.join(GRUBENV)),
         None => {
-            // See `env_lock`: a read-only mount elsewhere fails this one.
-            let _lock = crate::slot::env_lock()?;
-            let esp = crate::kernel::esp::mount_esp(&p.persist)?;
+            let esp = crate::kernel::esp::mount_esp_to_read(&p.persist)?;
             read(&esp.dir.join(GRUBENV))
         }
     }
