@@ -8,7 +8,7 @@ use anyhow::{bail, ensure, Context, Result};
 use ramstick_common::bootinfo::BootInfo;
 pub use ramstick_common::bootmenu::GrubEntry;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// From the GRUB menu to a shell prompt under TCG (GRUB ~5 s, kernel + init 15-40 s).
 pub const BOOT: Duration = Duration::from_secs(180);
@@ -153,6 +153,51 @@ fn mentions_millis(line: &str) -> bool {
                 .last()
                 .is_some_and(u8::is_ascii_digit)
     })
+}
+
+/// Milliseconds in 0..max, from the clock (a different moment every run).
+pub fn random_millis(max: u64) -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    u64::from(nanos) % max
+}
+
+/// Boots the default entry, which GRUB turns into the trial of slot b.
+pub fn boot_trial(ctx: &mut Ctx, disk: &Path) -> Result<Vm> {
+    let mut vm = ctx.boot(disk, false)?;
+    vm.expect("ramstick: trial boot of slot b", BOOT)
+        .context("GRUB did not announce the trial of slot b")?;
+    vm.select_entry(GrubEntry::Default)?;
+    wait_shell(&mut vm)?;
+    let cmdline = out(&mut vm, "cat /proc/cmdline")?;
+    ensure!(
+        cmdline.contains("ramstick.slot=b") && cmdline.contains("ramstick.trial=on"),
+        "the trial boot's command line: {cmdline}"
+    );
+    Ok(vm)
+}
+
+/// Waits for the daemon's line containing one of `lines` on the console
+/// (the log file: the line may come before or after the shell's prompt);
+/// returns the index of the one seen.
+pub fn wait_console(vm: &Vm, lines: &[&str], timeout: Duration) -> Result<usize> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let bytes = std::fs::read(vm.log_path())
+            .with_context(|| format!("reading {}", vm.log_path().display()))?;
+        let text = String::from_utf8_lossy(&bytes);
+        if let Some(i) = lines.iter().position(|l| text.contains(l)) {
+            return Ok(i);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "none of {lines:?} on the console within {timeout:.0?} (console log {})",
+                vm.log_path().display()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }
 
 #[cfg(test)]

@@ -8,8 +8,8 @@
 //! add-layer`, see [`Ctx::layered`]); a power cut is QEMU killed.
 
 use super::guest::{
-    boot_disk_to_shell, boot_info, check, out, persist_written, poweroff_expecting, wait_shell,
-    GrubEntry, BOOT, CMD, SAVE, SAVED, SAVER,
+    boot_disk_to_shell, boot_info, check, out, persist_written, poweroff_expecting, random_millis,
+    wait_shell, GrubEntry, BOOT, CMD, SAVE, SAVED, SAVER,
 };
 use super::{Ctx, DiskSpec, Scenario};
 use crate::deps;
@@ -350,14 +350,6 @@ fn compaction_kill(ctx: &mut Ctx) -> Result<()> {
     same(&mut vm)?;
     vm.kill();
     Ok(())
-}
-
-/// Milliseconds in 0..max, from the clock (a different moment every run).
-fn random_millis(max: u64) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    u64::from(nanos) % max
 }
 
 /// `ramstick.layers=ram`: the layers are unpacked into the upper

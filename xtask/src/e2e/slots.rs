@@ -102,16 +102,7 @@ fn slot_trial_boot(ctx: &mut Ctx) -> Result<()> {
 
     // The trial boot, to its end: init arms the watchdog, the daemon's
     // health check passes (busybox: the daemon runs) and commits slot b.
-    let mut vm = ctx.boot(&disk, false)?;
-    vm.expect("ramstick: trial boot of slot b", BOOT)
-        .context("GRUB did not announce the second trial")?;
-    vm.select_entry(GrubEntry::Default)?;
-    wait_shell(&mut vm)?;
-    let cmdline = out(&mut vm, "cat /proc/cmdline")?;
-    ensure!(
-        cmdline.contains("ramstick.slot=b") && cmdline.contains("ramstick.trial=on"),
-        "the trial boot's command line: {cmdline}"
-    );
+    let mut vm = boot_trial(ctx, &disk)?;
     let info = boot_info(&mut vm)?;
     ensure!(
         info.slot.slot == Slot::B && info.slot.trial && info.slot.watchdog_armed,
@@ -129,15 +120,8 @@ fn slot_trial_boot(ctx: &mut Ctx) -> Result<()> {
         "init did not say the watchdog is armed:\n{log}"
     );
     // The daemon says it on the console, maybe before the shell was up.
-    let deadline = std::time::Instant::now() + BOOT;
-    while !console_text(vm.log_path())?.contains("trial of slot b confirmed") {
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "the saver daemon did not commit the trial (console log {})",
-            vm.log_path().display()
-        );
-        std::thread::sleep(std::time::Duration::from_secs(2));
-    }
+    wait_console(&vm, &["trial of slot b confirmed"], BOOT)
+        .context("the saver daemon did not commit the trial")?;
     let status = vm.poweroff(SAVE)?;
     ensure!(status.success(), "QEMU exited with {status}");
     drop(vm);

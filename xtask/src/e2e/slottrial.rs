@@ -9,8 +9,7 @@ use super::{Ctx, DiskSpec, Scenario};
 use crate::qemu::Vm;
 use anyhow::{bail, ensure, Context, Result};
 use ramstick_common::place::Slot;
-use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub const ALL: &[Scenario] = &[
     Scenario {
@@ -66,43 +65,6 @@ fn power_off(vm: &mut Vm) -> Result<()> {
     let status = vm.poweroff(SAVE)?;
     ensure!(status.success(), "QEMU exited with {status}");
     Ok(())
-}
-
-/// Boots the default entry, which GRUB turns into the trial of slot b.
-fn boot_trial(ctx: &mut Ctx, disk: &Path) -> Result<Vm> {
-    let mut vm = ctx.boot(disk, false)?;
-    vm.expect("ramstick: trial boot of slot b", BOOT)
-        .context("GRUB did not announce the trial of slot b")?;
-    vm.select_entry(GrubEntry::Default)?;
-    wait_shell(&mut vm)?;
-    let cmdline = out(&mut vm, "cat /proc/cmdline")?;
-    ensure!(
-        cmdline.contains("ramstick.slot=b") && cmdline.contains("ramstick.trial=on"),
-        "the trial boot's command line: {cmdline}"
-    );
-    Ok(vm)
-}
-
-/// Waits for the daemon's line containing one of `lines` on the console
-/// (the log file: the line may come before or after the shell's prompt);
-/// returns the index of the one seen.
-fn wait_console(vm: &Vm, lines: &[&str], timeout: Duration) -> Result<usize> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let bytes = std::fs::read(vm.log_path())
-            .with_context(|| format!("reading {}", vm.log_path().display()))?;
-        let text = String::from_utf8_lossy(&bytes);
-        if let Some(i) = lines.iter().position(|l| text.contains(l)) {
-            return Ok(i);
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "none of {lines:?} on the console within {timeout:.0?} (console log {})",
-                vm.log_path().display()
-            );
-        }
-        std::thread::sleep(Duration::from_secs(2));
-    }
 }
 
 fn slot_fold_commit(ctx: &mut Ctx) -> Result<()> {

@@ -9,7 +9,8 @@
 //! fold to the end then writes a slot b whose base holds the session.
 
 use super::guest::{
-    boot_disk_to_shell, boot_info, out, poweroff_expecting, GrubEntry, CMD, SAVED, SAVER,
+    boot_disk_to_shell, boot_info, out, poweroff_expecting, random_millis, GrubEntry, CMD, SAVED,
+    SAVER,
 };
 use super::{Ctx, DiskSpec, Scenario};
 use crate::deps;
@@ -260,11 +261,4 @@ fn fold_kill(ctx: &mut Ctx) -> Result<()> {
     );
     vm.kill();
     Ok(())
-}
-
-fn random_millis(max: u64) -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    u64::from(nanos) % max
 }
