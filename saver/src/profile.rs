@@ -14,8 +14,6 @@ use plan::{Facts, ProfileFs};
 use ramstick_common::chain::Saved;
 use ramstick_common::manifest::{LAYERS_DIR, LEGACY_BACKUP_IMAGE, LEGACY_IMAGE, MANIFEST};
 use ramstick_common::place::{self, Slot, DEFAULT_PROFILE, PROFILES_DIR};
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// What `saver profile` does.
@@ -195,16 +193,10 @@ impl ProfileFs for StickFs {
         std::fs::create_dir(&p).with_context(|| format!("cannot create {}", p.display()))
     }
     fn link(&mut self, from: &str, to: &str) -> Result<()> {
-        let (a, b) = (self.path(from), self.path(to));
-        std::fs::hard_link(&a, &b)
-            .with_context(|| format!("cannot link {} to {}", a.display(), b.display()))
+        crate::stick::hard_link(&self.path(from), &self.path(to))
     }
     fn write(&mut self, path: &str, text: &str) -> Result<()> {
-        let p = self.path(path);
-        let mut f = File::create(&p).with_context(|| format!("cannot create {}", p.display()))?;
-        f.write_all(text.as_bytes())
-            .and_then(|()| f.sync_all())
-            .with_context(|| format!("cannot write {}", p.display()))
+        crate::stick::write_synced(&self.path(path), text)
     }
     fn sync_dir(&mut self, dir: &str) -> Result<()> {
         crate::stick::sync_dir(&self.path(dir))

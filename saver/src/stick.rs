@@ -226,6 +226,20 @@ pub fn sync_file(path: &Path) -> Result<()> {
         .with_context(|| format!("cannot sync {}", path.display()))
 }
 
+/// Hard-links `from` as `to`, the error naming both.
+pub fn hard_link(from: &Path, to: &Path) -> Result<()> {
+    std::fs::hard_link(from, to)
+        .with_context(|| format!("cannot link {} to {}", from.display(), to.display()))
+}
+
+/// Writes `text` as the file `path` (created or truncated) and syncs it.
+pub fn write_synced(path: &Path, text: &str) -> Result<()> {
+    let mut f = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(text.as_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 /// Renames `from` to `to`, the error naming both.
 pub fn rename(from: &Path, to: &Path) -> Result<()> {
     std::fs::rename(from, to)
@@ -316,9 +330,7 @@ impl Stick for PersistStick<'_> {
 
     fn link(&mut self, from: &str, to: &str) -> Result<()> {
         self.layers_dir()?;
-        let (a, b) = (self.path(from), self.path(to));
-        std::fs::hard_link(&a, &b)
-            .with_context(|| format!("cannot link {} to {}", a.display(), b.display()))
+        hard_link(&self.path(from), &self.path(to))
     }
 
     fn rename(&mut self, from: &str, to: &str) -> Result<()> {
@@ -331,11 +343,7 @@ impl Stick for PersistStick<'_> {
 
     fn write_synced(&mut self, path: &str, text: &str) -> Result<()> {
         self.layers_dir()?;
-        let p = self.path(path);
-        let mut f = File::create(&p).with_context(|| format!("cannot create {}", p.display()))?;
-        f.write_all(text.as_bytes())
-            .and_then(|()| f.sync_all())
-            .with_context(|| format!("cannot write {}", p.display()))
+        write_synced(&self.path(path), text)
     }
 
     fn sync_dir(&mut self, dir: &str) -> Result<()> {
