@@ -373,8 +373,59 @@ pub fn gpt_partitions<R: Read + Seek>(disk: &mut R, sector_size: u64) -> io::Res
     Ok(parts)
 }
 
+/// Test data for this crate's tests and other crates' (feature `testdata`).
+#[cfg(any(test, feature = "testdata"))]
+pub mod testdata {
+    use super::crc32;
+
+    /// A GPT disk of `sectors` sectors with the given (type GUID byte, unique
+    /// GUID, name) entries, primary and backup headers.
+    pub fn gpt_disk(sector: usize, sectors: usize, parts: &[(u8, [u8; 16], &str)]) -> Vec<u8> {
+        let mut disk = vec![0u8; sector * sectors];
+        // Protective MBR.
+        disk[446 + 4] = 0xEE;
+        disk[510] = 0x55;
+        disk[511] = 0xAA;
+        let entry_count = 128usize;
+        let mut entries = vec![0u8; entry_count * 128];
+        for (i, (type_byte, guid, name)) in parts.iter().enumerate() {
+            let e = &mut entries[i * 128..(i + 1) * 128];
+            e[0] = *type_byte;
+            e[16..32].copy_from_slice(guid);
+            for (j, unit) in name.encode_utf16().enumerate() {
+                e[56 + 2 * j..58 + 2 * j].copy_from_slice(&unit.to_le_bytes());
+            }
+        }
+        let entries_crc = crc32(&entries);
+        let last = (sectors - 1) as u64;
+        let entry_sectors = entries.len() / sector;
+        let put_header = |disk: &mut Vec<u8>, my_lba: u64, alt_lba: u64, entries_lba: u64| {
+            let mut h = vec![0u8; 92];
+            h[0..8].copy_from_slice(b"EFI PART");
+            h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+            h[12..16].copy_from_slice(&92u32.to_le_bytes());
+            h[24..32].copy_from_slice(&my_lba.to_le_bytes());
+            h[32..40].copy_from_slice(&alt_lba.to_le_bytes());
+            h[72..80].copy_from_slice(&entries_lba.to_le_bytes());
+            h[80..84].copy_from_slice(&(entry_count as u32).to_le_bytes());
+            h[84..88].copy_from_slice(&128u32.to_le_bytes());
+            h[88..92].copy_from_slice(&entries_crc.to_le_bytes());
+            let crc = crc32(&h);
+            h[16..20].copy_from_slice(&crc.to_le_bytes());
+            let at = my_lba as usize * sector;
+            disk[at..at + 92].copy_from_slice(&h);
+            let at = entries_lba as usize * sector;
+            disk[at..at + entries.len()].copy_from_slice(&entries);
+        };
+        put_header(&mut disk, 1, last, 2);
+        put_header(&mut disk, last, 1, last - entry_sectors as u64);
+        disk
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testdata::gpt_disk;
     use super::*;
     use std::io::Cursor;
 
@@ -508,50 +559,6 @@ mod tests {
     fn crc32_check_value() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
         assert_eq!(crc32(b""), 0);
-    }
-
-    /// A GPT disk of `sectors` sectors with the given (type GUID byte, unique
-    /// GUID, name) entries, primary and backup headers.
-    fn gpt_disk(sector: usize, sectors: usize, parts: &[(u8, [u8; 16], &str)]) -> Vec<u8> {
-        let mut disk = vec![0u8; sector * sectors];
-        // Protective MBR.
-        disk[446 + 4] = 0xEE;
-        disk[510] = 0x55;
-        disk[511] = 0xAA;
-        let entry_count = 128usize;
-        let mut entries = vec![0u8; entry_count * 128];
-        for (i, (type_byte, guid, name)) in parts.iter().enumerate() {
-            let e = &mut entries[i * 128..(i + 1) * 128];
-            e[0] = *type_byte;
-            e[16..32].copy_from_slice(guid);
-            for (j, unit) in name.encode_utf16().enumerate() {
-                e[56 + 2 * j..58 + 2 * j].copy_from_slice(&unit.to_le_bytes());
-            }
-        }
-        let entries_crc = crc32(&entries);
-        let last = (sectors - 1) as u64;
-        let entry_sectors = entries.len() / sector;
-        let put_header = |disk: &mut Vec<u8>, my_lba: u64, alt_lba: u64, entries_lba: u64| {
-            let mut h = vec![0u8; 92];
-            h[0..8].copy_from_slice(b"EFI PART");
-            h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
-            h[12..16].copy_from_slice(&92u32.to_le_bytes());
-            h[24..32].copy_from_slice(&my_lba.to_le_bytes());
-            h[32..40].copy_from_slice(&alt_lba.to_le_bytes());
-            h[72..80].copy_from_slice(&entries_lba.to_le_bytes());
-            h[80..84].copy_from_slice(&(entry_count as u32).to_le_bytes());
-            h[84..88].copy_from_slice(&128u32.to_le_bytes());
-            h[88..92].copy_from_slice(&entries_crc.to_le_bytes());
-            let crc = crc32(&h);
-            h[16..20].copy_from_slice(&crc.to_le_bytes());
-            let at = my_lba as usize * sector;
-            disk[at..at + 92].copy_from_slice(&h);
-            let at = entries_lba as usize * sector;
-            disk[at..at + entries.len()].copy_from_slice(&entries);
-        };
-        put_header(&mut disk, 1, last, 2);
-        put_header(&mut disk, last, 1, last - entry_sectors as u64);
-        disk
     }
 
     const GUID_ON_DISK: [u8; 16] = [

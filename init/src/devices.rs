@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::failure::Failure;
 use crate::modload::Loader;
+use crate::settle;
 
 /// A block device as seen in sysfs, for matching and for messages.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -41,7 +42,7 @@ pub fn scan(sys_root: &Path, dev_root: &Path) -> Vec<Device> {
     let mut names: Vec<String> = entries
         .flatten()
         .map(|e| e.file_name().to_string_lossy().to_string())
-        .filter(|n| !n.starts_with("loop") && !n.starts_with("ram") && !n.starts_with("zram"))
+        .filter(|n| is_scanned(n))
         .collect();
     names.sort();
     for name in names {
@@ -96,6 +97,12 @@ pub fn scan(sys_root: &Path, dev_root: &Path) -> Vec<Device> {
     ids
 }
 
+/// Whether a block device (by name) can be a stick: not a loop, ram or
+/// zram device.
+pub fn is_scanned(name: &str) -> bool {
+    !name.starts_with("loop") && !name.starts_with("ram") && !name.starts_with("zram")
+}
+
 fn read_trimmed(path: &Path) -> Option<String> {
     std::fs::read_to_string(path)
         .ok()
@@ -118,48 +125,6 @@ fn model_of(sysdir: &Path) -> Option<String> {
         .filter(|w| !w.starts_with("0x"))
         .collect();
     (!words.is_empty()).then(|| words.join(" "))
-}
-
-/// USB storage interfaces whose disk has not appeared yet (the usb-storage
-/// driver waits a moment before scanning a new stick): while there are any,
-/// a second stick matching the spec may still be on its way.
-pub fn usb_disks_pending(sys_root: &Path) -> usize {
-    let mut pending = 0;
-    for driver in ["usb-storage", "uas"] {
-        let Ok(entries) = std::fs::read_dir(sys_root.join("bus/usb/drivers").join(driver)) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            // Interfaces are named like 1-1:1.0; the rest are driver controls.
-            if !e.file_name().to_string_lossy().contains(':') {
-                continue;
-            }
-            if !has_block_below(&e.path(), 4) {
-                pending += 1;
-            }
-        }
-    }
-    pending
-}
-
-/// Whether a `block/` directory is at most `depth` levels below `dir`
-/// (interface → hostN → targetN:0:0 → N:0:0:0 → block).
-fn has_block_below(dir: &Path, depth: u32) -> bool {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return false;
-    };
-    entries.flatten().any(|e| {
-        let name = e.file_name();
-        let name = name.to_string_lossy();
-        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
-        if name == "block" && is_dir {
-            return true;
-        }
-        depth > 0
-            && is_dir
-            && (name.starts_with("host") || name.starts_with("target") || name.contains(':'))
-            && has_block_below(&e.path(), depth - 1)
-    })
 }
 
 /// What matching a spec against the devices present gives.
@@ -321,13 +286,12 @@ pub fn describe(id: &Identity) -> String {
 /// a few ms on hardware.
 const POLL: Duration = Duration::from_millis(50);
 
-/// The longest init waits, after a device matched, for USB disks still
-/// being set up (see [`usb_disks_pending`]).
+/// The longest init waits, after a device matched, for disks still on
+/// their way (see [`settle::pending`]).
 const SETTLE_MAX: Duration = Duration::from_secs(3);
 
-/// Wait until a device matching `param=spec` appears (and USB disks that
-/// are still being set up have appeared too, so a second matching stick is
-/// seen). On timeout the error lists what was seen; several different
+/// Wait until a device matching `param=spec` appears (and disks still on
+/// their way have appeared too, so a second matching stick is seen). On timeout the error lists what was seen; several different
 /// matches are refused with each of them listed.
 pub fn wait_for(
     param: &str,
@@ -347,12 +311,19 @@ pub fn wait_for(
             Choice::Several(found) => return Err(ambiguous(param, spec, &found)),
             Choice::One(d) => {
                 let since = *first_match.get_or_insert_with(Instant::now);
-                if usb_disks_pending(sys_root) == 0
-                    || since.elapsed() >= SETTLE_MAX
-                    || start.elapsed() >= timeout
-                {
+                let coming = settle::pending(sys_root, dev_root, &|a| loader.modules_for(a));
+                if coming.is_empty() {
                     return Ok((PathBuf::from(&d.id.path), d.id.clone()));
                 }
+                if since.elapsed() >= SETTLE_MAX || start.elapsed() >= timeout {
+                    log::warn!(
+                        "taking {} although disks are still on their way: {} (a second stick there would not be seen)",
+                        d.id.path,
+                        coming.join("; ")
+                    );
+                    return Ok((PathBuf::from(&d.id.path), d.id.clone()));
+                }
+                log::debug!("{} matches; waiting for {}", d.id.path, coming.join("; "));
             }
             Choice::None => {}
         }
@@ -554,19 +525,5 @@ mod tests {
             Choice::One(by("dm-0")),
             "the mapping and its container are one stick"
         );
-    }
-
-    #[test]
-    fn usb_disks_still_being_set_up_are_counted() {
-        let sys = ramstick_testkit::TempDir::new("usb");
-        let drv = sys.join("bus/usb/drivers/usb-storage");
-        std::fs::create_dir_all(drv.join("1-1:1.0/host0/target0:0:0/0:0:0:0/block/sda")).unwrap();
-        mkfile(&drv.join("bind"), b"");
-        assert_eq!(usb_disks_pending(&sys), 0);
-        std::fs::create_dir_all(drv.join("1-2:1.0/host1")).unwrap();
-        assert_eq!(usb_disks_pending(&sys), 1);
-        std::fs::create_dir_all(sys.join("bus/usb/drivers/uas/2-1:1.0")).unwrap();
-        assert_eq!(usb_disks_pending(&sys), 2);
-        assert_eq!(usb_disks_pending(&sys.join("nothing")), 0);
     }
 }

@@ -22,6 +22,7 @@ pub mod luks;
 pub mod modload;
 pub mod mountpoints;
 pub mod mounts;
+pub mod settle;
 pub mod stopwatch;
 pub mod switchroot;
 pub mod sys;

@@ -62,6 +62,11 @@ impl Loader {
         self.load(&[name])
     }
 
+    /// The module(s) a modalias names, loaded or not.
+    pub fn modules_for(&self, alias: &str) -> Vec<String> {
+        self.db.resolve(alias)
+    }
+
     /// Whether a module is already in the kernel (loaded or built in).
     fn in_kernel(&self, name: &str) -> bool {
         self.db.is_builtin(name) || self.sys_root.join("module").join(name).exists()
