@@ -284,8 +284,7 @@ fn runs_openrc(root: &Path, inittab: &str) -> bool {
         Path::new(program)
             .file_name()
             .is_some_and(|n| n == "openrc")
-            || read(root, program)
-                .is_some_and(|script| script.starts_with("#!") && script.contains("/sbin/openrc"))
+            || read_script(root, program).is_some_and(|script| script.contains("/sbin/openrc"))
     })
 }
 
@@ -300,6 +299,23 @@ fn is_busybox(host: &Path) -> bool {
 fn read(root: &Path, rel: &str) -> Option<String> {
     let host = resolve_in_root(root, Path::new(rel.trim_start_matches('/')))?;
     std::fs::read_to_string(host).ok()
+}
+
+/// The text of `rel` if it is a script (`#!`). A program is not read
+/// further than its first two bytes: inittab lines run busybox (2 MiB, read
+/// from the squashfs at every boot otherwise).
+fn read_script(root: &Path, rel: &str) -> Option<String> {
+    use std::io::Read;
+    let host = resolve_in_root(root, Path::new(rel.trim_start_matches('/')))?;
+    let mut file = std::fs::File::open(host).ok()?;
+    let mut text = String::new();
+    let mut magic = [0u8; 2];
+    file.read_exact(&mut magic).ok()?;
+    if &magic != b"#!" {
+        return None;
+    }
+    file.read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 fn exists(root: &Path, rel: &str) -> bool {

@@ -198,6 +198,10 @@ pub struct TrialPlan {
     pub device: String,
 }
 
+/// Below it, everything init mounts for the new root (the persist
+/// partition, the upper, the images, the overlay); the loop-mounted layers
+/// go to /run. The rest of the initramfs stays as it is (see init's kit).
+pub const SYSROOT: &str = "/sysroot";
 /// Where the persist partition is mounted in the initramfs.
 pub const PERSIST_MOUNT: &str = "/sysroot/persist";
 /// The longest e2fsck may check the persist filesystem. A clean filesystem

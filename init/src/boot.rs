@@ -40,6 +40,9 @@ pub fn boot(sys: &dyn Sys, images: &dyn Images, root: &Path) -> Result<Infallibl
     KmsgLogger::install(root);
     log::info!("starting");
     let uptime_at_start = uptime_ms(sys, root);
+    // The copy of this initramfs's programs for the running system, beside
+    // everything up to boot.json (see `kit`).
+    let kit = kit::install_in_background(root, &at(root, RUN_RAMSTICK));
 
     // 2. Command line → plan; from here on its failure policy and log level.
     let line = sys
@@ -61,21 +64,17 @@ pub fn boot(sys: &dyn Sys, images: &dyn Images, root: &Path) -> Result<Infallibl
     report_problems(&plan)?;
     log::debug!("plan:\n{plan}");
 
-    // 3. Kernel modules: the planned ones, then drivers for the hardware present.
+    // 3. Kernel modules. The planned ones (filesystems, zram, dm-crypt) load
+    // on a thread of their own: nothing needs them before the stick is found
+    // and checked. Meanwhile the drivers for the hardware present load here
+    // and init waits for the stick.
     let sysfs = at(root, "/sys");
     let moddir = at(root, "/lib/modules").join(&facts.kernel_version);
     let mut loader = Loader::open(&moddir, &sysfs).step(
         "read the kernel module database",
         "the initramfs was built for another kernel; rebuild it for this one (cargo xtask initramfs)",
     )?;
-    let names: Vec<&str> = plan.modules.iter().map(String::as_str).collect();
-    timed("modules: planned", || loader.load(&names)).step(
-        "load kernel modules",
-        "rebuild the initramfs for this kernel",
-    )?;
-    timed("modules: zram algorithm", || {
-        load_zram_algorithm(&plan, &mut loader)
-    });
+    let planned = loader.load_in_background(plan.modules.clone(), zram_algorithm(&plan));
     timed("modules: hardware", || loader.autoload_hardware());
     t.mark("modules");
     // A trial boot's watchdog, armed as early as possible: a hang from here
@@ -90,6 +89,11 @@ pub fn boot(sys: &dyn Sys, images: &dyn Images, root: &Path) -> Result<Infallibl
     t.mark("device_wait");
     fsck::check(sys, &device, Duration::from_secs(plan.persist_check_secs));
     t.mark("fsck");
+    timed("modules: planned", || planned.wait()).step(
+        "load kernel modules",
+        "rebuild the initramfs for this kernel",
+    )?;
+    t.mark("modules_planned");
     mounts::mount_persist(sys, root, &device, &plan).step(
         "mount the persist partition",
         "run e2fsck on the stick's data partition from another machine",
@@ -143,18 +147,22 @@ pub fn boot(sys: &dyn Sys, images: &dyn Images, root: &Path) -> Result<Infallibl
         Err(e) => log::warn!("cannot link /persist/user: {e:#}"),
     }
 
+    t.mark("extras");
+
     // 10 (cont.). Whether this root saves its session at shutdown: said at
     // every boot where it will not (a session nobody saves is lost work).
     let hook = initsys::check(&newroot, &plan.init);
     if let Some(warning) = &hook.warning {
         log::error!("!!! {warning} !!!");
     }
+    t.mark("hook_check");
 
     // The saver and this initramfs's kit, boot.json, the moves into the new root.
-    kit::install(root, &at(root, RUN_RAMSTICK)).step(
+    timed("kit: wait", || kit.wait()).step(
         "copy the saver and the initramfs's programs to /run/ramstick",
         "the initramfs lacks /bin/saver or /run is full; rebuild it (cargo xtask initramfs)",
     )?;
+    t.mark("kit");
     let info = BootInfo {
         asked: plan.boot_asked,
         used: chain.used,
@@ -201,14 +209,15 @@ pub fn boot(sys: &dyn Sys, images: &dyn Images, root: &Path) -> Result<Infallibl
 /// in Debian's cloud kernel; built in in its amd64 one): load it when there
 /// is one. A missing one is said when zram is set up (which falls back to
 /// the kernel's default, or fails with a hint for `ramstick.upper=tmpfs`).
-fn load_zram_algorithm(plan: &Plan, loader: &mut Loader) {
-    if plan.upper_kind != cmdline::UpperKind::Zram {
-        return;
-    }
-    let alg = plan.zram_alg.as_deref().unwrap_or(ZRAM_DEFAULT_ALGORITHM);
-    if let Err(e) = loader.load(&[alg]) {
-        log::debug!("zram algorithm {alg}: no module loaded ({e:#})");
-    }
+/// The module of the zram upper's compression algorithm, if the upper is zram
+/// (built in or absent is fine: zram says so when it is set).
+fn zram_algorithm(plan: &Plan) -> Option<String> {
+    (plan.upper_kind == cmdline::UpperKind::Zram).then(|| {
+        plan.zram_alg
+            .as_deref()
+            .unwrap_or(ZRAM_DEFAULT_ALGORITHM)
+            .to_string()
+    })
 }
 
 /// zram's compression algorithm when none is set (Linux 6.1).

@@ -8,6 +8,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod background;
 pub mod boot;
 pub mod devices;
 pub mod ext2;

@@ -11,6 +11,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::background::{self, Background};
 use crate::stopwatch::timed;
 
 /// MODULE_INIT_COMPRESSED_FILE: the kernel decompresses the module itself.
@@ -26,6 +27,7 @@ const MODULE_INIT_COMPRESSED_FILE: u32 = 4;
 /// returning all the same.
 const MODULE_PARAMS: &str = "async_probe";
 
+#[derive(Clone)]
 pub struct Loader {
     db: ModDb,
     dir: PathBuf,
@@ -67,9 +69,37 @@ impl Loader {
         self.db.resolve(alias)
     }
 
-    /// Whether a module is already in the kernel (loaded or built in).
+    /// Whether a module is already in the kernel and usable: built in, or
+    /// loaded and past its init (`initstate` "live"). One another thread is
+    /// still loading ("coming") is not: `finit_module` then waits for it.
     fn in_kernel(&self, name: &str) -> bool {
-        self.db.is_builtin(name) || self.sys_root.join("module").join(name).exists()
+        self.db.is_builtin(name)
+            || std::fs::read_to_string(self.sys_root.join("module").join(name).join("initstate"))
+                .is_ok_and(|s| s.trim() == "live")
+    }
+
+    /// Load `names` (then `optional`, whose failure is only logged) on a
+    /// thread of their own while the caller goes on.
+    pub fn load_in_background(
+        &self,
+        names: Vec<String>,
+        optional: Option<String>,
+    ) -> Background<usize> {
+        let mut loader = self.clone();
+        background::spawn("modules", move || {
+            loader.load_all(&names, optional.as_deref())
+        })
+    }
+
+    fn load_all(&mut self, names: &[String], optional: Option<&str>) -> Result<usize> {
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let loaded = self.load(&refs)?;
+        if let Some(m) = optional {
+            if let Err(e) = self.load(&[m]) {
+                log::debug!("{m}: no module loaded ({e:#})");
+            }
+        }
+        Ok(loaded)
     }
 
     /// Load `names` and everything they need, each after its dependencies.
@@ -319,6 +349,59 @@ mod tests {
             ["cpu:type:x86", "pci:v00008086d00002922", "usb:v0781p5567"]
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A module directory (b needs a; c is built in) and a /sys/module.
+    fn fake_loader(root: &Path, states: &[(&str, &str)]) -> Loader {
+        let moddir = root.join("lib/modules/6.1.0");
+        std::fs::create_dir_all(&moddir).unwrap();
+        std::fs::write(
+            moddir.join("modules.dep"),
+            "kernel/a.ko:\nkernel/b.ko: kernel/a.ko\n",
+        )
+        .unwrap();
+        std::fs::write(moddir.join("modules.builtin"), "kernel/c.ko\n").unwrap();
+        for (name, state) in states {
+            let dir = root.join("sys/module").join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("initstate"), format!("{state}\n")).unwrap();
+        }
+        Loader::open(&moddir, &root.join("sys")).unwrap()
+    }
+
+    #[test]
+    fn a_module_still_coming_is_not_taken_as_loaded() {
+        let root = ramstick_testkit::TempDir::new("modstate");
+        let loader = fake_loader(&root, &[("a", "live"), ("b", "coming")]);
+        assert!(loader.in_kernel("a"));
+        assert!(!loader.in_kernel("b"), "b is still running its init");
+        assert!(loader.in_kernel("c"), "built in");
+        assert!(!loader.in_kernel("d"));
+    }
+
+    #[test]
+    fn background_loads_give_their_result_to_wait() {
+        let root = ramstick_testkit::TempDir::new("modbg");
+        let loader = fake_loader(&root, &[("a", "live"), ("b", "live")]);
+        let done = loader.load_in_background(vec!["b".into(), "c".into()], Some("x".into()));
+        assert_eq!(done.wait().unwrap(), 0, "all in the kernel already");
+        let err = loader
+            .load_in_background(vec!["nope".into()], None)
+            .wait()
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("cannot resolve modules nope"),
+            "{err:#}"
+        );
+        // b is coming elsewhere: loading it here tries its file (missing).
+        let root = ramstick_testkit::TempDir::new("modbg2");
+        let loader = fake_loader(&root, &[("a", "live"), ("b", "coming")]);
+        let err = loader
+            .load_in_background(vec!["b".into()], None)
+            .wait()
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("cannot load module"), "{err:#}");
+        assert!(format!("{err:#}").contains("b.ko"), "{err:#}");
     }
 
     #[test]

@@ -251,3 +251,23 @@ fn a_profile_reads_its_own_chain_and_no_legacy_image() {
     );
     assert_eq!(default.layers.manifest, plan_for("").layers.manifest);
 }
+
+#[test]
+fn init_mounts_only_below_sysroot_and_run() {
+    for line in [
+        "",
+        "ramstick.luks ramstick.upper=tmpfs ramstick.profile=work",
+    ] {
+        let plan = plan_for(line);
+        let mut targets = vec![
+            plan.persist_mount.clone(),
+            plan.upper_mount.clone(),
+            plan.overlay_root.clone(),
+        ];
+        targets.extend(plan.lowers.iter().map(|l| l.target.clone()));
+        for t in targets {
+            assert!(t.starts_with(&format!("{SYSROOT}/")), "{t} ({line})");
+        }
+        assert!(LAYER_MOUNTS.starts_with("/run/"));
+    }
+}
