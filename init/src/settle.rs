@@ -142,6 +142,11 @@ fn has_block_below(dir: &Path, depth: u32) -> bool {
     })
 }
 
+/// Block devices the kernel never adds partitions to, whatever table they
+/// hold: CD/DVD drives (`sr*`, one minor; a hybrid ISO carries a GPT) and
+/// device-mapper and md devices (their partitions are other mappings).
+const UNPARTITIONED: &[&str] = &["sr", "dm-", "md"];
+
 /// Disks whose GPT lists more partitions than the kernel has added.
 fn partitions_pending(sys_root: &Path, dev_root: &Path) -> Vec<String> {
     let class = sys_root.join("class/block");
@@ -153,6 +158,7 @@ fn partitions_pending(sys_root: &Path, dev_root: &Path) -> Vec<String> {
         .map(|e| e.file_name().to_string_lossy().to_string())
         .filter(|n| crate::devices::is_scanned(n))
         .filter(|n| !class.join(n).join("partition").exists())
+        .filter(|n| !UNPARTITIONED.iter().any(|p| n.starts_with(p)))
         .collect();
     disks.sort();
     let mut found = Vec::new();
@@ -276,6 +282,12 @@ mod tests {
             std::fs::create_dir_all(vda.join(part)).unwrap();
             std::fs::write(vda.join(part).join("partition"), format!("{n}\n")).unwrap();
         }
+        assert!(pending(&sys, &dev, &nothing).is_empty());
+        // A DVD holding a hybrid ISO: its GPT's partitions never come.
+        let sr0 = sys.join("devices/ata3/block/sr0");
+        std::fs::create_dir_all(&sr0).unwrap();
+        symlink(&sr0, sys.join("class/block/sr0")).unwrap();
+        std::fs::write(dev.join("sr0"), gpt_disk(512, 100, &[(1, guid(3), "ISO")])).unwrap();
         assert!(pending(&sys, &dev, &nothing).is_empty());
         // A disk without a partition table has nothing coming.
         std::fs::write(dev.join("vda"), vec![0u8; 512 * 100]).unwrap();
