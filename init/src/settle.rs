@@ -142,9 +142,10 @@ fn has_block_below(dir: &Path, depth: u32) -> bool {
     })
 }
 
-/// Block devices the kernel never adds partitions to, whatever table they
-/// hold: CD/DVD drives (`sr*`, one minor; a hybrid ISO carries a GPT) and
-/// device-mapper and md devices (their partitions are other mappings).
+/// Block devices whose partitions init does not wait for: CD/DVD drives
+/// (`sr*`: one minor, the kernel adds none, though a hybrid ISO carries a
+/// GPT), device-mapper devices (none either: a LUKS mapping is the stick
+/// itself), md arrays (init assembles none, so none holds the stick).
 const UNPARTITIONED: &[&str] = &["sr", "dm-", "md"];
 
 /// Disks whose GPT lists more partitions than the kernel has added.
