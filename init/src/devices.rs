@@ -53,21 +53,9 @@ pub fn scan(sys_root: &Path, dev_root: &Path) -> Vec<Device> {
             .and_then(|mut f| blkid::probe(&mut f).ok().flatten());
         let (mut partuuid, mut partlabel) = (None, None);
         if let Some((disk, number)) = partition_of(&sysdir) {
-            let parts = gpt_cache.entry(disk.clone()).or_insert_with(|| {
-                let sector = std::fs::read_to_string(
-                    sys_root
-                        .join("class/block")
-                        .join(&disk)
-                        .join("queue/logical_block_size"),
-                )
-                .ok()
-                .and_then(|s| s.trim().parse().ok())
-                .unwrap_or(512);
-                File::open(dev_root.join(&disk))
-                    .ok()
-                    .and_then(|mut f| blkid::gpt_partitions(&mut f, sector).ok())
-                    .unwrap_or_default()
-            });
+            let parts = gpt_cache
+                .entry(disk.clone())
+                .or_insert_with(|| disk_gpt(sys_root, dev_root, &disk).unwrap_or_default());
             if let Some(p) = parts.iter().find(|p| p.number == number) {
                 partuuid = Some(p.partuuid.clone());
                 partlabel = Some(p.partlabel.clone());
@@ -95,6 +83,21 @@ pub fn scan(sys_root: &Path, dev_root: &Path) -> Vec<Device> {
         });
     }
     ids
+}
+
+/// The GPT partitions of the whole disk `disk` (read with its logical block
+/// size); `None` when the disk cannot be read (no medium, gone).
+pub fn disk_gpt(sys_root: &Path, dev_root: &Path, disk: &str) -> Option<Vec<blkid::GptPart>> {
+    let sector = read_trimmed(
+        &sys_root
+            .join("class/block")
+            .join(disk)
+            .join("queue/logical_block_size"),
+    )
+    .and_then(|s| s.parse().ok())
+    .unwrap_or(512);
+    let mut file = File::open(dev_root.join(disk)).ok()?;
+    blkid::gpt_partitions(&mut file, sector).ok()
 }
 
 /// Whether a block device (by name) can be a stick: not a loop, ram or

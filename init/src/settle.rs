@@ -13,8 +13,6 @@
 //! Not seen: SATA links ahci is still probing (no device exists for them
 //! yet) and sticks not plugged in at all.
 
-use ramstick_common::blkid;
-use std::fs::File;
 use std::path::Path;
 
 /// A driver whose devices end in a disk: its bus, its name in sysfs, its
@@ -165,15 +163,8 @@ fn partitions_pending(sys_root: &Path, dev_root: &Path) -> Vec<String> {
     let mut found = Vec::new();
     for disk in disks {
         let sysdir = class.join(&disk);
-        let sector = std::fs::read_to_string(sysdir.join("queue/logical_block_size"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(512);
         // A disk without medium or that cannot be read has nothing coming.
-        let Some(listed) = File::open(dev_root.join(&disk))
-            .ok()
-            .and_then(|mut f| blkid::gpt_partitions(&mut f, sector).ok())
-            .map(|p| p.len())
+        let Some(listed) = crate::devices::disk_gpt(sys_root, dev_root, &disk).map(|p| p.len())
         else {
             continue;
         };
