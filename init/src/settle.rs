@@ -8,6 +8,10 @@
 //!   probe or scan is running);
 //! - a device is not bound yet but its modalias names a disk driver (its
 //!   probe has not started, or the driver is still to be loaded);
+//! - a virtio block device on PCI has no virtio device yet (`virtio_pci`
+//!   probes in the background too);
+//! - a disk with a size cannot be opened yet (the kernel adds it to sysfs
+//!   and /dev first, then makes it openable and adds its partitions);
 //! - a disk's GPT lists partitions the kernel has not added yet.
 //!
 //! Not seen: SATA links ahci is still probing (no device exists for them
@@ -65,8 +69,45 @@ pub fn pending(
     dev_root: &Path,
     modules_for: &dyn Fn(&str) -> Vec<String>,
 ) -> Vec<String> {
-    let mut found = devices_pending(sys_root, modules_for);
+    let mut found = virtio_pci_pending(sys_root);
+    found.extend(devices_pending(sys_root, modules_for));
     found.extend(partitions_pending(sys_root, dev_root));
+    found
+}
+
+/// PCI ids of virtio block devices (legacy and modern), vendor 0x1af4.
+const VIRTIO_PCI_BLK: &[&str] = &["0x1001", "0x1042"];
+
+/// Virtio block devices on PCI whose virtio device `virtio_pci` has not
+/// added yet (it probes them one by one, in the background): the device
+/// that `devices_pending` would wait for does not exist yet.
+fn virtio_pci_pending(sys_root: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(sys_root.join("bus/pci/devices")) else {
+        return Vec::new();
+    };
+    let mut names: Vec<_> = entries.flatten().map(|e| e.path()).collect();
+    names.sort();
+    let read = |dev: &Path, file: &str| {
+        std::fs::read_to_string(dev.join(file))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    let mut found = Vec::new();
+    for dev in names {
+        if read(&dev, "vendor") != "0x1af4"
+            || !VIRTIO_PCI_BLK.contains(&read(&dev, "device").as_str())
+        {
+            continue;
+        }
+        let has_virtio = std::fs::read_dir(&dev).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("virtio"))
+        });
+        if !has_virtio {
+            let name = dev.file_name().unwrap_or_default().to_string_lossy();
+            found.push(format!("{name} (virtio block device: not added yet)"));
+        }
+    }
     found
 }
 
@@ -163,15 +204,31 @@ fn partitions_pending(sys_root: &Path, dev_root: &Path) -> Vec<String> {
     let mut found = Vec::new();
     for disk in disks {
         let sysdir = class.join(&disk);
-        // A disk without medium or that cannot be read has nothing coming.
-        let Some(listed) = crate::devices::disk_gpt(sys_root, dev_root, &disk).map(|p| p.len())
-        else {
+        // A disk without medium has nothing coming.
+        let sectors: u64 = std::fs::read_to_string(sysdir.join("size"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if sectors == 0 {
             continue;
+        }
+        // The kernel shows a disk in sysfs, and creates its node, before it
+        // can be opened and before its partitions are added: a disk with a
+        // size that cannot be opened yet is on its way.
+        let listed = match crate::devices::disk_gpt(sys_root, dev_root, &disk) {
+            Ok(parts) => parts.len(),
+            Err(e) => {
+                found.push(format!("{disk} (cannot be opened yet: {e})"));
+                continue;
+            }
         };
+        // A partition, too, is in sysfs and /dev a moment before it can be
+        // opened (and so probed): it counts once it opens.
         let added = std::fs::read_dir(&sysdir)
             .map(|d| {
                 d.flatten()
                     .filter(|e| e.path().join("partition").exists())
+                    .filter(|e| std::fs::File::open(dev_root.join(e.file_name())).is_ok())
                     .count()
             })
             .unwrap_or(0);
@@ -259,13 +316,21 @@ mod tests {
         let (sys, dev) = (base.join("sys"), base.join("dev"));
         let vda = sys.join("devices/virtio1/block/vda");
         std::fs::create_dir_all(&vda).unwrap();
+        std::fs::write(vda.join("size"), "100\n").unwrap();
         std::fs::create_dir_all(sys.join("class/block")).unwrap();
         symlink(&vda, sys.join("class/block/vda")).unwrap();
         std::fs::create_dir_all(&dev).unwrap();
+        let nothing = |_: &str| Vec::new();
+        // In sysfs with a size, not openable yet (here: no node).
+        let pending_now = pending(&sys, &dev, &nothing);
+        assert_eq!(pending_now.len(), 1, "{pending_now:?}");
+        assert!(
+            pending_now[0].starts_with("vda (cannot be opened yet: "),
+            "{pending_now:?}"
+        );
         let guid = |b: u8| [b; 16];
         let disk = gpt_disk(512, 100, &[(1, guid(1), "ESP"), (2, guid(2), "RAMSTICK")]);
         std::fs::write(dev.join("vda"), disk).unwrap();
-        let nothing = |_: &str| Vec::new();
         assert_eq!(
             pending(&sys, &dev, &nothing),
             ["vda (its GPT lists 2 partitions, 0 added yet)"]
@@ -274,10 +339,18 @@ mod tests {
             std::fs::create_dir_all(vda.join(part)).unwrap();
             std::fs::write(vda.join(part).join("partition"), format!("{n}\n")).unwrap();
         }
+        // In sysfs, not openable yet (no nodes here).
+        assert_eq!(
+            pending(&sys, &dev, &nothing),
+            ["vda (its GPT lists 2 partitions, 0 added yet)"]
+        );
+        std::fs::write(dev.join("vda1"), "").unwrap();
+        std::fs::write(dev.join("vda2"), "").unwrap();
         assert!(pending(&sys, &dev, &nothing).is_empty());
         // A DVD holding a hybrid ISO: its GPT's partitions never come.
         let sr0 = sys.join("devices/ata3/block/sr0");
         std::fs::create_dir_all(&sr0).unwrap();
+        std::fs::write(sr0.join("size"), "100\n").unwrap();
         symlink(&sr0, sys.join("class/block/sr0")).unwrap();
         std::fs::write(dev.join("sr0"), gpt_disk(512, 100, &[(1, guid(3), "ISO")])).unwrap();
         assert!(pending(&sys, &dev, &nothing).is_empty());
@@ -285,6 +358,38 @@ mod tests {
         std::fs::write(dev.join("vda"), vec![0u8; 512 * 100]).unwrap();
         std::fs::remove_dir_all(vda.join("vda1")).unwrap();
         std::fs::remove_dir_all(vda.join("vda2")).unwrap();
+        assert!(pending(&sys, &dev, &nothing).is_empty());
+        // A card reader without a card: size 0, no node, nothing coming.
+        let sdb = sys.join("devices/usb1/block/sdb");
+        std::fs::create_dir_all(&sdb).unwrap();
+        std::fs::write(sdb.join("size"), "0\n").unwrap();
+        symlink(&sdb, sys.join("class/block/sdb")).unwrap();
+        assert!(pending(&sys, &dev, &nothing).is_empty());
+    }
+
+    #[test]
+    fn a_virtio_pci_disk_without_its_virtio_device_is_pending() {
+        let base = ramstick_testkit::TempDir::new("settle-pci");
+        let sys = base.join("sys");
+        let dev = base.join("dev");
+        let pci = |name: &str, id: &str| {
+            let d = device(&sys, "pci", name, "pci:v00001AF4d0000xxxx");
+            std::fs::write(d.join("vendor"), "0x1af4\n").unwrap();
+            std::fs::write(d.join("device"), format!("{id}\n")).unwrap();
+            d
+        };
+        let nothing = |_: &str| Vec::new();
+        // A network card (0x1000) never gets a disk; a disk (legacy id) with
+        // its virtio device, and one (modern id) without it yet.
+        pci("0000:00:03.0", "0x1000");
+        let disk = pci("0000:00:04.0", "0x1001");
+        std::fs::create_dir_all(disk.join("virtio1")).unwrap();
+        let second = pci("0000:00:05.0", "0x1042");
+        assert_eq!(
+            pending(&sys, &dev, &nothing),
+            ["0000:00:05.0 (virtio block device: not added yet)"]
+        );
+        std::fs::create_dir_all(second.join("virtio2")).unwrap();
         assert!(pending(&sys, &dev, &nothing).is_empty());
     }
 }
