@@ -22,8 +22,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// The modules every ramstick boot may need: storage controllers and disks,
-/// the filesystems of the stick and the images, zram/loop/dm-crypt, and the
-/// code pages vfat mounts with by default.
+/// the filesystems of the stick and the images, zram and loop. Not vfat:
+/// init never mounts the ESP, and the running system loads it from its own
+/// modules when the saver does. An encrypted stick's initramfs carries the
+/// LUKS modules too ([`initramfs_modules`]).
 pub const BOOT_MODULES: &[&str] = &[
     "virtio_pci",
     "virtio_blk",
@@ -40,7 +42,6 @@ pub const BOOT_MODULES: &[&str] = &[
     "uhci_hcd",
     "ahci",
     "ext4",
-    "vfat",
     "squashfs",
     "overlay",
     "zram",
@@ -49,13 +50,6 @@ pub const BOOT_MODULES: &[&str] = &[
     "lzo_rle",
     "lzo",
     "loop",
-    "dm_mod",
-    "dm_crypt",
-    "ecb",
-    "xts",
-    "aesni_intel",
-    "nls_cp437",
-    "nls_iso8859_1",
     // A trial boot's watchdog (see `crate::slotboot`).
     "softdog",
 ];
@@ -70,6 +64,18 @@ pub const LUKS_MODULES: &[&str] = &["dm_mod", "dm_crypt", "ecb", "xts"];
 /// Faster variants for LUKS that only some CPUs take (AES-NI); a CPU
 /// without them refuses the module and the built-in generic AES is used.
 pub const LUKS_OPTIONAL_MODULES: &[&str] = &["aesni_intel"];
+
+/// The modules an initramfs carries (with what they need): the boot
+/// modules, and the LUKS ones in an encrypted stick's (the one with the
+/// unlock program; another cannot open a container anyway). They are
+/// ~180 KB of the compressed archive a plain stick would load for nothing.
+pub fn initramfs_modules(luks: bool) -> Vec<&'static str> {
+    let mut names = BOOT_MODULES.to_vec();
+    if luks {
+        names.extend(LUKS_MODULES.iter().chain(LUKS_OPTIONAL_MODULES));
+    }
+    names
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModError {
@@ -501,9 +507,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_initramfs_carries_the_luks_modules() {
+    fn only_an_encrypted_sticks_initramfs_carries_the_luks_modules() {
         for m in LUKS_MODULES.iter().chain(LUKS_OPTIONAL_MODULES) {
-            assert!(BOOT_MODULES.contains(m), "{m} is not in BOOT_MODULES");
+            assert!(initramfs_modules(true).contains(m), "{m} is not carried");
+            assert!(!initramfs_modules(false).contains(m), "{m} is carried");
         }
     }
 
@@ -798,7 +805,7 @@ alias devname:zram[0-9] zram
         let conf = ramstick_testkit::TempDir::new("noconf");
         let prefix = format!("{}/", dir.display());
         let mut compared = 0;
-        for name in BOOT_MODULES {
+        for name in initramfs_modules(true) {
             let out = std::process::Command::new(modprobe)
                 .arg("-C")
                 .arg(conf.path())

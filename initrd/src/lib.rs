@@ -7,7 +7,7 @@
 //! [`Archive`] collects members: the skeleton every archive has (the
 //! directories init mounts on, `/dev/console` and `/dev/null` for before
 //! devtmpfs, `/bin/sh`), host files and trees, `lib/modules/<kver>/` with
-//! the closure of [`BOOT_MODULES`] and module-index files restricted to it
+//! the closure of [`initramfs_modules`] and module-index files restricted to it
 //! ([`Archive::modules`]), and for a LUKS stick the unlock program with its
 //! shared-library closure ([`Archive::luks`]: the `DT_NEEDED` entries of the
 //! binary and of every library, resolved in [`LIBRARY_DIRS`] like the
@@ -20,7 +20,7 @@
 
 use anyhow::{bail, Context, Result};
 use ramstick_common::elf;
-use ramstick_common::modules::{ModDb, BOOT_MODULES};
+use ramstick_common::modules::{initramfs_modules, ModDb};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,6 +37,10 @@ pub const LIBRARY_DIRS: &[&str] = &[
 /// Where the unlock program's libraries go in the archive (init points
 /// `LD_LIBRARY_PATH` there).
 const LIBRARY_DIR_IN_ARCHIVE: &str = "lib/x86_64-linux-gnu";
+/// Where the unlock program goes in the archive (init runs it from there;
+/// its presence makes an initramfs an encrypted stick's).
+pub const UNLOCK_IN_ARCHIVE: &str = "bin/ramstick-unlock";
+
 /// Where a LUKS key file goes in the archive (`ramstick.luks.keyfile=/` this).
 pub const KEYFILE_IN_ARCHIVE: &str = "etc/ramstick/luks.key";
 /// log2 of the zstd window (16 MiB).
@@ -163,17 +167,17 @@ impl Archive {
         Ok(())
     }
 
-    /// `lib/modules/<kver>/`: the closure of [`BOOT_MODULES`] in
-    /// `modules_dir` and index files restricted to it. Returns a warning
-    /// per boot module the kernel has neither as a module nor built in.
-    pub fn modules(&mut self, modules_dir: &Path, kver: &str) -> Result<Vec<String>> {
+    /// `lib/modules/<kver>/`: the closure of [`initramfs_modules`] (with
+    /// the LUKS ones when `luks`) in `modules_dir` and index files
+    /// restricted to it. Returns a warning per boot module the kernel has
+    /// neither as a module nor built in.
+    pub fn modules(&mut self, modules_dir: &Path, kver: &str, luks: bool) -> Result<Vec<String>> {
         let db = ModDb::load(modules_dir).with_context(|| {
             format!("cannot read the module index of {}", modules_dir.display())
         })?;
         let mut warnings = Vec::new();
-        let wanted: Vec<&str> = BOOT_MODULES
-            .iter()
-            .copied()
+        let wanted: Vec<&str> = initramfs_modules(luks)
+            .into_iter()
             .filter(|m| {
                 let known = db.contains(m) || db.is_builtin(m);
                 if !known {
@@ -229,7 +233,7 @@ impl Archive {
             .canonicalize()
             .with_context(|| format!("cannot resolve the dynamic loader {interp}"))?;
         self.file(&interp, 0o755, &interp_host);
-        self.file("bin/ramstick-unlock", 0o755, unlock);
+        self.file(UNLOCK_IN_ARCHIVE, 0o755, unlock);
         for (soname, host) in library_closure(unlock, dirs, &interp)? {
             self.file(&format!("{LIBRARY_DIR_IN_ARCHIVE}/{soname}"), 0o755, &host);
         }

@@ -21,6 +21,8 @@ impl Fixture {
             "kernel/lib/crc16.ko",
             "kernel/crypto/crc32c_generic.ko",
             "kernel/lib/unrelated.ko",
+            "kernel/drivers/md/dm-mod.ko",
+            "kernel/drivers/md/dm-crypt.ko",
         ] {
             root.file(&format!("{m}/{ko}"), format!("module {ko}"), 0o644);
         }
@@ -28,7 +30,9 @@ impl Fixture {
         root.file(
             &format!("{m}/modules.dep"),
             "kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko\nkernel/lib/crc16.ko:\n\
-             kernel/crypto/crc32c_generic.ko:\nkernel/lib/unrelated.ko:\n",
+             kernel/crypto/crc32c_generic.ko:\nkernel/lib/unrelated.ko:\n\
+             kernel/drivers/md/dm-crypt.ko: kernel/drivers/md/dm-mod.ko\n\
+             kernel/drivers/md/dm-mod.ko:\n",
             0o644,
         )
         .file(
@@ -68,7 +72,7 @@ impl Fixture {
         a.file("bin/saver", 0o755, &self.root.join("saver"));
         a.host_tree(&self.root.join("skel"), "", Perms::Normalize)
             .unwrap();
-        let warnings = a.modules(&self.modules(), KVER).unwrap();
+        let warnings = a.modules(&self.modules(), KVER, false).unwrap();
         // The fixture has three of the boot modules.
         assert!(warnings.iter().any(|w| w.contains("boot module zram")));
         assert!(!warnings.iter().any(|w| w.contains("module ext4 ")));
@@ -202,7 +206,7 @@ fn a_copy_keeps_its_modes_and_gets_new_modules() {
     fixture.root.link("kit/bin/sh", "busybox");
     let mut a = Archive::new();
     a.host_tree(&kit, "", Perms::Keep).unwrap();
-    a.modules(&fixture.modules(), "6.2.0-new").unwrap();
+    a.modules(&fixture.modules(), "6.2.0-new", false).unwrap();
     let copy = members(&a.to_bytes(3, 7).unwrap(), 7);
     assert_eq!(find(&copy, KEYFILE_IN_ARCHIVE).1, 0o100400);
     assert_eq!(find(&copy, "init").4, b"init");
@@ -267,4 +271,30 @@ fn luks_members_are_added() {
     assert!(a.contains("lib64/ld-linux-x86-64.so.2"));
     assert!(a.contains("lib/x86_64-linux-gnu/libc.so.6"));
     assert!(a.contains("lib/x86_64-linux-gnu/libcryptsetup.so.12"));
+}
+
+#[test]
+fn only_an_encrypted_sticks_archive_carries_dm_crypt() {
+    let fixture = Fixture::new("initrd-luks-modules");
+    let carried = |luks: bool| {
+        let mut a = Archive::new();
+        a.modules(&fixture.modules(), KVER, luks).unwrap();
+        let all = members(&a.to_bytes(3, 0).unwrap(), 0);
+        let dep = find(&all, &format!("lib/modules/{KVER}/modules.dep"))
+            .4
+            .clone();
+        let names: Vec<String> = all.into_iter().map(|m| m.0).collect();
+        (names, String::from_utf8(dep).unwrap())
+    };
+    let crypt = format!("lib/modules/{KVER}/kernel/drivers/md/dm-crypt.ko");
+    let (plain, plain_dep) = carried(false);
+    assert!(!plain.contains(&crypt), "{plain:?}");
+    assert!(!plain_dep.contains("dm-crypt"), "{plain_dep}");
+    let (luks, luks_dep) = carried(true);
+    assert!(luks.contains(&crypt), "{luks:?}");
+    assert!(luks.iter().any(|n| n.ends_with("dm-mod.ko")), "{luks:?}");
+    assert!(
+        luks_dep.contains("dm-crypt.ko: kernel/drivers/md/dm-mod.ko"),
+        "{luks_dep}"
+    );
 }

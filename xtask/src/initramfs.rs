@@ -106,7 +106,7 @@ pub fn build_with(
         e2fsck: deps::e2fsck_static()?,
     };
     let skel = crate::workspace_root().join("initramfs-skel");
-    let mut archive = contents(bins, &programs, &skel, modules_dir, kver)?;
+    let mut archive = contents(bins, &programs, &skel, modules_dir, kver, luks.is_some())?;
     if let Some(luks) = luks {
         archive.luks(&luks.unlock, luks.keyfile.as_deref(), LIBRARY_DIRS)?;
     }
@@ -148,13 +148,15 @@ struct HostPrograms {
     e2fsck: PathBuf,
 }
 
-/// Everything the archive holds but the LUKS members.
+/// Everything the archive holds but the LUKS members (the LUKS modules
+/// when `luks`).
 fn contents(
     bins: &Binaries,
     programs: &HostPrograms,
     skel: &Path,
     modules_dir: &Path,
     kver: &str,
+    luks: bool,
 ) -> Result<Archive> {
     let mut archive = Archive::new();
     archive.file("init", 0o755, &bins.init);
@@ -162,7 +164,7 @@ fn contents(
     archive.file("bin/busybox", 0o755, &programs.busybox);
     archive.file("bin/e2fsck", 0o755, &programs.e2fsck);
     archive.host_tree(skel, "", Perms::Normalize)?;
-    for warning in archive.modules(modules_dir, kver)? {
+    for warning in archive.modules(modules_dir, kver, luks)? {
         println!("warning: {warning}");
     }
     Ok(archive)
@@ -200,7 +202,15 @@ mod tests {
             busybox: dir.join("busybox"),
             e2fsck: dir.join("e2fsck"),
         };
-        let a = contents(&bins, &programs, &dir.join("skel"), &modules, "6.1.0-test").unwrap();
+        let a = contents(
+            &bins,
+            &programs,
+            &dir.join("skel"),
+            &modules,
+            "6.1.0-test",
+            false,
+        )
+        .unwrap();
         for member in [
             "init",
             "bin/saver",

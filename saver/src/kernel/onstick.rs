@@ -10,7 +10,7 @@ use crate::space::{self, human};
 use crate::stick::{say, sync_dir, sync_file};
 use anyhow::{bail, Context, Result};
 use ramstick_common::bootmenu::{Menu, GRUB_CFG, MENU_RECORD};
-use ramstick_initrd::{Archive, Perms};
+use ramstick_initrd::{Archive, Perms, UNLOCK_IN_ARCHIVE};
 use ramstick_squash::{Compressor, Exclude, PackOptions};
 use std::fs::File;
 use std::io::Write;
@@ -118,7 +118,10 @@ impl KernelFs for OnStick {
         }
         let mut archive = Archive::new();
         archive.host_tree(&self.kit, "", Perms::Keep)?;
-        for warning in archive.modules(&self.modules_dir(kver), kver)? {
+        // The booted initramfs was an encrypted stick's when it had the
+        // unlock program: the new one carries the LUKS modules too.
+        let luks = self.kit.join(UNLOCK_IN_ARCHIVE).is_file();
+        for warning in archive.modules(&self.modules_dir(kver), kver, luks)? {
             say(&format!("kernel {kver}: {warning}"));
         }
         let bytes = archive.to_bytes(INITRAMFS_LEVEL, 0)?;
