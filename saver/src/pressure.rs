@@ -52,12 +52,9 @@ impl Sources {
     /// RAM its device takes; a tmpfs upper holds its used pages (the
     /// filesystem's use).
     pub fn sample(&self, upper: &str) -> Sample {
-        let used = space::usage(&self.upper_mount).map(|(used, _)| used);
-        let free = space::free(&self.upper_mount);
-        let fs = used
+        let fs = space::usage(&self.upper_mount)
             .ok()
-            .zip(free.ok())
-            .map(|(u, f)| (u, u.saturating_add(f)));
+            .map(|u| (u.used, u.used.saturating_add(u.free)));
         let held = if upper.starts_with("zram") {
             std::fs::read_to_string(self.sys_block.join(upper).join("mm_stat"))
                 .ok()

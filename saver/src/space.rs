@@ -88,17 +88,30 @@ pub fn estimate_with(root: &Path, exclude: &Exclude, same_dev: bool) -> Result<E
 /// Root may also use ext4's reserved blocks, minus the few ext4 keeps for
 /// its own metadata (which statvfs does not show): this is a lower bound.
 pub fn free(path: &Path) -> Result<u64> {
-    let st = nix::sys::statvfs::statvfs(path)
-        .with_context(|| format!("cannot get the free space of {}", path.display()))?;
-    Ok(st.blocks_available() * st.fragment_size())
+    Ok(usage(path)?.free)
 }
 
-/// Bytes in use on the filesystem holding `path`, and its size.
-pub fn usage(path: &Path) -> Result<(u64, u64)> {
+/// A filesystem's bytes, from one statvfs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// In use.
+    pub used: u64,
+    /// Its size.
+    pub size: u64,
+    /// Available, as `df` shows ([`free`]).
+    pub free: u64,
+}
+
+/// The usage of the filesystem holding `path`.
+pub fn usage(path: &Path) -> Result<Usage> {
     let st = nix::sys::statvfs::statvfs(path)
-        .with_context(|| format!("cannot get the usage of {}", path.display()))?;
+        .with_context(|| format!("cannot get the space used and free on {}", path.display()))?;
     let size = st.blocks() * st.fragment_size();
-    Ok((size - st.blocks_free() * st.fragment_size(), size))
+    Ok(Usage {
+        used: size - st.blocks_free() * st.fragment_size(),
+        size,
+        free: st.blocks_available() * st.fragment_size(),
+    })
 }
 
 pub use ramstick_common::human::bytes as human;

@@ -67,10 +67,10 @@ pub fn status(paths: &Paths, json: bool) -> Result<()> {
         Saved::Nothing => println!("on the stick: nothing saved yet"),
     }
     match space::usage(&paths.upper_mount) {
-        Ok((used, size)) => println!(
+        Ok(u) => println!(
             "upper:        {} used of {} ({})",
-            human(used),
-            human(size),
+            human(u.used),
+            human(u.size),
             info.upper
         ),
         Err(e) => println!("upper:        {e:#}"),

@@ -24,7 +24,7 @@ mod esp;
 #[cfg(test)]
 use attach::parse_sfdisk;
 use attach::refuse_mounted;
-pub(crate) use attach::Attached;
+pub(crate) use attach::{partitions, Attached};
 
 #[cfg(test)]
 use esp::DirEsp;

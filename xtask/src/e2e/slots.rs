@@ -141,12 +141,11 @@ fn console_text(log: &Path) -> Result<String> {
 
 /// Byte offset of partition `n` (1 = the ESP, 2 = the data partition).
 fn partition_offset(disk: &Path, n: usize) -> Result<u64> {
-    let json = deps::output(deps::cmd("sfdisk").arg("--json").arg(disk))?;
-    let table: serde_json::Value = serde_json::from_str(&json).context("parsing sfdisk --json")?;
-    let start = table["partitiontable"]["partitions"][n - 1]["start"]
-        .as_u64()
-        .with_context(|| format!("no partition {n} in sfdisk --json"))?;
-    Ok(start * 512)
+    let parts = crate::update_stick::partitions(disk)?;
+    let (start, _) = parts
+        .get(n - 1)
+        .with_context(|| format!("{} has no partition {n}", disk.display()))?;
+    Ok(*start)
 }
 
 /// `slot-b/rootfs.squashfs`: a copy of slot a's base, put on the data

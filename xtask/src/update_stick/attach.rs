@@ -73,7 +73,7 @@ impl Drop for Attached {
 }
 
 /// (start, size) in bytes of each partition of `disk`.
-fn partitions(disk: &Path) -> Result<Vec<(u64, u64)>> {
+pub(crate) fn partitions(disk: &Path) -> Result<Vec<(u64, u64)>> {
     let text = deps::output(deps::cmd("sfdisk").arg("--json").arg(disk))?;
     parse_sfdisk(&text).with_context(|| format!("cannot read the partitions of {}", disk.display()))
 }
