@@ -298,6 +298,47 @@ mod tests {
         assert!(!squashfs.exists());
     }
 
+    /// The new kernel's initramfs carries dm-crypt when the booted one had
+    /// the unlock program (an encrypted stick), and only then.
+    #[test]
+    fn an_encrypted_sticks_new_initramfs_carries_dm_crypt() {
+        let base = ramstick_testkit::TempDir::new("saver-kernel-luks");
+        let kver = "6.2.0-test";
+        base.file(&format!("modules/{kver}/kernel/fs/ext4.ko"), "ext4", 0o644)
+            .file(&format!("modules/{kver}/kernel/md/dm-mod.ko"), "dm", 0o644)
+            .file(
+                &format!("modules/{kver}/kernel/md/dm-crypt.ko"),
+                "crypt",
+                0o644,
+            )
+            .file(
+                &format!("modules/{kver}/modules.dep"),
+                "kernel/fs/ext4.ko:\nkernel/md/dm-crypt.ko: kernel/md/dm-mod.ko\n\
+                 kernel/md/dm-mod.ko:\n",
+                0o644,
+            )
+            .file("kit/init", "init", 0o755);
+        let mut fs = OnStick {
+            persist: base.mkdir("persist"),
+            esp: base.mkdir("esp"),
+            modules_root: base.join("modules"),
+            kit: base.join("kit"),
+            image: base.join("vmlinuz"),
+            initramfs: None,
+        };
+        let built = |fs: &mut OnStick| {
+            fs.build_initramfs(kver).unwrap();
+            let bytes = fs.initramfs.take().unwrap();
+            String::from_utf8_lossy(&zstd::stream::decode_all(&bytes[..]).unwrap()).into_owned()
+        };
+        let crypt = format!("lib/modules/{kver}/kernel/md/dm-crypt.ko");
+        let plain = built(&mut fs);
+        assert!(plain.contains("kernel/fs/ext4.ko") && !plain.contains(&crypt));
+        base.file(&format!("kit/{UNLOCK_IN_ARCHIVE}"), "unlock", 0o755);
+        let luks = built(&mut fs);
+        assert!(luks.contains(&crypt) && luks.contains("kernel/md/dm-mod.ko"));
+    }
+
     #[test]
     fn an_esp_without_a_record_is_named() {
         let dir = ramstick_testkit::TempDir::new("saver-norecord");
