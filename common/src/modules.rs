@@ -22,7 +22,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// The modules every ramstick boot may need: storage controllers and disks,
-/// the filesystems of the stick and the images, zram and loop. Not vfat:
+/// a USB keyboard, the filesystems of the stick and the images, zram and
+/// loop. Not vfat:
 /// init never mounts the ESP, and the running system loads it from its own
 /// modules when the saver does. An encrypted stick's initramfs carries the
 /// LUKS modules too ([`initramfs_modules`]).
@@ -41,6 +42,10 @@ pub const BOOT_MODULES: &[&str] = &[
     "ohci_pci",
     "uhci_hcd",
     "ahci",
+    // A USB keyboard, to type the passphrase or in the emergency shell (a
+    // laptop's own keyboard is the built-in i8042/atkbd).
+    "usbhid",
+    "hid_generic",
     "ext4",
     "squashfs",
     "overlay",

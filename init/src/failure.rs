@@ -2,7 +2,7 @@
 //! then an emergency shell (ramstick.shell=auto) or a reboot. Never returns,
 //! never exits.
 
-use std::os::unix::process::CommandExt;
+use crate::consoles;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -62,25 +62,31 @@ pub fn emergency() -> ! {
     let sh = Path::new("/bin/sh");
     if shell_allowed() && sh.exists() {
         log::error!("starting emergency shell; the stick is untouched. Type `exit` to reboot");
-        let mut cmd = std::process::Command::new(sh);
-        cmd.env("PS1", "(initramfs) # ")
-            .env("PATH", "/bin:/sbin:/usr/bin:/usr/sbin")
-            .env("HOME", "/");
-        // SAFETY: the closure runs in the forked child before exec and only
-        // makes async-signal-safe calls (setsid, ioctl).
-        unsafe {
-            cmd.pre_exec(|| {
-                let _ = nix::unistd::setsid();
-                // Make the console our controlling terminal (job control, ^C).
-                nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 1);
-                Ok(())
-            });
+        let shell = || {
+            let mut cmd = std::process::Command::new(sh);
+            cmd.env("PS1", "(initramfs) # ")
+                .env("PATH", "/bin:/sbin:/usr/bin:/usr/sbin")
+                .env("HOME", "/");
+            cmd
+        };
+        // One on each console a person may be at; the first to exit ends
+        // them all (/dev/console when the kernel has no list).
+        let mut consoles = consoles::active(Path::new("/sys"), Path::new("/dev"));
+        if consoles.is_empty() {
+            consoles.push(Path::new("/dev/console").to_path_buf());
         }
-        match cmd.spawn() {
-            Ok(mut child) => {
-                let _ = child.wait();
-            }
-            Err(e) => log::error!("cannot start /bin/sh: {e}"),
+        let shells = consoles
+            .into_iter()
+            .filter_map(|c| match consoles::on_console(shell(), &c) {
+                Ok(cmd) => Some((c, cmd)),
+                Err(e) => {
+                    log::warn!("no emergency shell on {}: {e}", c.display());
+                    None
+                }
+            })
+            .collect();
+        if let Err(e) = consoles::first_to_exit(shells) {
+            log::error!("cannot start /bin/sh: {e}");
         }
     } else {
         log::error!("rebooting in {} s", REBOOT_DELAY.as_secs());

@@ -10,6 +10,7 @@
 
 pub mod background;
 pub mod boot;
+pub mod consoles;
 pub mod devices;
 pub mod ext2;
 pub mod extras;

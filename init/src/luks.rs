@@ -3,9 +3,10 @@
 //! init is static musl and libcryptsetup exists only as a glibc shared
 //! library, so opening runs `/bin/ramstick-unlock` (the `unlock` crate),
 //! which the initramfs carries with its libraries when the image was built
-//! for LUKS. It asks for the passphrase on the console itself (stdio is
-//! inherited), so the passphrase never passes through init, and the volume
-//! key stays inside libcryptsetup and the kernel.
+//! for LUKS. It asks for the passphrase on the console itself, on each
+//! console a person may be at (`consoles`), so the passphrase never passes
+//! through init, and the volume key stays inside libcryptsetup and the
+//! kernel.
 //!
 //! A container is opened when `ramstick.luks` names one (then the persist
 //! spec defaults to the mapping), or when the device the persist spec finds
@@ -117,10 +118,17 @@ fn open(
             log::debug!("optional module {m} not loaded: {e:#}");
         }
     }
-    let argv = unlock_argv(luks, container);
+    // A USB keyboard that appeared after the stick gets its driver now.
+    loader.autoload_hardware();
+    // Asked on every console (see `consoles`); the key file is tried by the
+    // one on /dev/console only, so that no two of them open the container
+    // by it at once.
+    let argv = unlock_argv(luks, container, true);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let others = unlock_argv(luks, container, false);
+    let others: Vec<&str> = others.iter().map(String::as_str).collect();
     let env = [("DM_DISABLE_UDEV", "1"), ("LD_LIBRARY_PATH", LIBRARY_PATH)];
-    let code = sys.run_console(&argv, &env).step(
+    let code = sys.run_console(&argv, &others, &env).step(
         &what,
         "the initramfs's unlock program cannot run; rebuild the stick (cargo xtask image)",
     )?;
@@ -129,8 +137,9 @@ fn open(
     Ok(())
 }
 
-/// The unlock program's command line for `container`.
-fn unlock_argv(luks: &LuksPlan, container: &Path) -> Vec<String> {
+/// The unlock program's command line for `container` (with the plan's key
+/// file when `keyfile`).
+fn unlock_argv(luks: &LuksPlan, container: &Path, keyfile: bool) -> Vec<String> {
     let mut argv = vec![
         UNLOCK_IN_INITRAMFS.to_string(),
         container.display().to_string(),
@@ -138,8 +147,8 @@ fn unlock_argv(luks: &LuksPlan, container: &Path) -> Vec<String> {
         "--tries".to_string(),
         luks.tries.to_string(),
     ];
-    if let Some(keyfile) = &luks.keyfile {
-        argv.extend(["--keyfile".to_string(), keyfile.clone()]);
+    if let Some(file) = luks.keyfile.as_ref().filter(|_| keyfile) {
+        argv.extend(["--keyfile".to_string(), file.clone()]);
     }
     argv
 }
@@ -188,7 +197,7 @@ mod tests {
     fn argv_names_container_mapping_tries_and_keyfile() {
         let plan = luks_plan("ramstick.luks.tries=5");
         assert_eq!(
-            unlock_argv(&plan, Path::new("/dev/vda2")),
+            unlock_argv(&plan, Path::new("/dev/vda2"), true),
             [
                 "/bin/ramstick-unlock",
                 "/dev/vda2",
@@ -199,7 +208,7 @@ mod tests {
         );
         let plan = luks_plan("ramstick.luks=LABEL=x ramstick.luks.keyfile=/etc/stick.key");
         assert_eq!(
-            unlock_argv(&plan, Path::new("/dev/sda2")),
+            unlock_argv(&plan, Path::new("/dev/sda2"), true),
             [
                 "/bin/ramstick-unlock",
                 "/dev/sda2",
@@ -208,6 +217,17 @@ mod tests {
                 "3",
                 "--keyfile",
                 "/etc/stick.key"
+            ]
+        );
+        // The other consoles' ask for the passphrase only.
+        assert_eq!(
+            unlock_argv(&plan, Path::new("/dev/sda2"), false),
+            [
+                "/bin/ramstick-unlock",
+                "/dev/sda2",
+                "ramstick",
+                "--tries",
+                "3"
             ]
         );
     }

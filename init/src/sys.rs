@@ -57,9 +57,11 @@ pub trait Sys {
     fn write_blocks(&self, path: &Path, writes: &[(u64, Vec<u8>)]) -> io::Result<()>;
     /// Run a helper program from the initramfs and wait; non-zero exit is an error.
     fn run(&self, argv: &[&str]) -> io::Result<()>;
-    /// Run a program that talks to the user on the console (stdio inherited)
-    /// with extra environment `env`; returns its exit status (-1: killed).
-    fn run_console(&self, argv: &[&str], env: &[(&str, &str)]) -> io::Result<i32>;
+    /// Run a program that talks to the user, with extra environment `env`,
+    /// on every console a person may be at (`consoles::active`): `argv` on
+    /// /dev/console, `others` on the other consoles; the first to end counts
+    /// and the rest are stopped. Returns its exit status (-1: killed).
+    fn run_console(&self, argv: &[&str], others: &[&str], env: &[(&str, &str)]) -> io::Result<i32>;
     /// Run a helper program with its output captured; one still running
     /// after `timeout` gets SIGTERM, then SIGKILL after [`KILL_GRACE`].
     fn run_bounded(&self, argv: &[&str], timeout: Duration) -> io::Result<Bounded>;
@@ -179,15 +181,29 @@ impl Sys for LinuxSys {
         }
     }
 
-    fn run_console(&self, argv: &[&str], env: &[(&str, &str)]) -> io::Result<i32> {
-        let (prog, args) = argv
-            .split_first()
-            .ok_or_else(|| io::Error::other("empty command"))?;
-        let status = std::process::Command::new(prog)
-            .args(args)
-            .envs(env.iter().copied())
-            .status()?;
-        Ok(status.code().unwrap_or(-1))
+    fn run_console(&self, argv: &[&str], others: &[&str], env: &[(&str, &str)]) -> io::Result<i32> {
+        let command = |argv: &[&str]| {
+            let (prog, args) = argv
+                .split_first()
+                .ok_or_else(|| io::Error::other("empty command"))?;
+            let mut cmd = std::process::Command::new(prog);
+            cmd.args(args).envs(env.iter().copied());
+            Ok::<_, io::Error>(cmd)
+        };
+        let consoles = crate::consoles::active(Path::new("/sys"), Path::new("/dev"));
+        if consoles.len() < 2 {
+            // One console: it is /dev/console, init's own stdio.
+            return Ok(command(argv)?.status()?.code().unwrap_or(-1));
+        }
+        let mut programs = Vec::new();
+        for (i, console) in consoles.into_iter().enumerate() {
+            let cmd = command(if i == 0 { argv } else { others })?;
+            match crate::consoles::on_console(cmd, &console) {
+                Ok(cmd) => programs.push((console, cmd)),
+                Err(e) => log::warn!("cannot use the console {}: {e}", console.display()),
+            }
+        }
+        crate::consoles::first_to_exit(programs).map(|(_, code)| code)
     }
 
     fn run_bounded(&self, argv: &[&str], timeout: Duration) -> io::Result<Bounded> {

@@ -17,6 +17,7 @@
 //! what workers share — the image cache and the root filesystem trees — is
 //! built under one lock ([`Ctx::building`]), so it is built once.
 
+mod consoles;
 mod guest;
 mod initsystems;
 mod kernelupdate;
@@ -212,6 +213,7 @@ fn all_scenarios() -> impl Iterator<Item = &'static Scenario> {
         .chain(upperwatch::ALL)
         .chain(layers::ALL)
         .chain(luks::ALL)
+        .chain(consoles::ALL)
         .chain(reliab::ALL)
         .chain(slots::ALL)
         .chain(slottrial::ALL)

@@ -133,10 +133,15 @@ impl Sys for RecordingSys {
         self.record(format!("run {}", argv.join(" ")))
     }
 
-    fn run_console(&self, argv: &[&str], env: &[(&str, &str)]) -> io::Result<i32> {
+    fn run_console(&self, argv: &[&str], others: &[&str], env: &[(&str, &str)]) -> io::Result<i32> {
         let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        self.record(format!("run-console {} {}", env.join(" "), argv.join(" ")))
-            .map(|()| 0)
+        self.record(format!(
+            "run-console {} {} | elsewhere {}",
+            env.join(" "),
+            argv.join(" "),
+            others.join(" ")
+        ))
+        .map(|()| 0)
     }
 
     fn run_bounded(&self, argv: &[&str], timeout: Duration) -> io::Result<Bounded> {

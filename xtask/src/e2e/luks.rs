@@ -41,19 +41,19 @@ pub const ALL: &[Scenario] = &[
 
 /// The test passphrase. Commands typed into the guest never hold it whole
 /// (they build it from two halves), so finding it in a log is a leak.
-const PASSPHRASE: &str = "correct-horse-ramstick";
+pub(super) const PASSPHRASE: &str = "correct-horse-ramstick";
 const PASSPHRASE_HALVES: (&str, &str) = ("correct-hor", "se-ramstick");
 /// The wrong passphrases typed (with the attempt number).
 const GUESS: &str = "bad-guess-";
 /// Written to /persist in the guest; must not be in the raw disk image.
 const MARKER: &str = "ramstick-luks-plaintext-marker";
 /// The prompt `ramstick-unlock` shows for the virtio disk's partition 2.
-const PROMPT_PASSPHRASE: &str = "Passphrase for /dev/vda2: ";
+pub(super) const PROMPT_PASSPHRASE: &str = "Passphrase for /dev/vda2: ";
 const WRONG: &str = "wrong passphrase for /dev/vda2";
 
 /// A fresh copy of the LUKS disk image (built into the e2e cache first):
 /// passphrase [`PASSPHRASE`], plus a key file in the initramfs with `keyfile`.
-fn luks_disk(ctx: &mut Ctx, keyfile: bool) -> Result<PathBuf> {
+pub(super) fn luks_disk(ctx: &mut Ctx, keyfile: bool) -> Result<PathBuf> {
     let unlock = build::unlock_binary()?;
     let mut h = cache::Hasher::default();
     h.str("luks");
