@@ -11,6 +11,7 @@ use nix::sys::termios::{self, SetArg, Termios};
 use nix::unistd::Pid;
 use std::fs::File;
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -39,10 +40,20 @@ pub fn active(sys_root: &Path, dev_root: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// A console opened for reading and writing, never as init's own
+/// controlling terminal.
+fn open(console: &Path) -> io::Result<File> {
+    File::options()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::libc::O_NOCTTY)
+        .open(console)
+}
+
 /// `cmd` with `console` as its stdin, stdout and stderr and, in a session
 /// of its own, as its controlling terminal (job control, ^C).
 pub fn on_console(mut cmd: Command, console: &Path) -> io::Result<Command> {
-    let tty = File::options().read(true).write(true).open(console)?;
+    let tty = open(console)?;
     cmd.stdin(tty.try_clone()?)
         .stdout(tty.try_clone()?)
         .stderr(tty);
@@ -72,7 +83,7 @@ impl Drop for Settings {
 }
 
 fn settings_of(console: &Path) -> Option<Settings> {
-    let tty = File::options().read(true).write(true).open(console).ok()?;
+    let tty = open(console).ok()?;
     let saved = termios::tcgetattr(&tty).ok()?;
     Some(Settings { tty, saved })
 }
