@@ -196,8 +196,9 @@ impl Sys for LinuxSys {
             return Ok(command(argv)?.status()?.code().unwrap_or(-1));
         }
         let mut programs = Vec::new();
-        for (i, console) in consoles.into_iter().enumerate() {
-            let cmd = command(if i == 0 { argv } else { others })?;
+        for console in consoles {
+            // `argv` on /dev/console, or on the first console that opens.
+            let cmd = command(if programs.is_empty() { argv } else { others })?;
             match crate::consoles::on_console(cmd, &console) {
                 Ok(cmd) => programs.push((console, cmd)),
                 Err(e) => log::warn!("cannot use the console {}: {e}", console.display()),
