@@ -109,7 +109,7 @@ pub fn is_scanned(name: &str) -> bool {
     !name.starts_with("loop") && !name.starts_with("ram") && !name.starts_with("zram")
 }
 
-fn read_trimmed(path: &Path) -> Option<String> {
+pub(crate) fn read_trimmed(path: &Path) -> Option<String> {
     std::fs::read_to_string(path)
         .ok()
         .map(|s| s.trim().to_string())

@@ -17,6 +17,7 @@
 //! Not seen: SATA links ahci is still probing (no device exists for them
 //! yet) and sticks not plugged in at all.
 
+use crate::devices::read_trimmed;
 use std::path::Path;
 
 /// A driver whose devices end in a disk: its bus, its name in sysfs, its
@@ -87,11 +88,7 @@ fn virtio_pci_pending(sys_root: &Path) -> Vec<String> {
     };
     let mut names: Vec<_> = entries.flatten().map(|e| e.path()).collect();
     names.sort();
-    let read = |dev: &Path, file: &str| {
-        std::fs::read_to_string(dev.join(file))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default()
-    };
+    let read = |dev: &Path, file: &str| read_trimmed(&dev.join(file)).unwrap_or_default();
     let mut found = Vec::new();
     for dev in names {
         if read(&dev, "vendor") != "0x1af4"
@@ -205,9 +202,8 @@ fn partitions_pending(sys_root: &Path, dev_root: &Path) -> Vec<String> {
     for disk in disks {
         let sysdir = class.join(&disk);
         // A disk without medium has nothing coming.
-        let sectors: u64 = std::fs::read_to_string(sysdir.join("size"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
+        let sectors: u64 = read_trimmed(&sysdir.join("size"))
+            .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         if sectors == 0 {
             continue;
