@@ -40,6 +40,29 @@ pub fn active(sys_root: &Path, dev_root: &Path) -> Vec<PathBuf> {
     found
 }
 
+/// Runs a program that talks to the user on every active console at once
+/// (on /dev/console when the kernel lists none): `command(first)` makes
+/// each, `first` for the one on /dev/console, or on the first console that
+/// opens. The first to end counts (see [`first_to_exit`]); its exit status.
+pub fn run_everywhere(
+    sys_root: &Path,
+    dev_root: &Path,
+    command: impl Fn(bool) -> Command,
+) -> io::Result<i32> {
+    let mut consoles = active(sys_root, dev_root);
+    if consoles.is_empty() {
+        consoles.push(dev_root.join("console"));
+    }
+    let mut programs = Vec::new();
+    for console in consoles {
+        match on_console(command(programs.is_empty()), &console) {
+            Ok(cmd) => programs.push((console, cmd)),
+            Err(e) => log::warn!("cannot use the console {}: {e}", console.display()),
+        }
+    }
+    first_to_exit(programs).map(|(_, code)| code)
+}
+
 /// A console opened for reading and writing, never as init's own
 /// controlling terminal.
 fn open(console: &Path) -> io::Result<File> {

@@ -62,7 +62,7 @@ pub fn emergency() -> ! {
     let sh = Path::new("/bin/sh");
     if shell_allowed() && sh.exists() {
         log::error!("starting emergency shell; the stick is untouched. Type `exit` to reboot");
-        let shell = || {
+        let shell = |_first| {
             let mut cmd = std::process::Command::new(sh);
             cmd.env("PS1", "(initramfs) # ")
                 .env("PATH", "/bin:/sbin:/usr/bin:/usr/sbin")
@@ -70,22 +70,8 @@ pub fn emergency() -> ! {
             cmd
         };
         // One on each console a person may be at; the first to exit ends
-        // them all (/dev/console when the kernel has no list).
-        let mut consoles = consoles::active(Path::new("/sys"), Path::new("/dev"));
-        if consoles.is_empty() {
-            consoles.push(Path::new("/dev/console").to_path_buf());
-        }
-        let shells = consoles
-            .into_iter()
-            .filter_map(|c| match consoles::on_console(shell(), &c) {
-                Ok(cmd) => Some((c, cmd)),
-                Err(e) => {
-                    log::warn!("no emergency shell on {}: {e}", c.display());
-                    None
-                }
-            })
-            .collect();
-        if let Err(e) = consoles::first_to_exit(shells) {
+        // them all.
+        if let Err(e) = consoles::run_everywhere(Path::new("/sys"), Path::new("/dev"), shell) {
             log::error!("cannot start /bin/sh: {e}");
         }
     } else {

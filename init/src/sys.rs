@@ -182,29 +182,15 @@ impl Sys for LinuxSys {
     }
 
     fn run_console(&self, argv: &[&str], others: &[&str], env: &[(&str, &str)]) -> io::Result<i32> {
-        let command = |argv: &[&str]| {
-            let (prog, args) = argv
-                .split_first()
-                .ok_or_else(|| io::Error::other("empty command"))?;
-            let mut cmd = std::process::Command::new(prog);
-            cmd.args(args).envs(env.iter().copied());
-            Ok::<_, io::Error>(cmd)
-        };
-        let consoles = crate::consoles::active(Path::new("/sys"), Path::new("/dev"));
-        if consoles.len() < 2 {
-            // One console: it is /dev/console, init's own stdio.
-            return Ok(command(argv)?.status()?.code().unwrap_or(-1));
+        if argv.is_empty() || others.is_empty() {
+            return Err(io::Error::other("empty command"));
         }
-        let mut programs = Vec::new();
-        for console in consoles {
-            // `argv` on /dev/console, or on the first console that opens.
-            let cmd = command(if programs.is_empty() { argv } else { others })?;
-            match crate::consoles::on_console(cmd, &console) {
-                Ok(cmd) => programs.push((console, cmd)),
-                Err(e) => log::warn!("cannot use the console {}: {e}", console.display()),
-            }
-        }
-        crate::consoles::first_to_exit(programs).map(|(_, code)| code)
+        crate::consoles::run_everywhere(Path::new("/sys"), Path::new("/dev"), |first| {
+            let argv = if first { argv } else { others };
+            let mut cmd = std::process::Command::new(argv[0]);
+            cmd.args(&argv[1..]).envs(env.iter().copied());
+            cmd
+        })
     }
 
     fn run_bounded(&self, argv: &[&str], timeout: Duration) -> io::Result<Bounded> {
