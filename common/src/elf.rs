@@ -1,9 +1,10 @@
 //! Just enough of the ELF format (64-bit little-endian, as on x86-64) to
 //! tell how a program is loaded: its program interpreter (`PT_INTERP`, the
-//! dynamic loader) and the libraries it needs (`DT_NEEDED`). xtask uses it
-//! to check that init and the saver are static and to collect the unlock
-//! program's libraries; init uses it to check, before it frees the
-//! initramfs, that the real init's loader exists in the new root.
+//! dynamic loader), the libraries it needs (`DT_NEEDED`) and where it looks
+//! for them first (`DT_RUNPATH`). xtask uses it to check that init and the
+//! saver are static and to collect the unlock program's libraries; init uses
+//! it to check, before it frees the initramfs, that the real init's loader
+//! exists in the new root, and to read the real init's libraries ahead.
 
 /// Why bytes could not be read as an ELF file.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -14,7 +15,7 @@ pub enum ElfError {
     Not64Le,
     #[error("truncated ELF headers")]
     Truncated,
-    #[error("DT_NEEDED entries without a DT_STRTAB")]
+    #[error("DT_NEEDED or DT_RUNPATH entries without a DT_STRTAB")]
     NoStrtab,
     #[error("DT_STRTAB is outside every PT_LOAD segment")]
     StrtabOutside,
@@ -33,6 +34,8 @@ const PT_INTERP: u32 = 3;
 const DT_NULL: u64 = 0;
 const DT_NEEDED: u64 = 1;
 const DT_STRTAB: u64 = 5;
+const DT_RPATH: u64 = 15;
+const DT_RUNPATH: u64 = 29;
 
 /// `N` bytes at `off`, or `None` past the end (overflow-safe).
 fn field<const N: usize>(b: &[u8], off: usize) -> Option<[u8; N]> {
@@ -144,18 +147,39 @@ pub fn dynamic_reasons(b: &[u8]) -> Result<Vec<String>> {
     Ok(reasons)
 }
 
-/// The `DT_NEEDED` library names (sonames) of an ELF file, in order. The
-/// names are in the string table `DT_STRTAB` points to, a virtual address
-/// mapped to the file through the `PT_LOAD` segment holding it.
+/// The `DT_NEEDED` library names (sonames) of an ELF file, in order.
 pub fn needed_libraries(b: &[u8]) -> Result<Vec<String>> {
+    dynamic_strings(b, DT_NEEDED)
+}
+
+/// The directories of an ELF file's own library search path, in order:
+/// `DT_RUNPATH`, or the older `DT_RPATH` when it has none (entries are
+/// `:`-separated; `$ORIGIN` is left for the caller to expand).
+pub fn search_path(b: &[u8]) -> Result<Vec<String>> {
+    let mut path = dynamic_strings(b, DT_RUNPATH)?;
+    if path.is_empty() {
+        path = dynamic_strings(b, DT_RPATH)?;
+    }
+    Ok(path
+        .iter()
+        .flat_map(|p| p.split(':'))
+        .filter(|d| !d.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// The strings of the dynamic entries tagged `tag`, in order. The names are
+/// in the string table `DT_STRTAB` points to, a virtual address mapped to
+/// the file through the `PT_LOAD` segment holding it.
+fn dynamic_strings(b: &[u8], tag: u64) -> Result<Vec<String>> {
     let segs = segments(b)?;
     let entries = dynamic_entries(b, &segs)?;
-    let needed: Vec<u64> = entries
+    let offsets: Vec<u64> = entries
         .iter()
-        .filter(|(tag, _)| *tag == DT_NEEDED)
+        .filter(|(t, _)| *t == tag)
         .map(|(_, v)| *v)
         .collect();
-    if needed.is_empty() {
+    if offsets.is_empty() {
         return Ok(Vec::new());
     }
     let strtab = entries
@@ -168,7 +192,7 @@ pub fn needed_libraries(b: &[u8]) -> Result<Vec<String>> {
         .find(|s| s.p_type == PT_LOAD && s.vaddr <= strtab && strtab - s.vaddr < s.size as u64)
         .ok_or(ElfError::StrtabOutside)?;
     let table = &load.bytes(b)?[usize::try_from(strtab - load.vaddr).map_err(|_| truncated())?..];
-    needed
+    offsets
         .iter()
         .map(|&off| {
             let name = table
@@ -271,6 +295,40 @@ mod tests {
         assert!(needed_libraries(&elf(&[(PT_LOAD, vec![0; 8])]))
             .unwrap()
             .is_empty());
+    }
+
+    /// An ELF whose dynamic entries are `tags` with values `values`, one
+    /// PT_LOAD mapping file offset 0 at vaddr 0x1000 and `strings` as the
+    /// string table at file offset 0x300 (vaddr 0x1300).
+    fn with_strings(tags: &[u64], values: &[u64], strings: &[u8]) -> Vec<u8> {
+        let mut b = elf(&[(PT_LOAD, vec![]), (PT_DYNAMIC, dyn_entries(tags))]);
+        let dyn_off = 64 + 2 * 56;
+        for (i, v) in values.iter().enumerate() {
+            b[dyn_off + 16 * i + 8..dyn_off + 16 * i + 16].copy_from_slice(&v.to_le_bytes());
+        }
+        b.resize(0x400, 0);
+        b[0x300..0x300 + strings.len()].copy_from_slice(strings);
+        let load = 64;
+        b[load + 8..load + 16].copy_from_slice(&0u64.to_le_bytes());
+        b[load + 0x10..load + 0x18].copy_from_slice(&0x1000u64.to_le_bytes());
+        b[load + 0x20..load + 0x28].copy_from_slice(&0x400u64.to_le_bytes());
+        b
+    }
+
+    #[test]
+    fn search_path_is_runpath_else_rpath_split_at_colons() {
+        let strings = b"\0libc.so.6\0/opt/a:$ORIGIN/../lib\0/old\0";
+        let runpath = with_strings(
+            &[DT_NEEDED, DT_RPATH, DT_RUNPATH, DT_STRTAB, DT_NULL],
+            &[1, 33, 11, 0x1300],
+            strings,
+        );
+        assert_eq!(search_path(&runpath).unwrap(), ["/opt/a", "$ORIGIN/../lib"]);
+        assert_eq!(needed_libraries(&runpath).unwrap(), ["libc.so.6"]);
+        let rpath = with_strings(&[DT_RPATH, DT_STRTAB, DT_NULL], &[33, 0x1300], strings);
+        assert_eq!(search_path(&rpath).unwrap(), ["/old"]);
+        let none = with_strings(&[DT_NEEDED, DT_STRTAB, DT_NULL], &[1, 0x1300], strings);
+        assert!(search_path(&none).unwrap().is_empty());
     }
 
     #[test]

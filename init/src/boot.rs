@@ -18,7 +18,7 @@ use crate::modload::Loader;
 use crate::mounts::at;
 use crate::stopwatch::timed;
 use crate::sys::Sys;
-use crate::{extras, fsck, kit, layers, luks, mountpoints, mounts, switchroot};
+use crate::{extras, fsck, kit, layers, luks, mountpoints, mounts, switchroot, warm};
 use ramstick_common::initsys;
 
 /// For failures that only a broken kernel or initramfs can cause.
@@ -126,10 +126,16 @@ pub fn boot(sys: &dyn Sys, images: &dyn Images, root: &Path) -> Result<Infallibl
         "mount the overlay root",
         "boot with ramstick.boot=clean; if that fails too, rebuild the stick",
     )?;
+    let newroot = at(root, &plan.overlay_root);
+    // The real init's program and libraries, read ahead by a process of
+    // their own while the boot ends (see `warm`); a failure costs only time.
+    let argv = warm::spawn_argv(&newroot, &plan.init);
+    if let Err(e) = sys.spawn(&argv.iter().map(String::as_str).collect::<Vec<_>>()) {
+        log::debug!("no read-ahead of {}: {e}", plan.init);
+    }
     t.mark("mounts");
 
     // 11. Swap and the user's files (a failure here only costs that feature).
-    let newroot = at(root, &plan.overlay_root);
     let persist = at(root, &plan.persist_mount);
     if let Some(size) = plan.swap_bytes {
         if let Err(e) =

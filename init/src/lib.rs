@@ -31,3 +31,4 @@ pub mod sys;
 #[cfg(test)]
 mod testplan;
 pub mod trial;
+pub mod warm;

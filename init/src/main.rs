@@ -2,8 +2,9 @@
 //!
 //! As PID 1 it boots (see `boot.rs`) and never exits: any failure, even a
 //! panic, ends in the emergency shell or a reboot. Run as a normal program
-//! it only supports `--dry-run`, which prints the boot plan, and `--params`,
-//! which lists the boot parameters:
+//! it only supports `--dry-run`, which prints the boot plan, `--params`,
+//! which lists the boot parameters, and `--warm ROOT INIT`, the read-ahead
+//! process PID 1 starts near the end of the boot (see `warm.rs`):
 //!
 //! ```text
 //! init --dry-run [--cmdline 'LINE' | --root DIR] [--mem BYTES] [--kernel-version V] [--persist DIR]
@@ -34,7 +35,14 @@ fn main() {
     if std::process::id() == 1 {
         pid1();
     }
-    std::process::exit(cli(std::env::args().skip(1).collect()));
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, root, init] = args.as_slice() {
+        if flag == ramstick_init::warm::WARM_FLAG {
+            // Started by PID 1 once the new root is mounted (see `warm`).
+            std::process::exit(ramstick_init::warm::run(root, init));
+        }
+    }
+    std::process::exit(cli(args));
 }
 
 fn pid1() -> ! {

@@ -132,7 +132,7 @@ pub fn check_runnable(newroot: &Path, path: &str, host: &Path, depth: u32) -> Re
 
 /// The interpreter of a `#!` line (the bytes after `#!`), as the kernel
 /// reads it: blanks skipped, then up to a blank or the end of the line.
-fn shebang_interpreter(line: &[u8]) -> Option<String> {
+pub(crate) fn shebang_interpreter(line: &[u8]) -> Option<String> {
     let line = &line[..line.len().min(SHEBANG_LEN - 2)];
     let end = line.iter().position(|&c| c == b'\n').unwrap_or(line.len());
     let text = String::from_utf8_lossy(&line[..end]);

@@ -57,6 +57,9 @@ pub trait Sys {
     fn write_blocks(&self, path: &Path, writes: &[(u64, Vec<u8>)]) -> io::Result<()>;
     /// Run a helper program from the initramfs and wait; non-zero exit is an error.
     fn run(&self, argv: &[&str]) -> io::Result<()>;
+    /// Start a helper program and leave it running, its output discarded
+    /// (nobody waits for it here: after switch_root the real init reaps it).
+    fn spawn(&self, argv: &[&str]) -> io::Result<()>;
     /// Run a program that talks to the user, with extra environment `env`,
     /// on every console a person may be at (`consoles::active`): `argv` on
     /// /dev/console, `others` on the other consoles; the first to end counts
@@ -179,6 +182,20 @@ impl Sys for LinuxSys {
                 String::from_utf8_lossy(&out.stderr).trim()
             )))
         }
+    }
+
+    fn spawn(&self, argv: &[&str]) -> io::Result<()> {
+        use std::process::Stdio;
+        let (prog, args) = argv
+            .split_first()
+            .ok_or_else(|| io::Error::other("empty command"))?;
+        std::process::Command::new(prog)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map(drop)
     }
 
     fn run_console(&self, argv: &[&str], others: &[&str], env: &[(&str, &str)]) -> io::Result<i32> {

@@ -168,6 +168,11 @@ fn a_boot_mounts_and_moves_in_the_planned_order_up_to_the_switch() {
     assert!(index("run-bounded") < index("mount ext4"));
     assert!(index("write /run/ramstick/boot.json").is_some());
     assert!(index("write /run/ramstick/boot.json") < index("move "));
+    // The real init's read-ahead starts once the overlay root is mounted.
+    let warm = "spawn /proc/self/exe --warm /sysroot/overlay_root /sbin/init";
+    assert!(index(warm).is_some(), "{calls:#?}");
+    assert!(index("mount overlay") < index(warm));
+    assert!(index(warm) < index("write /run/ramstick/boot.json"));
     // The kit: the scratch initramfs's saver, linked at /run/ramstick/bin.
     assert_eq!(
         std::fs::read_to_string(root.join("run/ramstick/bin/saver")).unwrap(),

@@ -133,6 +133,10 @@ impl Sys for RecordingSys {
         self.record(format!("run {}", argv.join(" ")))
     }
 
+    fn spawn(&self, argv: &[&str]) -> io::Result<()> {
+        self.record(format!("spawn {}", argv.join(" ")))
+    }
+
     fn run_console(&self, argv: &[&str], others: &[&str], env: &[(&str, &str)]) -> io::Result<i32> {
         let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         self.record(format!(

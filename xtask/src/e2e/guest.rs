@@ -89,7 +89,30 @@ pub fn check_boot_record(vm: &mut Vm) -> Result<()> {
             .any(|l| l.contains("timings:") && mentions_millis(l)),
         "no phase timings among init's kernel log lines:\n{log}"
     );
-    Ok(())
+    check_read_ahead(vm, 1)
+}
+
+/// init's read-ahead of the real init (`init/src/warm.rs`) ran in the new
+/// root and read at least `min_files` files (the program, its loader, its
+/// libraries). It ends on its own after the switch: waited for a while.
+pub fn check_read_ahead(vm: &mut Vm, min_files: usize) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let log = vm.run_kernel_log("dmesg | grep 'ramstick: read-ahead' || true", CMD)?;
+        let files = log.lines().find_map(|l| {
+            let (_, rest) = l.split_once(": read-ahead of ")?;
+            let (_, count) = rest.split_once(": ")?;
+            count.split_whitespace().next()?.parse::<usize>().ok()
+        });
+        match files {
+            Some(n) if n >= min_files => return Ok(()),
+            Some(n) => bail!("the read-ahead read {n} files, expected {min_files} or more:\n{log}"),
+            None if started.elapsed() < Duration::from_secs(30) && !log.contains("cannot") => {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            None => bail!("no read-ahead line from init in the kernel log:\n{log}"),
+        }
+    }
 }
 
 /// Expect init to fail with a line containing `mention`, then use its

@@ -6,8 +6,8 @@
 //! session's save appends one layer to the chain in /persist/layers.
 
 use super::guest::{
-    boot_debian, boot_disk_to_shell, check, out, persist_written, poweroff_expecting, GrubEntry,
-    CMD, SAVE, SAVED, SAVER,
+    boot_debian, boot_disk_to_shell, check, check_read_ahead, out, persist_written,
+    poweroff_expecting, GrubEntry, CMD, SAVE, SAVED, SAVER,
 };
 use super::{Ctx, DiskSpec, Scenario};
 use crate::deps;
@@ -398,6 +398,8 @@ fn persist_debian(ctx: &mut Ctx) -> Result<()> {
     }
     let disk = ctx.debian_disk()?;
     let mut vm = boot_debian(ctx, &disk, GrubEntry::Default)?;
+    // systemd 252, its loader and its 25 libraries.
+    check_read_ahead(&mut vm, 20)?;
     vm.run(
         "echo debian > /root/session && rm /etc/issue.net && mkdir -p /opt/new \
          && ln -s /root/session /opt/new/link",

@@ -1,0 +1,303 @@
+//! Reading the real init's program and libraries ahead, while the boot ends
+//! and the real init starts.
+//!
+//! Why: from a squashfs root a program is paged in one compressed block at
+//! a time, as the dynamic loader maps it and its libraries; the bench showed
+//! systemd taking 0.94 s from its exec to its first line from the squashfs
+//! root against 0.54 s from ext4 (Debian rootfs, TCG). Once the overlay root
+//! is mounted, init starts `init --warm ROOT INIT` ([`spawn_argv`]), a
+//! process of its own that reads those files into the page cache on
+//! another CPU while PID 1 finishes the boot and execs the real init (which
+//! a thread could not do: exec ends every other thread), and that the real
+//! init reaps when it ends. It reads only what the kernel and the loader
+//! load to start the real init, bounded ([`MAX_FILES`], [`MAX_BYTES`]), at a
+//! lower priority; anything it cannot read it skips: it only saves time.
+
+use ramstick_common::elf;
+use std::collections::{HashSet, VecDeque};
+use std::path::Path;
+use std::time::Instant;
+
+/// The command-line flag of the read-ahead process.
+pub const WARM_FLAG: &str = "--warm";
+
+/// At most this many files are read (systemd 252 starts with 21).
+const MAX_FILES: usize = 64;
+/// At most this many bytes are read (systemd 252's are about 7 MiB).
+const MAX_BYTES: u64 = 64 << 20;
+/// The read-ahead's nice value: it takes a CPU nobody uses, not the boot's.
+const NICE: i32 = 10;
+
+/// Where the loader looks after an object's own search path: Debian's
+/// multiarch directories, then the usual ones (Alpine's musl: /lib, /usr/lib).
+const LIBRARY_DIRS: &[&str] = &[
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+    "/lib",
+    "/usr/lib",
+    "/usr/local/lib",
+];
+
+/// The files of the root being warmed, by absolute path in it.
+pub trait Files {
+    /// Whether `path` is a file that can be opened (following symlinks).
+    fn exists(&self, path: &str) -> bool;
+    /// The whole content of `path` (reading it is what warms it).
+    fn read(&mut self, path: &str) -> Option<Vec<u8>>;
+}
+
+/// What [`warm`] read.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Warmed {
+    pub files: Vec<String>,
+    pub bytes: u64,
+}
+
+/// Reads `init` and what running it loads: a `#!` script's interpreter,
+/// an ELF program's interpreter (the dynamic loader) and its `DT_NEEDED`
+/// libraries, breadth first as the loader maps them, each path once, until
+/// [`MAX_FILES`] or [`MAX_BYTES`].
+pub fn warm(files: &mut dyn Files, init: &str) -> Warmed {
+    let mut out = Warmed::default();
+    let mut queue = VecDeque::from([init.to_string()]);
+    let mut seen: HashSet<String> = queue.iter().cloned().collect();
+    while let Some(path) = queue.pop_front() {
+        if out.files.len() >= MAX_FILES || out.bytes >= MAX_BYTES {
+            break;
+        }
+        let Some(bytes) = files.read(&path) else {
+            continue;
+        };
+        out.bytes += bytes.len() as u64;
+        for next in loads(&*files, &path, &bytes) {
+            if seen.insert(next.clone()) {
+                queue.push_back(next);
+            }
+        }
+        out.files.push(path);
+    }
+    out
+}
+
+/// The paths the kernel and the loader open to run the file `path` with
+/// content `bytes`, in their order; names they would not find are left out.
+fn loads(files: &dyn Files, path: &str, bytes: &[u8]) -> Vec<String> {
+    if let Some(line) = bytes.strip_prefix(b"#!") {
+        return crate::switchroot::shebang_interpreter(line)
+            .into_iter()
+            .collect();
+    }
+    if !elf::is_elf(bytes) {
+        return Vec::new();
+    }
+    let mut out: Vec<String> = elf::interpreter(bytes).ok().flatten().into_iter().collect();
+    let origin = Path::new(path)
+        .parent()
+        .map_or_else(|| "/".to_string(), |p| p.display().to_string());
+    let own: Vec<String> = elf::search_path(bytes)
+        .unwrap_or_default()
+        .iter()
+        .map(|d| d.replace("$ORIGIN", &origin).replace("${ORIGIN}", &origin))
+        .collect();
+    for name in elf::needed_libraries(bytes).unwrap_or_default() {
+        if name.contains('/') {
+            out.push(name);
+            continue;
+        }
+        let found = own
+            .iter()
+            .map(String::as_str)
+            .chain(LIBRARY_DIRS.iter().copied())
+            .map(|dir| format!("{}/{name}", dir.trim_end_matches('/')))
+            .find(|candidate| files.exists(candidate));
+        out.extend(found);
+    }
+    out
+}
+
+/// The command PID 1 starts to warm `init` in the mounted root `newroot`.
+pub fn spawn_argv(newroot: &Path, init: &str) -> Vec<String> {
+    vec![
+        "/proc/self/exe".to_string(),
+        WARM_FLAG.to_string(),
+        newroot.display().to_string(),
+        init.to_string(),
+    ]
+}
+
+/// The files of the process's own root.
+struct OwnRoot;
+
+impl Files for OwnRoot {
+    fn exists(&self, path: &str) -> bool {
+        Path::new(path).is_file()
+    }
+
+    fn read(&mut self, path: &str) -> Option<Vec<u8>> {
+        std::fs::read(path).ok()
+    }
+}
+
+/// `init --warm ROOT INIT`: lowers its priority, enters `root` (a chroot
+/// follows the mount when PID 1 moves it onto /), reads, and says what it
+/// read in the kernel log (debug level). Returns the exit status.
+pub fn run(root: &str, init: &str) -> i32 {
+    use std::io::Write;
+    let mut kmsg = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/kmsg")
+        .ok();
+    // SAFETY: setpriority(2) on this process only; no memory is passed.
+    unsafe { nix::libc::setpriority(nix::libc::PRIO_PROCESS, 0, NICE) };
+    // One write(2) per line: each is a record of its own in the kernel log.
+    let mut say = |line: String| {
+        if let Some(k) = kmsg.as_mut() {
+            let _ = k.write_all(format!("<7>ramstick: {line}\n").as_bytes());
+        }
+    };
+    if let Err(e) = nix::unistd::chroot(root).and_then(|()| nix::unistd::chdir("/")) {
+        say(format!("read-ahead: cannot enter {root}: {e}"));
+        return 1;
+    }
+    let start = Instant::now();
+    let warmed = warm(&mut OwnRoot, init);
+    say(format!(
+        "read-ahead of {init}: {} file{}, {} KiB in {} ms",
+        warmed.files.len(),
+        if warmed.files.len() == 1 { "" } else { "s" },
+        warmed.bytes / 1024,
+        start.elapsed().as_millis()
+    ));
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// Files in a map, with the order they were read in.
+    #[derive(Default)]
+    struct Fake {
+        files: HashMap<String, Vec<u8>>,
+        read: Vec<String>,
+    }
+
+    impl Files for Fake {
+        fn exists(&self, path: &str) -> bool {
+            self.files.contains_key(path)
+        }
+        fn read(&mut self, path: &str) -> Option<Vec<u8>> {
+            self.read.push(path.to_string());
+            self.files.get(path).cloned()
+        }
+    }
+
+    /// A real dynamic ELF program of the host (the tests need one).
+    fn host_elf(path: &str) -> Option<Vec<u8>> {
+        std::fs::read(path).ok().filter(|b| elf::is_elf(b))
+    }
+
+    #[test]
+    fn a_script_warms_its_interpreter_and_a_missing_file_is_skipped() {
+        let mut fake = Fake::default();
+        fake.files
+            .insert("/sbin/init".into(), b"#!/bin/sh -e\necho".to_vec());
+        let warmed = warm(&mut fake, "/sbin/init");
+        // /bin/sh is not there: read (tried) but not counted.
+        assert_eq!(fake.read, ["/sbin/init", "/bin/sh"]);
+        assert_eq!(warmed.files, ["/sbin/init"]);
+        assert_eq!(warmed.bytes, 17);
+        let mut none = Fake::default();
+        assert_eq!(warm(&mut none, "/sbin/init"), Warmed::default());
+    }
+
+    #[test]
+    fn an_elf_warms_its_loader_and_libraries_breadth_first() {
+        // The host's /bin/sh as the init, with its real loader and
+        // libraries placed where the search finds them.
+        let Some(sh) = host_elf("/bin/sh") else {
+            println!("skipped: no dynamic /bin/sh on this host");
+            return;
+        };
+        let interp = elf::interpreter(&sh).unwrap().expect("dynamic /bin/sh");
+        let needed = elf::needed_libraries(&sh).unwrap();
+        assert!(!needed.is_empty());
+        let mut fake = Fake::default();
+        fake.files.insert("/sbin/init".into(), sh.clone());
+        fake.files.insert(interp.clone(), b"loader".to_vec());
+        for (i, name) in needed.iter().enumerate() {
+            // The first in Debian's multiarch directory, the rest in /usr/lib:
+            // each found in the first directory of the search that has it.
+            let dir = if i == 0 {
+                "/lib/x86_64-linux-gnu"
+            } else {
+                "/usr/lib"
+            };
+            fake.files
+                .insert(format!("{dir}/{name}"), name.as_bytes().to_vec());
+            // Not a directory the loader searches: never read.
+            fake.files.insert(format!("/opt/{name}"), Vec::new());
+        }
+        let warmed = warm(&mut fake, "/sbin/init");
+        let mut expected = vec!["/sbin/init".to_string(), interp];
+        for (i, name) in needed.iter().enumerate() {
+            let dir = if i == 0 {
+                "/lib/x86_64-linux-gnu"
+            } else {
+                "/usr/lib"
+            };
+            expected.push(format!("{dir}/{name}"));
+        }
+        assert_eq!(warmed.files, expected);
+        assert_eq!(
+            fake.read, expected,
+            "each file read once, in the loader's order"
+        );
+    }
+
+    #[test]
+    fn a_library_that_needs_itself_or_its_program_is_read_once() {
+        // Two copies of the host's /bin/sh: the init, and the same bytes as
+        // every library it needs (so each "library" needs them all again).
+        let Some(sh) = host_elf("/bin/sh") else {
+            println!("skipped: no dynamic /bin/sh on this host");
+            return;
+        };
+        let mut fake = Fake::default();
+        fake.files.insert("/sbin/init".into(), sh.clone());
+        for name in elf::needed_libraries(&sh).unwrap() {
+            fake.files.insert(format!("/lib/{name}"), sh.clone());
+        }
+        let warmed = warm(&mut fake, "/sbin/init");
+        let unique: HashSet<&String> = fake.read.iter().collect();
+        assert_eq!(unique.len(), fake.read.len(), "{:?}", fake.read);
+        assert_eq!(
+            warmed.files.len(),
+            1 + elf::needed_libraries(&sh).unwrap().len()
+        );
+    }
+
+    #[test]
+    fn reading_stops_at_the_file_limit() {
+        // A chain of scripts, each the interpreter of the one before.
+        let mut fake = Fake::default();
+        for i in 0..MAX_FILES + 10 {
+            fake.files
+                .insert(format!("/s{i}"), format!("#!/s{}\n", i + 1).into_bytes());
+        }
+        let warmed = warm(&mut fake, "/s0");
+        assert_eq!(warmed.files.len(), MAX_FILES);
+        assert_eq!(fake.read.len(), MAX_FILES);
+    }
+
+    #[test]
+    fn the_command_names_the_flag_the_root_and_the_init() {
+        assert_eq!(
+            spawn_argv(Path::new("/sysroot"), "/sbin/init"),
+            ["/proc/self/exe", "--warm", "/sysroot", "/sbin/init"]
+        );
+    }
+}
