@@ -49,209 +49,68 @@ const INIT_NEEDS: &[&str] = &["sh", "mkswap"];
 /// A group of options with the reason they are on.
 pub struct Group {
     pub why: &'static str,
-    /// `NAME` (for `CONFIG_NAME=y`) or `NAME=value`.
-    pub options: &'static [&'static str],
+    /// Whitespace-separated `NAME` (for `CONFIG_NAME=y`) or `NAME=value`.
+    pub options: &'static str,
 }
 
 /// Everything on besides `make allnoconfig`'s defaults.
 pub const CONFIG: &[Group] = &[
     Group {
         why: "static (the initramfs has no libc); runs its applets by name, without symlinks",
-        options: &[
-            "STATIC",
-            "BUSYBOX",
-            "FEATURE_PREFER_APPLETS",
-            "LONG_OPTS",
-            "SHOW_USAGE",
-            "FEATURE_VERBOSE_USAGE",
-            "FEATURE_DEVPTS",
-            "FEATURE_BUFFERS_USE_MALLOC",
-        ],
+        options:
+            "STATIC BUSYBOX FEATURE_PREFER_APPLETS LONG_OPTS SHOW_USAGE FEATURE_VERBOSE_USAGE \
+             FEATURE_DEVPTS FEATURE_BUFFERS_USE_MALLOC",
     },
     Group {
         why: "ash, the emergency shell: line editing, history, job control, $((…)), applets",
-        options: &[
-            "SH_IS_ASH",
-            "SHELL_ASH",
-            "ASH",
-            "ASH_OPTIMIZE_FOR_SIZE",
-            "ASH_INTERNAL_GLOB",
-            "ASH_BASH_COMPAT",
-            "ASH_JOB_CONTROL",
-            "ASH_ALIAS",
-            "ASH_ECHO",
-            "ASH_PRINTF",
-            "ASH_TEST",
-            "ASH_GETOPTS",
-            "ASH_CMDCMD",
-            "FEATURE_SH_MATH",
-            "FEATURE_SH_READ_FRAC",
-            "FEATURE_SH_STANDALONE",
-            "FEATURE_EDITING",
-            "FEATURE_EDITING_HISTORY=255",
-            "FEATURE_TAB_COMPLETION",
-            "FEATURE_EDITING_FANCY_PROMPT",
-        ],
+        options: "SH_IS_ASH SHELL_ASH ASH ASH_OPTIMIZE_FOR_SIZE ASH_INTERNAL_GLOB ASH_BASH_COMPAT \
+             ASH_JOB_CONTROL ASH_ALIAS ASH_ECHO ASH_PRINTF ASH_TEST ASH_GETOPTS ASH_CMDCMD \
+             FEATURE_SH_MATH FEATURE_SH_READ_FRAC FEATURE_SH_STANDALONE FEATURE_EDITING \
+             FEATURE_EDITING_HISTORY=255 FEATURE_TAB_COMPLETION FEATURE_EDITING_FANCY_PROMPT",
     },
     Group {
         why: "the basic file tools, to look around and repair by hand",
-        options: &[
-            "BASENAME",
-            "CAT",
-            "CHMOD",
-            "CHOWN",
-            "CHROOT",
-            "CP",
-            "CUT",
-            "DATE",
-            "DD",
-            "DF",
-            "DIRNAME",
-            "DU",
-            "ECHO",
-            "FEATURE_FANCY_ECHO",
-            "ENV",
-            "FALSE",
-            "HEAD",
-            "FEATURE_FANCY_HEAD",
-            "LN",
-            "LS",
-            "FEATURE_LS_FILETYPES",
-            "FEATURE_LS_FOLLOWLINKS",
-            "FEATURE_LS_RECURSIVE",
-            "FEATURE_LS_SORTFILES",
-            "FEATURE_LS_TIMESTAMPS",
-            "FEATURE_LS_USERNAME",
-            "FEATURE_LS_COLOR",
-            "MD5SUM",
-            "SHA256SUM",
-            "MKDIR",
-            "MKNOD",
-            "MV",
-            "OD",
-            "PRINTF",
-            "PWD",
-            "READLINK",
-            "RM",
-            "RMDIR",
-            "SEQ",
-            "SLEEP",
-            "FEATURE_FANCY_SLEEP",
-            "SORT",
-            "STAT",
-            "FEATURE_STAT_FORMAT",
-            "SYNC",
-            "FEATURE_SYNC_FANCY",
-            "TAIL",
-            "FEATURE_FANCY_TAIL",
-            "TEE",
-            "TEST",
-            "TEST1",
-            "TEST2",
-            "TOUCH",
-            "TR",
-            "TRUE",
-            "UNAME",
-            "UNIQ",
-            "WC",
-            "WHICH",
-            "HEXDUMP",
-            "FEATURE_HUMAN_READABLE",
-        ],
+        options:
+            "BASENAME CAT CHMOD CHOWN CHROOT CP CUT DATE DD DF DIRNAME DU ECHO FEATURE_FANCY_ECHO \
+             ENV FALSE HEAD FEATURE_FANCY_HEAD LN LS FEATURE_LS_FILETYPES FEATURE_LS_FOLLOWLINKS \
+             FEATURE_LS_RECURSIVE FEATURE_LS_SORTFILES FEATURE_LS_TIMESTAMPS FEATURE_LS_USERNAME \
+             FEATURE_LS_COLOR MD5SUM SHA256SUM MKDIR MKNOD MV OD PRINTF PWD READLINK RM RMDIR SEQ \
+             SLEEP FEATURE_FANCY_SLEEP SORT STAT FEATURE_STAT_FORMAT SYNC FEATURE_SYNC_FANCY TAIL \
+             FEATURE_FANCY_TAIL TEE TEST TEST1 TEST2 TOUCH TR TRUE UNAME UNIQ WC WHICH HEXDUMP \
+             FEATURE_HUMAN_READABLE",
     },
     Group {
         why: "disks and boot: init runs `busybox mkswap`; the rest to mount and boot by hand",
-        options: &[
-            "MOUNT",
-            "FEATURE_MOUNT_FLAGS",
-            "FEATURE_MOUNT_FSTAB",
-            "FEATURE_MOUNT_LOOP",
-            "UMOUNT",
-            "FEATURE_UMOUNT_ALL",
-            "LOSETUP",
-            "MKSWAP",
-            "SWAPON",
-            "SWAPOFF",
-            "BLKID",
-            "FEATURE_BLKID_TYPE",
-            "VOLUMEID",
-            "FEATURE_VOLUMEID_EXT",
-            "FEATURE_VOLUMEID_FAT",
-            "FEATURE_VOLUMEID_LINUXSWAP",
-            "FEATURE_VOLUMEID_LUKS",
-            "FEATURE_VOLUMEID_SQUASHFS",
-            "DMESG",
-            "FEATURE_DMESG_PRETTY",
-            "SWITCH_ROOT",
-            "HALT",
-            "POWEROFF",
-            "REBOOT",
-        ],
+        options: "MOUNT FEATURE_MOUNT_FLAGS FEATURE_MOUNT_FSTAB FEATURE_MOUNT_LOOP UMOUNT \
+             FEATURE_UMOUNT_ALL LOSETUP MKSWAP SWAPON SWAPOFF BLKID FEATURE_BLKID_TYPE VOLUMEID \
+             FEATURE_VOLUMEID_EXT FEATURE_VOLUMEID_FAT FEATURE_VOLUMEID_LINUXSWAP \
+             FEATURE_VOLUMEID_LUKS FEATURE_VOLUMEID_SQUASHFS DMESG FEATURE_DMESG_PRETTY \
+             SWITCH_ROOT HALT POWEROFF REBOOT",
     },
     Group {
         why: "processes and memory",
-        options: &[
-            "PS",
-            "FEATURE_PS_WIDE",
-            "FEATURE_SHOW_THREADS",
-            "KILL",
-            "KILLALL",
-            "FREE",
-            "UPTIME",
-        ],
+        options: "PS FEATURE_PS_WIDE FEATURE_SHOW_THREADS KILL KILLALL FREE UPTIME",
     },
     Group {
-        why: "text tools for the shell and e2e's guest commands (awk reads /proc/mounts)",
-        options: &[
-            "GREP",
-            "EGREP",
-            "FGREP",
-            "FEATURE_GREP_CONTEXT",
-            "SED",
-            "AWK",
-            "FIND",
-            "FEATURE_FIND_PRINT0",
-            "FEATURE_FIND_TYPE",
-            "FEATURE_FIND_MAXDEPTH",
-            "FEATURE_FIND_EXEC",
-            "FEATURE_FIND_SIZE",
-            "XARGS",
-            "LESS",
-            "MORE",
-            "VI",
-            "FEATURE_VI_8BIT",
-            "FEATURE_VI_COLON",
-            "FEATURE_VI_YANKMARK",
-            "FEATURE_VI_SEARCH",
-            "FEATURE_VI_WIN_RESIZE",
-        ],
+        why: "text tools: to search logs and edit configuration files by hand",
+        options: "GREP EGREP FGREP FEATURE_GREP_CONTEXT SED AWK FIND FEATURE_FIND_PRINT0 \
+             FEATURE_FIND_TYPE FEATURE_FIND_MAXDEPTH FEATURE_FIND_EXEC FEATURE_FIND_SIZE XARGS \
+             LESS MORE VI FEATURE_VI_8BIT FEATURE_VI_COLON FEATURE_VI_YANKMARK FEATURE_VI_SEARCH \
+             FEATURE_VI_WIN_RESIZE",
     },
     Group {
         why: "kernel modules by hand",
-        options: &[
-            "INSMOD",
-            "RMMOD",
-            "LSMOD",
-            "MODPROBE",
-            "FEATURE_MODPROBE_BLACKLIST",
-        ],
+        options: "INSMOD RMMOD LSMOD MODPROBE FEATURE_MODPROBE_BLACKLIST",
     },
     Group {
         why: "archives: to copy files off or onto the stick",
-        options: &[
-            "GZIP",
-            "FEATURE_GZIP_DECOMPRESS",
-            "GUNZIP",
-            "ZCAT",
-            "FEATURE_SEAMLESS_GZ",
-            "TAR",
-            "FEATURE_TAR_CREATE",
-            "CPIO",
-        ],
+        options:
+            "GZIP FEATURE_GZIP_DECOMPRESS GUNZIP ZCAT FEATURE_SEAMLESS_GZ TAR FEATURE_TAR_CREATE \
+             CPIO",
     },
     Group {
         why: "the terminal, and `timeout` for commands that may hang",
-        options: &["STTY", "CLEAR", "RESET", "TIMEOUT"],
+        options: "STTY CLEAR RESET TIMEOUT",
     },
 ];
 
@@ -259,7 +118,7 @@ pub const CONFIG: &[Group] = &[
 fn options(groups: &[Group]) -> Vec<(&'static str, &'static str)> {
     groups
         .iter()
-        .flat_map(|g| g.options.iter())
+        .flat_map(|g| g.options.split_whitespace())
         .map(|o| o.split_once('=').unwrap_or((o, "y")))
         .collect()
 }
@@ -542,11 +401,11 @@ mod tests {
     const GROUPS: &[Group] = &[
         Group {
             why: "a",
-            options: &["ASH", "FEATURE_EDITING_HISTORY=255"],
+            options: "ASH FEATURE_EDITING_HISTORY=255",
         },
         Group {
             why: "b",
-            options: &["LS"],
+            options: "LS",
         },
     ];
 
