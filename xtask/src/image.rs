@@ -322,7 +322,7 @@ pub fn build_full(spec: &Spec, luks: Option<&LuksSpec>, saver: Saver) -> Result<
 }
 
 /// `<path>.partial-<pid>`: a temporary name no concurrent xtask shares.
-pub(super) fn unique_partial(path: &Path) -> PathBuf {
+pub(crate) fn unique_partial(path: &Path) -> PathBuf {
     let mut name = partial_path(path).into_os_string();
     name.push(format!("-{}", std::process::id()));
     PathBuf::from(name)

@@ -1,6 +1,7 @@
 //! `cargo xtask initramfs`: ramstick's initramfs (see [`ramstick_initrd`]
 //! for the archive) built from this host: `/init` (our static PID 1),
-//! `/bin/saver`, Debian's static busybox (`/bin/sh`) and static e2fsck
+//! `/bin/saver`, busybox (`/bin/sh`, built from Debian's source with the
+//! applets ramstick needs: [`crate::busybox`]) and Debian's static e2fsck
 //! (`/bin/e2fsck`), everything in `initramfs-skel/`, the boot modules of
 //! the kernel; for a LUKS image ([`Luks`]) also `/bin/ramstick-unlock`
 //! (glibc) with its libraries and an optional key file.
@@ -102,7 +103,7 @@ pub fn build_with(
     luks: Option<&Luks>,
 ) -> Result<()> {
     let programs = HostPrograms {
-        busybox: deps::busybox_static()?,
+        busybox: crate::busybox::busybox()?,
         e2fsck: deps::e2fsck_static()?,
     };
     let skel = crate::workspace_root().join("initramfs-skel");
@@ -142,7 +143,7 @@ fn mtime() -> u32 {
         .unwrap_or(0)
 }
 
-/// The static programs from Debian packages the archive carries.
+/// The static programs not built by cargo that the archive carries.
 struct HostPrograms {
     busybox: PathBuf,
     e2fsck: PathBuf,

@@ -3,6 +3,7 @@
 
 mod bench;
 mod build;
+mod busybox;
 mod cache;
 mod crashtest;
 mod deps;
