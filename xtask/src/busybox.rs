@@ -170,7 +170,8 @@ fn check_config(config: &str, wanted: &[(&str, &str)]) -> Result<()> {
     Ok(())
 }
 
-/// The initramfs's busybox, built unless the cache has it.
+/// The initramfs's busybox, built unless the cache has it; Debian's
+/// `busybox-static` when the pinned source cannot be fetched any more.
 pub fn busybox() -> Result<PathBuf> {
     let mut h = Hasher::default();
     h.str(ORIG.sha256);
@@ -196,8 +197,20 @@ pub fn busybox() -> Result<PathBuf> {
         ("sha256sum", "coreutils"),
     ])?;
     deps::ensure_packages(&["linux-libc-dev"])?;
-    let orig = fetch(&ORIG, &cache.join("dl"))?;
-    let debian = fetch(&DEBIAN, &cache.join("dl"))?;
+    // Debian's pool drops a version some time after a newer one replaces
+    // it: a stick must still build then, with the bigger busybox.
+    let sources = fetch(&ORIG, &cache.join("dl"))
+        .and_then(|orig| Ok((orig, fetch(&DEBIAN, &cache.join("dl"))?)));
+    let (orig, debian) = match sources {
+        Ok(sources) => sources,
+        Err(e) => {
+            println!(
+                "warning: {e:#}\nwarning: the initramfs gets Debian's busybox-static instead \
+                 (about 0.4 MB more compressed); pin the current source in xtask/src/busybox.rs"
+            );
+            return deps::busybox_static();
+        }
+    };
     let partial = crate::image::unique_partial(&dir);
     deps::remove_if_exists(&partial)?;
     fs::create_dir_all(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
