@@ -31,6 +31,8 @@ pub fn is_elf(b: &[u8]) -> bool {
 const PT_LOAD: u32 = 1;
 const PT_DYNAMIC: u32 = 2;
 const PT_INTERP: u32 = 3;
+/// `p_flags`: the segment is executable.
+const PF_X: u32 = 1;
 const DT_NULL: u64 = 0;
 const DT_NEEDED: u64 = 1;
 const DT_STRTAB: u64 = 5;
@@ -65,6 +67,7 @@ fn truncated() -> ElfError {
 /// One program header.
 struct Segment {
     p_type: u32,
+    p_flags: u32,
     offset: usize,
     vaddr: u64,
     /// Size in the file.
@@ -98,12 +101,28 @@ fn segments(b: &[u8]) -> Result<Vec<Segment>> {
         // Reading p_type proves `ph` is inside `b`, so `ph + 0x20` cannot overflow.
         out.push(Segment {
             p_type: u32_at(b, ph).ok_or_else(truncated)?,
+            p_flags: u32_at(b, ph + 4).ok_or_else(truncated)?,
             offset: usize_at(b, ph + 8).ok_or_else(truncated)?,
             vaddr: u64_at(b, ph + 0x10).ok_or_else(truncated)?,
             size: usize_at(b, ph + 0x20).ok_or_else(truncated)?,
         });
     }
     Ok(out)
+}
+
+/// The file ranges of the segments the dynamic loader maps that are not
+/// code (`PT_LOAD` without `PF_X`): what it reads while it links (symbol
+/// tables, relocations, data), where code is paged in as it runs. Needs
+/// only the ELF header and the program headers in `b`.
+pub fn data_ranges(b: &[u8]) -> Result<Vec<std::ops::Range<usize>>> {
+    segments(b)?
+        .iter()
+        .filter(|s| s.p_type == PT_LOAD && s.p_flags & PF_X == 0)
+        .map(|s| {
+            let end = s.offset.checked_add(s.size).ok_or_else(truncated)?;
+            Ok(s.offset..end)
+        })
+        .collect()
 }
 
 /// The `(tag, value)` entries of the dynamic section, up to `DT_NULL`.
@@ -329,6 +348,24 @@ mod tests {
         assert_eq!(search_path(&rpath).unwrap(), ["/old"]);
         let none = with_strings(&[DT_NEEDED, DT_STRTAB, DT_NULL], &[1, 0x1300], strings);
         assert!(search_path(&none).unwrap().is_empty());
+    }
+
+    #[test]
+    fn data_ranges_leave_out_code() {
+        let mut b = elf(&[
+            (PT_LOAD, vec![1; 16]),
+            (PT_LOAD, vec![2; 8]),
+            (PT_INTERP, vec![]),
+        ]);
+        // The first PT_LOAD is code (R-X), the second data (RW-).
+        let (first, second) = (64, 64 + 56);
+        b[first + 4..first + 8].copy_from_slice(&5u32.to_le_bytes());
+        b[second + 4..second + 8].copy_from_slice(&6u32.to_le_bytes());
+        let data = 64 + 3 * 56 + 16;
+        let ranges = data_ranges(&b).unwrap();
+        assert_eq!(ranges.len(), 1);
+        assert_eq!(ranges[0], data..data + 8);
+        assert!(data_ranges(b"#!/bin/sh").is_err());
     }
 
     #[test]
