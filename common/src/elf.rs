@@ -6,6 +6,18 @@
 //! it to check, before it frees the initramfs, that the real init's loader
 //! exists in the new root, and to read the real init's libraries ahead.
 
+/// Where the dynamic loader looks for a library after the object's own
+/// search path ([`search_path`]), in order: Debian's multiarch directories,
+/// then the usual ones (Alpine's musl: /lib, /usr/lib).
+pub const LIBRARY_DIRS: &[&str] = &[
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+    "/lib",
+    "/usr/lib",
+];
+
 /// Why bytes could not be read as an ELF file.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ElfError {

@@ -15,7 +15,7 @@
 //! [`MAX_BYTES`]), at a lower priority; anything it cannot read it skips:
 //! it only saves time.
 
-use ramstick_common::elf;
+use ramstick_common::elf::{self, LIBRARY_DIRS};
 use std::collections::{HashSet, VecDeque};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -30,18 +30,6 @@ const MAX_FILES: usize = 64;
 const MAX_BYTES: u64 = 64 << 20;
 /// The read-ahead's nice value: it takes a CPU nobody uses, not the boot's.
 const NICE: i32 = 10;
-
-/// Where the loader looks after an object's own search path: Debian's
-/// multiarch directories, then the usual ones (Alpine's musl: /lib, /usr/lib).
-const LIBRARY_DIRS: &[&str] = &[
-    "/lib/x86_64-linux-gnu",
-    "/usr/lib/x86_64-linux-gnu",
-    "/lib64",
-    "/usr/lib64",
-    "/lib",
-    "/usr/lib",
-    "/usr/local/lib",
-];
 
 /// The files of the root being warmed, by absolute path in it.
 pub trait Files {

@@ -25,15 +25,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Where the host's libraries are looked up, in order (Debian multiarch).
-pub const LIBRARY_DIRS: &[&str] = &[
-    "/lib/x86_64-linux-gnu",
-    "/usr/lib/x86_64-linux-gnu",
-    "/lib64",
-    "/usr/lib64",
-    "/lib",
-    "/usr/lib",
-];
+/// Where the host's libraries are looked up, in order.
+pub use ramstick_common::elf::LIBRARY_DIRS;
 /// Where the unlock program's libraries go in the archive (init points
 /// `LD_LIBRARY_PATH` there).
 const LIBRARY_DIR_IN_ARCHIVE: &str = "lib/x86_64-linux-gnu";
