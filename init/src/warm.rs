@@ -24,7 +24,7 @@ use std::time::Instant;
 /// The command-line flag of the read-ahead process.
 pub const WARM_FLAG: &str = "--warm";
 
-/// At most this many files are read (systemd 252 starts with 21).
+/// At most this many files are read (systemd 252: 27).
 const MAX_FILES: usize = 64;
 /// At most this many bytes are read (systemd 252 reads about 7 MiB of its 18).
 const MAX_BYTES: u64 = 64 << 20;

@@ -398,7 +398,7 @@ fn persist_debian(ctx: &mut Ctx) -> Result<()> {
     }
     let disk = ctx.debian_disk()?;
     let mut vm = boot_debian(ctx, &disk, GrubEntry::Default)?;
-    // systemd 252, its loader and its 25 libraries.
+    // systemd 252 reads 27: the program, its loader and their libraries.
     check_read_ahead(&mut vm, 20)?;
     vm.run(
         "echo debian > /root/session && rm /etc/issue.net && mkdir -p /opt/new \
