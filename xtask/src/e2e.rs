@@ -35,7 +35,7 @@ mod upperwatch;
 mod userview;
 
 use crate::cache;
-use crate::qemu::{self, Machine, Vm};
+use crate::qemu::{self, KernelStall, Machine, Vm};
 use crate::{build, deps, image, kernel, rootfs, target_dir, workspace_root};
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::VecDeque;
@@ -107,11 +107,13 @@ struct Queue {
     todo: VecDeque<&'static Scenario>,
     passed: usize,
     failed: usize,
+    /// Scenarios run a second time after the guest kernel stalled.
+    retried: usize,
     /// A scenario failed and `--keep-going` is off: start no other.
     stop: bool,
 }
 
-/// Run the scenarios; prints `e2e: N passed, M failed` last.
+/// Run the scenarios; prints `e2e: N passed, M failed, …` last.
 pub fn run(a: &Args) -> Result<()> {
     let selected: Vec<&Scenario> = all_scenarios()
         .filter(|s| a.filter.as_deref().is_none_or(|f| s.name.contains(f)))
@@ -134,6 +136,7 @@ pub fn run(a: &Args) -> Result<()> {
         todo: selected.into(),
         passed: 0,
         failed: 0,
+        retried: 0,
         stop: false,
     });
     let started = Instant::now();
@@ -146,9 +149,10 @@ pub fn run(a: &Args) -> Result<()> {
         Ok(())
     })?;
     let q = queue.lock().unwrap_or_else(|e| e.into_inner());
-    let (passed, failed) = (q.passed, q.failed);
+    let (passed, failed, retried) = (q.passed, q.failed, q.retried);
     println!(
-        "e2e: {passed} passed, {failed} failed ({jobs} at a time, {:.0} s)",
+        "e2e: {passed} passed, {failed} failed, {retried} run again after a QEMU stall \
+         ({jobs} at a time, {:.0} s)",
         started.elapsed().as_secs_f64()
     );
     if a.filter.is_none() && passed + failed == total {
@@ -176,7 +180,22 @@ fn work(mut ctx: Ctx, queue: &Mutex<Queue>, keep_going: bool) {
         };
         println!("e2e: running {}", s.name);
         let started = Instant::now();
-        let result = ctx.run_scenario(s);
+        let mut result = ctx.run_scenario(s);
+        if let Err(e) = &result {
+            if KernelStall::caused(e) {
+                // Nothing of ramstick had run in that boot; a second stall
+                // (or any other failure) fails the scenario.
+                let kept = ctx.logs.join(format!("{}.stalled.log", s.name));
+                let _ = fs::rename(ctx.log_path(), &kept);
+                println!(
+                    "RETRY {}: {e:#}\n  (its console log: {})",
+                    s.name,
+                    kept.display()
+                );
+                lock().retried += 1;
+                result = ctx.run_scenario(s);
+            }
+        }
         let mut q = lock();
         match result {
             Ok(()) => {

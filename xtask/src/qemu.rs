@@ -14,6 +14,6 @@ mod interactive;
 mod machine;
 mod menu;
 
-pub use console::Vm;
+pub use console::{again_after_stall, KernelStall, Vm, KERNEL_RUNS_INIT};
 pub use interactive::{demo, run, Args, DemoArgs};
 pub use machine::{ensure_tools, Machine};

@@ -33,7 +33,7 @@ use super::table::{Row, Series, Unit};
 use super::Inputs;
 use crate::build::Binaries;
 use crate::kernel::{self, Kernel};
-use crate::qemu::{Machine, Vm};
+use crate::qemu::{again_after_stall, Machine, Vm, KERNEL_RUNS_INIT};
 use crate::{deps, image, rootfs, target_dir};
 use anyhow::{bail, Context, Result};
 use ramstick_common::bootmenu::GrubEntry;
@@ -46,13 +46,10 @@ use std::time::{Duration, Instant};
 const DEBIAN_PROMPT: &str = "root@ramstick:~# ";
 /// What agetty prints when it logs root in by itself.
 const AUTOLOGIN: &str = "(automatic login)";
-/// The kernel's line when it starts the initramfs's /init.
-const RUN_INIT: &str = "Run /init as init process";
 /// init's last kernel log line before it executes the real init.
 pub const SWITCH_ROOT: &str = "switching root to";
 /// systemd's first kernel log line (its version banner) starts with this.
 const SYSTEMD_START: &str = "systemd[1]: systemd ";
-/// The GRUB entries used (see grub/grub.cfg).
 /// From QEMU start to the prompt, under TCG.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 /// One shell command.
@@ -306,7 +303,13 @@ pub struct Booted {
 }
 
 /// Start `machine` (console log in `log`, replaced), choose GRUB `entry`, wait for `prompt`.
+/// A boot whose kernel stalled before running /init (QEMU hung: nothing of
+/// ramstick ran, nothing was measured) is started once more.
 pub fn boot(machine: &Machine, log: &Path, entry: GrubEntry, prompt: &str) -> Result<Booted> {
+    again_after_stall("bench", || boot_once(machine, log, entry, prompt))
+}
+
+fn boot_once(machine: &Machine, log: &Path, entry: GrubEntry, prompt: &str) -> Result<Booted> {
     fs::write(log, "").with_context(|| format!("creating {}", log.display()))?;
     let started = Instant::now();
     let mut vm = Vm::spawn(machine, log)?;
@@ -323,9 +326,9 @@ pub fn boot(machine: &Machine, log: &Path, entry: GrubEntry, prompt: &str) -> Re
 
 /// Seconds from the kernel's "Run /init" to the first kernel log line containing `end`.
 pub fn init_time(vm: &mut Vm, end: &str) -> Result<f64> {
-    let cmd = format!("dmesg | grep -F -e '{RUN_INIT}' -e '{end}'");
+    let cmd = format!("dmesg | grep -F -e '{KERNEL_RUNS_INIT}' -e '{end}'");
     let out = vm.run_kernel_log(&cmd, CMD_TIMEOUT)?;
-    kmsg_interval(&out, RUN_INIT, end)
+    kmsg_interval(&out, KERNEL_RUNS_INIT, end)
 }
 
 /// Seconds between the timestamps of the first lines holding `from` and `to`.
@@ -427,10 +430,10 @@ mod tests {
         let dmesg = "[    2.500000] Run /init as init process\n\
                      <6>[    5.750000] systemd[1]: systemd 252.39-1~deb12u1 running in system mode\n\
                      [    6.000000] systemd[1]: systemd-journald.service: ok\n";
-        let t = kmsg_interval(dmesg, RUN_INIT, SYSTEMD_START).unwrap();
+        let t = kmsg_interval(dmesg, KERNEL_RUNS_INIT, SYSTEMD_START).unwrap();
         assert!((t - 3.25).abs() < 1e-9, "{t}");
-        assert!(kmsg_interval(dmesg, RUN_INIT, "switching root").is_err());
+        assert!(kmsg_interval(dmesg, KERNEL_RUNS_INIT, "switching root").is_err());
         let reversed = "[ 9.0] Run /init as init process\n[ 1.0] systemd[1]: systemd 252\n";
-        assert!(kmsg_interval(reversed, RUN_INIT, SYSTEMD_START).is_err());
+        assert!(kmsg_interval(reversed, KERNEL_RUNS_INIT, SYSTEMD_START).is_err());
     }
 }

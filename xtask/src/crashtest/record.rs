@@ -9,7 +9,7 @@
 
 use super::replay::Region;
 use super::{guest_view, parse_view};
-use crate::qemu::{Machine, Vm};
+use crate::qemu::{again_after_stall, Machine, Vm};
 use crate::{build, deps, image, kernel, rootfs, target_dir};
 use anyhow::{bail, ensure, Context, Result};
 use ramstick_common::bootmenu::GrubEntry;
@@ -208,10 +208,15 @@ pub fn boot_default_to_shell(
         unsafe_cache: write_log.is_none(),
         extra_disks: Vec::new(),
     };
-    let mut vm = Vm::spawn_logged(&machine, console, write_log)?;
-    vm.select_entry(GrubEntry::Default)?;
-    wait_prompt(&mut vm)?;
-    Ok(vm)
+    let boot = || -> Result<Vm> {
+        let mut vm = Vm::spawn_logged(&machine, console, write_log)?;
+        vm.select_entry(GrubEntry::Default)?;
+        wait_prompt(&mut vm)?;
+        Ok(vm)
+    };
+    // A kernel that stalled before /init (QEMU hung) wrote nothing: GRUB's
+    // default entry writes no grubenv, and the write log starts empty again.
+    again_after_stall("crashtest", boot)
 }
 
 /// Waits for the shell; fails early on a failed boot.

@@ -95,6 +95,14 @@ pub(super) fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// The last occurrence of `needle` in `hay`.
+pub(super) fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() {
+        return Some(hay.len());
+    }
+    hay.windows(needle.len()).rposition(|w| w == needle)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +115,15 @@ mod tests {
             s.feed(c, &mut out);
         }
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn finds_first_and_last() {
+        assert_eq!(find(b"abcabc", b"bc"), Some(1));
+        assert_eq!(rfind(b"abcabc", b"bc"), Some(4));
+        assert_eq!(rfind(b"abc", b"x"), None);
+        assert_eq!(rfind(b"ab", b"abc"), None);
+        assert_eq!(rfind(b"ab", b""), Some(2));
     }
 
     #[test]
