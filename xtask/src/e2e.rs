@@ -35,7 +35,7 @@ mod upperwatch;
 mod userview;
 
 use crate::cache;
-use crate::qemu::{self, KernelStall, Machine, Vm};
+use crate::qemu::{self, Machine, QemuFault, Vm};
 use crate::{build, deps, image, kernel, rootfs, target_dir, workspace_root};
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::VecDeque;
@@ -107,7 +107,7 @@ struct Queue {
     todo: VecDeque<&'static Scenario>,
     passed: usize,
     failed: usize,
-    /// Scenarios run a second time after the guest kernel stalled.
+    /// Scenarios run a second time after a [`QemuFault`].
     retried: usize,
     /// A scenario failed and `--keep-going` is off: start no other.
     stop: bool,
@@ -151,7 +151,7 @@ pub fn run(a: &Args) -> Result<()> {
     let q = queue.lock().unwrap_or_else(|e| e.into_inner());
     let (passed, failed, retried) = (q.passed, q.failed, q.retried);
     println!(
-        "e2e: {passed} passed, {failed} failed, {retried} run again after a QEMU stall \
+        "e2e: {passed} passed, {failed} failed, {retried} run again after QEMU failed \
          ({jobs} at a time, {:.0} s)",
         started.elapsed().as_secs_f64()
     );
@@ -182,10 +182,10 @@ fn work(mut ctx: Ctx, queue: &Mutex<Queue>, keep_going: bool) {
         let started = Instant::now();
         let mut result = ctx.run_scenario(s);
         if let Err(e) = &result {
-            if KernelStall::caused(e) {
-                // Nothing of ramstick had run in that boot; a second stall
-                // (or any other failure) fails the scenario.
-                let kept = ctx.logs.join(format!("{}.stalled.log", s.name));
+            if QemuFault::of(e).is_some() {
+                // QEMU, not ramstick, failed: the scenario runs again from a
+                // fresh disk; a second fault (or any other failure) fails it.
+                let kept = ctx.logs.join(format!("{}.qemu-fault.log", s.name));
                 let _ = fs::rename(ctx.log_path(), &kept);
                 println!(
                     "RETRY {}: {e:#}\n  (its console log: {})",

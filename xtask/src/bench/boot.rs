@@ -33,7 +33,7 @@ use super::table::{Row, Series, Unit};
 use super::Inputs;
 use crate::build::Binaries;
 use crate::kernel::{self, Kernel};
-use crate::qemu::{again_after_stall, Machine, Vm, KERNEL_RUNS_INIT};
+use crate::qemu::{again_after_fault, Machine, Vm, KERNEL_RUNS_INIT};
 use crate::{deps, image, rootfs, target_dir};
 use anyhow::{bail, Context, Result};
 use ramstick_common::bootmenu::GrubEntry;
@@ -303,10 +303,10 @@ pub struct Booted {
 }
 
 /// Start `machine` (console log in `log`, replaced), choose GRUB `entry`, wait for `prompt`.
-/// A boot whose kernel stalled before running /init (QEMU hung: nothing of
-/// ramstick ran, nothing was measured) is started once more.
+/// A boot QEMU failed before the guest ran /init (it hung or crashed:
+/// nothing of ramstick ran, nothing was measured) is started once more.
 pub fn boot(machine: &Machine, log: &Path, entry: GrubEntry, prompt: &str) -> Result<Booted> {
-    again_after_stall("bench", || boot_once(machine, log, entry, prompt))
+    again_after_fault("bench", || boot_once(machine, log, entry, prompt))
 }
 
 fn boot_once(machine: &Machine, log: &Path, entry: GrubEntry, prompt: &str) -> Result<Booted> {

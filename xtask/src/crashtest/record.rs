@@ -9,7 +9,7 @@
 
 use super::replay::Region;
 use super::{guest_view, parse_view};
-use crate::qemu::{again_after_stall, Machine, Vm};
+use crate::qemu::{again_after_fault, Machine, Vm};
 use crate::{build, deps, image, kernel, rootfs, target_dir};
 use anyhow::{bail, ensure, Context, Result};
 use ramstick_common::bootmenu::GrubEntry;
@@ -214,9 +214,9 @@ pub fn boot_default_to_shell(
         wait_prompt(&mut vm)?;
         Ok(vm)
     };
-    // A kernel that stalled before /init (QEMU hung) wrote nothing: GRUB's
-    // default entry writes no grubenv, and the write log starts empty again.
-    again_after_stall("crashtest", boot)
+    // A boot QEMU failed before /init wrote nothing: GRUB's default entry
+    // writes no grubenv, and the write log starts empty again.
+    again_after_fault("crashtest", boot)
 }
 
 /// Waits for the shell; fails early on a failed boot.

@@ -4,10 +4,11 @@
 //! strings in it, types commands and reads their output and exit status
 //! between markers.
 
-use super::ansi::{find, rfind, AnsiStripper};
+use super::ansi::{find, AnsiStripper};
+use super::fault::{before_init, crash, Fault, QemuFault, KERNEL_STALL};
 use super::machine::{Console, Machine};
 use super::menu::{press_entry, MENU_TIMEOUT};
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use ramstick_common::bootmenu::{self, GrubEntry};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -20,58 +21,6 @@ use std::time::{Duration, Instant};
 /// How many bytes of output an error message shows.
 const TAIL_BYTES: usize = 2000;
 
-/// How long the guest kernel may print nothing before it runs /init: its
-/// boot to /init takes ~1–5 s under TCG, so a minute of silence there is a
-/// hung emulator, not a slow one.
-const KERNEL_STALL: Duration = Duration::from_secs(60);
-
-/// What the kernel prints first on every boot.
-const KERNEL_BANNER: &[u8] = b"Linux version ";
-/// What the kernel prints when it runs the initramfs's /init.
-pub const KERNEL_RUNS_INIT: &str = "Run /init as init process";
-
-/// The guest kernel went silent before running /init (QEMU's TCG hangs so,
-/// rarely, on a loaded host): nothing of ramstick ran yet, so the harness
-/// may run the scenario again (see `e2e::work`).
-#[derive(Debug)]
-pub struct KernelStall {
-    silent: Duration,
-    /// The console's last output.
-    tail: String,
-}
-
-impl std::fmt::Display for KernelStall {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the guest kernel printed nothing for {:.0?} before running /init (QEMU hung); \
-             last output:\n{}",
-            self.silent, self.tail
-        )
-    }
-}
-
-impl std::error::Error for KernelStall {}
-
-impl KernelStall {
-    /// Whether `e` is, or was caused by, a stall.
-    pub fn caused(e: &anyhow::Error) -> bool {
-        e.chain().any(|c| c.is::<KernelStall>())
-    }
-}
-
-/// `boot`, started once more if it failed on a [`KernelStall`] (said on
-/// stderr by `who`). Only for boots that write nothing before init runs.
-pub fn again_after_stall<T>(who: &str, mut boot: impl FnMut() -> Result<T>) -> Result<T> {
-    boot().or_else(|e| {
-        if !KernelStall::caused(&e) {
-            return Err(e);
-        }
-        eprintln!("{who}: booting again: {e:#}");
-        boot()
-    })
-}
-
 /// Everything the guest printed so far, shared with the reader thread.
 #[derive(Default)]
 struct Output {
@@ -79,22 +28,6 @@ struct Output {
     eof: bool,
     /// When the guest last printed something.
     last: Option<Instant>,
-}
-
-impl Output {
-    /// How long the guest kernel has been silent before running /init, when
-    /// that is at least [`KERNEL_STALL`] (the time is checked first: the
-    /// text is searched only then).
-    fn kernel_stall(&self, now: Instant) -> Option<Duration> {
-        let silent = now.duration_since(self.last?);
-        if silent < KERNEL_STALL {
-            return None;
-        }
-        let banner = rfind(&self.text, KERNEL_BANNER)?;
-        find(&self.text[banner..], KERNEL_RUNS_INIT.as_bytes())
-            .is_none()
-            .then_some(silent)
-    }
 }
 
 type Shared = Arc<(Mutex<Output>, Condvar)>;
@@ -206,28 +139,14 @@ impl Vm {
             }
             scanned = out.text.len();
             let now = Instant::now();
-            if let Some(silent) = out.kernel_stall(now) {
+            let stalled = out
+                .last
+                .map(|t| now.duration_since(t))
+                .filter(|silent| *silent >= KERNEL_STALL && before_init(&out.text));
+            if out.eof || stalled.is_some() || now >= deadline {
+                let (eof, booting) = (out.eof, before_init(&out.text));
                 drop(out);
-                let tail = self.tail();
-                return Err(anyhow::Error::new(KernelStall { silent, tail })).with_context(|| {
-                    format!(
-                        "waiting for {needles:?}; console log {}",
-                        self.log.display()
-                    )
-                });
-            }
-            if out.eof || now >= deadline {
-                let why = if out.eof {
-                    "QEMU exited".to_string()
-                } else {
-                    format!("timed out after {:.0?}", timeout)
-                };
-                drop(out);
-                bail!(
-                    "{why} waiting for {needles:?}; console log {}; last output:\n{}",
-                    self.log.display(),
-                    self.tail()
-                );
+                return Err(self.failure(needles, timeout, eof, stalled, booting));
             }
             // Woken at least every few seconds to notice a stall.
             let nap = (deadline - now).min(Duration::from_secs(5));
@@ -236,6 +155,51 @@ impl Vm {
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
+    }
+
+    /// Why `wait_any` gave up: QEMU hung while the kernel booted (`stalled`
+    /// for so long), QEMU crashed, exited, or the time ran out.
+    fn failure(
+        &mut self,
+        needles: &[&str],
+        timeout: Duration,
+        eof: bool,
+        stalled: Option<Duration>,
+        before_init: bool,
+    ) -> anyhow::Error {
+        let waiting = format!(
+            "waiting for {needles:?}; console log {}",
+            self.log.display()
+        );
+        let fault = match stalled {
+            Some(silent) => Some(Fault::Stalled(silent)),
+            None if eof => self.exit_status().and_then(crash).map(Fault::Crashed),
+            None => None,
+        };
+        match fault {
+            Some(fault) => anyhow::Error::new(QemuFault {
+                fault,
+                before_init,
+                tail: self.tail(),
+            })
+            .context(waiting),
+            None if eof => anyhow!("QEMU exited {waiting}; last output:\n{}", self.tail()),
+            None => anyhow!(
+                "timed out after {timeout:.0?} {waiting}; last output:\n{}",
+                self.tail()
+            ),
+        }
+    }
+
+    /// QEMU's exit status, once it exits (its output has ended: soon).
+    fn exit_status(&mut self) -> Option<ExitStatus> {
+        for _ in 0..100 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// Wait for `pattern`; returns the text from the cursor through the match.
@@ -479,36 +443,6 @@ mod tests {
             (1, "no newline".to_string())
         );
         assert!(parse_marked_output("junk:4@@\n", 3).is_err());
-    }
-
-    #[test]
-    fn a_silent_kernel_before_init_is_a_stall() {
-        let now = Instant::now();
-        let long_ago = now - KERNEL_STALL - Duration::from_secs(1);
-        let output = |text: &str, last| Output {
-            text: text.as_bytes().to_vec(),
-            eof: false,
-            last: Some(last),
-        };
-        let kernel = "GRUB\n[    0.000000] Linux version 6.1.0\n[    1.3] IP idents\n";
-        assert_eq!(
-            output(kernel, long_ago).kernel_stall(now),
-            Some(KERNEL_STALL + Duration::from_secs(1))
-        );
-        // Not silent long enough.
-        assert_eq!(
-            output(kernel, now - Duration::from_secs(5)).kernel_stall(now),
-            None
-        );
-        // Our init runs: a silence from here on is ramstick's to explain.
-        let init = format!("{kernel}[    2.1] {KERNEL_RUNS_INIT}\n");
-        assert_eq!(output(&init, long_ago).kernel_stall(now), None);
-        // A reboot: the second kernel's boot is what counts.
-        let again = format!("{init}reboot: Restarting system\n{kernel}");
-        assert!(output(&again, long_ago).kernel_stall(now).is_some());
-        // Before the kernel (GRUB waits at its menu) or nothing printed yet.
-        assert_eq!(output("GRUB menu", long_ago).kernel_stall(now), None);
-        assert_eq!(Output::default().kernel_stall(now), None);
     }
 
     #[test]
