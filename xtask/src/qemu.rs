@@ -19,4 +19,4 @@ mod menu;
 pub use console::Vm;
 pub use fault::{again_after_fault, QemuFault, KERNEL_RUNS_INIT};
 pub use interactive::{demo, run, Args, DemoArgs};
-pub use machine::{ensure_tools, Machine};
+pub use machine::{ensure_tools, Machine, CPUS};

@@ -33,7 +33,7 @@ use super::table::{Row, Series, Unit};
 use super::Inputs;
 use crate::build::Binaries;
 use crate::kernel::{self, Kernel};
-use crate::qemu::{again_after_fault, Machine, Vm, KERNEL_RUNS_INIT};
+use crate::qemu::{again_after_fault, Machine, Vm, CPUS, KERNEL_RUNS_INIT};
 use crate::{deps, image, rootfs, target_dir};
 use anyhow::{bail, Context, Result};
 use ramstick_common::bootmenu::GrubEntry;
@@ -288,6 +288,7 @@ pub fn machine(disk: &Path, work: &Path, name: &str) -> Machine {
         disk: disk.to_path_buf(),
         kvm: false,
         mem: MEM,
+        cpus: CPUS,
         usb: false,
         vars: work.join(format!("{name}-OVMF_VARS.fd")),
         unsafe_cache: true,

@@ -9,7 +9,7 @@
 
 use super::replay::Region;
 use super::{guest_view, parse_view};
-use crate::qemu::{again_after_fault, Machine, Vm};
+use crate::qemu::{again_after_fault, Machine, Vm, CPUS};
 use crate::{build, deps, image, kernel, rootfs, target_dir};
 use anyhow::{bail, ensure, Context, Result};
 use ramstick_common::bootmenu::GrubEntry;
@@ -202,6 +202,7 @@ pub fn boot_default_to_shell(
         disk: disk.to_path_buf(),
         kvm: false,
         mem: 1024,
+        cpus: CPUS,
         usb: false,
         vars: dir.join("OVMF_VARS.fd"),
         // A throwaway copy; a logged disk never skips flushes anyway.

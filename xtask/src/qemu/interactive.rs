@@ -4,7 +4,7 @@
 
 use super::ansi::Watcher;
 use super::ensure_tools;
-use super::machine::{Console, Machine};
+use super::machine::{Console, Machine, CPUS};
 use super::menu::press_entry;
 use crate::{build, image, kernel, rootfs, target_dir};
 use anyhow::{bail, Context, Result};
@@ -53,6 +53,7 @@ pub fn run(a: &Args) -> Result<()> {
         disk: a.disk.clone(),
         kvm: a.kvm,
         mem: a.mem,
+        cpus: CPUS,
         usb: a.usb,
         vars: target_dir().join("qemu").join("OVMF_VARS_4M.fd"),
         unsafe_cache: false,

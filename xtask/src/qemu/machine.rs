@@ -12,8 +12,9 @@ use std::process::Command;
 const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 /// Pristine OVMF variable store; every boot gets a fresh copy in target/.
 const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
-/// Virtual CPUs. Under TCG two vCPUs use both host cores (MTTCG).
-const SMP: &str = "2";
+/// Virtual CPUs unless a harness asks for fewer. Under TCG two vCPUs use
+/// both host cores (MTTCG).
+pub const CPUS: u32 = 2;
 
 /// Install QEMU and OVMF if they are missing.
 pub fn ensure_tools() -> Result<()> {
@@ -28,6 +29,8 @@ pub struct Machine {
     pub kvm: bool,
     /// Guest memory in MiB.
     pub mem: u32,
+    /// Virtual CPUs.
+    pub cpus: u32,
     pub usb: bool,
     /// Where to put this machine's copy of the OVMF variable store.
     pub vars: PathBuf,
@@ -75,7 +78,7 @@ impl Machine {
         } else {
             cmd.args(["-accel", "tcg"]);
         }
-        cmd.args(["-m", &self.mem.to_string(), "-smp", SMP]);
+        cmd.args(["-m", &self.mem.to_string(), "-smp", &self.cpus.to_string()]);
         cmd.args(["-display", "none", "-nic", "none"]);
         cmd.arg("-drive").arg(format!(
             "if=pflash,format=raw,unit=0,readonly=on,file={}",
